@@ -1,0 +1,13 @@
+"""``vdvae`` command line. Each command lives in its own module and registers itself on ``app``."""
+
+from __future__ import annotations
+
+from ._app import app
+from . import convert  # noqa: F401  (registers commands)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,98 @@
+"""The Typer app and the CLI's single error boundary.
+
+Commands are registered with :func:`command`, which wraps them so that every known error becomes
+one line on stderr (plus a hint) and a meaningful exit code: 0 success, 1 runtime failure, 2 usage
+error, 130 interrupted. ``VDVAE_DEBUG=1`` re-raises with the traceback. Command modules import
+torch inside their functions, so ``--help`` and ``--version`` stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable
+
+import typer
+
+from .. import __version__
+from ..errors import DeviceError, VDVAEError
+
+app = typer.Typer(
+    name="vdvae",
+    help="Very Deep VAEs from the command line: sample, reconstruct, mix, encode, decode, evaluate, train.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def debug() -> bool:
+    return os.environ.get("VDVAE_DEBUG", "").strip() not in ("", "0", "false", "no")
+
+
+def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` (and the hint) on stderr; return the Exit to raise."""
+    line = f"error: {message}"
+    if hint:
+        line += f" ({hint})"
+    print(line, file=sys.stderr)
+    return typer.Exit(code)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "out of memory" in text or type(exc).__name__ == "OutOfMemoryError"
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``app.command`` with the error boundary around the function."""
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            try:
+                return func(*a, **kw)
+            except (typer.Exit, typer.Abort, typer.BadParameter):
+                raise
+            except VDVAEError as exc:
+                if debug():
+                    raise
+                raise fail(str(exc), exc.hint, exc.exit_code) from None
+            except KeyboardInterrupt:
+                raise fail("interrupted", code=130) from None
+            except BrokenPipeError:
+                # The reader went away (e.g. `vdvae sample -o - | head -c 10`): not our failure.
+                sys.stderr.close()
+                raise typer.Exit(0) from None
+            except (RuntimeError, MemoryError) as exc:
+                if debug():
+                    raise
+                if _is_oom(exc):
+                    err = DeviceError("out of memory", hint="use a smaller --batch-size, or --dtype bf16")
+                    raise fail(str(err), err.hint, 1) from None
+                raise fail(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+                           "set VDVAE_DEBUG=1 for the traceback") from None
+            except Exception as exc:
+                if debug():
+                    raise
+                raise fail(f"internal error: {type(exc).__name__}: {exc}",
+                           "set VDVAE_DEBUG=1 for the traceback and report it") from None
+
+        return app.command(*args, **kwargs)(wrapper)
+
+    return register
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vdvae-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Very Deep VAEs from the command line."""

@@ -1,0 +1,49 @@
+"""``vdvae convert``: official torch pickle -> self-describing safetensors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._app import command
+from .options import ForceOpt, JsonOpt
+from ..errors import UsageError
+
+
+@command(
+    "convert",
+    epilog="Examples:\n\n"
+    "  vdvae convert ffhq256-iter-1700000-model-ema.th --config ffhq256 -o ffhq256.safetensors\n\n"
+    "  vdvae convert ffhq1024-iter-1700000-model-ema.th --hparams ffhq1024-iter-1700000-log.jsonl -o ffhq1024.safetensors\n\n"
+    "  vdvae convert run/latest-model.th --config infer -o mine.safetensors --dtype bf16",
+)
+def convert(
+    src: Annotated[Path, typer.Argument(help="Official *-model-ema.th or *-model.th (module.-prefixed keys are fine).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Destination .safetensors file.")],
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Official config name, or 'infer' to read the layout from the weights.")] = None,
+    hparams: Annotated[Optional[Path], typer.Option("--hparams", help="Reference hyperparameters: a JSON object or an official run's -log.jsonl.")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Store as fp32 (default), fp16 or bf16.")] = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Convert an official openai/vdvae checkpoint to a safetensors file that describes itself.
+
+    The pickle is loaded with weights_only=True (no pickled code runs). Every missing, unexpected or
+    mis-shaped key is reported by name. The output is written atomically.
+    """
+    from ..checkpoint import DTYPES, convert_reference
+    from ..config import load_config_arg
+
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    cfg = None if config == "infer" and hparams is None else load_config_arg(config, hparams)
+    path, cfg = convert_reference(src, output, cfg, dtype=dtype, force=force)
+    info = {"output": str(path), "config": cfg.name, "layers": cfg.n_layers, "bytes": path.stat().st_size}
+    if json_out:
+        print(json.dumps(info))
+    else:
+        print(f"wrote {path} ({cfg.name}, {cfg.n_layers} latent layers, {info['bytes'] / 1e6:.1f} MB)", file=sys.stderr)

@@ -1,0 +1,32 @@
+"""Option types shared by every command (``Annotated`` aliases), so each flag means one thing."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model", "-m",
+        help="Registry name (see `vdvae models`), a .safetensors file, or hf://owner/repo[/file][@rev]. "
+        "Default: $VDVAE_MODEL, else the model shipped in weights/.",
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16 for the network (DMoL and loss maths stay fp32).")]
+SeedOpt = Annotated[
+    Optional[int],
+    typer.Option("--seed", help="Seed; image i of a run depends only on (seed, i), whatever the batch size.", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per result on stdout, nothing else there.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log messages on stderr.")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing output files.")]
+
+
+def default_model(model: str | None) -> str | None:
+    """The ``--model`` value, falling back to ``$VDVAE_MODEL`` (None means the shipped model)."""
+    return model or os.environ.get("VDVAE_MODEL") or None

@@ -1,0 +1,258 @@
+"""What you do with a VDVAE: plain functions over (model, tensors, options).
+
+Images cross this boundary as uint8 NHWC tensors (the reference's convention); latents as a list
+with one (N, Z, r, r) tensor per latent layer, in decoder order (lowest resolution first).
+Every function runs under ``torch.inference_mode`` except :func:`elbo` with ``grad=True``
+(training). Randomness comes from ``noise``: a :class:`~vdvae_cli.distributions.Noise`, a
+``torch.Generator``, or a list of per-image generators.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from .config import VDVAEConfig
+from .distributions import Noise, as_noise, dmol_nll, dmol_sample, gaussian_log_prob, to_uint8
+from .model import VAE
+
+Tensor = torch.Tensor
+Temperatures = float | Sequence[float]
+NoiseLike = Noise | torch.Generator | Sequence[torch.Generator] | None
+Posterior = Literal["sample", "mean"]
+Callback = Callable[[int, int], None]  # (images done, images total)
+
+# --------------------------------------------------------------------------------------------------
+# Pixels <-> network tensors
+
+
+def model_input(cfg: VDVAEConfig, images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 NHWC -> network input NCHW: ``(x * pixel_scale + shift) * scale`` in float32."""
+    x = images.float()
+    if cfg.pixel_scale != 1.0:
+        x = x / round(1 / cfg.pixel_scale)
+    x = (x + torch.tensor(cfg.input_shift, dtype=torch.float32)) * torch.tensor(cfg.input_scale, dtype=torch.float32)
+    return x.permute(0, 3, 1, 2).to(dtype)
+
+
+def loss_target(cfg: VDVAEConfig, images: Tensor) -> Tensor:
+    """uint8 NHWC -> DMoL target NHWC in [-1, 1] (5-bit first when ``cfg.low_bit``)."""
+    x = images.float()
+    if cfg.low_bit:
+        x = torch.floor(x / 8) * 8
+    if cfg.pixel_scale != 1.0:
+        x = x / round(1 / cfg.pixel_scale)
+    return (x + torch.tensor(cfg.target_shift, dtype=torch.float32)) * torch.tensor(cfg.target_scale, dtype=torch.float32)
+
+
+def _param(model: VAE) -> Tensor:
+    return model.decoder.gain
+
+
+def _pixels(model: VAE, px_z: Tensor, noise: Noise, output_temperature: float) -> Tensor:
+    logits = model.logits(px_z)
+    return to_uint8(dmol_sample(logits, model.cfg.num_mixtures, noise=noise, temperature=output_temperature))
+
+
+def _temps(cfg: VDVAEConfig, temperatures: Temperatures) -> list[float]:
+    if isinstance(temperatures, (int, float)):
+        return [float(temperatures)] * cfg.n_layers
+    temps = [float(t) for t in temperatures]
+    if len(temps) != cfg.n_layers:
+        raise ValueError(f"{len(temps)} temperatures for a model with {cfg.n_layers} latent layers")
+    return temps
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoding and decoding
+
+
+@torch.inference_mode()
+def encode(model: VAE, images: Tensor, *, posterior: Posterior = "sample", noise: NoiseLike = None) -> list[Tensor]:
+    """Posterior latents of ``images`` (uint8 NHWC): one (N, Z, r, r) float32 tensor per layer."""
+    p = _param(model)
+    acts = model.encoder(model_input(model.cfg, images.to(p.device), p.dtype))
+    out = model.decoder(images.shape[0], acts, posterior_mean=posterior == "mean", noise=as_noise(noise),
+                        want_latents=True, stop_after=model.cfg.n_layers)
+    return [z.float() for z in out.latents]  # type: ignore[union-attr]
+
+
+@torch.inference_mode()
+def decode(
+    model: VAE,
+    latents: Sequence[Tensor | None],
+    *,
+    n: int | None = None,
+    temperatures: Temperatures = 1.0,
+    output_temperature: float = 1.0,
+    noise: NoiseLike = None,
+) -> Tensor:
+    """Images (uint8 NHWC) from a latent prefix (or any subset: None entries stay free).
+
+    Layers without a latent are sampled from the prior at ``temperatures``.
+    """
+    given = [z for z in latents if z is not None]
+    if n is None:
+        if not given:
+            raise ValueError("decode needs n when no latent is given")
+        n = given[0].shape[0]
+    p = _param(model)
+    src = as_noise(noise)
+    latents = [None if z is None else z.to(device=p.device, dtype=p.dtype) for z in latents]
+    out = model.decoder(n, latents=latents, temperatures=_temps(model.cfg, temperatures), noise=src)
+    return _pixels(model, out.px_z, src, output_temperature)
+
+
+def sample(
+    model: VAE,
+    n: int,
+    *,
+    temperatures: Temperatures = 1.0,
+    output_temperature: float = 1.0,
+    noise: NoiseLike = None,
+) -> Tensor:
+    """``n`` unconditional samples (uint8 NHWC) at per-layer ``temperatures``."""
+    return decode(model, [], n=n, temperatures=temperatures, output_temperature=output_temperature, noise=noise)
+
+
+@torch.inference_mode()
+def reconstruct(
+    model: VAE,
+    images: Tensor,
+    *,
+    keep_layers: int | None = None,
+    posterior: Posterior = "sample",
+    temperatures: Temperatures = 1.0,
+    output_temperature: float = 1.0,
+    noise: NoiseLike = None,
+) -> Tensor:
+    """Keep the first ``keep_layers`` latent layers (default: all) from the posterior of ``images``
+    and sample the rest from the prior, in one decoder pass."""
+    cfg = model.cfg
+    keep = cfg.n_layers if keep_layers is None else keep_layers
+    if not 0 <= keep <= cfg.n_layers:
+        raise ValueError(f"keep_layers={keep} but the model has {cfg.n_layers} latent layers")
+    p = _param(model)
+    src = as_noise(noise)
+    acts = model.encoder(model_input(cfg, images.to(p.device), p.dtype)) if keep else None
+    out = model.decoder(images.shape[0], acts, n_posterior=keep, posterior_mean=posterior == "mean",
+                        temperatures=_temps(cfg, temperatures), noise=src)
+    return _pixels(model, out.px_z, src, output_temperature)
+
+
+@torch.inference_mode()
+def mix(
+    model: VAE,
+    prefix_images: Tensor,
+    rest_images: Tensor | None,
+    *,
+    keep_layers: int,
+    posterior: Posterior = "sample",
+    temperatures: Temperatures = 1.0,
+    output_temperature: float = 1.0,
+    noise: NoiseLike = None,
+) -> Tensor:
+    """Latent-prefix mixing: layers ``< keep_layers`` from the posterior of ``prefix_images``, the
+    rest from the posterior of ``rest_images`` *given that prefix* (or from the prior when None).
+
+    The rest is inferred conditionally (B's encoder activations meet A's decoder state), so the
+    completion fits the prefix; ``keep_layers = 0`` is B's reconstruction and ``keep_layers = L``
+    is A's. Batches pair row by row; a batch of 1 on either side broadcasts.
+    """
+    cfg = model.cfg
+    if not 0 <= keep_layers <= cfg.n_layers:
+        raise ValueError(f"keep_layers={keep_layers} but the model has {cfg.n_layers} latent layers")
+    n = max(prefix_images.shape[0], 0 if rest_images is None else rest_images.shape[0])
+    p = _param(model)
+    src = as_noise(noise)
+    prefix: list[Tensor] = []
+    if keep_layers:
+        a = prefix_images.to(p.device)
+        acts_a = model.encoder(model_input(cfg, a, p.dtype))
+        prefix = model.decoder(a.shape[0], acts_a, posterior_mean=posterior == "mean", noise=src,
+                               want_latents=True, stop_after=keep_layers).latents  # type: ignore[assignment]
+        prefix = [z.expand(n, -1, -1, -1) for z in prefix]
+    acts_b = None
+    if rest_images is not None:
+        b = rest_images.to(p.device)
+        acts_b = model.encoder(model_input(cfg, b, p.dtype))
+        acts_b = {r: t.expand(n, -1, -1, -1) for r, t in acts_b.items()}
+    out = model.decoder(n, acts_b, latents=prefix, posterior_mean=posterior == "mean",
+                        temperatures=_temps(cfg, temperatures), noise=src)
+    return _pixels(model, out.px_z, src, output_temperature)
+
+
+# --------------------------------------------------------------------------------------------------
+# Likelihood
+
+
+@dataclass
+class ElboResult:
+    """Per-image negative ELBO terms in nats per dimension (divide by ln 2 for bits)."""
+
+    distortion: Tensor  # (N,)
+    rate: Tensor  # (N,)
+    kl_per_layer: Tensor  # (N, L): each layer's KL / n_dims
+    nll_bound: Tensor  # (N,): distortion + rate, or the importance-weighted bound when samples > 1
+
+    @property
+    def elbo(self) -> Tensor:
+        return self.distortion + self.rate
+
+    def bits(self, t: Tensor) -> Tensor:
+        return t / math.log(2)
+
+
+def elbo(
+    model: VAE,
+    images: Tensor,
+    *,
+    samples: int = 1,
+    noise: NoiseLike = None,
+    eps: Sequence[Tensor] | None = None,
+    grad: bool = False,
+) -> ElboResult:
+    """Negative ELBO of ``images`` (uint8 NHWC) in nats/dim, with its distortion/rate split.
+
+    The rate uses the analytic per-layer KL, as the reference does. With ``samples`` K > 1 the
+    ``nll_bound`` is the importance-weighted bound log(1/K sum_k p(x, z_k) / q(z_k | x)) with K
+    posterior samples (tighter than the ELBO); distortion/rate are then means over the K draws.
+    ``grad=True`` keeps the autograd graph (training).
+    """
+    with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
+        return _elbo(model, images, samples, as_noise(noise), eps)
+
+
+def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[Tensor] | None) -> ElboResult:
+    cfg = model.cfg
+    p = _param(model)
+    images = images.to(p.device)
+    n, n_dims = images.shape[0], cfg.n_dims
+    acts = model.encoder(model_input(cfg, images, p.dtype))
+    target = loss_target(cfg, images)
+    dists, rates, kls, log_weights = [], [], [], []
+    for _ in range(samples):
+        out = model.decoder(n, acts, noise=noise, eps=eps, want_kl=True, trace=samples > 1)
+        dist = dmol_nll(model.logits(out.px_z), target, cfg.num_mixtures, low_bit=cfg.low_bit)
+        kl = torch.stack([k.sum(dim=(1, 2, 3)) for k in out.kl], dim=1) / n_dims  # type: ignore[union-attr]
+        dists.append(dist)
+        kls.append(kl)
+        rates.append(kl.sum(dim=1))
+        if samples > 1:
+            log_ratio = sum(
+                (gaussian_log_prob(t["z"].float(), t["pm"].float(), t["pv"].float())
+                 - gaussian_log_prob(t["z"].float(), t["qm"].float(), t["qv"].float())).sum(dim=(1, 2, 3))
+                for t in out.trace
+            )
+            log_weights.append(-dist * n_dims + log_ratio)
+    distortion = torch.stack(dists).mean(0)
+    rate = torch.stack(rates).mean(0)
+    kl_per_layer = torch.stack(kls).mean(0)
+    if samples > 1:
+        bound = -(torch.logsumexp(torch.stack(log_weights), dim=0) - math.log(samples)) / n_dims
+    else:
+        bound = distortion + rate
+    return ElboResult(distortion, rate, kl_per_layer, bound)
