@@ -187,3 +187,22 @@ def test_cli_convert(tmp_path, official_pickle, hparams_file, golden_cases):
         acts = model.encoder(ops.model_input(model.cfg, golden_cases["input.x_uint8"]))
         px = model.decoder(2, acts, posterior_mean=True).px_z
     torch.testing.assert_close(px, golden_cases["postmean.px_z"], atol=1e-5, rtol=0)
+
+
+def test_cli_convert_check_lists_every_difference(tmp_path, golden_state, hparams_file):
+    """The ffhq1024 situation (the published file lacks encoder.enc_blocks.68/69 of hps.py), in small:
+    a checkpoint with two encoder blocks fewer and one mis-shaped tensor; --check lists each key."""
+    state = OrderedDict((k, v) for k, v in golden_state.items() if not k.startswith(("encoder.enc_blocks.12.", "encoder.enc_blocks.13.")))
+    state["decoder.gain"] = torch.zeros(1, 32, 1, 1)
+    src = tmp_path / "tiny-model-ema.th"
+    torch.save(state, src)
+    out = tmp_path / "x.safetensors"
+    res = runner.invoke(app, ["convert", str(src), "--hparams", str(hparams_file), "--check", "--json", "-o", str(out)])
+    assert res.exit_code == 1
+    report = json.loads(res.stdout)
+    assert sorted(report["missing"]) == sorted(k for k in golden_state if k.startswith(("encoder.enc_blocks.12.", "encoder.enc_blocks.13.")))
+    assert len(report["missing"]) == 16 and report["unexpected"] == []
+    assert report["mismatched"] == [{"key": "decoder.gain", "shape": [1, 32, 1, 1], "expected": [1, 16, 1, 1]}]
+    assert not out.exists()
+    res = runner.invoke(app, ["convert", str(src), "--hparams", str(hparams_file), "--check", "-o", str(out)])
+    assert res.exit_code == 1 and "missing     encoder.enc_blocks.13.c4.bias" in res.stdout

@@ -49,11 +49,11 @@ class KeyReport:
         for label, items in (("missing", self.missing), ("unexpected", self.unexpected)):
             if items:
                 shown = ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
-                parts.append(f"{len(items)} {label} key(s): {shown}")
+                parts.append(f"{len(items)} {label} key(s)" + (f": {shown}" if limit else ""))
         if self.mismatched:
             shown = ", ".join(f"{k} {tuple(got)} != expected {tuple(exp)}" for k, got, exp in self.mismatched[:limit])
             more = f" (+{len(self.mismatched) - limit} more)" if len(self.mismatched) > limit else ""
-            parts.append(f"{len(self.mismatched)} shape mismatch(es): {shown}{more}")
+            parts.append(f"{len(self.mismatched)} shape mismatch(es)" + (f": {shown}{more}" if limit else ""))
         return "; ".join(parts)
 
 
@@ -300,7 +300,7 @@ def convert_reference(
     if not report.ok:
         raise CheckpointError(
             f"{src} does not match config {cfg.name!r}: {report.summary()}",
-            hint="pick the right --config, pass the run's --hparams log.jsonl, or try --config infer",
+            hint="see every difference with --check; pick the right --config, pass the run's --hparams log.jsonl, or try --config infer",
         )
     meta = {"source_file": Path(src).name}
     meta.update(metadata or {})

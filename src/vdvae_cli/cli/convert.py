@@ -27,6 +27,7 @@ def convert(
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="Official config name, or 'infer' to read the layout from the weights.")] = None,
     hparams: Annotated[Optional[Path], typer.Option("--hparams", help="Reference hyperparameters: a JSON object or an official run's -log.jsonl.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Store as fp32 (default), fp16 or bf16.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; list every missing, unexpected and mis-shaped key (all of them) and exit 1 if any.")] = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -35,12 +36,28 @@ def convert(
     The pickle is loaded with weights_only=True (no pickled code runs). Every missing, unexpected or
     mis-shaped key is reported by name. The output is written atomically.
     """
-    from ..checkpoint import DTYPES, convert_reference
+    from ..checkpoint import DTYPES, compare_keys, convert_reference, infer_config, load_reference_state
     from ..config import load_config_arg
 
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     cfg = None if config == "infer" and hparams is None else load_config_arg(config, hparams)
+    if check:
+        shapes = {k: tuple(v.shape) for k, v in load_reference_state(src).items()}
+        report = compare_keys(shapes, cfg or infer_config(shapes))
+        result = {"ok": report.ok, "missing": report.missing, "unexpected": report.unexpected,
+                  "mismatched": [{"key": k, "shape": list(got), "expected": list(exp)} for k, got, exp in report.mismatched]}
+        if json_out:
+            print(json.dumps(result))
+        else:
+            for k in report.missing:
+                print(f"missing     {k}")
+            for k in report.unexpected:
+                print(f"unexpected  {k}  {tuple(shapes[k])}")
+            for k, got, exp in report.mismatched:
+                print(f"mismatched  {k}  {got} != expected {exp}")
+            print("ok: every key and shape matches" if report.ok else f"differences: {report.summary(limit=0)}", file=sys.stderr)
+        raise typer.Exit(0 if report.ok else 1)
     path, cfg = convert_reference(src, output, cfg, dtype=dtype, force=force)
     info = {"output": str(path), "config": cfg.name, "layers": cfg.n_layers, "bytes": path.stat().st_size}
     if json_out:
