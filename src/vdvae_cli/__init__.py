@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load": ("vdvae_cli.hub", "load_model"),
+    "resolve_model": ("vdvae_cli.hub", "resolve_model"),
     "sample": ("vdvae_cli.ops", "sample"),
     "reconstruct": ("vdvae_cli.ops", "reconstruct"),
     "mix": ("vdvae_cli.ops", "mix"),

@@ -11,7 +11,7 @@ ModelOpt = Annotated[
     Optional[str],
     typer.Option(
         "--model", "-m",
-        help="Registry name (see `vdvae models`), a .safetensors file, or hf://owner/repo[/file][@rev]. "
+        help="Registry name (see `vdvae models`), a .safetensors file, or hf://owner/repo (optionally /path/file.safetensors and @revision). "
         "Default: $VDVAE_MODEL, else the model shipped in weights/.",
         show_default=False,
     ),

@@ -1,0 +1,149 @@
+"""``vdvae models`` (what can be named with --model) and ``vdvae download`` (fetch one for offline use)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
+
+import typer
+
+from ._app import command
+from .options import ForceOpt, JsonOpt, QuietOpt
+
+if TYPE_CHECKING:
+    from ..hub import DownloadProgress, ProgressCallback
+
+
+@contextmanager
+def _progress_reporter(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
+    """A progress callback for the hub functions: a rich bar on a terminal, a few plain lines otherwise."""
+    if quiet:
+        yield None
+        return
+    from ..hub import human_size
+
+    if not sys.stderr.isatty():
+        said: set[tuple[str, str]] = set()
+
+        def plain(event: "DownloadProgress") -> None:
+            key = (event.stage, event.filename)
+            if key in said or event.stage == "done":
+                return
+            said.add(key)
+            if event.stage == "download":
+                print(f"downloading {event.filename} ({human_size(event.total)})", file=sys.stderr)
+            elif event.stage == "convert":
+                print(f"converting to {event.filename}", file=sys.stderr)
+
+        yield plain
+        return
+
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        tasks: dict[tuple[str, str], int] = {}
+
+        def rich_cb(event: "DownloadProgress") -> None:
+            key = (event.stage, event.filename)
+            if event.stage == "done":
+                return
+            if key not in tasks:
+                label = event.filename if event.stage == "download" else f"converting to {event.filename}"
+                tasks[key] = bar.add_task(label, total=event.total)
+            bar.update(tasks[key], completed=event.done, total=event.total)
+
+        yield rich_cb
+
+
+@command(
+    "download",
+    epilog="Examples:\n\n"
+    "  vdvae download cifar10\n\n"
+    "  vdvae download ffhq256 --keep-original\n\n"
+    "  vdvae download hf://owner/repo@v1.0\n\n"
+    "  VDVAE_CACHE=/data/vdvae vdvae download imagenet64 --json",
+)
+def download(
+    name: Annotated[str, typer.Argument(
+        help="Registry name (see `vdvae models`), or a Hub model: hf://owner/repo, optionally "
+        "/path/to/file.safetensors and @revision.", show_default=False)],
+    force: ForceOpt = False,
+    keep_original: Annotated[bool, typer.Option(
+        "--keep-original", help="Keep the downloaded official .th (and log) next to the converted file.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download a model once so that --model NAME works offline.
+
+    Official checkpoints are fetched from openaipublic (resumable: run the command again after an
+    interruption), converted to a self-describing safetensors file in the cache ($VDVAE_CACHE, default
+    ~/.cache/vdvae-cli) and the pickle is deleted. hf:// models go to the Hugging Face cache.
+    """
+    from ..hub import download as fetch
+    from ..hub import human_size
+
+    with _progress_reporter(quiet or json_out) as progress:
+        resolved = fetch(name, force=force, keep_original=keep_original, progress=progress)
+    size = resolved.path.stat().st_size
+    if json_out:
+        print(json.dumps({"name": resolved.name, "path": str(resolved.path), "source": resolved.source,
+                          "detail": resolved.detail, "bytes": size}))
+    elif not quiet:
+        print(f"{resolved.name}: {resolved.path} ({human_size(size)}, {resolved.source})", file=sys.stderr)
+
+
+@command(
+    "models",
+    epilog="Examples:\n\n"
+    "  vdvae models\n\n"
+    "  vdvae models --json | jq -r 'select(.cached) | .name'",
+)
+def models(json_out: JsonOpt = False) -> None:
+    """List the models --model can name: the shipped one, the official openai/vdvae checkpoints and
+    where each is cached. The default model is marked with *.
+    """
+    from .. import registry
+    from ..hub import cache_dir, cached_path, human_size
+
+    default = registry.default_name()
+    rows = []
+    for entry in registry.all_entries():
+        path = cached_path(entry)
+        info = entry.to_dict()
+        info.update(cached=path is not None, cached_path=str(path) if path else None, default=entry.name == default)
+        rows.append(info)
+    if json_out:
+        for info in rows:
+            print(json.dumps(info))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    def count(n: int | None, approx: bool, fmt: str) -> str:
+        return "?" if n is None else ("~" if approx else "") + fmt.format(n)
+
+    table = Table(box=None, header_style="bold", caption=f"cache: {cache_dir()} (VDVAE_CACHE)", caption_justify="left")
+    for col in ("name", "res", "layers", "params", "size", "licence", "cached", "source"):
+        table.add_column(col, justify="right" if col in ("res", "layers", "params", "size") else "left")
+    for r in rows:
+        table.add_row(
+            r["name"] + (" *" if r["default"] else ""),
+            str(r["resolution"] or "?"),
+            count(r["latent_layers"], False, "{}"),
+            count(r["parameters"] and r["parameters"] / 1e6, r["approximate"], "{:.1f}M"),
+            ("~" if r["approximate"] else "") + human_size(r["size_bytes"]),
+            r["license"],
+            r["cached_path"] if r["cached"] else "no",
+            r["source"],
+        )
+    console = Console(width=None if sys.stdout.isatty() else 240, soft_wrap=False)
+    console.print(table)
+    if default is None:
+        print("no model is shipped in weights/, so --model is required", file=sys.stderr)
