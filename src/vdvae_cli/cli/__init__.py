@@ -5,6 +5,8 @@ from __future__ import annotations
 from ._app import app
 from . import convert  # noqa: F401  (registers commands)
 from . import models  # noqa: F401
+from . import generate  # noqa: F401
+from . import evaluate  # noqa: F401
 
 
 def main() -> None:

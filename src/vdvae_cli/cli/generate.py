@@ -1,0 +1,449 @@
+"""``vdvae sample | reconstruct | mix | encode | decode``: images from a VDVAE's latent hierarchy.
+
+Each command checks its options and its output first, loads the model, then runs one ``ops``
+function per batch. Seeds: image ``i`` of a run depends only on ``(--seed, i)``, whatever
+``--batch-size`` is. Temperatures (``--temp``) apply to every layer drawn from the prior.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._app import command
+from ._run import (
+    BatchOpt, NoResizeOpt, Session, batches, check_keep_args, check_output_temp, check_positive, collect_inputs,
+    keep_count, plan_images, read_pixels, stdout_is_tty,
+)
+from .options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
+from ..errors import LatentsError, OutputError, UsageError
+from ..temperature import parse_temperature_spec
+
+
+class Posterior(str, Enum):
+    sample = "sample"
+    mean = "mean"
+
+
+TempOpt = Annotated[str, typer.Option(
+    "--temp", "-t",
+    help="Prior temperature of the free layers: one number, or a spec such as "
+    "'0.8,0-5=1.0,r32=0.5,12=0.3' (layer N, range A-B or A-, rN = every layer at resolution N, "
+    "A-B=t0:t1 a linear ramp; later entries win). Layer numbers as in `vdvae info`.",
+)]
+OutputTempOpt = Annotated[float, typer.Option(
+    "--output-temp", help="Pixel (DMoL) sampling temperature: 1 as the model samples, 0 the most likely pixels.",
+)]
+OutOpt = Annotated[Optional[str], typer.Option(
+    "--output", "-o",
+    help="FILE.png (one image, or the grid), DIR/ (one PNG per image), or - for stdout. "
+    "Default: stdout when it is not a terminal.",
+    show_default=False,
+)]
+GridOpt = Annotated[bool, typer.Option("--grid", help="Tile all images into one image.")]
+KeepLayersOpt = Annotated[Optional[str], typer.Option(
+    "--keep-layers", "-k", help="Keep the first K latent layers (a number, or 'all').", show_default=False,
+)]
+KeepResOpt = Annotated[Optional[int], typer.Option(
+    "--keep-res", help="Keep every latent layer at resolution <= R (a model resolution).", show_default=False,
+)]
+PosteriorOpt = Annotated[Posterior, typer.Option(
+    "--posterior", help="Take kept latents as the posterior mean (deterministic) or a posterior sample.",
+)]
+
+
+# --------------------------------------------------------------------------------------------------
+# sample
+
+
+@command(
+    "sample",
+    help=(
+        "Draw unconditional samples from the model's prior.\n\n"
+        "Image i of a run depends only on (--seed, i): the same with any --batch-size. Without --seed a seed "
+        "is chosen and printed on stderr (and in --json), so the run can be repeated."
+    ),
+    epilog="Examples:\n\n"
+    "  vdvae sample --model ffhq256 --temp 0.6 -o face.png\n\n"
+    "  vdvae sample -n 16 --grid --seed 7 -o grid.png\n\n"
+    "  vdvae sample -n 100 --temp '0.9,r32=0.5' --batch-size 25 -o samples/\n\n"
+    "  vdvae sample -n 1 -o - | vdvae reconstruct - --keep-layers 5 -o out.png",
+)
+def sample(
+    num: Annotated[int, typer.Option("--num", "-n", help="How many images.")] = 1,
+    temp: TempOpt = "1.0",
+    output_temp: OutputTempOpt = 1.0,
+    output: OutOpt = None,
+    grid: GridOpt = False,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = 8,
+    force: ForceOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from .. import ops
+    from ..images import numbered_names
+
+    check_positive("-n", num)
+    check_positive("--batch-size", batch_size)
+    check_output_temp(output_temp)
+    writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out)
+    run = Session(quiet=quiet, json_out=json_out)
+    vae = run.load_model(model, device, dtype)
+    temps = parse_temperature_spec(temp, vae.cfg)
+    seed = run.seed(seed)
+
+    def make(indices: list[int]):
+        return ops.sample(vae, len(indices), temperatures=temps, output_temperature=output_temp,
+                          noise=run.noise(seed, indices))
+
+    def record(i: int) -> dict:
+        return {"index": i, "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps,
+                "output_temp": output_temp}
+
+    run.generate(writer, num, batch_size, make, record, "sampling")
+
+
+# --------------------------------------------------------------------------------------------------
+# reconstruct
+
+
+@command(
+    "reconstruct",
+    help=(
+        "Encode each image, keep its first K latent layers, sample the rest from the prior.\n\n"
+        "--keep-layers all (the default) is a full reconstruction; fewer layers keep the coarse content and "
+        "let the model re-imagine the details at --temp. Image i depends only on (--seed, i).\n\n"
+        "In a folder, outputs are named STEM_recon.png (with an index in front when that would not sort in "
+        "input order)."
+    ),
+    epilog="Examples:\n\n"
+    "  vdvae reconstruct photo.png -o recon.png\n\n"
+    "  vdvae reconstruct photos/ --keep-layers 20 --temp 0.8 -o recon/\n\n"
+    "  vdvae reconstruct face.jpg --keep-res 16 -o coarse.png\n\n"
+    "  cat photo.png | vdvae reconstruct - --posterior sample --output-temp 0 > recon.png",
+)
+def reconstruct(
+    images: Annotated[list[str], typer.Argument(
+        metavar="IMG", help="Image files, folders, or - for an image on stdin.", show_default=False)],
+    keep_layers: KeepLayersOpt = None,
+    keep_res: KeepResOpt = None,
+    posterior: PosteriorOpt = Posterior.mean,
+    temp: TempOpt = "1.0",
+    output_temp: OutputTempOpt = 1.0,
+    output: OutOpt = None,
+    grid: GridOpt = False,
+    no_resize: NoResizeOpt = False,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = 8,
+    force: ForceOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from .. import ops
+    from ..images import derived_names
+
+    check_keep_args(keep_layers, keep_res)
+    check_positive("--batch-size", batch_size)
+    check_output_temp(output_temp)
+    sources = collect_inputs(images)
+    writer = plan_images(output, derived_names([s.stem for s in sources], "recon"), grid=grid, force=force,
+                         json_out=json_out)
+    run = Session(quiet=quiet, json_out=json_out)
+    vae = run.load_model(model, device, dtype)
+    keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
+    temps = parse_temperature_spec(temp, vae.cfg)
+    pixels = read_pixels(run, sources, vae.cfg.image_size, no_resize)
+    seed = run.seed(seed)
+
+    def make(indices: list[int]):
+        return ops.reconstruct(vae, pixels[indices], keep_layers=keep, posterior=posterior.value,
+                               temperatures=temps, output_temperature=output_temp, noise=run.noise(seed, indices))
+
+    def record(i: int) -> dict:
+        return {"index": i, "input": sources[i].name, "keep_layers": keep, "posterior": posterior.value,
+                "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps, "output_temp": output_temp}
+
+    run.generate(writer, len(sources), batch_size, make, record, "reconstructing")
+
+
+# --------------------------------------------------------------------------------------------------
+# mix
+
+
+@command(
+    "mix",
+    help=(
+        "Latent-prefix mixing: the first K layers from A, the rest from B given that prefix.\n\n"
+        "B's remaining layers are inferred from its posterior conditioned on A's prefix, so the completion "
+        "fits. With no B they are sampled from the prior at --temp, and --n-variations N shows one prefix "
+        "with N completions. With --posterior mean (the default) every output shares exactly one prefix of A. "
+        "--keep-layers all gives A's reconstruction, --keep-layers 0 gives B's.\n\n"
+        "In a folder, outputs are named A_B_mix.png, or A_mix_00000.png for variations."
+    ),
+    epilog="Examples:\n\n"
+    "  vdvae mix a.png b.png --keep-layers 10 -o mixed.png\n\n"
+    "  vdvae mix a.png others/ --keep-res 8 -o mixes/\n\n"
+    "  vdvae mix a.png --keep-res 16 --n-variations 16 --temp 0.7 --grid -o variations.png",
+)
+def mix(
+    a: Annotated[str, typer.Argument(
+        metavar="A", help="Image A: its first K latent layers are kept (a file, or -).", show_default=False)],
+    b: Annotated[Optional[list[str]], typer.Argument(
+        metavar="B", show_default=False,
+        help="Images B (files, folders, -): each gives the remaining layers. None: sample them from the prior.")] = None,
+    keep_layers: KeepLayersOpt = None,
+    keep_res: KeepResOpt = None,
+    n_variations: Annotated[int, typer.Option(
+        "--n-variations", "-n", help="Without B: how many completions of A's prefix to draw.")] = 1,
+    posterior: PosteriorOpt = Posterior.mean,
+    temp: TempOpt = "1.0",
+    output_temp: OutputTempOpt = 1.0,
+    output: OutOpt = None,
+    grid: GridOpt = False,
+    no_resize: NoResizeOpt = False,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = 8,
+    force: ForceOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from .. import ops
+    from ..images import derived_names, numbered_names
+
+    check_keep_args(keep_layers, keep_res)
+    if keep_layers is None and keep_res is None:
+        raise UsageError("mix needs --keep-layers K or --keep-res R (how much of A to keep)")
+    check_positive("--n-variations", n_variations)
+    check_positive("--batch-size", batch_size)
+    check_output_temp(output_temp)
+    if b and n_variations != 1:
+        raise UsageError("--n-variations draws completions from the prior, so it takes no B images",
+                         hint="drop B, or drop --n-variations")
+    if a == "-" and b and "-" in b:
+        raise UsageError("'-' (stdin) is given more than once", hint="stdin can be read only once")
+    a_sources = collect_inputs([a])
+    if len(a_sources) != 1:
+        raise UsageError(f"A must be one image, but {a} holds {len(a_sources)}", hint="give one file as A")
+    source_a = a_sources[0]
+    b_sources = collect_inputs(b) if b else []
+    if b_sources:
+        names = derived_names([f"{source_a.stem}_{s.stem}" for s in b_sources], "mix")
+    else:
+        names = numbered_names(f"{source_a.stem}_mix", n_variations)
+    writer = plan_images(output, names, grid=grid, force=force, json_out=json_out)
+    run = Session(quiet=quiet, json_out=json_out)
+    vae = run.load_model(model, device, dtype)
+    keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
+    temps = parse_temperature_spec(temp, vae.cfg)
+    pixels_a = read_pixels(run, [source_a], vae.cfg.image_size, no_resize)
+    pixels_b = read_pixels(run, b_sources, vae.cfg.image_size, no_resize) if b_sources else None
+    seed = run.seed(seed)
+    total = len(b_sources) or n_variations
+
+    def make(indices: list[int]):
+        rest = pixels_b[indices] if pixels_b is not None else None
+        return ops.mix(vae, pixels_a.expand(len(indices), -1, -1, -1), rest, keep_layers=keep,
+                       posterior=posterior.value, temperatures=temps, output_temperature=output_temp,
+                       noise=run.noise(seed, indices))
+
+    def record(i: int) -> dict:
+        return {"index": i, "a": source_a.name, "b": b_sources[i].name if b_sources else None,
+                "keep_layers": keep, "posterior": posterior.value, "seed": seed, "model": vae.cfg.name,
+                "temp": temp, "temperatures": temps, "output_temp": output_temp}
+
+    run.generate(writer, total, batch_size, make, record, "mixing")
+
+
+# --------------------------------------------------------------------------------------------------
+# encode / decode
+
+
+@command(
+    "encode",
+    help=(
+        "Encode images to a latents file: one (N, Z, r, r) tensor per latent layer, in safetensors.\n\n"
+        "Tensors are named layer.00, layer.01, ... in decoder order, as `vdvae info` numbers the layers. The "
+        "metadata holds the model's identity, the image names and the posterior kind, so `vdvae decode` can "
+        "check that the file belongs to its model. Edit the tensors with any tool (keep the metadata); a "
+        "deleted layer is sampled from the prior when decoding."
+    ),
+    epilog="Examples:\n\n"
+    "  vdvae encode a.png b.png -o latents.safetensors\n\n"
+    "  vdvae encode photos/ --posterior sample --seed 3 -o photos.safetensors\n\n"
+    "  vdvae encode face.png -o - | vdvae decode - --keep-layers 20 -o face2.png\n\n"
+    "  python -c \"from safetensors.torch import load_file; print(load_file('latents.safetensors').keys())\"",
+)
+def encode(
+    images: Annotated[list[str], typer.Argument(
+        metavar="IMG", help="Image files, folders, or - for an image on stdin.", show_default=False)],
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", help="Latents file (.safetensors), or - for stdout. Default: stdout when it is not a terminal.",
+        show_default=False)] = None,
+    posterior: PosteriorOpt = Posterior.mean,
+    no_resize: NoResizeOpt = False,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = 8,
+    force: ForceOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    import torch
+
+    from ..latents import latents_bytes
+    from .. import ops
+
+    check_positive("--batch-size", batch_size)
+    sources = collect_inputs(images)
+    target = _latents_target(output, force, json_out)
+    run = Session(quiet=quiet, json_out=json_out)
+    vae = run.load_model(model, device, dtype)
+    pixels = read_pixels(run, sources, vae.cfg.image_size, no_resize)
+    seed = run.seed(seed) if posterior is Posterior.sample else seed
+    parts: list[list[torch.Tensor]] = []
+    run.announce()
+    with run.progress(len(sources), "encoding") as advance:
+        for indices in batches(len(sources), batch_size):
+            noise = run.noise(seed, indices) if seed is not None else None
+            parts.append([z.cpu() for z in ops.encode(vae, pixels[indices], posterior=posterior.value, noise=noise)])
+            advance(len(indices))
+    layers = [torch.cat([p[i] for p in parts]) for i in range(vae.cfg.n_layers)]
+    names = [s.name for s in sources]
+    blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed)
+    if target is None:
+        sys.stdout.buffer.write(blob)
+        sys.stdout.buffer.flush()
+        where = "-"
+    else:
+        from ..checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(target, blob, force=force)
+        where = str(target)
+    run.info(f"wrote latents of {len(names)} image{'s' if len(names) != 1 else ''} ({vae.cfg.n_layers} layers, "
+             f"{len(blob) / 1e6:.2f} MB) to {where}")
+    if json_out:
+        run.emit({"path": where, "images": names, "layers": vae.cfg.n_layers, "posterior": posterior.value,
+                  "seed": seed, "model": vae.cfg.name, "bytes": len(blob),
+                  "seconds": round(time.perf_counter() - run.started, 4)})
+
+
+@command(
+    "decode",
+    help=(
+        "Decode a latents file to images: its first K layers are kept, the rest sampled at --temp.\n\n"
+        "The file must come from the same model (its fingerprint is checked). In a folder, outputs are named "
+        "after the encoded images: STEM_decoded.png."
+    ),
+    epilog="Examples:\n\n"
+    "  vdvae decode latents.safetensors -o decoded/\n\n"
+    "  vdvae decode latents.safetensors --keep-layers 10 --temp 0.7 --seed 1 -o decoded/\n\n"
+    "  vdvae encode face.png -o - | vdvae decode - --keep-res 16 -o face2.png",
+)
+def decode(
+    latents: Annotated[str, typer.Argument(
+        metavar="LATENTS", help="A latents file from `vdvae encode`, or - for stdin.", show_default=False)],
+    keep_layers: KeepLayersOpt = None,
+    keep_res: KeepResOpt = None,
+    temp: TempOpt = "1.0",
+    output_temp: OutputTempOpt = 1.0,
+    output: OutOpt = None,
+    grid: GridOpt = False,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = 8,
+    force: ForceOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from .. import ops
+    from ..images import derived_names
+    from ..latents import load_latents
+
+    check_keep_args(keep_layers, keep_res)
+    check_positive("--batch-size", batch_size)
+    check_output_temp(output_temp)
+    data, label = _read_latents_bytes(latents)
+    run = Session(quiet=quiet, json_out=json_out)
+    vae = run.load_model(model, device, dtype)
+    content = load_latents(data, vae.cfg, label=label)
+    keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
+    temps = parse_temperature_spec(temp, vae.cfg)
+    writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
+                         grid=grid, force=force, json_out=json_out)
+    layers = [z if i < keep else None for i, z in enumerate(content.layers)]
+    seed = run.seed(seed)
+
+    def make(indices: list[int]):
+        given = [None if z is None else z[indices] for z in layers]
+        return ops.decode(vae, given, n=len(indices), temperatures=temps, output_temperature=output_temp,
+                          noise=run.noise(seed, indices))
+
+    def record(i: int) -> dict:
+        return {"index": i, "name": content.names[i], "latents": label, "keep_layers": keep, "seed": seed,
+                "model": vae.cfg.name, "temp": temp, "temperatures": temps, "output_temp": output_temp}
+
+    run.generate(writer, content.n, batch_size, make, record, "decoding")
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _latents_target(output: str | None, force: bool, json_out: bool) -> Path | None:
+    """The latents file to write, or None for stdout; checked before any work."""
+    from ..images import IMAGE_SUFFIXES, check_output_file
+
+    if output is None or output == "-":
+        if json_out:
+            raise UsageError("--json prints results on stdout, so the latents need -o FILE.safetensors")
+        if stdout_is_tty():
+            if output is None:
+                raise UsageError("no -o given and stdout is a terminal",
+                                 hint="add -o latents.safetensors, or redirect: ... > latents.safetensors")
+            raise OutputError("refusing to write binary latents to a terminal",
+                              hint="redirect stdout (... -o - > latents.safetensors) or give -o FILE")
+        return None
+    target = Path(output)
+    if target.suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"-o {output}: latents are written as a .safetensors file, not an image",
+                         hint="e.g. -o latents.safetensors")
+    check_output_file(target, force)
+    return target
+
+
+def _read_latents_bytes(arg: str) -> tuple[bytes, str]:
+    if arg == "-":
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None or sys.stdin.isatty():
+            raise UsageError("'-' reads latents from stdin, but stdin is a terminal",
+                             hint="pipe them in: vdvae encode img.png -o - | vdvae decode -")
+        data = stream.read()
+        if not data:
+            raise LatentsError("no latents on stdin (it was empty)")
+        return data, "stdin"
+    path = Path(arg)
+    if not path.is_file():
+        raise LatentsError(f"no such file: {arg}" if not path.exists() else f"{arg} is not a file")
+    try:
+        return path.read_bytes(), arg
+    except OSError as exc:
+        raise LatentsError(f"cannot read {arg}: {exc.strerror}") from None

@@ -1,0 +1,185 @@
+"""Latents files: what ``vdvae encode`` writes and ``vdvae decode`` reads.
+
+A latents file is a safetensors file that other tools can open and edit::
+
+    layer.00 ... layer.NN   float32 (N, Z, r, r): the latent of each layer, decoder order
+    __metadata__:
+      format              "vdvae-latents"
+      format_version      "1"
+      model_name          the config's name (e.g. "ffhq256")
+      model_fingerprint   sha256 of the model's config JSON and name (first 16 hex digits)
+      vdvae_config        the config JSON itself (shapes can be read without the model)
+      image_names         JSON list of N names, one per row
+      posterior           "sample" or "mean"
+      seed                the seed of the posterior draws (when sampled)
+
+A layer may be left out (deleted by an editing tool): decoding then samples it from the prior.
+Loading checks the fingerprint against the model and every shape against the config, and raises
+:class:`~vdvae_cli.errors.LatentsError` naming what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+from . import __version__
+from .config import VDVAEConfig
+from .errors import LatentsError
+
+FORMAT = "vdvae-latents"
+FORMAT_VERSION = "1"
+_KEY = re.compile(r"layer\.(\d+)")
+
+Tensor = torch.Tensor
+
+
+def model_fingerprint(cfg: VDVAEConfig) -> str:
+    """A short identity of a model's architecture: sha256 of its config JSON and its name."""
+    return hashlib.sha256(f"{cfg.to_json()}\n{cfg.name}".encode()).hexdigest()[:16]
+
+
+def layer_key(index: int, n_layers: int) -> str:
+    return f"layer.{index:0{max(2, len(str(n_layers - 1)))}d}"
+
+
+@dataclass
+class Latents:
+    """The content of a latents file. ``layers[i]`` is None where the file has no layer ``i``."""
+
+    layers: list[Tensor | None]
+    names: list[str]
+    posterior: str = "sample"
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+
+def latents_bytes(
+    layers: Sequence[Tensor],
+    cfg: VDVAEConfig,
+    names: Sequence[str],
+    *,
+    posterior: str = "sample",
+    seed: int | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> bytes:
+    """Serialise per-layer latents (each (N, Z, r, r)) of ``cfg``'s model as a latents file."""
+    from safetensors.torch import save
+
+    n = len(names)
+    tensors = {}
+    for i, z in enumerate(layers):
+        expected = (n, *cfg.decoder_layers[i].latent_shape)
+        if tuple(z.shape) != expected:
+            raise ValueError(f"layer {i} has shape {tuple(z.shape)}, expected {expected}")
+        tensors[layer_key(i, cfg.n_layers)] = z.detach().to("cpu", torch.float32).contiguous()
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_name": cfg.name,
+        "model_fingerprint": model_fingerprint(cfg),
+        "vdvae_config": cfg.to_json(),
+        "image_names": json.dumps(list(names)),
+        "posterior": posterior,
+        "created_by": f"vdvae-cli {__version__}",
+    }
+    if seed is not None:
+        meta["seed"] = str(seed)
+    meta.update(metadata or {})
+    return save(tensors, metadata=meta)
+
+
+def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents") -> Latents:
+    """Parse and check a latents file (its bytes) against the model ``cfg``."""
+    header = _header(data, label)
+    meta = header.pop("__metadata__", None) or {}
+    if meta.get("format") != FORMAT:
+        what = "a model checkpoint, not a latents file" if "vdvae_config" in meta else "not a latents file"
+        raise LatentsError(f"{label} is {what} (no format={FORMAT!r} metadata)",
+                           hint="make latents with: vdvae encode IMG -o latents.safetensors")
+    fingerprint = meta.get("model_fingerprint")
+    if fingerprint is None:
+        raise LatentsError(f"{label} does not say which model made it (no model_fingerprint metadata)",
+                           hint="keep the original metadata when editing the file")
+    if fingerprint != model_fingerprint(cfg):
+        other = meta.get("model_name", "?")
+        layers = ""
+        try:
+            other_cfg = VDVAEConfig.from_dict(json.loads(meta["vdvae_config"]))
+            layers = f", {other_cfg.n_layers} latent layers"
+        except Exception:  # the stored config is informative only
+            pass
+        raise LatentsError(
+            f"{label} was made by model {other!r} ({fingerprint}{layers}), not by {cfg.name!r} "
+            f"({model_fingerprint(cfg)}, {cfg.n_layers} latent layers)",
+            hint=f"decode it with --model {other}, the model that encoded it",
+        )
+    n_rows = None
+    found: dict[int, str] = {}
+    for key, info in header.items():
+        m = _KEY.fullmatch(key)
+        if m is None:
+            raise LatentsError(f"{label}: unexpected tensor {key!r}", hint="tensors are named layer.00, layer.01, ...")
+        index = int(m.group(1))
+        if index >= cfg.n_layers:
+            raise LatentsError(f"{label}: {key} but the model has {cfg.n_layers} latent layers (0-{cfg.n_layers - 1})")
+        if index in found:
+            raise LatentsError(f"{label}: layer {index} appears twice ({found[index]}, {key})")
+        found[index] = key
+        shape = tuple(info.get("shape", ()))
+        expected = cfg.decoder_layers[index].latent_shape
+        if len(shape) != 4 or shape[1:] != expected:
+            raise LatentsError(f"{label}: {key} has shape {shape}, expected (N, {', '.join(map(str, expected))})")
+        if n_rows is None:
+            n_rows = shape[0]
+        elif shape[0] != n_rows:
+            raise LatentsError(f"{label}: {key} holds {shape[0]} images but other layers hold {n_rows}")
+    if n_rows is None:
+        raise LatentsError(f"{label} holds no latent layers")
+    try:
+        names = json.loads(meta["image_names"]) if "image_names" in meta else None
+    except json.JSONDecodeError:
+        raise LatentsError(f"{label}: image_names metadata is not a JSON list") from None
+    if names is None:
+        names = [f"latent_{i:05d}" for i in range(n_rows)]
+    if not isinstance(names, list) or len(names) != n_rows:
+        raise LatentsError(f"{label}: image_names lists {len(names) if isinstance(names, list) else '?'} names "
+                           f"for {n_rows} images")
+    try:
+        from safetensors.torch import load
+
+        tensors = load(data)
+    except Exception as exc:  # safetensors has its own error types
+        raise LatentsError(f"{label} cannot be read: {exc}") from None
+    layers: list[Tensor | None] = [None] * cfg.n_layers
+    for index, key in found.items():
+        layers[index] = tensors[key].float()
+    return Latents(layers, [str(x) for x in names], meta.get("posterior", "sample"), dict(meta))
+
+
+def _header(data: bytes, label: str) -> dict:
+    if len(data) < 8:
+        raise LatentsError(f"{label} is not a safetensors latents file ({len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8 or data[8:9] != b"{":
+        raise LatentsError(f"{label} is not a safetensors latents file",
+                           hint="make latents with: vdvae encode IMG -o latents.safetensors")
+    try:
+        header = json.loads(data[8:8 + n])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LatentsError(f"{label} has a corrupt safetensors header") from None
+    if not isinstance(header, dict):
+        raise LatentsError(f"{label} has a corrupt safetensors header")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > len(data):
+        raise LatentsError(f"{label} is truncated: {len(data)} bytes, its header describes {8 + n + end}")
+    return header
