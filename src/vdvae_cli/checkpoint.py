@@ -14,12 +14,12 @@ import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from .config import VDVAEConfig, official_config
-from .errors import CheckpointError, ConfigError, OutputError
+from .errors import CheckpointError, ConfigError, OutputError, VDVAEError
 from .model import VAE
 
 FORMAT = "vdvae-cli"
@@ -155,6 +155,41 @@ def sniff(path: Path) -> str:
     return "other"
 
 
+def parse_header(
+    read: Callable[[int, int], bytes],
+    size: int,
+    label: str,
+    *,
+    error: type[VDVAEError] = CheckpointError,
+    kind: str = "safetensors file",
+    hint: str | None = None,
+) -> dict[str, Any]:
+    """Parse a safetensors header through ``read(offset, n)`` from a source of ``size`` bytes.
+
+    Shared by checkpoints (read from a file) and latents (bytes from stdin): a too-short source, a
+    header that is not JSON, and a payload shorter than the header promises (a truncated download)
+    each raise ``error`` with one clear line.
+    """
+    if size < 8:
+        raise error(f"{label} is not a {kind} ({size} bytes)", hint=hint)
+    (n,) = struct.unpack("<Q", read(0, 8))
+    if n > min(size - 8, 100_000_000) or read(8, 1) != b"{":
+        raise error(f"{label} is not a {kind}", hint=hint)
+    try:
+        header = json.loads(read(8, n))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise error(f"{label} has a corrupt safetensors header") from None
+    if not isinstance(header, dict):
+        raise error(f"{label} has a corrupt safetensors header")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise error(
+            f"{label} is truncated: {size} bytes, the header describes {8 + n + end}",
+            hint="the file was probably cut short (an interrupted download or copy); fetch it again",
+        )
+    return header
+
+
 def read_header(path: str | Path) -> dict[str, Any]:
     """The parsed safetensors header of ``path`` (with ``__metadata__``), with clear errors."""
     path = Path(path)
@@ -171,25 +206,13 @@ def read_header(path: str | Path) -> dict[str, Any]:
             f"{path} is a PyTorch pickle, not safetensors",
             hint=f"convert it first: vdvae convert {path} --config NAME -o model.safetensors",
         )
-    size = path.stat().st_size
     with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise CheckpointError(f"{path} is not a safetensors file (only {size} bytes)")
-        (n,) = struct.unpack("<Q", raw)
-        if kind != "safetensors" or n > min(size - 8, 100_000_000):
-            raise CheckpointError(f"{path} is not a safetensors file")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{path} has a corrupt safetensors header") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise CheckpointError(
-            f"{path} is truncated: {size} bytes, the header describes {8 + n + end}",
-            hint="the download was probably interrupted; fetch the file again",
-        )
-    return header
+
+        def read(offset: int, n: int) -> bytes:
+            f.seek(offset)
+            return f.read(n)
+
+        return parse_header(read, path.stat().st_size, str(path))
 
 
 def config_of(path: str | Path) -> VDVAEConfig:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -167,19 +166,7 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents") -> La
 
 
 def _header(data: bytes, label: str) -> dict:
-    if len(data) < 8:
-        raise LatentsError(f"{label} is not a safetensors latents file ({len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8 or data[8:9] != b"{":
-        raise LatentsError(f"{label} is not a safetensors latents file",
-                           hint="make latents with: vdvae encode IMG -o latents.safetensors")
-    try:
-        header = json.loads(data[8:8 + n])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise LatentsError(f"{label} has a corrupt safetensors header") from None
-    if not isinstance(header, dict):
-        raise LatentsError(f"{label} has a corrupt safetensors header")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > len(data):
-        raise LatentsError(f"{label} is truncated: {len(data)} bytes, its header describes {8 + n + end}")
-    return header
+    from .checkpoint import parse_header
+
+    return parse_header(lambda offset, n: data[offset:offset + n], len(data), label, error=LatentsError,
+                        kind="safetensors latents file", hint="make latents with: vdvae encode IMG -o latents.safetensors")
