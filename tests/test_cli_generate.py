@@ -224,8 +224,8 @@ def test_mix_is_the_engine(tiny_ckpt, tmp_path, model, pics):
     a, b, c = pics
     vdvae("mix", "-m", tiny_ckpt, a, b, c, "--keep-res", 4, "--seed", 2, "-o", f"{tmp_path}/m/", "--batch-size", 1)
     x = pixels(pics)
-    expected = ops.mix(model, x[:1].expand(2, -1, -1, -1), x[1:], keep_layers=5, posterior="mean",
-                       noise=noise(2, [0, 1]))
+    prefix = ops.encode(model, x[:1], posterior="mean", n_layers=5)
+    expected = ops.mix(model, prefix, x[1:], posterior="mean", noise=noise(2, [0, 1]))
     np.testing.assert_array_equal(folder(tmp_path / "m"), expected.numpy())
 
 
@@ -236,8 +236,8 @@ def test_mix_variations_share_one_prefix(tiny_ckpt, tmp_path, model, pics):
     got = folder(tmp_path / "v")
     assert len({img.tobytes() for img in got}) == 4
     x = pixels(pics[:1])
-    expected = ops.mix(model, x.expand(4, -1, -1, -1), None, keep_layers=8, posterior="mean", temperatures=0.8,
-                       noise=noise(6, range(4)))
+    prefix = ops.encode(model, x, posterior="mean", n_layers=8)
+    expected = ops.mix(model, prefix, None, n=4, posterior="mean", temperatures=0.8, noise=noise(6, range(4)))
     np.testing.assert_array_equal(got, expected.numpy())
     # one prefix: with the rest at temperature 0 every completion is the same image
     vdvae("mix", "-m", tiny_ckpt, pics[0], "--keep-layers", 8, "-n", 3, "--temp", 0, "--output-temp", 0,

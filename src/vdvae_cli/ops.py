@@ -71,12 +71,19 @@ def _temps(cfg: VDVAEConfig, temperatures: Temperatures) -> list[float]:
 
 
 @torch.inference_mode()
-def encode(model: VAE, images: Tensor, *, posterior: Posterior = "sample", noise: NoiseLike = None) -> list[Tensor]:
-    """Posterior latents of ``images`` (uint8 NHWC): one (N, Z, r, r) float32 tensor per layer."""
+def encode(
+    model: VAE, images: Tensor, *, posterior: Posterior = "sample", noise: NoiseLike = None, n_layers: int | None = None
+) -> list[Tensor]:
+    """Posterior latents of ``images`` (uint8 NHWC): one (N, Z, r, r) float32 tensor per layer.
+
+    ``n_layers`` stops after that many leading layers (a prefix costs only its own layers)."""
     p = _param(model)
+    n_layers = model.cfg.n_layers if n_layers is None else n_layers
+    if n_layers == 0:
+        return []
     acts = model.encoder(model_input(model.cfg, images.to(p.device), p.dtype))
     out = model.decoder(images.shape[0], acts, posterior_mean=posterior == "mean", noise=as_noise(noise),
-                        want_latents=True, stop_after=model.cfg.n_layers)
+                        want_latents=True, stop_after=n_layers)
     return [z.float() for z in out.latents]  # type: ignore[union-attr]
 
 
@@ -146,41 +153,35 @@ def reconstruct(
 @torch.inference_mode()
 def mix(
     model: VAE,
-    prefix_images: Tensor,
+    prefix: Sequence[Tensor],
     rest_images: Tensor | None,
     *,
-    keep_layers: int,
+    n: int | None = None,
     posterior: Posterior = "sample",
     temperatures: Temperatures = 1.0,
     output_temperature: float = 1.0,
     noise: NoiseLike = None,
 ) -> Tensor:
-    """Latent-prefix mixing: layers ``< keep_layers`` from the posterior of ``prefix_images``, the
-    rest from the posterior of ``rest_images`` *given that prefix* (or from the prior when None).
+    """Latent-prefix mixing: the given ``prefix`` latents (e.g. ``encode(model, a, n_layers=K)``) fix
+    the first K layers; the rest come from the posterior of ``rest_images`` *given that prefix*, or
+    from the prior when ``rest_images`` is None.
 
-    The rest is inferred conditionally (B's encoder activations meet A's decoder state), so the
-    completion fits the prefix; ``keep_layers = 0`` is B's reconstruction and ``keep_layers = L``
-    is A's. Batches pair row by row; a batch of 1 on either side broadcasts.
+    The rest is inferred conditionally (B's encoder activations meet the prefix's decoder state), so
+    the completion fits the prefix; an empty prefix is B's reconstruction and a full one is A's.
+    A prefix with batch 1 is shared by every row; the batch is ``n`` or the rows of ``rest_images``.
     """
     cfg = model.cfg
-    if not 0 <= keep_layers <= cfg.n_layers:
-        raise ValueError(f"keep_layers={keep_layers} but the model has {cfg.n_layers} latent layers")
-    n = max(prefix_images.shape[0], 0 if rest_images is None else rest_images.shape[0])
+    if len(prefix) > cfg.n_layers:
+        raise ValueError(f"a prefix of {len(prefix)} layers but the model has {cfg.n_layers} latent layers")
+    if n is None:
+        n = rest_images.shape[0] if rest_images is not None else max((z.shape[0] for z in prefix), default=1)
     p = _param(model)
     src = as_noise(noise)
-    prefix: list[Tensor] = []
-    if keep_layers:
-        a = prefix_images.to(p.device)
-        acts_a = model.encoder(model_input(cfg, a, p.dtype))
-        prefix = model.decoder(a.shape[0], acts_a, posterior_mean=posterior == "mean", noise=src,
-                               want_latents=True, stop_after=keep_layers).latents  # type: ignore[assignment]
-        prefix = [z.expand(n, -1, -1, -1) for z in prefix]
-    acts_b = None
+    latents = [z.to(device=p.device, dtype=p.dtype).expand(n, -1, -1, -1) for z in prefix]
+    acts = None
     if rest_images is not None:
-        b = rest_images.to(p.device)
-        acts_b = model.encoder(model_input(cfg, b, p.dtype))
-        acts_b = {r: t.expand(n, -1, -1, -1) for r, t in acts_b.items()}
-    out = model.decoder(n, acts_b, latents=prefix, posterior_mean=posterior == "mean",
+        acts = model.encoder(model_input(cfg, rest_images.to(p.device), p.dtype))
+    out = model.decoder(n, acts, latents=latents, posterior_mean=posterior == "mean",
                         temperatures=_temps(cfg, temperatures), noise=src)
     return _pixels(model, out.px_z, src, output_temperature)
 

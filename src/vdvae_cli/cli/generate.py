@@ -255,11 +255,13 @@ def mix(
     seed = run.seed(seed)
     total = len(b_sources) or n_variations
 
+    # A's prefix is encoded once and shared by every output row (its own noise stream, index -1).
+    prefix = ops.encode(vae, pixels_a, posterior=posterior.value, noise=run.noise(seed, [-1]), n_layers=keep)
+
     def make(indices: list[int]):
         rest = pixels_b[indices] if pixels_b is not None else None
-        return ops.mix(vae, pixels_a.expand(len(indices), -1, -1, -1), rest, keep_layers=keep,
-                       posterior=posterior.value, temperatures=temps, output_temperature=output_temp,
-                       noise=run.noise(seed, indices))
+        return ops.mix(vae, prefix, rest, n=len(indices), posterior=posterior.value, temperatures=temps,
+                       output_temperature=output_temp, noise=run.noise(seed, indices))
 
     def record(i: int) -> dict:
         return {"index": i, "a": source_a.name, "b": b_sources[i].name if b_sources else None,
