@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._app import app
 from . import convert  # noqa: F401  (registers commands)
+from . import train  # noqa: F401
 from . import models  # noqa: F401
 from . import generate  # noqa: F401
 from . import evaluate  # noqa: F401

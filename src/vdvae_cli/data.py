@@ -1,0 +1,225 @@
+"""Training data: load images, fit them to the model's size, split off a held-out set, shard for DDP.
+
+Images live in memory as one uint8 NHWC tensor (the form every ``ops`` function takes). A data set is
+either a folder of image files (searched recursively, sorted by path so the order is reproducible)
+or an ``.npy`` / ``.npz`` uint8 array of shape (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, H, W, 4).
+Grey images become RGB by repeating the channel; an alpha channel is composited onto white.
+
+Every random choice (the held-out split, the per-epoch order) is drawn from a ``torch.Generator``
+seeded from an explicit seed, so a run and its resumption see the same batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import ImageError, UsageError
+from .runtime import image_seed
+
+Tensor = torch.Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_NPZ_KEYS = ("images", "x", "train", "data", "arr_0")
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_images(path: str | Path, image_size: int | None = None) -> Tensor:
+    """All images under ``path`` as a uint8 (N, S, S, 3) tensor.
+
+    ``image_size`` (when given) resizes each image so its shorter side is ``S`` (area-averaging when
+    shrinking, bicubic when enlarging) and centre-crops it square. Without it, every image must
+    already be square and of one size.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"data set {path} does not exist")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ImageError(f"{path} holds no image files", hint=f"expected {', '.join(IMAGE_SUFFIXES)}")
+        return torch.from_numpy(np.stack([_read_file(f, image_size) for f in files]))
+    if path.suffix.lower() in (".npy", ".npz"):
+        return fit_size(torch.from_numpy(_read_array(path)), image_size)
+    raise ImageError(f"{path} is neither a folder of images nor an .npy/.npz array")
+
+
+def _read_file(path: Path, image_size: int | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            img = _to_rgb(im)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(f"cannot read image {path}: {exc}") from None
+    if image_size is None:
+        if img.width != img.height:
+            raise ImageError(f"{path} is {img.width}x{img.height}, not square", hint="pass an image size to crop it")
+        return np.asarray(img)
+    return np.asarray(_fit_pil(img, image_size))
+
+
+def _to_rgb(im):
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _fit_pil(img, size: int):
+    """Resize the shorter side to ``size`` and centre-crop to ``size`` x ``size``."""
+    from PIL import Image
+
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
+    img = img.resize(new, method)
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _read_array(path: Path) -> np.ndarray:
+    try:
+        obj = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot read {path}: {exc}") from None
+    if isinstance(obj, np.lib.npyio.NpzFile):
+        with obj:
+            names = list(obj.files)
+            key = next((k for k in _NPZ_KEYS if k in names), names[0] if len(names) == 1 else None)
+            if key is None:
+                raise ImageError(
+                    f"{path} holds arrays {names}; cannot tell which are the images",
+                    hint=f"name the image array one of {', '.join(_NPZ_KEYS)}",
+                )
+            arr = obj[key]
+    else:
+        arr = obj
+    if arr.dtype != np.uint8:
+        raise ImageError(f"{path}: images must be uint8 (0..255), got {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
+        raise ImageError(f"{path}: expected an (N, H, W[, 1|3|4]) array, got shape {arr.shape}",
+                         hint="store images channels-last (NHWC)")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        alpha = arr[..., 3:].astype(np.float32) / 255.0
+        arr = np.round(arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    if arr.shape[0] == 0:
+        raise ImageError(f"{path} holds no images")
+    return np.ascontiguousarray(arr)
+
+
+def fit_size(images: Tensor, image_size: int | None) -> Tensor:
+    """Resize/crop a uint8 NHWC batch to ``image_size`` square (no-op when it already fits)."""
+    n, h, w, _ = images.shape
+    if image_size is None:
+        if h != w:
+            raise ImageError(f"images are {w}x{h}, not square", hint="pass an image size to crop them")
+        return images
+    if (h, w) == (image_size, image_size):
+        return images
+    from PIL import Image
+
+    out = [np.asarray(_fit_pil(Image.fromarray(img), image_size)) for img in images.numpy()]
+    return torch.from_numpy(np.stack(out))
+
+
+# --------------------------------------------------------------------------------------------------
+# Splitting and statistics
+
+
+def holdout_split(n: int, holdout: float | int, seed: int) -> tuple[Tensor, Tensor]:
+    """(train indices, held-out indices) from a seeded permutation of ``range(n)``.
+
+    ``holdout`` < 1 is a fraction of ``n``; >= 1 a count. Both index tensors are sorted.
+    """
+    count = round(n * holdout) if 0 < holdout < 1 else int(holdout)
+    if count < 0 or (holdout >= 1 and holdout != int(holdout)):
+        raise UsageError(f"held-out size {holdout!r} must be a fraction in (0, 1) or a whole count")
+    if count >= n:
+        raise UsageError(f"held-out set of {count} leaves no training images out of {n}")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    return perm[count:].sort().values, perm[:count].sort().values
+
+
+def pixel_stats(images: Tensor, limit: int = 10_000) -> tuple[float, float]:
+    """Mean and standard deviation of the pixel values (0..255) of up to ``limit`` images.
+
+    The reference sets each data set's input shift/scale to ``-mean`` and ``1 / std`` this way.
+    """
+    x = images[:limit].double()
+    return float(x.mean()), max(float(x.std()), 1e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches for one or many processes
+
+
+@dataclass(frozen=True)
+class ShardedBatches:
+    """Which training images each step of each rank sees.
+
+    Every epoch is a fresh permutation drawn from ``(seed, epoch)``; rank ``r`` of ``world`` takes
+    every ``world``-th index of it, and the tail that does not fill a whole batch on every rank is
+    dropped, so all ranks run the same number of steps. Step ``s`` lands in epoch
+    ``s // steps_per_epoch``: the batches are a pure function of the step, so resuming needs no
+    sampler state.
+    """
+
+    n: int
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps_per_epoch < 1:
+            raise UsageError(
+                f"{self.n} training images cannot fill one batch of {self.batch_size} on each of {self.world} process(es)",
+                hint="lower --batch-size or add images",
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world)
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def shard(self, epoch: int) -> Tensor:
+        """This rank's indices for ``epoch`` (length ``steps_per_epoch * batch_size``)."""
+        g = torch.Generator().manual_seed(image_seed(self.seed, epoch))
+        perm = torch.randperm(self.n, generator=g)
+        return perm[self.rank :: self.world][: self.steps_per_epoch * self.batch_size]
+
+    def indices(self, step: int) -> Tensor:
+        """This rank's batch at global step ``step``."""
+        b = step % self.steps_per_epoch
+        return self.shard(self.epoch_of(step))[b * self.batch_size : (b + 1) * self.batch_size]
+
+    def __iter__(self) -> Iterator[Tensor]:  # one epoch, from epoch 0 (handy for inspection)
+        for step in range(self.steps_per_epoch):
+            yield self.indices(step)
+
+
+def shard_range(n: int, rank: int, world: int) -> slice:
+    """A contiguous slice of ``range(n)`` for ``rank`` (evaluation: each rank scores its part)."""
+    per = -(-n // world)
+    return slice(min(n, rank * per), min(n, (rank + 1) * per))
