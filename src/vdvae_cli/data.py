@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ImageError, UsageError
+from .images import fit_square, to_rgb
 from .runtime import image_seed
 
 Tensor = torch.Tensor
@@ -56,39 +57,14 @@ def _read_file(path: Path, image_size: int | None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            img = _to_rgb(im)
+            img = to_rgb(im)
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageError(f"cannot read image {path}: {exc}") from None
     if image_size is None:
         if img.width != img.height:
             raise ImageError(f"{path} is {img.width}x{img.height}, not square", hint="pass an image size to crop it")
         return np.asarray(img)
-    return np.asarray(_fit_pil(img, image_size))
-
-
-def _to_rgb(im):
-    from PIL import Image
-
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
-def _fit_pil(img, size: int):
-    """Resize the shorter side to ``size`` and centre-crop to ``size`` x ``size``."""
-    from PIL import Image
-
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
-    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
-    img = img.resize(new, method)
-    left, top = (new[0] - size) // 2, (new[1] - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    return np.asarray(fit_square(img, image_size))
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -136,7 +112,7 @@ def fit_size(images: Tensor, image_size: int | None) -> Tensor:
         return images
     from PIL import Image
 
-    out = [np.asarray(_fit_pil(Image.fromarray(img), image_size)) for img in images.numpy()]
+    out = [np.asarray(fit_square(Image.fromarray(img), image_size)) for img in images.numpy()]
     return torch.from_numpy(np.stack(out))
 
 
