@@ -68,7 +68,8 @@ def test_eval_json_matches_the_engine(tiny_ckpt, golden_model, golden_cfg, pics)
         assert row["elbo_bits_per_dim"] == pytest.approx(row["bits_per_dim"])
         kl = row["kl_bits_per_layer"]
         assert len(kl) == 13 and min(kl) >= 0
-        assert kl == pytest.approx((ref.kl_per_layer[j].double() * golden_cfg.n_dims / LN2).tolist(), rel=1e-6)
+        # The CLI runs channels-last (other conv kernels than the NCHW engine call): KL to 1e-5.
+        assert kl == pytest.approx((ref.kl_per_layer[j].double() * golden_cfg.n_dims / LN2).tolist(), rel=1e-5)
         assert sum(kl) / golden_cfg.n_dims == pytest.approx(row["rate_bits_per_dim"], rel=1e-6)
     assert summary["type"] == "summary" and summary["images"] == 3
     for key in ("bits_per_dim", "nats_per_dim", "distortion_bits_per_dim", "rate_bits_per_dim"):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence, TypeVar
+
 import torch
 
 from .errors import DeviceError, UsageError
+
+T = TypeVar("T")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -90,3 +96,130 @@ def prepare_for_inference(model, *, channels_last: bool = True, compile: bool = 
             if isinstance(module, Block):
                 module.forward = torch.compile(module.forward, dynamic=False)
     return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Many processes (torchrun)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a job: image ``i`` belongs to rank ``i % world``."""
+
+    rank: int = 0
+    world: int = 1
+
+    def indices(self, total: int) -> list[int]:
+        return list(range(self.rank, total, self.world))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_distributed() -> bool:
+    """Whether torchrun (or another launcher setting WORLD_SIZE) started several processes."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def init_distributed(device_spec: str = "auto") -> tuple[torch.device, Shard]:
+    """The device and shard of this process. Under torchrun this joins the process group (NCCL when
+    the processes use CUDA, one GPU per local rank; gloo on CPU); otherwise it is one shard of one."""
+    if not launched_distributed():
+        return pick_device(device_spec), Shard()
+    import torch.distributed as dist
+
+    spec = (device_spec or "auto").strip().lower()
+    use_cuda = spec.startswith("cuda") or (spec == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise DeviceError("CUDA was requested but is not available here", hint="use --device cpu")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise DeviceError(f"local rank {local_rank} but only {torch.cuda.device_count()} CUDA device(s)",
+                              hint="start at most one process per GPU (--nproc-per-node)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif spec in ("auto", "cpu"):
+        device = torch.device("cpu")
+    else:
+        raise UsageError(f"--device {device_spec} cannot be shared by several processes", hint="use auto, cuda or cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return device, Shard(dist.get_rank(), dist.get_world_size())
+
+
+def close_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------------
+# Batch sizes
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def cpu_batch_size(bytes_per_image: float, *, cap: int = 16) -> int:
+    """``--batch-size auto`` on a CPU: CPUs gain little past a few images per pass, so this is
+    ``cap`` unless the machine's available memory (half of it) holds fewer images."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return max(1, min(cap, 4))
+    return max(1, min(cap, int(0.5 * available / max(bytes_per_image, 1.0))))
+
+
+def run_in_batches(
+    indices: Sequence[int],
+    fn: Callable[[list[int]], T],
+    *,
+    batch_size: int | None,
+    device: torch.device,
+    start: int = 1,
+    cap: int = 512,
+) -> Iterator[tuple[list[int], T]]:
+    """Call ``fn`` on consecutive slices of ``indices``; yield ``(slice, fn(slice))``.
+
+    ``batch_size`` fixed: slices of that size; running out of device memory is a :class:`DeviceError`
+    that says to lower it. ``batch_size=None`` (``auto``): the first slice has ``start`` images and
+    each success doubles the size (up to ``cap``) until the device runs out of memory; then the
+    failed slice is retried at half the size, which is kept from then on. Every result is real
+    work (nothing is thrown away but the failed attempt), and because image ``i`` depends only on
+    ``(seed, i)``, the images are the same whatever sizes the slices end up having.
+    """
+    todo = list(indices)
+    size = batch_size or max(1, start)
+    growing = batch_size is None
+    pos = 0
+    while pos < len(todo):
+        chunk = todo[pos:pos + size]
+        try:
+            result = fn(chunk)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch_size is not None:
+                raise DeviceError(f"out of {device.type} memory at batch size {len(chunk)}",
+                                  hint="lower --batch-size, or use --batch-size auto") from None
+            if len(chunk) == 1:
+                raise DeviceError(f"out of {device.type} memory with a single image",
+                                  hint="try --dtype bf16, or another device") from None
+            size = max(1, len(chunk) // 2)
+            growing = False
+            continue
+        yield chunk, result
+        pos += len(chunk)
+        if growing:
+            size = min(cap, size * 2)

@@ -80,6 +80,11 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
                     raise
                 raise fail(f"internal error: {type(exc).__name__}: {exc}",
                            "set VDVAE_DEBUG=1 for the traceback and report it") from None
+            finally:
+                if "torch.distributed" in sys.modules:  # torchrun: leave the process group cleanly
+                    from ..runtime import close_distributed
+
+                    close_distributed()
 
         return app.command(*args, **kwargs)(wrapper)
 

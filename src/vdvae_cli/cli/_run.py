@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from ..images import ImageSource, ImageWriter
     from ..model import VAE
 
-BatchOpt = Annotated[int, typer.Option(
-    "--batch-size", "-b", help="Images per forward pass (lower it if the device runs out of memory).",
+BatchOpt = Annotated[str, typer.Option(
+    "--batch-size", "-b",
+    help="Images per forward pass, or auto: on a GPU the largest batch that fits (grown until memory runs out), "
+    "on a CPU a small batch that fits in memory.",
 )]
 NoResizeOpt = Annotated[bool, typer.Option(
     "--no-resize", help="Refuse images whose size differs from the model's, instead of centre-cropping and resizing.",
@@ -38,17 +40,20 @@ class Session:
     """One command run: where its messages go, the model it loaded, its seed."""
 
     def __init__(self, *, quiet: bool = False, json_out: bool = False):
+        from ..runtime import Shard
+
         self.quiet = quiet
         self.json_out = json_out
         self.started = time.perf_counter()
         self.model: VAE | None = None
+        self.shard = Shard()  # under torchrun: this process's rank and the number of processes
         self._notes: list[str] = []  # said once the options have passed every check (see announce)
 
     # -- messages ---------------------------------------------------------------------------------
 
     def info(self, message: str) -> None:
-        """A log line on stderr (silenced by --quiet)."""
-        if not self.quiet:
+        """A log line on stderr (silenced by --quiet; under torchrun only rank 0 speaks)."""
+        if not self.quiet and self.shard.main:
             print(message, file=sys.stderr, flush=True)
 
     def emit(self, obj: dict[str, Any]) -> None:
@@ -58,7 +63,7 @@ class Session:
     @contextlib.contextmanager
     def progress(self, total: int, label: str) -> Iterator[Callable[[int], None]]:
         """A rich progress bar on stderr when it is a terminal (and not --quiet); yields ``advance(n)``."""
-        if self.quiet or total <= 1 or not sys.stderr.isatty():
+        if self.quiet or total <= 1 or not sys.stderr.isatty() or not self.shard.main:
             yield lambda n: None
             return
         from rich.console import Console
@@ -73,14 +78,19 @@ class Session:
 
     def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32") -> "VAE":
         from ..hub import load_model
+        from ..runtime import init_distributed, launched_distributed, prepare_for_inference
 
         t0 = time.perf_counter()
-        model = load_model(default_model(ref), device=device, dtype=dtype)
+        where: "str | torch.device" = device
+        if launched_distributed():
+            where, self.shard = init_distributed(device)
+        model = prepare_for_inference(load_model(default_model(ref), device=where, dtype=dtype))
         self.model = model
         cfg = model.cfg
         param = model.decoder.gain
+        processes = f", {self.shard.world} processes" if self.shard.world > 1 else ""
         self._notes.append(f"model {cfg.name}: {cfg.image_size}x{cfg.image_size}, {cfg.n_layers} latent layers, "
-                           f"on {param.device} in {str(param.dtype).removeprefix('torch.')} "
+                           f"on {param.device} in {str(param.dtype).removeprefix('torch.')}{processes} "
                            f"(loaded in {time.perf_counter() - t0:.1f}s)")
         return model
 
@@ -94,9 +104,60 @@ class Session:
         if seed is None:
             from ..runtime import fresh_seed
 
-            seed = fresh_seed()
+            seed = self.broadcast(fresh_seed())  # every process must draw with the same seed
             self._notes.append(f"seed {seed} (repeat this run with --seed {seed})")
         return seed
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every process (the value itself when there is one process)."""
+        if self.shard.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """Every process's ``items``, concatenated, on every process."""
+        if self.shard.world == 1:
+            return items
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.shard.world
+        dist.all_gather_object(parts, items)
+        return [x for part in parts for x in part]
+
+    def barrier(self) -> None:
+        if self.shard.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def my_indices(self, total: int) -> list[int]:
+        """The images this process makes: all of them, or under torchrun every world-th one."""
+        return self.shard.indices(total)
+
+    def batch_size(self, spec: str) -> int | None:
+        """``--batch-size``: a number, or None for auto on a GPU; auto on a CPU is fixed from memory."""
+        from ..runtime import cpu_batch_size
+
+        if str(spec).strip().lower() != "auto":
+            return parse_batch_size(spec)
+        if self.device.type == "cuda":
+            return None
+        assert self.model is not None
+        cfg = self.model.cfg
+        itemsize = self.model.decoder.gain.element_size()
+        biggest = max(layer.width * layer.res**2 for layer in cfg.decoder_layers)
+        return cpu_batch_size(12 * biggest * itemsize)
+
+    def batches(self, indices: Sequence[int], batch_size: str,
+                fn: Callable[[list[int]], Any]) -> Iterator[tuple[list[int], Any]]:
+        """``(slice, fn(slice))`` over ``indices`` at ``--batch-size`` (see :func:`runtime.run_in_batches`)."""
+        from ..runtime import run_in_batches
+
+        yield from run_in_batches(indices, fn, batch_size=self.batch_size(batch_size), device=self.device)
 
     def announce(self) -> None:
         """Say which model runs and which seed was chosen: once every check has passed, so that a
@@ -118,30 +179,51 @@ class Session:
         self,
         writer: "ImageWriter",
         total: int,
-        batch_size: int,
+        batch_size: str,
         make_batch: Callable[[list[int]], "torch.Tensor"],
         record: Callable[[int], dict[str, Any]],
         label: str,
+        indices: Sequence[int] | None = None,
     ) -> None:
-        """Make ``total`` images ``batch_size`` at a time (``make_batch(indices)`` -> uint8 NHWC),
-        hand them to ``writer``, and print one JSON record per image once it is written."""
+        """Make images ``batch_size`` at a time (``make_batch(indices)`` -> uint8 NHWC), hand them to
+        ``writer``, and print one JSON record per image once it is written.
+
+        ``indices`` are this process's images (default :meth:`my_indices`). Under torchrun each
+        process writes its own files into a folder; a single file, a grid or stdout is written by
+        rank 0 once it has gathered every process's images.
+        """
         seconds: dict[int, float] = {}
+        mine = self.my_indices(total) if indices is None else list(indices)
+        shared_output = self.shard.world > 1 and writer.kind != "dir"
+        held: list[tuple[int, Any, float]] = []
         self.announce()
+        self.barrier()  # every process has checked the outputs before any writes one
 
         def report(done: list[tuple[int, str]]) -> None:
             if self.json_out:
                 for i, where in done:
                     self.emit({**record(i), "path": where, "seconds": round(seconds[i], 4)})
 
-        with self.progress(total, label) as advance:
-            for indices in batches(total, batch_size):
+        with self.progress(len(mine), label) as advance:
+            t0 = time.perf_counter()
+            for chunk, images in self.batches(mine, batch_size, make_batch):
+                images = images.cpu().numpy()
+                per_image = (time.perf_counter() - t0) / len(chunk)
+                if shared_output:
+                    held.extend((i, img, per_image) for i, img in zip(chunk, images))
+                else:
+                    seconds.update((i, per_image) for i in chunk)
+                    report(writer.write(chunk, images))
+                advance(len(chunk))
                 t0 = time.perf_counter()
-                images = make_batch(indices).cpu().numpy()
-                per_image = (time.perf_counter() - t0) / len(indices)
-                seconds.update((i, per_image) for i in indices)
-                report(writer.write(indices, images))
-                advance(len(indices))
-        report(writer.finish())
+        if shared_output:
+            held = self.gather(held)
+            if self.shard.main:
+                seconds.update((i, sec) for i, _, sec in held)
+                report(writer.write([i for i, _, _ in held], [img for _, img, _ in held]))
+        if self.shard.main:
+            report(writer.finish())
+        self.barrier()
         self.info(f"wrote {total} image{'s' if total != 1 else ''} to {writer.label} "
                   f"in {time.perf_counter() - self.started:.1f}s")
 
@@ -150,6 +232,27 @@ def batches(total: int, batch_size: int) -> Iterator[list[int]]:
     """Index lists of at most ``batch_size``, covering ``range(total)`` in order."""
     for start in range(0, total, batch_size):
         yield list(range(start, min(start + batch_size, total)))
+
+
+def parse_batch_size(spec: str) -> int:
+    text = str(spec).strip().lower()
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise UsageError(f"--batch-size must be a whole number >= 1 or auto, got {spec!r}")
+    return int(text)
+
+
+def check_batch_size(spec: str) -> None:
+    if str(spec).strip().lower() != "auto":
+        parse_batch_size(spec)
+
+
+def refuse_distributed(what: str) -> None:
+    """For commands that write one file from all their inputs: they run as one process."""
+    from ..runtime import launched_distributed
+
+    if launched_distributed():
+        raise UsageError(f"{what} writes one file, so it does not split across processes",
+                         hint="run it without torchrun")
 
 
 def check_positive(name: str, value: int) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ._app import command
-from ._run import BatchOpt, NoResizeOpt, Session, batches, check_positive, collect_inputs, read_pixels
+from ._run import BatchOpt, NoResizeOpt, Session, check_batch_size, check_positive, collect_inputs, read_pixels
 from .options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt, default_model
 
 LN2 = math.log(2)
@@ -38,7 +38,7 @@ def evaluate(
         "--samples", "-s", help="Posterior samples per image; K > 1 gives the importance-weighted bound.")] = 1,
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = "auto",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
@@ -48,20 +48,25 @@ def evaluate(
     from .. import ops
 
     check_positive("--samples", samples)
-    check_positive("--batch-size", batch_size)
+    check_batch_size(batch_size)
     sources = collect_inputs(images)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype)
     cfg = vae.cfg
-    pixels = read_pixels(run, sources, cfg.image_size, no_resize)
+    mine = run.my_indices(len(sources))  # under torchrun: this process's share of the images
+    pixels = read_pixels(run, [sources[i] for i in mine], cfg.image_size, no_resize)
+    row_of = {i: k for k, i in enumerate(mine)}
     seed = run.seed(seed)
     bound = "elbo" if samples == 1 else "importance-weighted"
     rows: list[dict[str, Any]] = []
     run.announce()
-    with run.progress(len(sources), "evaluating") as advance:
-        for indices in batches(len(sources), batch_size):
-            t0 = time.perf_counter()
-            result = ops.elbo(vae, pixels[indices], samples=samples, noise=run.noise(seed, indices))
+
+    def evaluate_batch(indices: list[int]):
+        return ops.elbo(vae, pixels[[row_of[i] for i in indices]], samples=samples, noise=run.noise(seed, indices))
+
+    with run.progress(len(mine), "evaluating") as advance:
+        t0 = time.perf_counter()
+        for indices, result in run.batches(mine, batch_size, evaluate_batch):
             seconds = (time.perf_counter() - t0) / len(indices)
             kl_bits = (result.kl_per_layer.double() * cfg.n_dims / LN2).cpu()  # (N, L) bits per image
             for j, i in enumerate(indices):
@@ -76,9 +81,17 @@ def evaluate(
                     "samples": samples, "bound": bound, "seed": seed, "model": cfg.name, "seconds": round(seconds, 4),
                 }
                 rows.append(row)
-                if json_out:
+                if json_out and run.shard.world == 1:
                     run.emit(row)
             advance(len(indices))
+            t0 = time.perf_counter()
+    if run.shard.world > 1:  # rank 0 reports every image, in input order, and the mean over all of them
+        rows = sorted(run.gather(rows), key=lambda r: r["index"])
+        if not run.shard.main:
+            return
+        if json_out:
+            for row in rows:
+                run.emit(row)
     summary = _summary(rows, cfg.n_layers)
     summary.update(samples=samples, bound=bound, seed=seed, model=cfg.name,
                    seconds=round(time.perf_counter() - run.started, 4))

@@ -17,8 +17,8 @@ import typer
 
 from ._app import command
 from ._run import (
-    BatchOpt, NoResizeOpt, Session, batches, check_keep_args, check_output_temp, check_positive, collect_inputs,
-    keep_count, plan_images, read_pixels, stdout_is_tty,
+    BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive, collect_inputs,
+    keep_count, plan_images, read_pixels, refuse_distributed, stdout_is_tty,
 )
 from .options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
 from ..errors import LatentsError, OutputError, UsageError
@@ -81,7 +81,7 @@ def sample(
     output: OutOpt = None,
     grid: GridOpt = False,
     seed: SeedOpt = None,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -93,7 +93,7 @@ def sample(
     from ..images import numbered_names
 
     check_positive("-n", num)
-    check_positive("--batch-size", batch_size)
+    check_batch_size(batch_size)
     check_output_temp(output_temp)
     writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out)
     run = Session(quiet=quiet, json_out=json_out)
@@ -143,7 +143,7 @@ def reconstruct(
     grid: GridOpt = False,
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -155,7 +155,7 @@ def reconstruct(
     from ..images import derived_names
 
     check_keep_args(keep_layers, keep_res)
-    check_positive("--batch-size", batch_size)
+    check_batch_size(batch_size)
     check_output_temp(output_temp)
     sources = collect_inputs(images)
     writer = plan_images(output, derived_names([s.stem for s in sources], "recon"), grid=grid, force=force,
@@ -164,18 +164,20 @@ def reconstruct(
     vae = run.load_model(model, device, dtype)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
-    pixels = read_pixels(run, sources, vae.cfg.image_size, no_resize)
+    mine = run.my_indices(len(sources))
+    pixels = read_pixels(run, [sources[i] for i in mine], vae.cfg.image_size, no_resize)
+    row_of = {i: k for k, i in enumerate(mine)}
     seed = run.seed(seed)
 
     def make(indices: list[int]):
-        return ops.reconstruct(vae, pixels[indices], keep_layers=keep, posterior=posterior.value,
+        return ops.reconstruct(vae, pixels[[row_of[i] for i in indices]], keep_layers=keep, posterior=posterior.value,
                                temperatures=temps, output_temperature=output_temp, noise=run.noise(seed, indices))
 
     def record(i: int) -> dict:
         return {"index": i, "input": sources[i].name, "keep_layers": keep, "posterior": posterior.value,
                 "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps, "output_temp": output_temp}
 
-    run.generate(writer, len(sources), batch_size, make, record, "reconstructing")
+    run.generate(writer, len(sources), batch_size, make, record, "reconstructing", indices=mine)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,7 +216,7 @@ def mix(
     grid: GridOpt = False,
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -229,7 +231,7 @@ def mix(
     if keep_layers is None and keep_res is None:
         raise UsageError("mix needs --keep-layers K or --keep-res R (how much of A to keep)")
     check_positive("--n-variations", n_variations)
-    check_positive("--batch-size", batch_size)
+    check_batch_size(batch_size)
     check_output_temp(output_temp)
     if b and n_variations != 1:
         raise UsageError("--n-variations draws completions from the prior, so it takes no B images",
@@ -299,7 +301,7 @@ def encode(
     posterior: PosteriorOpt = Posterior.mean,
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -312,7 +314,8 @@ def encode(
     from ..latents import latents_bytes
     from .. import ops
 
-    check_positive("--batch-size", batch_size)
+    check_batch_size(batch_size)
+    refuse_distributed("encode")
     sources = collect_inputs(images)
     target = _latents_target(output, force, json_out)
     run = Session(quiet=quiet, json_out=json_out)
@@ -321,10 +324,13 @@ def encode(
     seed = run.seed(seed) if posterior is Posterior.sample else seed
     parts: list[list[torch.Tensor]] = []
     run.announce()
+    def encode_batch(indices: list[int]) -> list[torch.Tensor]:
+        noise = run.noise(seed, indices) if seed is not None else None
+        return [z.cpu() for z in ops.encode(vae, pixels[indices], posterior=posterior.value, noise=noise)]
+
     with run.progress(len(sources), "encoding") as advance:
-        for indices in batches(len(sources), batch_size):
-            noise = run.noise(seed, indices) if seed is not None else None
-            parts.append([z.cpu() for z in ops.encode(vae, pixels[indices], posterior=posterior.value, noise=noise)])
+        for indices, zs in run.batches(range(len(sources)), batch_size, encode_batch):
+            parts.append(zs)
             advance(len(indices))
     layers = [torch.cat([p[i] for p in parts]) for i in range(vae.cfg.n_layers)]
     names = [s.name for s in sources]
@@ -368,7 +374,7 @@ def decode(
     output: OutOpt = None,
     grid: GridOpt = False,
     seed: SeedOpt = None,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -381,7 +387,7 @@ def decode(
     from ..latents import load_latents
 
     check_keep_args(keep_layers, keep_res)
-    check_positive("--batch-size", batch_size)
+    check_batch_size(batch_size)
     check_output_temp(output_temp)
     data, label = _read_latents_bytes(latents)
     run = Session(quiet=quiet, json_out=json_out)

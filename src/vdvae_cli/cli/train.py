@@ -28,30 +28,6 @@ _EPILOG = (
 )
 
 
-def _init_distributed(device_spec: str):
-    """Set up torch.distributed when launched by torchrun; return (device, rank, world)."""
-    import torch
-
-    from ..runtime import pick_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return pick_device(device_spec), 0, 1
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    spec = (device_spec or "auto").lower()
-    use_cuda = torch.cuda.is_available() and spec in ("auto", "cuda") or spec.startswith("cuda")
-    if use_cuda:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return device, dist.get_rank(), dist.get_world_size()
-
-
 def _resolve_model_config(config: str | None, hparams: Path | None, init: str | None, data: Path, image_size_hint):
     """(model config, init state or None, images) from the mutually exclusive model sources."""
     from ..config import config_from_reference, official_config, read_hparams_file
@@ -177,7 +153,10 @@ def train_cmd(
         run_dir = output
         data_info = {"dataset": cfg.dataset if cfg.dataset != "custom" else data.stem, "path": str(data)}
 
-    dev, rank, world = _init_distributed(device)
+    from ..runtime import init_distributed
+
+    dev, shard = init_distributed(device)
+    rank = shard.rank
     callback = _Reporter(json_out=json_out, quiet=quiet) if rank == 0 else None
     try:
         result = train(cfg, tc, images, run_dir, device=dev, init_state=init_state, resume=resume is not None,
@@ -185,11 +164,6 @@ def train_cmd(
     finally:
         if callback is not None:
             callback.close()
-        if world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
     if rank == 0 and not quiet:
         bpd = "n/a" if result.heldout_bpd is None else f"{result.heldout_bpd:.4f}"
         how = "stopped at the time limit; continue with --resume" if result.stopped == "time limit" else "done"
