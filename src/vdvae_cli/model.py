@@ -138,6 +138,17 @@ class Decoder(nn.Module):
             nn.Parameter(torch.zeros(1, cfg.width_at(r), r, r)) for r in cfg.bias_resolutions
         )
         self.out_net = DmolNet(cfg)
+        # The last layer that reads each resolution's state (its own layers and the mixin of the next
+        # resolution): after it, the state is dropped, so a pass holds only the states still to come.
+        last: dict[int, int] = {}
+        for i, layer in enumerate(cfg.decoder_layers):
+            last[layer.res] = i
+            if layer.mixin is not None:
+                last[layer.mixin] = i
+        self._drop_after: dict[int, list[int]] = {}
+        for res, i in last.items():
+            if res != cfg.image_size:
+                self._drop_after.setdefault(i, []).append(res)
 
     def start_states(self, n: int) -> dict[int, Tensor]:
         return {r: b.expand(n, -1, -1, -1) for r, b in zip(self.cfg.bias_resolutions, self.bias_xs)}
@@ -208,6 +219,8 @@ class Decoder(nn.Module):
                 z = pm + temperature_std(pv, temps[i]) * e.to(pv.dtype)
             x = block.finish(x + xpp, z)
             xs[block.res] = x
+            for res in self._drop_after.get(i, ()):
+                xs.pop(res, None)
             if want_latents:
                 out.latents.append(z.detach())  # type: ignore[union-attr]
             if want_kl:

@@ -76,7 +76,7 @@ class Session:
 
     # -- model, seeds, noise ----------------------------------------------------------------------
 
-    def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32") -> "VAE":
+    def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32", *, compile: bool = False) -> "VAE":
         from ..hub import load_model
         from ..runtime import init_distributed, launched_distributed, prepare_for_inference
 
@@ -84,7 +84,7 @@ class Session:
         where: "str | torch.device" = device
         if launched_distributed():
             where, self.shard = init_distributed(device)
-        model = prepare_for_inference(load_model(default_model(ref), device=where, dtype=dtype))
+        model = prepare_for_inference(load_model(default_model(ref), device=where, dtype=dtype), compile=compile)
         self.model = model
         cfg = model.cfg
         param = model.decoder.gain

@@ -10,7 +10,7 @@ import typer
 
 from ._app import command
 from ._run import BatchOpt, NoResizeOpt, Session, check_batch_size, check_positive, collect_inputs, read_pixels
-from .options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt, default_model
+from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt, default_model
 
 LN2 = math.log(2)
 
@@ -42,6 +42,7 @@ def evaluate(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
+    compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -51,7 +52,7 @@ def evaluate(
     check_batch_size(batch_size)
     sources = collect_inputs(images)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype)
+    vae = run.load_model(model, device, dtype, compile=compile)
     cfg = vae.cfg
     mine = run.my_indices(len(sources))  # under torchrun: this process's share of the images
     pixels = read_pixels(run, [sources[i] for i in mine], cfg.image_size, no_resize)

@@ -20,7 +20,7 @@ from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive, collect_inputs,
     keep_count, plan_images, read_pixels, refuse_distributed, stdout_is_tty,
 )
-from .options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
+from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
 from ..errors import LatentsError, OutputError, UsageError
 from ..temperature import parse_temperature_spec
 
@@ -86,6 +86,7 @@ def sample(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
+    compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -97,7 +98,7 @@ def sample(
     check_output_temp(output_temp)
     writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype)
+    vae = run.load_model(model, device, dtype, compile=compile)
     temps = parse_temperature_spec(temp, vae.cfg)
     seed = run.seed(seed)
 
@@ -148,6 +149,7 @@ def reconstruct(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
+    compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -161,7 +163,7 @@ def reconstruct(
     writer = plan_images(output, derived_names([s.stem for s in sources], "recon"), grid=grid, force=force,
                          json_out=json_out)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype)
+    vae = run.load_model(model, device, dtype, compile=compile)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
     mine = run.my_indices(len(sources))
@@ -221,6 +223,7 @@ def mix(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
+    compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -249,7 +252,7 @@ def mix(
         names = numbered_names(f"{source_a.stem}_mix", n_variations)
     writer = plan_images(output, names, grid=grid, force=force, json_out=json_out)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype)
+    vae = run.load_model(model, device, dtype, compile=compile)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
     temps = parse_temperature_spec(temp, vae.cfg)
     pixels_a = read_pixels(run, [source_a], vae.cfg.image_size, no_resize)
@@ -306,6 +309,7 @@ def encode(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
+    compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -319,7 +323,7 @@ def encode(
     sources = collect_inputs(images)
     target = _latents_target(output, force, json_out)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype)
+    vae = run.load_model(model, device, dtype, compile=compile)
     pixels = read_pixels(run, sources, vae.cfg.image_size, no_resize)
     seed = run.seed(seed) if posterior is Posterior.sample else seed
     parts: list[list[torch.Tensor]] = []
@@ -379,6 +383,7 @@ def decode(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
+    compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -391,7 +396,7 @@ def decode(
     check_output_temp(output_temp)
     data, label = _read_latents_bytes(latents)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype)
+    vae = run.load_model(model, device, dtype, compile=compile)
     content = load_latents(data, vae.cfg, label=label)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
