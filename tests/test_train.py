@@ -384,3 +384,38 @@ def test_cli_under_torchrun(tmp_path, data_files):
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["step"] for line in proc.stdout.splitlines()] == [2, 4]  # only rank 0 prints
     assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Coarse-first curriculum
+
+
+def test_elbo_with_only_coarse_layers_inferred(tiny_cfg, images):
+    from vdvae_cli import ops
+    from vdvae_cli.model import VAE
+
+    torch.manual_seed(0)
+    model = VAE(tiny_cfg)
+    full = ops.elbo(model, images[:4], noise=torch.Generator().manual_seed(0))
+    coarse = ops.elbo(model, images[:4], noise=torch.Generator().manual_seed(0), n_posterior=2)
+    assert (full.kl_per_layer[:, 2:] > 0).all()
+    assert torch.equal(coarse.kl_per_layer[:, 2:], torch.zeros_like(coarse.kl_per_layer[:, 2:]))  # q = p there
+    torch.testing.assert_close(coarse.kl_per_layer[:, :2], full.kl_per_layer[:, :2])  # same coarse layers
+    iw = ops.elbo(model, images[:4], noise=torch.Generator().manual_seed(0), n_posterior=2, samples=3)
+    assert torch.isfinite(iw.nll_bound).all()
+
+
+def test_coarse_first_trains_fine_posteriors_only_afterwards(tmp_path, tiny_cfg, images):
+    res = train(tiny_cfg, fast(steps=6, eval_every=6, coarse_res=4, coarse_steps=6), images, tmp_path / "c")
+    from vdvae_cli.model import VAE
+
+    torch.manual_seed(0)  # the trainer builds its network from seed 0 like this
+    init = VAE(tiny_cfg)
+    fine = tiny_cfg.layers_up_to_res(4)  # layers 0..fine-1 are inferred in the coarse phase
+    for i, block in enumerate(res.model.decoder.dec_blocks):
+        moved = not torch.equal(block.enc.c1.weight, init.decoder.dec_blocks[i].enc.c1.weight)
+        assert moved == (i < fine), i  # fine layers' posteriors get no gradient, so AdamW leaves them be
+    with pytest.raises(UsageError, match="coarse resolution 2"):
+        train(tiny_cfg, fast(steps=2, coarse_res=2, coarse_steps=1), images, tmp_path / "bad")
+    result = CliRunner().invoke(app, ["train", "x.npz", "-o", str(tmp_path / "z"), "--coarse-first", "4"])
+    assert result.exit_code == 2 and "is not RES:STEPS" in result.stderr

@@ -215,19 +215,23 @@ def elbo(
     noise: NoiseLike = None,
     eps: Sequence[Tensor] | None = None,
     grad: bool = False,
+    n_posterior: int | None = None,
 ) -> ElboResult:
     """Negative ELBO of ``images`` (uint8 NHWC) in nats/dim, with its distortion/rate split.
 
     The rate uses the analytic per-layer KL, as the reference does. With ``samples`` K > 1 the
     ``nll_bound`` is the importance-weighted bound log(1/K sum_k p(x, z_k) / q(z_k | x)) with K
     posterior samples (tighter than the ELBO); distortion/rate are then means over the K draws.
-    ``grad=True`` keeps the autograd graph (training).
+    ``grad=True`` keeps the autograd graph (training). ``n_posterior`` < L infers only the first
+    layers and draws the rest from the prior (q = p there: KL 0, still a bound on -log p(x)); the
+    trainer's ``coarse_first`` curriculum uses it.
     """
     with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
-        return _elbo(model, images, samples, as_noise(noise), eps)
+        return _elbo(model, images, samples, as_noise(noise), eps, n_posterior)
 
 
-def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[Tensor] | None) -> ElboResult:
+def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[Tensor] | None,
+          n_posterior: int | None = None) -> ElboResult:
     cfg = model.cfg
     p = _param(model)
     images = images.to(p.device)
@@ -236,9 +240,10 @@ def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[
     target = loss_target(cfg, images)
     dists, rates, kls, log_weights = [], [], [], []
     for _ in range(samples):
-        out = model.decoder(n, acts, noise=noise, eps=eps, want_kl=True, trace=samples > 1)
+        out = model.decoder(n, acts, n_posterior=n_posterior, noise=noise, eps=eps, want_kl=True, trace=samples > 1)
         dist = dmol_nll(model.logits(out.px_z), target, cfg.num_mixtures, low_bit=cfg.low_bit)
-        kl = torch.stack([k.sum(dim=(1, 2, 3)) for k in out.kl], dim=1) / n_dims  # type: ignore[union-attr]
+        zero = dist.new_zeros(n)
+        kl = torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl], dim=1) / n_dims  # type: ignore[union-attr]
         dists.append(dist)
         kls.append(kl)
         rates.append(kl.sum(dim=1))
@@ -247,6 +252,7 @@ def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[
                 (gaussian_log_prob(t["z"].float(), t["pm"].float(), t["pv"].float())
                  - gaussian_log_prob(t["z"].float(), t["qm"].float(), t["qv"].float())).sum(dim=(1, 2, 3))
                 for t in out.trace
+                if "qm" in t  # layers drawn from the prior have q = p: ratio 1
             )
             log_weights.append(-dist * n_dims + log_ratio)
     distortion = torch.stack(dists).mean(0)

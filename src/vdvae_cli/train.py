@@ -91,6 +91,11 @@ class TrainConfig:
     split_seed: int = 0  # the held-out split (kept apart so a new seed keeps the same split)
     dtype: str = "fp32"  # "fp32" or "bf16" (autocast; fp32 master weights and loss maths)
     time_limit: float | None = None  # seconds; checkpoint and stop (resumable) when exceeded
+    # Curriculum: for the first coarse_steps steps only latent layers at resolution <= coarse_res are
+    # inferred (the rest come from the prior), so coarse layers learn to carry the global content
+    # before finer layers can take it over locally. 0 = off (the reference recipe).
+    coarse_res: int | None = None
+    coarse_steps: int = 0
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -118,6 +123,8 @@ class TrainConfig:
             raise UsageError("batch sizes and max_skips must be >= 1 and warmup >= 0")
         if self.holdout <= 0:
             raise UsageError("a held-out split is required (holdout > 0)")
+        if self.coarse_steps < 0 or (self.coarse_steps > 0 and self.coarse_res is None):
+            raise UsageError("coarse_steps needs coarse_res (the highest resolution inferred meanwhile)")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -175,9 +182,10 @@ class ElboLoss(nn.Module):
         super().__init__()
         self.model = model
         self.noise: BatchNoise | None = None
+        self.n_posterior: int | None = None  # None: every layer inferred
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:  # images (N, H, W, C) uint8
-        out = elbo(self.model, images, noise=self.noise, grad=True)
+        out = elbo(self.model, images, noise=self.noise, grad=True, n_posterior=self.n_posterior)
         return out.distortion, out.rate  # (N,), (N,) nats/dim, float32
 
 
@@ -418,10 +426,17 @@ def train(
         loss_fn = DistributedDataParallel(
             loss_fn,
             device_ids=[device.index or 0] if device.type == "cuda" else None,
-            find_unused_parameters=_unused_encoder_blocks(model_cfg),
+            # the coarse-first phase leaves the fine layers' posterior blocks without gradients
+            find_unused_parameters=_unused_encoder_blocks(model_cfg) or tc.coarse_steps > 0,
         )
     inner = loss_fn.module if distributed else loss_fn
     inner.noise = BatchNoise(noise_gen)  # type: ignore[union-attr]
+    coarse_layers = None
+    if tc.coarse_steps:
+        if tc.coarse_res not in model_cfg.resolutions:
+            raise UsageError(f"coarse resolution {tc.coarse_res} is not a resolution of this model",
+                             hint=f"choose one of {', '.join(map(str, model_cfg.resolutions))}")
+        coarse_layers = model_cfg.layers_up_to_res(tc.coarse_res)
     autocast = tc.dtype == "bf16"
 
     def checkpoint(kind: str) -> None:
@@ -500,6 +515,7 @@ def train(
         batch = train_images[idx].to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(tc, step, total)
+        inner.n_posterior = coarse_layers if step < tc.coarse_steps else None  # type: ignore[union-attr]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             distortion, rate = loss_fn(batch)
         loss = (distortion + rate).mean()

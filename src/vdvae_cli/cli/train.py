@@ -28,6 +28,13 @@ _EPILOG = (
 )
 
 
+def _parse_coarse_first(text: str) -> dict[str, int]:
+    res, sep, steps = text.partition(":")
+    if not sep or not res.strip().isdigit() or not steps.strip().isdigit():
+        raise UsageError(f"--coarse-first {text!r} is not RES:STEPS", hint="e.g. --coarse-first 4:1500")
+    return {"coarse_res": int(res), "coarse_steps": int(steps)}
+
+
 def _resolve_model_config(config: str | None, hparams: Path | None, init: str | None, data: Path, image_size_hint):
     """(model config, init state or None, images) from the mutually exclusive model sources."""
     from ..config import config_from_reference, official_config, read_hparams_file
@@ -86,6 +93,7 @@ def train_cmd(
     keep_every: Annotated[Optional[int], typer.Option("--keep-every", help="Also keep step-N.pt copies at this interval.", show_default=False)] = None,
     max_eval: Annotated[Optional[int], typer.Option("--max-eval", help="Evaluate on at most this many held-out images.", show_default=False)] = None,
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Minutes; then checkpoint and stop (resumable).", show_default=False)] = None,
+    coarse_first: Annotated[Optional[str], typer.Option("--coarse-first", metavar="RES:STEPS", help="Curriculum: for the first STEPS steps infer only the latent layers at resolution <= RES (the rest come from the prior), so the coarse layers learn the global content first. Off by default (the reference recipe).", show_default=False)] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="With --hparams lacking image_size: resize/crop to this.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation, data order and training noise [0].", show_default=False)] = None,
     device: DeviceOpt = "auto",
@@ -112,6 +120,8 @@ def train_cmd(
             time_limit=None if time_limit is None else time_limit * 60.0,
         ).items() if v is not None
     }
+    if coarse_first is not None:
+        overrides.update(_parse_coarse_first(coarse_first))
     if dtype not in ("fp32", "bf16"):
         raise UsageError(f"--dtype {dtype!r} cannot train", hint="use fp32, or bf16 (autocast, fp32 master weights)")
     if steps is not None and epochs is not None:
