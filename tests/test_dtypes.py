@@ -44,10 +44,15 @@ def _posterior_px(model, golden_cases):
         return model.decoder(2, latents=z).px_z
 
 
-def test_channels_last_matches_the_reference(golden_cfg, golden_state, golden_cases):
+@pytest.mark.parametrize("fuse", [False, True], ids=["channels_last", "channels_last+onednn_fused"])
+def test_channels_last_matches_the_reference(golden_cfg, golden_state, golden_cases, fuse):
+    from vdvae_cli.fused import available
     from vdvae_cli.runtime import prepare_for_inference
 
-    model = prepare_for_inference(build_model(golden_cfg, golden_state), channels_last=True)
+    if fuse and not available(torch.float32):
+        pytest.skip("this PyTorch build has no oneDNN fused convolutions")
+    model = prepare_for_inference(build_model(golden_cfg, golden_state), channels_last=True, fuse=fuse)
+    assert (model.decoder.dec_blocks[0].resnet.forward.__qualname__.startswith("_block_forward")) == fuse
     assert model.decoder.dec_blocks[0].prior.c2.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(_posterior_px(model, golden_cases), golden_cases["setall.px_z"], atol=1e-5, rtol=0)
     eps = [golden_cases[f"post.eps.{i:02d}"] for i in range(13)]
@@ -67,3 +72,15 @@ def test_compiled_blocks_match_the_reference(golden_cfg, golden_state, golden_ca
     g = torch.Generator().manual_seed(0)
     fast = ops.sample(model, 2, temperatures=0.7, noise=g)
     assert (fast.int() - eager.int()).abs().max().item() <= 1  # uint8 pixels: at most one level apart
+
+
+def test_fused_bf16_stays_within_the_bf16_tolerance(golden_cfg, golden_state, golden_cases):
+    from vdvae_cli.fused import available
+    from vdvae_cli.runtime import prepare_for_inference
+
+    if not available(torch.bfloat16):
+        pytest.skip("no oneDNN bf16 fused convolutions on this CPU")
+    model = prepare_for_inference(build_model(golden_cfg, golden_state, dtype=torch.bfloat16), fuse=True)
+    px = _posterior_px(model, golden_cases)
+    ref = golden_cases["setall.px_z"]
+    assert ((px.float() - ref).abs().max() / ref.abs().max()).item() < TOLERANCES[0][1]

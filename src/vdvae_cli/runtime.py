@@ -78,12 +78,21 @@ def fresh_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
-def prepare_for_inference(model, *, channels_last: bool = True, compile: bool = False):
-    """Speed options that do not change the maths: channels-last memory layout (faster convolutions
-    with oneDNN and cuDNN) and ``torch.compile`` of every residual block (fuses GELU and residual
-    adds; blocks of equal shape share one compiled graph). Returns the same model."""
+def prepare_for_inference(model, *, channels_last: bool = True, compile: bool = False, fuse: bool = True):
+    """Speed options that do not change the maths; returns the same model.
+
+    * channels-last memory layout: faster convolutions with oneDNN and cuDNN;
+    * ``fuse`` (CPU): oneDNN kernels that apply each conv's GELU or residual add in the same pass
+      (:mod:`vdvae_cli.fused`; skipped where the build or CPU lacks them, and when compiling);
+    * ``compile``: ``torch.compile`` of every residual block (fuses GELU and residual adds; blocks
+      of equal shape share one compiled graph).
+    """
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if fuse and channels_last and not compile:
+        from .fused import fuse_blocks
+
+        fuse_blocks(model)
     if compile:
         from torch import _dynamo
 

@@ -1,0 +1,103 @@
+"""CPU inference with oneDNN fused kernels: each convolution of a block applies the GELU that follows
+it (or adds the residual) in the same pass over memory, instead of separate elementwise passes.
+
+The maths is the model's: exact (erf) GELU, the same weights; only the rounding differs, as with
+any other convolution algorithm. Used for inference only (no autograd through these kernels):
+:func:`fuse_blocks` swaps the forward of every :class:`~vdvae_cli.model.Block`, and the swapped
+forward falls back to the plain one whenever gradients are on or the input is not on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import Block, DecBlock
+
+Tensor = torch.Tensor
+
+
+@functools.lru_cache(maxsize=None)
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch build runs oneDNN's fused convolutions for ``dtype`` on this CPU."""
+    if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    try:
+        x = torch.randn(1, 4, 5, 5, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        conv = nn.Conv2d(4, 4, 3, padding=1).to(dtype).to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            y = _conv(conv, x, "gelu")
+            z = _conv_add(conv, x, x)
+            ok = torch.allclose(y.float(), F.gelu(conv(x)).float(), atol=0.05) and torch.allclose(
+                z.float(), (x + conv(x)).float(), atol=0.05)
+        return bool(ok)
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups  # type: ignore[arg-type]
+
+
+def _conv(conv: nn.Conv2d, x: Tensor, unary: str = "none") -> Tensor:
+    """``unary(conv(x))`` in one oneDNN kernel (``unary``: "gelu" or "none")."""
+    pad, stride, dil, groups = _geometry(conv)
+    algorithm = "none" if unary == "gelu" else ""
+    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, pad, stride, dil, groups, unary, [],
+                                                   algorithm)
+
+
+def _conv_add(conv: nn.Conv2d, x: Tensor, other: Tensor) -> Tensor:
+    """``other + conv(x)`` in one oneDNN kernel."""
+    pad, stride, dil, groups = _geometry(conv)
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, other, conv.weight, conv.bias, pad, stride, dil, groups,
+                                                          "add", None, None, [], None)
+
+
+def _use_fused(x: Tensor, weight: Tensor) -> bool:
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and x.dtype == weight.dtype
+
+
+def _block_forward(block: Block, plain: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    def forward(x: Tensor) -> Tensor:
+        if not _use_fused(x, block.c1.weight):
+            return plain(x)
+        h = _conv(block.c1, F.gelu(x), "gelu")
+        h = _conv(block.c2, h, "gelu")
+        h = _conv(block.c3, h, "gelu")
+        out = _conv_add(block.c4, h, x) if block.residual else _conv(block.c4, h)
+        if block.down_rate:
+            out = F.avg_pool2d(out, kernel_size=block.down_rate, stride=block.down_rate)
+        return out
+
+    return forward
+
+
+def _finish(block: DecBlock, plain: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    def finish(x: Tensor, z: Tensor) -> Tensor:
+        z = z.to(x.dtype)
+        if not _use_fused(x, block.z_proj.weight):
+            return plain(x, z)
+        return block.resnet(_conv_add(block.z_proj, z.contiguous(memory_format=torch.channels_last), x))
+
+    return finish
+
+
+def fuse_blocks(model: nn.Module) -> bool:
+    """Route every block of ``model`` through the fused kernels (CPU inference). Returns whether it
+    did: False when this build or CPU lacks them for the model's dtype (nothing is changed then)."""
+    params = list(model.parameters())
+    if not params or params[0].device.type != "cpu" or not available(params[0].dtype):
+        return False
+    for module in model.modules():
+        if isinstance(module, Block):
+            module.forward = _block_forward(module, module.forward)  # type: ignore[method-assign]
+        elif isinstance(module, DecBlock):
+            module.finish = _finish(module, module.finish)  # type: ignore[method-assign]
+    return True
