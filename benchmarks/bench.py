@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from vdvae_cli import ops  # noqa: E402
 from vdvae_cli.config import VDVAEConfig, official_config  # noqa: E402
 from vdvae_cli.model import VAE  # noqa: E402
-from vdvae_cli.runtime import prepare_for_inference  # noqa: E402
+from vdvae_cli.runtime import configure_backends, prepare_for_inference  # noqa: E402
 
 # Dense bf16/fp16 tensor-core peak (TFLOP/s) and memory bandwidth (TB/s). H100 uses the issue's
 # yardstick (~790 TFLOP/s, ~3 TB/s); pass --peak-tflops / --peak-tbps for other parts.
@@ -104,7 +104,8 @@ def cpu_bandwidth(seconds: float = 1.0) -> float:
     return 2 * src.numel() * 4 * count / (time.perf_counter() - start) / 1e12
 
 
-def build(cfg: VDVAEConfig, device: torch.device, dtype: torch.dtype, *, channels_last: bool, compile: bool) -> VAE:
+def build(cfg: VDVAEConfig, device: torch.device, dtype: torch.dtype, *, channels_last: bool, compile: bool,
+          fuse: bool = False) -> VAE:
     torch.manual_seed(0)
     with torch.device("meta"):
         model = VAE(cfg)
@@ -113,7 +114,8 @@ def build(cfg: VDVAEConfig, device: torch.device, dtype: torch.dtype, *, channel
         torch.nn.init.normal_(p, std=0.02)
     model = model.to(dtype).eval().requires_grad_(False)
     if channels_last or compile:
-        model = prepare_for_inference(model, channels_last=channels_last, compile=compile)
+        model = prepare_for_inference(model, channels_last=channels_last, compile=compile, fuse=fuse)
+    configure_backends(device, dtype)
     return model
 
 
@@ -131,9 +133,9 @@ def timed(fn, device: torch.device, repeats: int) -> list[float]:
 
 
 def run_case(name: str, task: str, device: torch.device, dtype: torch.dtype, batch: int, *, channels_last: bool,
-             compile: bool, repeats: int, peak_tflops: float | None, peak_tbps: float | None) -> dict:
+             compile: bool, fuse: bool, repeats: int, peak_tflops: float | None, peak_tbps: float | None) -> dict:
     cfg = official_config(name)
-    model = build(cfg, device, dtype, channels_last=channels_last, compile=compile)
+    model = build(cfg, device, dtype, channels_last=channels_last, compile=compile, fuse=fuse)
     g = torch.Generator(device=device).manual_seed(0)
     if task == "sample":
         fn = lambda: ops.sample(model, batch, temperatures=0.8, noise=g)  # noqa: E731
@@ -160,7 +162,8 @@ def run_case(name: str, task: str, device: torch.device, dtype: torch.dtype, bat
     images_per_s = batch / sec
     row = {
         "model": name, "task": task, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-        "layout": "channels_last" if channels_last else "nchw", "compiled": compile, "batch": batch,
+        "layout": ("channels_last" if channels_last else "nchw") + ("+fused" if fuse else ""), "compiled": compile,
+        "batch": batch,
         "seconds_per_batch": round(sec, 4), "first_call_s": round(t_first, 2),
         "images_per_s": round(images_per_s, 3), "gflop_per_image": round(f / 1e9, 1),
         "tflops": round(f * images_per_s / 1e12, 4),
@@ -212,13 +215,17 @@ def main() -> None:
           + ", ".join(f"{d} {p:.3f} TFLOP/s" if p else f"{d} ?" for d, p in peaks.items())
           + (f", {tbps:.3f} TB/s" if tbps else ""), file=sys.stderr)
 
-    variants = [("fp32", False, False)]  # the plain eager baseline: NCHW, fp32, no compile
+    from vdvae_cli.fused import available as fused_available
+
+    variants = [("fp32", False, False, False)]  # the plain eager baseline: NCHW, fp32, no compile
     for d in wanted:
-        variants.append((d, True, False))
+        variants.append((d, True, False, False))
+        if device.type == "cpu" and fused_available(dtypes[d]):
+            variants.append((d, True, True, False))  # oneDNN fused conv+GELU / conv+add
         if args.compile:
-            variants.append((d, True, True))
+            variants.append((d, True, False, True))
     rows = []
-    header = (f"{'model':<11}{'task':<12}{'dtype':<11}{'layout':<14}{'compiled':<9}{'batch':>5}{'img/s':>10}"
+    header = (f"{'model':<11}{'task':<12}{'dtype':<11}{'layout':<20}{'compiled':<9}{'batch':>5}{'img/s':>10}"
               f"{'TFLOP/s':>9}{'limit img/s':>12}{'%limit':>7}{'mem GB':>8}{'vs plain':>9}")
     print(header)
     summary = []
@@ -226,8 +233,8 @@ def main() -> None:
         for task in args.tasks:
             for batch in args.batch:
                 base = None
-                for d, cl, comp in variants:
-                    row = run_case(name, task, device, dtypes[d], batch, channels_last=cl, compile=comp,
+                for d, cl, fuse, comp in variants:
+                    row = run_case(name, task, device, dtypes[d], batch, channels_last=cl, compile=comp, fuse=fuse,
                                    repeats=args.repeats, peak_tflops=peaks.get(d), peak_tbps=tbps)
                     row["plain"] = base is None
                     base = base or row
@@ -237,7 +244,7 @@ def main() -> None:
                     pct = f"{row['pct_of_limit']:.1f}" if row["pct_of_limit"] is not None else "-"
                     lim = f"{row['limit_images_per_s']:.1f}" if row["limit_images_per_s"] else "-"
                     label = "plain fp32" if row["plain"] else row["dtype"]
-                    print(f"{name:<11}{task:<12}{label:<11}{row['layout']:<14}{str(comp):<9}{batch:>5}"
+                    print(f"{name:<11}{task:<12}{label:<11}{row['layout']:<20}{str(comp):<9}{batch:>5}"
                           f"{row['images_per_s']:>10.2f}{row['tflops']:>9.3f}{lim:>12}{pct:>7}{mem:>8}"
                           f"{'x' + str(row['speedup_vs_plain_fp32']):>9}", flush=True)
                 group = [r for r in rows if (r["model"], r["task"], r["batch"]) == (name, task, batch) and not r["plain"]]

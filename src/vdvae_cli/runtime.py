@@ -78,6 +78,17 @@ def fresh_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
+def configure_backends(device: torch.device, dtype: torch.dtype) -> None:
+    """Process-wide kernel choices for inference on ``device``: cuDNN autotuning (shapes repeat from
+    batch to batch), and no TF32 when the network runs in fp32, so that ``--dtype fp32`` computes
+    in IEEE fp32 as the reference did (bf16/fp16 are the fast modes)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        exact = dtype == torch.float32
+        torch.backends.cudnn.allow_tf32 = not exact
+        torch.backends.cuda.matmul.allow_tf32 = not exact
+
+
 def prepare_for_inference(model, *, channels_last: bool = True, compile: bool = False, fuse: bool = True):
     """Speed options that do not change the maths; returns the same model.
 
@@ -103,7 +114,9 @@ def prepare_for_inference(model, *, channels_last: bool = True, compile: bool = 
         _dynamo.config.accumulated_recompile_limit = max(_dynamo.config.accumulated_recompile_limit, 4096)
         for module in model.modules():
             if isinstance(module, Block):
-                module.forward = torch.compile(module.forward, dynamic=False)
+                # dynamic=None: a second batch size (--batch-size auto grows it) recompiles once with
+                # a symbolic batch dimension instead of once per size.
+                module.forward = torch.compile(module.forward)
     return model
 
 

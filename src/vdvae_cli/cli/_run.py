@@ -78,13 +78,14 @@ class Session:
 
     def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32", *, compile: bool = False) -> "VAE":
         from ..hub import load_model
-        from ..runtime import init_distributed, launched_distributed, prepare_for_inference
+        from ..runtime import configure_backends, init_distributed, launched_distributed, prepare_for_inference
 
         t0 = time.perf_counter()
         where: "str | torch.device" = device
         if launched_distributed():
             where, self.shard = init_distributed(device)
         model = prepare_for_inference(load_model(default_model(ref), device=where, dtype=dtype), compile=compile)
+        configure_backends(model.decoder.gain.device, model.decoder.gain.dtype)
         self.model = model
         cfg = model.cfg
         param = model.decoder.gain
