@@ -72,7 +72,8 @@ PosteriorOpt = Annotated[Posterior, typer.Option(
     "  vdvae sample --model ffhq256 --temp 0.6 -o face.png\n\n"
     "  vdvae sample -n 16 --grid --seed 7 -o grid.png\n\n"
     "  vdvae sample -n 100 --temp '0.9,r32=0.5' --batch-size 25 -o samples/\n\n"
-    "  vdvae sample -n 1 -o - | vdvae reconstruct - --keep-layers 5 -o out.png",
+    "  vdvae sample -n 1 -o - | vdvae reconstruct - --keep-layers 5 -o out.png\n\n"
+    "  torchrun --nproc-per-node 4 -m vdvae_cli sample -n 100000 --seed 1 --dtype bf16 -o samples/",
 )
 def sample(
     num: Annotated[int, typer.Option("--num", "-n", help="How many images.")] = 1,
