@@ -139,7 +139,8 @@ def test_info_table(tiny_ckpt, golden_cfg, golden_hparams):
         assert row[4] == (str(layer["mixin"]) if layer["mixin"] else "-")
 
 
-def test_info_json(tiny_ckpt, golden_cfg, golden_hparams):
+def test_info_json(tiny_ckpt, golden_cfg, golden_hparams, golden_state):
+    from vdvae_cli.checkpoint import weights_digest
     from vdvae_cli.latents import model_fingerprint
 
     out = json_lines(vdvae("info", "-m", tiny_ckpt, "--json").stdout)
@@ -148,7 +149,7 @@ def test_info_json(tiny_ckpt, golden_cfg, golden_hparams):
     assert info["model"] == "tiny" and info["n_layers"] == 13 and info["image_size"] == 32
     assert info["path"] == str(tiny_ckpt) and info["source"] == "file"
     assert info["parameters"] == golden_hparams["derived"]["n_params"]
-    assert info["fingerprint"] == model_fingerprint(golden_cfg)
+    assert info["fingerprint"] == model_fingerprint(golden_cfg, weights_digest(golden_state))
     assert info["resolutions"] == [1, 4, 8, 16, 32]
     assert info["layers_up_to_res"] == {"1": 2, "4": 5, "8": 8, "16": 11, "32": 13}
     assert [(l["index"], l["res"], l["width"], l["zdim"]) for l in info["layers"]] == [

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load, save
 
 from vdvae_cli.errors import LatentsError
@@ -130,3 +132,25 @@ def test_load_rejects_files_that_are_not_latents(golden_cfg, golden_state, layer
 def test_latents_bytes_checks_shapes(golden_cfg, layers):
     with pytest.raises(ValueError, match="layer 0 has shape"):
         latents_bytes(layers, golden_cfg, ["a", "b"])
+
+
+def test_same_architecture_other_weights_is_another_model(golden_cfg, golden_state, tmp_path):
+    """Two trainings of one architecture: the fingerprint includes the weights digest."""
+    from typer.testing import CliRunner
+
+    from vdvae_cli.checkpoint import save_checkpoint, stored_digest, weights_digest
+    from vdvae_cli.cli import app
+
+    a = save_checkpoint(golden_state, golden_cfg, tmp_path / "a.safetensors")
+    other = {k: v + 0.01 if k.endswith("c4.bias") else v for k, v in golden_state.items()}
+    b = save_checkpoint(other, golden_cfg, tmp_path / "b.safetensors")
+    assert stored_digest(a) == weights_digest(golden_state) != stored_digest(b)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(img)
+    runner = CliRunner()
+    lat = tmp_path / "z.safetensors"
+    assert runner.invoke(app, ["encode", str(img), "-m", str(a), "-o", str(lat)]).exit_code == 0
+    ok = runner.invoke(app, ["decode", str(lat), "-m", str(a), "-o", str(tmp_path / "ok.png")])
+    assert ok.exit_code == 0, ok.stderr
+    bad = runner.invoke(app, ["decode", str(lat), "-m", str(b), "-o", str(tmp_path / "bad.png")])
+    assert bad.exit_code == 1 and "was made by model 'tiny' with other weights" in bad.stderr and not (tmp_path / "bad.png").exists()

@@ -7,6 +7,8 @@ every key and shape against that config and names each difference.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 import struct
@@ -131,7 +133,8 @@ def save_checkpoint(
         raise CheckpointError(f"state does not match the config: {report.summary()}")
     target = DTYPES[dtype] if isinstance(dtype, str) else dtype
     tensors = {k: (v.detach().to("cpu", target) if target else v.detach().cpu()).contiguous() for k, v in state.items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "vdvae_config": cfg.to_json()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "vdvae_config": cfg.to_json(),
+            "weights_sha256": weights_digest(tensors)}
     meta.update(metadata or {})
     blob = save(tensors, metadata=meta)
     path = Path(path)
@@ -273,7 +276,29 @@ def build_model(
 
 def load_file_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VAE:
     cfg, state = read_checkpoint(path)
-    return build_model(cfg, state, device=device, dtype=dtype)
+    digest = stored_digest(path) or weights_digest(state)
+    model = build_model(cfg, state, device=device, dtype=dtype)
+    model.weights_digest = digest
+    return model
+
+
+def weights_digest(state: Mapping[str, Tensor]) -> str:
+    """sha256 of a state's tensors as stored (names, dtypes, shapes, bytes; in name order): the
+    identity of a set of weights, kept in every checkpoint's metadata as ``weights_sha256``."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(f"{key}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}\n".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def stored_digest(path: str | Path) -> str | None:
+    """The ``weights_sha256`` a checkpoint's metadata holds (None for files written without one)."""
+    meta = read_header(path).get("__metadata__") or {}
+    value = meta.get("weights_sha256")
+    return value if isinstance(value, str) and len(value) == 64 else None
 
 
 # --------------------------------------------------------------------------------------------------

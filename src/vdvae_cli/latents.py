@@ -7,7 +7,7 @@ A latents file is a safetensors file that other tools can open and edit::
       format              "vdvae-latents"
       format_version      "1"
       model_name          the config's name (e.g. "ffhq256")
-      model_fingerprint   sha256 of the model's config JSON and name (first 16 hex digits)
+      model_fingerprint   sha256 of the model's config JSON, name and weights digest (16 hex digits)
       vdvae_config        the config JSON itself (shapes can be read without the model)
       image_names         JSON list of N names, one per row
       posterior           "sample" or "mean"
@@ -39,9 +39,12 @@ _KEY = re.compile(r"layer\.(\d+)")
 Tensor = torch.Tensor
 
 
-def model_fingerprint(cfg: VDVAEConfig) -> str:
-    """A short identity of a model's architecture: sha256 of its config JSON and its name."""
-    return hashlib.sha256(f"{cfg.to_json()}\n{cfg.name}".encode()).hexdigest()[:16]
+def model_fingerprint(cfg: VDVAEConfig, weights: str | None = None) -> str:
+    """A short identity of a model: sha256 of its config JSON, its name and (when known) the digest
+    of its weights (:func:`vdvae_cli.checkpoint.weights_digest`), so two trainings of the same
+    architecture do not take each other's latents."""
+    text = f"{cfg.to_json()}\n{cfg.name}" + (f"\n{weights}" if weights else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def layer_key(index: int, n_layers: int) -> str:
@@ -70,6 +73,7 @@ def latents_bytes(
     posterior: str = "sample",
     seed: int | None = None,
     metadata: Mapping[str, str] | None = None,
+    weights: str | None = None,
 ) -> bytes:
     """Serialise per-layer latents (each (N, Z, r, r)) of ``cfg``'s model as a latents file."""
     from safetensors.torch import save
@@ -85,7 +89,7 @@ def latents_bytes(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_name": cfg.name,
-        "model_fingerprint": model_fingerprint(cfg),
+        "model_fingerprint": model_fingerprint(cfg, weights),
         "vdvae_config": cfg.to_json(),
         "image_names": json.dumps(list(names)),
         "posterior": posterior,
@@ -97,8 +101,9 @@ def latents_bytes(
     return save(tensors, metadata=meta)
 
 
-def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents") -> Latents:
-    """Parse and check a latents file (its bytes) against the model ``cfg``."""
+def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents", weights: str | None = None) -> Latents:
+    """Parse and check a latents file (its bytes) against the model ``cfg`` (with weights digest
+    ``weights``, the loaded model's ``weights_digest``)."""
     header = _header(data, label)
     meta = header.pop("__metadata__", None) or {}
     if meta.get("format") != FORMAT:
@@ -106,10 +111,11 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents") -> La
         raise LatentsError(f"{label} is {what} (no format={FORMAT!r} metadata)",
                            hint="make latents with: vdvae encode IMG -o latents.safetensors")
     fingerprint = meta.get("model_fingerprint")
+    mine = model_fingerprint(cfg, weights)
     if fingerprint is None:
         raise LatentsError(f"{label} does not say which model made it (no model_fingerprint metadata)",
                            hint="keep the original metadata when editing the file")
-    if fingerprint != model_fingerprint(cfg):
+    if fingerprint != mine:
         other = meta.get("model_name", "?")
         layers = ""
         try:
@@ -117,9 +123,13 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents") -> La
             layers = f", {other_cfg.n_layers} latent layers"
         except Exception:  # the stored config is informative only
             pass
+        if other == cfg.name and meta.get("vdvae_config") == cfg.to_json():  # same architecture
+            raise LatentsError(
+                f"{label} was made by model {other!r} with other weights ({fingerprint}), not by these "
+                f"({mine})", hint="decode it with the checkpoint file that encoded it")
         raise LatentsError(
             f"{label} was made by model {other!r} ({fingerprint}{layers}), not by {cfg.name!r} "
-            f"({model_fingerprint(cfg)}, {cfg.n_layers} latent layers)",
+            f"({mine}, {cfg.n_layers} latent layers)",
             hint=f"decode it with --model {other}, the model that encoded it",
         )
     n_rows = None

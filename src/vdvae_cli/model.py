@@ -252,6 +252,7 @@ class VAE(nn.Module):
     def __init__(self, cfg: VDVAEConfig):
         super().__init__()
         self.cfg = cfg
+        self.weights_digest: str | None = None  # set by the checkpoint loader: which weights these are
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         for m in self.modules():

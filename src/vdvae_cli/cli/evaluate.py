@@ -152,20 +152,21 @@ def info(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from ..checkpoint import config_of, expected_shapes
+    from ..checkpoint import config_of, expected_shapes, stored_digest
     from ..hub import resolve_model
     from ..latents import model_fingerprint
 
     resolved = resolve_model(default_model(model))
     path = resolved.path
     cfg = config_of(path)
+    fingerprint = model_fingerprint(cfg, stored_digest(path))
     parameters = sum(math.prod(shape) for shape in expected_shapes(cfg).values())
     keep_res = {r: cfg.layers_up_to_res(r) for r in cfg.resolutions}
     layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.zdim, "mixin": l.mixin,
                "latent_shape": list(l.latent_shape)} for l in cfg.decoder_layers]
     if json_out:
         Session(quiet=quiet).emit({
-            "model": cfg.name, "path": str(path), "source": resolved.source, "fingerprint": model_fingerprint(cfg),
+            "model": cfg.name, "path": str(path), "source": resolved.source, "fingerprint": fingerprint,
             "image_size": cfg.image_size, "dataset": cfg.dataset, "n_layers": cfg.n_layers,
             "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims, "parameters": parameters,
             "layers_up_to_res": {str(r): k for r, k in keep_res.items()}, "layers": layers,
@@ -174,7 +175,7 @@ def info(
         return
     print(f"model        {cfg.name}")
     print(f"file         {path} ({resolved.source})")
-    print(f"fingerprint  {model_fingerprint(cfg)}")
+    print(f"fingerprint  {fingerprint}")
     print(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")
     print(f"latents      {cfg.n_layers} layers, {cfg.latent_dims:,} dims per image")
     print(f"parameters   {parameters:,}")

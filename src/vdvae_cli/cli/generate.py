@@ -339,7 +339,7 @@ def encode(
             advance(len(indices))
     layers = [torch.cat([p[i] for p in parts]) for i in range(vae.cfg.n_layers)]
     names = [s.name for s in sources]
-    blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed)
+    blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed, weights=vae.weights_digest)
     if target is None:
         sys.stdout.buffer.write(blob)
         sys.stdout.buffer.flush()
@@ -398,7 +398,7 @@ def decode(
     data, label = _read_latents_bytes(latents)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile)
-    content = load_latents(data, vae.cfg, label=label)
+    content = load_latents(data, vae.cfg, label=label, weights=vae.weights_digest)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
     writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
