@@ -175,6 +175,19 @@ def run_case(name: str, task: str, device: torch.device, dtype: torch.dtype, bat
     return row
 
 
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | task | dtype | layout | compiled | batch | images/s | TFLOP/s | % of limit | peak GPU mem | vs plain fp32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dtype = "fp32 (plain)" if r["plain"] else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[r["dtype"]]
+        mem = f"{r['peak_mem_gb']:.2f} GB" if r["peak_mem_gb"] is not None else "–"
+        pct = f"{r['pct_of_limit']:.1f}%" if r["pct_of_limit"] is not None else "–"
+        lines.append(f"| {r['model']} | {r['task']} | {dtype} | {r['layout']} | {'yes' if r['compiled'] else 'no'} | "
+                     f"{r['batch']} | {r['images_per_s']:.2f} | {r['tflops']:.3f} | {pct} | {mem} | "
+                     f"×{r['speedup_vs_plain_fp32']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["cifar10"])
@@ -188,6 +201,7 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of the device (TFLOP/s)")
     ap.add_argument("--peak-tbps", type=float, default=None, help="memory bandwidth of the device (TB/s)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results.json"))
+    ap.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the README)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -259,6 +273,9 @@ def main() -> None:
     for srow in summary:
         print(f"{srow['model']} {srow['task']} batch {srow['batch']}: our fp32 path x{srow['fp32_speedup']} "
               f"the plain eager fp32 path (target x1.2); fastest ({srow['fastest']}) x{srow['fastest_speedup']} (target x3)")
+    if args.markdown:
+        print()
+        print(markdown(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"device": str(device), "device_name": what, "threads": torch.get_num_threads(),
                                      "torch": torch.__version__, "peaks_tflops": peaks, "bandwidth_tbps": tbps,
