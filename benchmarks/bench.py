@@ -79,17 +79,21 @@ def traffic(cfg: VDVAEConfig, itemsize: int) -> dict[str, float]:
     return {"sample": sample, "forward": sample + posterior + encoder}
 
 
-def cpu_peak(dtype: torch.dtype, seconds: float = 1.5) -> float:
-    """Measured dense matmul TFLOP/s on this CPU for ``dtype`` (a practical ceiling)."""
+def cpu_peak(dtype: torch.dtype, seconds: float = 0.5, trials: int = 4) -> float:
+    """Dense matmul TFLOP/s on this CPU for ``dtype``: the best of a few short trials (a practical
+    ceiling; a shared machine only ever makes a trial slower)."""
     n = 2048
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
     a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e12
+    best = 0.0
+    for _ in range(trials):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            count += 1
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - start) / 1e12)
+    return best
 
 
 def cpu_bandwidth(seconds: float = 1.0) -> float:
@@ -132,22 +136,22 @@ def timed(fn, device: torch.device, repeats: int) -> list[float]:
     return times
 
 
-def run_case(name: str, task: str, device: torch.device, dtype: torch.dtype, batch: int, *, channels_last: bool,
-             compile: bool, fuse: bool, repeats: int, peak_tflops: float | None, peak_tbps: float | None) -> dict:
+def make_case(name: str, task: str, device: torch.device, dtype: torch.dtype, batch: int, *, channels_last: bool,
+              compile: bool, fuse: bool):
+    """The model for one variant and a function that runs one batch of ``task`` with it."""
     cfg = official_config(name)
     model = build(cfg, device, dtype, channels_last=channels_last, compile=compile, fuse=fuse)
     g = torch.Generator(device=device).manual_seed(0)
     if task == "sample":
-        fn = lambda: ops.sample(model, batch, temperatures=0.8, noise=g)  # noqa: E731
-    else:
-        images = torch.randint(0, 256, (batch, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
-                               generator=torch.Generator().manual_seed(0))
-        fn = lambda: ops.reconstruct(model, images, noise=g)  # noqa: E731
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    t_first = timed(fn, device, 1)[0]  # warm-up (and compilation)
-    times = timed(fn, device, repeats)
+        return cfg, lambda: ops.sample(model, batch, temperatures=0.8, noise=g)
+    images = torch.randint(0, 256, (batch, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    return cfg, lambda: ops.reconstruct(model, images, noise=g)
+
+
+def make_row(cfg: VDVAEConfig, task: str, device: torch.device, dtype: torch.dtype, batch: int, *, channels_last: bool,
+             compile: bool, fuse: bool, times: list[float], t_first: float, peak_tflops: float | None,
+             peak_tbps: float | None, peak_mem: float | None) -> dict:
     sec = statistics.median(times)
     kind = "sample" if task == "sample" else "forward"
     f = flops(cfg)[kind]
@@ -160,19 +164,47 @@ def run_case(name: str, task: str, device: torch.device, dtype: torch.dtype, bat
         bounds.append(peak_tbps * 1e12 / bytes_per_image)
     limit = min(bounds) if bounds else None
     images_per_s = batch / sec
-    row = {
-        "model": name, "task": task, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+    return {
+        "model": cfg.name, "task": task, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "layout": ("channels_last" if channels_last else "nchw") + ("+fused" if fuse else ""), "compiled": compile,
-        "batch": batch,
-        "seconds_per_batch": round(sec, 4), "first_call_s": round(t_first, 2),
-        "images_per_s": round(images_per_s, 3), "gflop_per_image": round(f / 1e9, 1),
-        "tflops": round(f * images_per_s / 1e12, 4),
-        "limit_images_per_s": round(limit, 2) if limit else None,
+        "batch": batch, "seconds_per_batch": round(sec, 4), "seconds_all": [round(t, 4) for t in times],
+        "first_call_s": round(t_first, 2), "images_per_s": round(images_per_s, 3), "gflop_per_image": round(f / 1e9, 1),
+        "tflops": round(f * images_per_s / 1e12, 4), "limit_images_per_s": round(limit, 2) if limit else None,
         "bound": None if not limit else ("compute" if peak_tflops and limit == bounds[0] else "memory"),
         "pct_of_limit": round(100 * images_per_s / limit, 1) if limit else None,
-        "peak_mem_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "peak_mem_gb": None if peak_mem is None else round(peak_mem / 2**30, 2),
     }
-    return row
+
+
+def run_group(name: str, task: str, device: torch.device, batch: int, variants, dtypes, *, repeats: int,
+              peaks: dict, tbps: float | None) -> list[dict]:
+    """Time every variant. On a GPU one after the other (each with its own peak-memory count); on a
+    CPU, whose speed drifts with its neighbours, in interleaved rounds (plain, ours, plain, ours...)
+    so that the ratios compare the same moments."""
+    rows = []
+    if device.type == "cuda":
+        for d, cl, fuse, comp in variants:
+            cfg, fn = make_case(name, task, device, dtypes[d], batch, channels_last=cl, compile=comp, fuse=fuse)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            t_first = timed(fn, device, 1)[0]  # warm-up (and compilation)
+            times = timed(fn, device, repeats)
+            rows.append(make_row(cfg, task, device, dtypes[d], batch, channels_last=cl, compile=comp, fuse=fuse,
+                                 times=times, t_first=t_first, peak_tflops=peaks.get(d), peak_tbps=tbps,
+                                 peak_mem=torch.cuda.max_memory_allocated(device)))
+            del fn
+        return rows
+    cases = []
+    for d, cl, fuse, comp in variants:
+        cfg, fn = make_case(name, task, device, dtypes[d], batch, channels_last=cl, compile=comp, fuse=fuse)
+        cases.append((d, cl, fuse, comp, cfg, fn, timed(fn, device, 1)[0], []))
+    for _ in range(repeats):
+        for case in cases:
+            case[7].append(timed(case[5], device, 1)[0])
+    for d, cl, fuse, comp, cfg, _, t_first, times in cases:
+        rows.append(make_row(cfg, task, device, dtypes[d], batch, channels_last=cl, compile=comp, fuse=fuse,
+                             times=times, t_first=t_first, peak_tflops=peaks.get(d), peak_tbps=tbps, peak_mem=None))
+    return rows
 
 
 def markdown(rows: list[dict]) -> str:
@@ -196,7 +228,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of the device (TFLOP/s)")
     ap.add_argument("--peak-tbps", type=float, default=None, help="memory bandwidth of the device (TB/s)")
@@ -246,19 +278,18 @@ def main() -> None:
     for name in args.models:
         for task in args.tasks:
             for batch in args.batch:
-                base = None
-                for d, cl, fuse, comp in variants:
-                    row = run_case(name, task, device, dtypes[d], batch, channels_last=cl, compile=comp, fuse=fuse,
-                                   repeats=args.repeats, peak_tflops=peaks.get(d), peak_tbps=tbps)
-                    row["plain"] = base is None
-                    base = base or row
+                group_rows = run_group(name, task, device, batch, variants, dtypes, repeats=args.repeats, peaks=peaks,
+                                       tbps=tbps)
+                base = group_rows[0]
+                for row in group_rows:
+                    row["plain"] = row is base
                     row["speedup_vs_plain_fp32"] = round(base["seconds_per_batch"] / row["seconds_per_batch"], 2)
                     rows.append(row)
                     mem = f"{row['peak_mem_gb']:.2f}" if row["peak_mem_gb"] is not None else "-"
                     pct = f"{row['pct_of_limit']:.1f}" if row["pct_of_limit"] is not None else "-"
                     lim = f"{row['limit_images_per_s']:.1f}" if row["limit_images_per_s"] else "-"
                     label = "plain fp32" if row["plain"] else row["dtype"]
-                    print(f"{name:<11}{task:<12}{label:<11}{row['layout']:<20}{str(comp):<9}{batch:>5}"
+                    print(f"{name:<11}{task:<12}{label:<11}{row['layout']:<20}{str(row['compiled']):<9}{batch:>5}"
                           f"{row['images_per_s']:>10.2f}{row['tflops']:>9.3f}{lim:>12}{pct:>7}{mem:>8}"
                           f"{'x' + str(row['speedup_vs_plain_fp32']):>9}", flush=True)
                 group = [r for r in rows if (r["model"], r["task"], r["batch"]) == (name, task, batch) and not r["plain"]]

@@ -26,12 +26,13 @@ def main() -> None:
     ap.add_argument("src", type=Path)
     ap.add_argument("dst", type=Path)
     ap.add_argument("--wall-time-min", type=float, required=True)
+    ap.add_argument("--hardware", default="2-core CPU, 1 thread")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     cfg, state = read_checkpoint(args.src)
-    meta = {k: v for k, v in metadata_of(args.src).items() if k not in ("format", "format_version", "vdvae_config")}
+    meta = {k: v for k, v in metadata_of(args.src).items() if k not in ("format", "format_version", "vdvae_config", "weights_sha256")}
     meta.update(license=LICENSE, description=DESCRIPTION, data_source=SOURCE,
-                train_wall_time_min=f"{args.wall_time_min:.1f}", train_hardware="2-core CPU, 1 thread")
+                train_wall_time_min=f"{args.wall_time_min:.1f}", train_hardware=args.hardware)
     path = save_checkpoint(state, cfg, args.dst, metadata=meta, force=args.force)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
