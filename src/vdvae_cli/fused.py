@@ -89,6 +89,33 @@ def _finish(block: DecBlock, plain: Callable[[Tensor, Tensor], Tensor]) -> Calla
     return finish
 
 
+def _prior_params(block: DecBlock, plain: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]):
+    """The prior with its last (1x1) conv split in two: (pm, pv) alone, and the state channels added
+    to ``x`` in the same kernel (``x + xpp`` without a separate pass over the state)."""
+    c4, z = block.prior.c4, block.zdim
+    prior = block.prior
+    with torch.no_grad():  # copies, made once; the module's own weights stay as they are
+        w_stats = c4.weight[: 2 * z].clone(memory_format=torch.channels_last)
+        w_state = c4.weight[2 * z :].clone(memory_format=torch.channels_last)
+        b_stats = None if c4.bias is None else c4.bias[: 2 * z].clone()
+        b_state = None if c4.bias is None else c4.bias[2 * z :].clone()
+    one = ([0, 0], [1, 1], [1, 1], 1)  # 1x1 geometry: padding, stride, dilation, groups
+
+    def prior_params(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if not _use_fused(x, c4.weight):
+            return plain(x)
+        h = _conv(prior.c1, F.gelu(x), "gelu")
+        h = _conv(prior.c2, h, "gelu")
+        h = _conv(prior.c3, h, "gelu")
+        stats = torch.ops.mkldnn._convolution_pointwise(h, w_stats, b_stats, *one, "none", [], "")
+        state = torch.ops.mkldnn._convolution_pointwise.binary(h, x, w_state, b_state, *one, "add", None, None, [],
+                                                               None)
+        pm, pv = stats.chunk(2, dim=1)
+        return pm, pv, state
+
+    return prior_params
+
+
 def fuse_blocks(model: nn.Module) -> bool:
     """Route every block of ``model`` through the fused kernels (CPU inference). Returns whether it
     did: False when this build or CPU lacks them for the model's dtype (nothing is changed then)."""
@@ -100,4 +127,5 @@ def fuse_blocks(model: nn.Module) -> bool:
             module.forward = _block_forward(module, module.forward)  # type: ignore[method-assign]
         elif isinstance(module, DecBlock):
             module.finish = _finish(module, module.finish)  # type: ignore[method-assign]
+            module.prior_params = _prior_params(module, module.prior_params)  # type: ignore[method-assign]
     return True

@@ -95,17 +95,21 @@ class DecBlock(nn.Module):
         """The state entering this block: xs[res] (or zeros) plus the upsampled mixin state."""
         width = self.z_proj.out_channels
         x = xs.get(self.res)
-        if x is None:
-            x = like.new_zeros(n, width, self.res, self.res)
+        up = None
         if self.mixin is not None:
-            low = xs[self.mixin][:, :width]
-            x = x + F.interpolate(low, scale_factor=self.res // self.mixin, mode="nearest")
-        return x  # (N, W, r, r)
+            up = F.interpolate(xs[self.mixin][:, :width], scale_factor=self.res // self.mixin, mode="nearest")
+        if x is None:  # no state yet at this resolution (and no learned bias): zeros, plus the mixin
+            if up is not None:
+                return up  # 0 + up, without a pass over a tensor of zeros
+            layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            return torch.zeros(n, width, self.res, self.res, dtype=like.dtype, device=like.device, memory_format=layout)
+        return x if up is None else x + up  # (N, W, r, r)
 
     def prior_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Prior mean and log-std of z, and the state ``x + xpp`` the prior's extra channels make."""
         feats = self.prior(x)  # (N, 2Z + W, r, r)
         z = self.zdim
-        return feats[:, :z], feats[:, z : 2 * z], feats[:, 2 * z :]
+        return feats[:, :z], feats[:, z : 2 * z], x + feats[:, 2 * z :]
 
     def posterior_params(self, x: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
         qm, qv = self.enc(torch.cat([x, act], dim=1)).chunk(2, dim=1)  # (N, Z, r, r) each
@@ -198,8 +202,8 @@ class Decoder(nn.Module):
         out = DecoderOutput(px_z=like, latents=[] if want_latents else None, kl=[] if want_kl else None)
 
         for i, block in enumerate(self.dec_blocks):
-            x = block.input_state(xs, n, like)
-            pm, pv, xpp = block.prior_params(x)
+            x_in = block.input_state(xs, n, like)
+            pm, pv, x = block.prior_params(x_in)  # x = x_in + the prior's state channels
             given = latents[i] if i < len(latents) else None
             e = eps[i] if eps is not None and i < len(eps) and eps[i] is not None else None
             if e is None:
@@ -209,7 +213,7 @@ class Decoder(nn.Module):
             if given is not None:
                 z = given.to(device=x.device).expand(n, -1, -1, -1)
             elif i < n_posterior:
-                qm, qv = block.posterior_params(x, activations[block.res])  # type: ignore[index]
+                qm, qv = block.posterior_params(x_in, activations[block.res])  # type: ignore[index]
                 z = qm if posterior_mean else qm + torch.exp(qv) * e.to(qm.dtype)
                 if want_kl:
                     kl = gaussian_kl(qm.float(), qv.float(), pm.float(), pv.float())
@@ -217,7 +221,7 @@ class Decoder(nn.Module):
                     rec.update(qm=qm, qv=qv)
             else:
                 z = pm + temperature_std(pv, temps[i]) * e.to(pv.dtype)
-            x = block.finish(x + xpp, z)
+            x = block.finish(x, z)
             xs[block.res] = x
             for res in self._drop_after.get(i, ()):
                 xs.pop(res, None)
