@@ -55,5 +55,13 @@ class DeviceError(VDVAEError):
     """The requested device is unavailable or ran out of memory."""
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device running out of memory (``torch.OutOfMemoryError``, or the
+    RuntimeError other backends raise), told apart without importing torch."""
+    if not isinstance(exc, (RuntimeError, MemoryError)):
+        return False
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
 class TrainingError(VDVAEError):
     """Training cannot go on (diverged, every update skipped, bad data)."""

@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
-from .errors import DeviceError, UsageError
+from .errors import DeviceError, UsageError, is_out_of_memory
 
 T = TypeVar("T")
 
@@ -183,12 +183,6 @@ def close_distributed() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Batch sizes
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def cpu_batch_size(bytes_per_image: float, *, cap: int = 16) -> int:

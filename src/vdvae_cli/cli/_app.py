@@ -16,7 +16,7 @@ from typing import Any, Callable
 import typer
 
 from .. import __version__
-from ..errors import DeviceError, VDVAEError
+from ..errors import DeviceError, VDVAEError, is_out_of_memory
 
 app = typer.Typer(
     name="vdvae",
@@ -42,11 +42,6 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "out of memory" in text or type(exc).__name__ == "OutOfMemoryError"
-
-
 def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``app.command`` with the error boundary around the function."""
 
@@ -70,7 +65,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
             except (RuntimeError, MemoryError) as exc:
                 if debug():
                     raise
-                if _is_oom(exc):
+                if is_out_of_memory(exc):
                     err = DeviceError("out of memory", hint="use a smaller --batch-size, or --dtype bf16")
                     raise fail(str(err), err.hint, 1) from None
                 raise fail(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",

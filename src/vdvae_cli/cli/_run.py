@@ -229,12 +229,6 @@ class Session:
                   f"in {time.perf_counter() - self.started:.1f}s")
 
 
-def batches(total: int, batch_size: int) -> Iterator[list[int]]:
-    """Index lists of at most ``batch_size``, covering ``range(total)`` in order."""
-    for start in range(0, total, batch_size):
-        yield list(range(start, min(start + batch_size, total)))
-
-
 def parse_batch_size(spec: str) -> int:
     text = str(spec).strip().lower()
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
