@@ -21,6 +21,10 @@ from .model import Block, DecBlock
 Tensor = torch.Tensor
 
 
+Geometry = tuple[list[int], list[int], list[int], int]  # padding, stride, dilation, groups
+ONE_BY_ONE: Geometry = ([0, 0], [1, 1], [1, 1], 1)
+
+
 @functools.lru_cache(maxsize=None)
 def available(dtype: torch.dtype = torch.float32) -> bool:
     """Whether this PyTorch build runs oneDNN's fused convolutions for ``dtype`` on this CPU."""
@@ -29,48 +33,63 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
     if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
     try:
-        x = torch.randn(1, 4, 5, 5, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        conv = nn.Conv2d(4, 4, 3, padding=1).to(dtype).to(memory_format=torch.channels_last)
+        g = torch.Generator().manual_seed(0)  # a private generator: the check draws nothing from the global one
+        x = torch.randn(1, 4, 5, 5, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+        # weights of a default-initialised conv's size (std ~0.1), so bf16 rounding stays far below atol
+        w = (0.1 * torch.randn(4, 4, 3, 3, generator=g)).to(dtype).contiguous(memory_format=torch.channels_last)
+        b = (0.1 * torch.randn(4, generator=g)).to(dtype)
+        same: Geometry = ([1, 1], [1, 1], [1, 1], 1)
         with torch.inference_mode():
-            y = _conv(conv, x, "gelu")
-            z = _conv_add(conv, x, x)
-            ok = torch.allclose(y.float(), F.gelu(conv(x)).float(), atol=0.05) and torch.allclose(
-                z.float(), (x + conv(x)).float(), atol=0.05)
+            plain = F.conv2d(x, w, b, padding=1)
+            y = _pointwise(x, w, b, same, "gelu")
+            z = _pointwise_add(x, x, w, b, same)
+            ok = torch.allclose(y.float(), F.gelu(plain).float(), atol=0.05) and torch.allclose(
+                z.float(), (x + plain).float(), atol=0.05)
         return bool(ok)
     except (RuntimeError, AttributeError):
         return False
 
 
-def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
+def _pointwise(x: Tensor, weight: Tensor, bias: Tensor | None, geometry: Geometry, unary: str = "none") -> Tensor:
+    """``unary(conv(x))`` in one oneDNN kernel (``unary``: "gelu", exact, or "none")."""
+    algorithm = "none" if unary == "gelu" else ""
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, unary, [], algorithm)
+
+
+def _pointwise_add(x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | None, geometry: Geometry) -> Tensor:
+    """``other + conv(x)`` in one oneDNN kernel."""
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, other, weight, bias, *geometry, "add", None, None, [],
+                                                          None)
+
+
+def _geometry(conv: nn.Conv2d) -> Geometry:
     return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups  # type: ignore[arg-type]
 
 
 def _conv(conv: nn.Conv2d, x: Tensor, unary: str = "none") -> Tensor:
-    """``unary(conv(x))`` in one oneDNN kernel (``unary``: "gelu" or "none")."""
-    pad, stride, dil, groups = _geometry(conv)
-    algorithm = "none" if unary == "gelu" else ""
-    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, pad, stride, dil, groups, unary, [],
-                                                   algorithm)
+    return _pointwise(x, conv.weight, conv.bias, _geometry(conv), unary)
 
 
 def _conv_add(conv: nn.Conv2d, x: Tensor, other: Tensor) -> Tensor:
-    """``other + conv(x)`` in one oneDNN kernel."""
-    pad, stride, dil, groups = _geometry(conv)
-    return torch.ops.mkldnn._convolution_pointwise.binary(x, other, conv.weight, conv.bias, pad, stride, dil, groups,
-                                                          "add", None, None, [], None)
+    return _pointwise_add(x, other, conv.weight, conv.bias, _geometry(conv))
 
 
 def _use_fused(x: Tensor, weight: Tensor) -> bool:
     return x.device.type == "cpu" and not torch.is_grad_enabled() and x.dtype == weight.dtype
 
 
+def _trunk(block: Block, x: Tensor) -> Tensor:
+    """The first three convs of a block, each with the GELU before the next conv fused in."""
+    h = _conv(block.c1, F.gelu(x), "gelu")
+    h = _conv(block.c2, h, "gelu")
+    return _conv(block.c3, h, "gelu")
+
+
 def _block_forward(block: Block, plain: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     def forward(x: Tensor) -> Tensor:
         if not _use_fused(x, block.c1.weight):
             return plain(x)
-        h = _conv(block.c1, F.gelu(x), "gelu")
-        h = _conv(block.c2, h, "gelu")
-        h = _conv(block.c3, h, "gelu")
+        h = _trunk(block, x)
         out = _conv_add(block.c4, h, x) if block.residual else _conv(block.c4, h)
         if block.down_rate:
             out = F.avg_pool2d(out, kernel_size=block.down_rate, stride=block.down_rate)
@@ -93,25 +112,18 @@ def _prior_params(block: DecBlock, plain: Callable[[Tensor], tuple[Tensor, Tenso
     """The prior with its last (1x1) conv split in two: (pm, pv) alone, and the state channels added
     to ``x`` in the same kernel (``x + xpp`` without a separate pass over the state)."""
     c4, z = block.prior.c4, block.zdim
-    prior = block.prior
     with torch.no_grad():  # copies, made once; the module's own weights stay as they are
         w_stats = c4.weight[: 2 * z].clone(memory_format=torch.channels_last)
         w_state = c4.weight[2 * z :].clone(memory_format=torch.channels_last)
         b_stats = None if c4.bias is None else c4.bias[: 2 * z].clone()
         b_state = None if c4.bias is None else c4.bias[2 * z :].clone()
-    one = ([0, 0], [1, 1], [1, 1], 1)  # 1x1 geometry: padding, stride, dilation, groups
 
     def prior_params(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if not _use_fused(x, c4.weight):
             return plain(x)
-        h = _conv(prior.c1, F.gelu(x), "gelu")
-        h = _conv(prior.c2, h, "gelu")
-        h = _conv(prior.c3, h, "gelu")
-        stats = torch.ops.mkldnn._convolution_pointwise(h, w_stats, b_stats, *one, "none", [], "")
-        state = torch.ops.mkldnn._convolution_pointwise.binary(h, x, w_state, b_state, *one, "add", None, None, [],
-                                                               None)
-        pm, pv = stats.chunk(2, dim=1)
-        return pm, pv, state
+        h = _trunk(block.prior, x)
+        pm, pv = _pointwise(h, w_stats, b_stats, ONE_BY_ONE).chunk(2, dim=1)
+        return pm, pv, _pointwise_add(h, x, w_state, b_state, ONE_BY_ONE)
 
     return prior_params
 
