@@ -417,5 +417,6 @@ def test_coarse_first_trains_fine_posteriors_only_afterwards(tmp_path, tiny_cfg,
         assert moved == (i < fine), i  # fine layers' posteriors get no gradient, so AdamW leaves them be
     with pytest.raises(UsageError, match="coarse resolution 2"):
         train(tiny_cfg, fast(steps=2, coarse_res=2, coarse_steps=1), images, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before the run folder is made
     result = CliRunner().invoke(app, ["train", "x.npz", "-o", str(tmp_path / "z"), "--coarse-first", "4"])
     assert result.exit_code == 2 and "is not RES:STEPS" in result.stderr

@@ -334,6 +334,12 @@ def train(
         raise TrainingError(
             f"images are {images.shape[2]}x{images.shape[1]} but the model is {model_cfg.image_size}x{model_cfg.image_size}"
         )
+    coarse_layers = None  # the coarse-first curriculum: how many leading layers it infers
+    if tc.coarse_steps:
+        if tc.coarse_res not in model_cfg.resolutions:
+            raise UsageError(f"coarse resolution {tc.coarse_res} is not a resolution of this model",
+                             hint=f"choose one of {', '.join(map(str, model_cfg.resolutions))}")
+        coarse_layers = model_cfg.layers_up_to_res(tc.coarse_res)
     if tc.dtype == "bf16" and device.type == "cpu":
         emit({"event": "warning", "message": "bf16 autocast on CPU is usually slower than fp32"})
 
@@ -431,12 +437,6 @@ def train(
         )
     inner = loss_fn.module if distributed else loss_fn
     inner.noise = BatchNoise(noise_gen)  # type: ignore[union-attr]
-    coarse_layers = None
-    if tc.coarse_steps:
-        if tc.coarse_res not in model_cfg.resolutions:
-            raise UsageError(f"coarse resolution {tc.coarse_res} is not a resolution of this model",
-                             hint=f"choose one of {', '.join(map(str, model_cfg.resolutions))}")
-        coarse_layers = model_cfg.layers_up_to_res(tc.coarse_res)
     autocast = tc.dtype == "bf16"
 
     def checkpoint(kind: str) -> None:
