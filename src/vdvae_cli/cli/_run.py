@@ -314,6 +314,16 @@ def read_pixels(run: Session, sources: Sequence[Any], size: int, no_resize: bool
     return torch.from_numpy(read_images(sources, size, resize=not no_resize, notify=run.info))
 
 
+def read_shard(run: Session, sources: Sequence[Any], size: int,
+               no_resize: bool) -> "tuple[list[int], Callable[[list[int]], torch.Tensor]]":
+    """Decode this process's share of ``sources`` (all of them without torchrun); return its input
+    indices and ``pixels(indices)``, the uint8 NHWC rows of those inputs."""
+    mine = run.my_indices(len(sources))
+    pixels = read_pixels(run, [sources[i] for i in mine], size, no_resize)
+    row_of = {i: k for k, i in enumerate(mine)}
+    return mine, lambda indices: pixels[[row_of[i] for i in indices]]
+
+
 def stdout_is_tty() -> bool:
     return _isatty(sys.stdout)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ._app import command
-from ._run import BatchOpt, NoResizeOpt, Session, check_batch_size, check_positive, collect_inputs, read_pixels
+from ._run import BatchOpt, NoResizeOpt, Session, check_batch_size, check_positive, collect_inputs, read_shard
 from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt, default_model
 
 LN2 = math.log(2)
@@ -54,16 +54,14 @@ def evaluate(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile)
     cfg = vae.cfg
-    mine = run.my_indices(len(sources))  # under torchrun: this process's share of the images
-    pixels = read_pixels(run, [sources[i] for i in mine], cfg.image_size, no_resize)
-    row_of = {i: k for k, i in enumerate(mine)}
+    mine, pixels = read_shard(run, sources, cfg.image_size, no_resize)  # under torchrun: this process's share
     seed = run.seed(seed)
     bound = "elbo" if samples == 1 else "importance-weighted"
     rows: list[dict[str, Any]] = []
     run.announce()
 
     def evaluate_batch(indices: list[int]):
-        return ops.elbo(vae, pixels[[row_of[i] for i in indices]], samples=samples, noise=run.noise(seed, indices))
+        return ops.elbo(vae, pixels(indices), samples=samples, noise=run.noise(seed, indices))
 
     with run.progress(len(mine), "evaluating") as advance:
         t0 = time.perf_counter()

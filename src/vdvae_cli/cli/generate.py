@@ -18,7 +18,7 @@ import typer
 from ._app import command
 from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive, collect_inputs,
-    keep_count, plan_images, read_pixels, refuse_distributed, stdout_is_tty,
+    keep_count, plan_images, read_pixels, read_shard, refuse_distributed, stdout_is_tty,
 )
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
 from ..errors import LatentsError, OutputError, UsageError
@@ -167,13 +167,11 @@ def reconstruct(
     vae = run.load_model(model, device, dtype, compile=compile)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
-    mine = run.my_indices(len(sources))
-    pixels = read_pixels(run, [sources[i] for i in mine], vae.cfg.image_size, no_resize)
-    row_of = {i: k for k, i in enumerate(mine)}
+    mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize)
     seed = run.seed(seed)
 
     def make(indices: list[int]):
-        return ops.reconstruct(vae, pixels[[row_of[i] for i in indices]], keep_layers=keep, posterior=posterior.value,
+        return ops.reconstruct(vae, pixels(indices), keep_layers=keep, posterior=posterior.value,
                                temperatures=temps, output_temperature=output_temp, noise=run.noise(seed, indices))
 
     def record(i: int) -> dict:
@@ -257,15 +255,15 @@ def mix(
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
     temps = parse_temperature_spec(temp, vae.cfg)
     pixels_a = read_pixels(run, [source_a], vae.cfg.image_size, no_resize)
-    pixels_b = read_pixels(run, b_sources, vae.cfg.image_size, no_resize) if b_sources else None
-    seed = run.seed(seed)
     total = len(b_sources) or n_variations
+    mine, pixels_b = read_shard(run, b_sources, vae.cfg.image_size, no_resize) if b_sources else (None, None)
+    seed = run.seed(seed)
 
     # A's prefix is encoded once and shared by every output row (its own noise stream, index -1).
     prefix = ops.encode(vae, pixels_a, posterior=posterior.value, noise=run.noise(seed, [-1]), n_layers=keep)
 
     def make(indices: list[int]):
-        rest = pixels_b[indices] if pixels_b is not None else None
+        rest = pixels_b(indices) if pixels_b is not None else None
         return ops.mix(vae, prefix, rest, n=len(indices), posterior=posterior.value, temperatures=temps,
                        output_temperature=output_temp, noise=run.noise(seed, indices))
 
@@ -274,7 +272,7 @@ def mix(
                 "keep_layers": keep, "posterior": posterior.value, "seed": seed, "model": vae.cfg.name,
                 "temp": temp, "temperatures": temps, "output_temp": output_temp}
 
-    run.generate(writer, total, batch_size, make, record, "mixing")
+    run.generate(writer, total, batch_size, make, record, "mixing", indices=mine)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,6 +327,7 @@ def encode(
     seed = run.seed(seed) if posterior is Posterior.sample else seed
     parts: list[list[torch.Tensor]] = []
     run.announce()
+
     def encode_batch(indices: list[int]) -> list[torch.Tensor]:
         noise = run.noise(seed, indices) if seed is not None else None
         return [z.cpu() for z in ops.encode(vae, pixels[indices], posterior=posterior.value, noise=noise)]
