@@ -204,13 +204,15 @@ def weights_dir() -> Path | None:
 
 
 def _header(path: Path) -> dict[str, Any] | None:
-    """A safetensors header, read without torch; None when unreadable."""
+    """A safetensors header, read without torch (bounded: the file may be hostile); None when unreadable."""
+    from .safety import MAX_HEADER_BYTES, loads
+
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100_000_000:
+            if n > MAX_HEADER_BYTES:
                 return None
-            header = json.loads(f.read(n))
+            header = loads(f.read(n))
     except (OSError, struct.error, ValueError):
         return None
     return header if isinstance(header, dict) else None
@@ -224,28 +226,34 @@ def describe_file(path: Path, *, name: str | None = None, kind: Kind = "shipped"
     header = _header(path)
     if header is None:
         return replace(entry, note="unreadable safetensors header")
-    meta = header.get("__metadata__") or {}
-    params = sum(_numel(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict))
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict):
+        meta = {}
+    params = sum(_numel(v.get("shape")) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict))
     changes: dict[str, Any] = {"parameters": params or None}
     try:
-        cfg = json.loads(meta["vdvae_config"])
         from .config import VDVAEConfig
+        from .safety import loads
 
-        parsed = VDVAEConfig.from_dict(cfg)
+        parsed = VDVAEConfig.from_dict(loads(meta["vdvae_config"]))
         changes.update(resolution=parsed.image_size, latent_layers=parsed.n_layers, title=parsed.name or path.stem)
     except Exception:  # no or bad metadata: still listed; loading reports the exact problem
         changes["note"] = "no vdvae_config metadata"
-    if meta.get("license"):
-        changes["license"] = meta["license"]
-    if meta.get("description"):
-        changes["note"] = meta["description"]
+    for key, field_name in (("license", "license"), ("description", "note")):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            changes[field_name] = value[:500]
     return replace(entry, **changes)
 
 
-def _numel(shape: list[int]) -> int:
+def _numel(shape: Any) -> int:
+    if not isinstance(shape, list) or len(shape) > 8:
+        return 0
     n = 1
     for s in shape:
-        n *= int(s)
+        if not isinstance(s, int) or s < 0:
+            return 0
+        n *= s
     return n
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Sequence
 import typer
 
 from ..errors import UsageError
+from ._app import emit_json, say
 from .options import default_model
 
 if TYPE_CHECKING:
@@ -54,11 +55,11 @@ class Session:
     def info(self, message: str) -> None:
         """A log line on stderr (silenced by --quiet; under torchrun only rank 0 speaks)."""
         if not self.quiet and self.shard.main:
-            print(message, file=sys.stderr, flush=True)
+            say(message)
 
     def emit(self, obj: dict[str, Any]) -> None:
-        """One JSON object on one line of stdout."""
-        print(json.dumps(obj, ensure_ascii=False), flush=True)
+        """One strict JSON object on one line of stdout."""
+        emit_json(obj)
 
     @contextlib.contextmanager
     def progress(self, total: int, label: str) -> Iterator[Callable[[int], None]]:
@@ -135,7 +136,7 @@ class Session:
 
             dist.barrier()
 
-    def my_indices(self, total: int) -> list[int]:
+    def my_indices(self, total: int) -> Sequence[int]:
         """The images this process makes: all of them, or under torchrun every world-th one."""
         return self.shard.indices(total)
 
@@ -195,6 +196,8 @@ class Session:
         """
         seconds: dict[int, float] = {}
         mine = self.my_indices(total) if indices is None else list(indices)
+        assert self.model is not None
+        writer.check_size(self.model.cfg.image_size)
         shared_output = self.shard.world > 1 and writer.kind != "dir"
         held: list[tuple[int, Any, float]] = []
         self.announce()
@@ -256,8 +259,10 @@ def check_positive(name: str, value: int) -> None:
 
 
 def check_output_temp(value: float) -> None:
-    if not value >= 0 or value == float("inf"):
-        raise UsageError(f"--output-temp must be a finite number >= 0, got {value}",
+    from ..safety import MAX_TEMPERATURE
+
+    if not 0 <= value <= MAX_TEMPERATURE:
+        raise UsageError(f"--output-temp must be a number from 0 to {MAX_TEMPERATURE:g}, got {value}",
                          hint="1 samples pixels as the model does, 0 takes the most likely value")
 
 
