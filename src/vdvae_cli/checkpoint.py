@@ -620,9 +620,11 @@ def convert_reference(
     dtype: str | None = None,
     force: bool = False,
     metadata: Mapping[str, str] | None = None,
+    state: Mapping[str, Tensor] | None = None,
 ) -> tuple[Path, VDVAEConfig]:
-    """Convert an official torch pickle to our safetensors format. ``cfg=None`` infers the layout."""
-    state = load_reference_state(src)
+    """Convert an official torch pickle to our safetensors format. ``cfg=None`` infers the layout.
+    ``state`` is ``src`` already loaded with :func:`load_reference_state`."""
+    state = load_reference_state(src) if state is None else state
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     if cfg is None:
         cfg = infer_config(shapes)
