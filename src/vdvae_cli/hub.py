@@ -56,6 +56,7 @@ MIN_RATE = 1024  # bytes/s: a transfer slower than this over RATE_WINDOW seconds
 RATE_WINDOW = 60.0
 MAX_DOWNLOAD = 8 << 30  # bytes: the cap on a checkpoint whose size the registry does not know
 MAX_LOG_DOWNLOAD = 1 << 30
+HUB_RETRIES = 1  # huggingface_hub's own retries of a failed Hub request (its default is 5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,17 +218,39 @@ class _Never(Exception):
 
 @contextmanager
 def _quiet_hub() -> Iterator[None]:
-    """huggingface_hub logs each retry ("Retrying in 1s [Retry 1/5]") on stderr: for our calls its
-    logger is silenced, so a failure is our one error line."""
+    """For our calls into huggingface_hub: its logger is silenced (it logs every retry, "Retrying in
+    1s [Retry 1/5]", on stderr), so a failure is our one error line; and it retries a broken Hub
+    HUB_RETRIES times instead of five (half a minute of waiting), where its version lets us say so."""
     import logging
 
+    # Everything we call is imported first: huggingface_hub configures its logger as its modules load.
+    import huggingface_hub  # noqa: F401
+    import huggingface_hub.errors  # noqa: F401
+    import huggingface_hub.file_download  # noqa: F401
+
+    http = None
+    base = None
+    try:
+        from huggingface_hub.utils import _http as http  # type: ignore[no-redef]
+
+        base = getattr(http, "_http_backoff_base", None)
+    except ImportError:
+        pass
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
     logger.setLevel(logging.CRITICAL + 1)
+    if base is not None:
+        def fewer_retries(*args: Any, **kwargs: Any) -> Any:
+            kwargs["max_retries"] = min(int(kwargs.get("max_retries", 5)), HUB_RETRIES)
+            return base(*args, **kwargs)
+
+        http._http_backoff_base = fewer_retries  # type: ignore[union-attr]
     try:
         yield
     finally:
         logger.setLevel(level)
+        if base is not None:
+            http._http_backoff_base = base  # type: ignore[union-attr]
 
 
 def _forget_hub_file(path: Path) -> None:
@@ -636,6 +659,9 @@ def _stream(url: str, part: Path, label: str, expected: int | None, progress: Pr
         if watch.cut:
             raise _Interrupted(offset, expected, f"no response within {HEADERS_TIMEOUT:g}s") from None
         raise _network_error(url, exc, by_hand) from None
+    if watch.cut:  # the headers took too long (whatever arrived of them is not to be trusted)
+        response.close()
+        raise _Interrupted(offset, expected, f"no response within {HEADERS_TIMEOUT:g}s")
     with response:
         encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
         if encoding not in ("identity", ""):
@@ -818,7 +844,8 @@ def verify_download(path: Path, kind: str, *, size: int | None = None, sha256: s
         try:
             read_header(path)
         except CheckpointError as exc:
-            raise CheckpointError(f"{label}: {exc}; nothing was kept", hint=exc.hint) from None
+            why = str(exc).replace(clean(path), "").strip(": ") or "not a safetensors file"
+            raise CheckpointError(f"{label}: {why}; nothing was kept", hint=exc.hint) from None
         return
     raise ValueError(f"unknown download kind {kind!r}")
 
