@@ -207,17 +207,21 @@ def read_image(source: ImageSource, size: int | None, *, resize: bool = True, no
     PngImagePlugin.MAX_TEXT_MEMORY = 8 * MAX_TEXT_CHUNK
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow refuses beyond this itself, as a second line
+    import warnings
+
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_IMAGE_SIDE:
-                raise ImageError(f"{name} is {w}x{h} pixels, too large to decode safely "
-                                 f"(at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels)",
-                                 hint="scale it down first")
-            with activity(f"decoding {name} ({w}x{h})", hint="scale the image down first"):
-                im.load()
-                im = _exif_transpose(im)
-                rgb = to_rgb(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's warnings about a damaged file: our error says it
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_IMAGE_SIDE:
+                    raise ImageError(f"{name} is {w}x{h} pixels, too large to decode safely "
+                                     f"(at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels)",
+                                     hint="scale it down first")
+                with activity(f"decoding {name} ({w}x{h})", hint="scale the image down first"):
+                    im.load()
+                    im = _exif_transpose(im)
+                    rgb = to_rgb(im)
     except ImageError:
         raise
     except UnidentifiedImageError:
