@@ -489,7 +489,7 @@ CASES: list[tuple[str, Case]] = [
     # 6. a clear message where "internal error" was
     ("6", Case("unreadable-model", model("locked.safetensors", "sample"), 1, "Permission denied", no_dac=True)),
     ("6", Case("unreadable-cache", lambda s, w: ["sample", "--model", "cifar10", "-o", str(w / "x.png")], 1,
-               "Permission denied", no_dac=True, env={"VDVAE_CACHE": "{locked_cache}"})),
+               "cannot read the cache folder", no_dac=True, env={"VDVAE_CACHE": "{locked_cache}/sub"})),
     ("6", Case("input-folder-no-exec", lambda s, w: ["reconstruct", M("noexec")(s, w), "-o", str(w / "r/")], 1,
                "Permission denied", no_dac=True)),
     ("6", Case("read-only-target", lambda s, w: ["sample", "-o", M("readonly/x.png")(s, w)], 1, "not writable",

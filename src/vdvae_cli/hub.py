@@ -369,6 +369,16 @@ def _is_pickle(path: Path) -> bool:
 
 
 def _resolve_path(ref: str) -> ResolvedModel:
+    try:
+        return _resolve_path_checked(ref)
+    except OSError as exc:
+        from .safety import clean
+
+        raise ModelNotFoundError(f"cannot read {clean(ref)}: {exc.strerror or exc}",
+                                 hint="check the path and its permissions") from None
+
+
+def _resolve_path_checked(ref: str) -> ResolvedModel:
     path = Path(ref).expanduser()
     if not path.exists():
         close = difflib.get_close_matches(ref, registry.names(), n=3, cutoff=0.6)
@@ -389,12 +399,23 @@ def _resolve_path(ref: str) -> ResolvedModel:
     return ResolvedModel(path, path.stem, "file", str(path))
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` in our cache, where a folder we may not read is one clear error."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        from .safety import clean
+
+        raise ModelNotFoundError(f"cannot read the cache folder {clean(path.parent)}: {exc.strerror or exc}",
+                                 hint="fix its permissions, or set VDVAE_CACHE to a folder you can read") from None
+
+
 def _resolve_entry(entry: RegistryEntry) -> ResolvedModel:
     if entry.kind == "shipped":
         assert entry.path is not None
         return ResolvedModel(entry.path, entry.name, "shipped", str(entry.path))
     cached = official_cache_path(entry.name)
-    if cached.is_file():
+    if _is_file(cached):
         return ResolvedModel(cached, entry.name, "official", f"converted from {entry.checkpoint_url}")
     if entry.hf_repo:
         ref = HubRef(entry.hf_repo, entry.hf_filename or DEFAULT_HF_FILENAME, entry.hf_revision)
@@ -465,7 +486,7 @@ def cached_path(entry: RegistryEntry) -> Path | None:
     if entry.kind == "shipped":
         return entry.path
     local = official_cache_path(entry.name)
-    if local.is_file():
+    if _is_file(local):
         return local
     if entry.hf_repo:
         return hub_cached_path(HubRef(entry.hf_repo, entry.hf_filename or DEFAULT_HF_FILENAME, entry.hf_revision))
@@ -933,7 +954,7 @@ def download_official(
     if entry.kind != "official" or not url:
         raise ModelNotFoundError(f"{entry.name!r} has no official download")
     dest = official_cache_path(entry.name)
-    if dest.is_file() and not force and _cached_ok(dest):
+    if _is_file(dest) and not force and _cached_ok(dest):
         _report(progress, "done", dest.name, dest.stat().st_size, dest.stat().st_size)
         return dest
     if is_offline():

@@ -208,7 +208,11 @@ class Session:
                 for i, where in done:
                     self.emit({**record(i), "path": where, "seconds": round(seconds[i], 4)})
 
-        with self.progress(len(mine), label) as advance:
+        from ..errors import activity
+
+        size = self.model.cfg.image_size
+        with self.progress(len(mine), label) as advance, activity(
+                f"{label} {size}x{size} images", hint="use a smaller --batch-size, or --dtype bf16"):
             t0 = time.perf_counter()
             for chunk, images in self.batches(mine, batch_size, make_batch):
                 images = images.cpu().numpy()

@@ -32,12 +32,12 @@ class Posterior(str, Enum):
 
 TempOpt = Annotated[str, typer.Option(
     "--temp", "-t",
-    help="Prior temperature of the free layers: one number, or a spec such as "
+    help="Prior temperature of the free layers (0 to 10): one number, or a spec such as "
     "'0.8,0-5=1.0,r32=0.5,12=0.3' (layer N, range A-B or A-, rN = every layer at resolution N, "
     "A-B=t0:t1 a linear ramp; later entries win). Layer numbers as in `vdvae info`.",
 )]
 OutputTempOpt = Annotated[float, typer.Option(
-    "--output-temp", help="Pixel (DMoL) sampling temperature: 1 as the model samples, 0 the most likely pixels.",
+    "--output-temp", help="Pixel (DMoL) sampling temperature (0 to 10): 1 as the model samples, 0 the most likely pixels.",
 )]
 OutOpt = Annotated[Optional[str], typer.Option(
     "--output", "-o",
