@@ -512,6 +512,9 @@ def plan_output(
         if stdout_is_tty:
             raise OutputError("refusing to write PNG data to a terminal",
                               hint="redirect stdout (... -o - > out.png) or give -o FILE")
+        if stdout is None or getattr(stdout, "closed_stream", False):
+            raise OutputError("cannot write to stdout: it is closed",
+                              hint="redirect stdout to a file, or write to a file with -o")
         return ImageWriter("stdout", None, names, grid=grid, force=force, stdout=stdout)
     path = Path(output)
     if output.endswith(("/", os.sep)) or path.is_dir():

@@ -97,10 +97,11 @@ def stdout_failed(exc: BaseException):
         pass
     if isinstance(exc, OSError) and exc.errno != errno.EBADF:
         why = exc.strerror or str(exc)
+        hint = "redirect stdout to a file with space, or write to a file with -o"
     else:
         why = "it is closed"
-    return OutputError(f"cannot write to stdout: {why}",
-                       hint="redirect stdout to a file with space, or write to a file with -o")
+        hint = "redirect stdout to a file, or write to a file with -o"
+    return OutputError(f"cannot write to stdout: {why}", hint=hint)
 
 
 def human_bytes(n: float | None) -> str:

@@ -41,6 +41,8 @@ def debug() -> bool:
 class _ClosedStream:
     """Stands in for a standard stream that was closed when the process started (``>&-``)."""
 
+    closed_stream = True  # images.plan_output refuses it before any work
+
     def __init__(self, name: str):
         self.name = name
 

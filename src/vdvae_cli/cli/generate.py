@@ -427,6 +427,9 @@ def _latents_target(output: str | None, force: bool, json_out: bool) -> Path | N
     if output is None or output == "-":
         if json_out:
             raise UsageError("--json prints results on stdout, so the latents need -o FILE.safetensors")
+        if getattr(sys.stdout, "closed_stream", False):
+            raise OutputError("cannot write to stdout: it is closed",
+                              hint="redirect stdout to a file, or write to a file with -o")
         if stdout_is_tty():
             if output is None:
                 raise UsageError("no -o given and stdout is a terminal",
