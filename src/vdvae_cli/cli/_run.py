@@ -57,8 +57,10 @@ class Session:
             print(message, file=sys.stderr, flush=True)
 
     def emit(self, obj: dict[str, Any]) -> None:
-        """One JSON object on one line of stdout."""
-        print(json.dumps(obj, ensure_ascii=False), flush=True)
+        """One JSON object on one line of stdout, in one write: ranks of a torchrun job share the
+        stream, and a separate write of the newline let two records meet on one line."""
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
 
     @contextlib.contextmanager
     def progress(self, total: int, label: str) -> Iterator[Callable[[int], None]]:
@@ -172,7 +174,7 @@ class Session:
         from ..distributions import PerImageNoise
         from ..runtime import image_generators
 
-        return PerImageNoise(image_generators(seed, indices, self.device))
+        return PerImageNoise(image_generators(seed, indices))
 
     # -- the batch loop ---------------------------------------------------------------------------
 
