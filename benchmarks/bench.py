@@ -33,9 +33,11 @@ from vdvae_cli.config import VDVAEConfig, official_config  # noqa: E402
 from vdvae_cli.model import VAE  # noqa: E402
 from vdvae_cli.runtime import configure_backends, prepare_for_inference  # noqa: E402
 
-# Dense bf16/fp16 tensor-core peak (TFLOP/s) and memory bandwidth (TB/s). H100 uses the issue's
-# yardstick (~790 TFLOP/s, ~3 TB/s); pass --peak-tflops / --peak-tbps for other parts.
-GPU_PEAKS = {"H100": (790.0, 3.0), "H200": (989.0, 4.8), "A100": (312.0, 2.0), "L4": (121.0, 0.3), "4090": (165.0, 1.0)}
+# Dense bf16/fp16 tensor-core peak, IEEE fp32 (CUDA-core, no TF32) peak, both TFLOP/s, and memory
+# bandwidth (TB/s): datasheet figures (H100 SXM bf16 at the ~790 TFLOP/s measured on random data);
+# pass --peak-tflops / --peak-fp32-tflops / --peak-tbps for other parts.
+GPU_PEAKS = {"H100": (790.0, 67.0, 3.35), "H200": (989.0, 67.0, 4.8), "A100": (312.0, 19.5, 2.0),
+             "L4": (121.0, 30.3, 0.3), "4090": (165.0, 82.6, 1.0)}
 
 
 def flops(cfg: VDVAEConfig) -> dict[str, float]:
@@ -186,8 +188,9 @@ def run_group(name: str, task: str, device: torch.device, batch: int, variants, 
         for d, cl, fuse, comp in variants:
             cfg, fn = make_case(name, task, device, dtypes[d], batch, channels_last=cl, compile=comp, fuse=fuse)
             torch.cuda.empty_cache()
+            t_first = timed(fn, device, 1)[0]  # warm-up: compilation and cuDNN autotuning (its trial workspaces
+            torch.cuda.empty_cache()           # would swamp the peak), so the peak below is the steady one
             torch.cuda.reset_peak_memory_stats(device)
-            t_first = timed(fn, device, 1)[0]  # warm-up (and compilation)
             times = timed(fn, device, repeats)
             rows.append(make_row(cfg, task, device, dtypes[d], batch, channels_last=cl, compile=comp, fuse=fuse,
                                  times=times, t_first=t_first, peak_tflops=peaks.get(d), peak_tbps=tbps,
@@ -231,6 +234,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of the device (TFLOP/s)")
+    ap.add_argument("--peak-fp32-tflops", type=float, default=None, help="IEEE fp32 peak of the GPU (TFLOP/s)")
     ap.add_argument("--peak-tbps", type=float, default=None, help="memory bandwidth of the device (TB/s)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results.json"))
     ap.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the README)")
@@ -253,9 +257,10 @@ def main() -> None:
         gpu = torch.cuda.get_device_name(device)
         known = next((v for k, v in GPU_PEAKS.items() if k in gpu), None)
         bf16_peak = args.peak_tflops or (known[0] if known else None)
-        tbps = tbps or (known[1] if known else None)
-        for d in wanted:  # fp32 runs on TF32-less CUDA cores: about half the bf16 dense rate is generous
-            peaks[d] = bf16_peak / (1 if d != "fp32" else 2) if bf16_peak else None
+        fp32_peak = args.peak_fp32_tflops or (known[1] if known else None)
+        tbps = tbps or (known[2] if known else None)
+        for d in wanted:  # fp32 is IEEE fp32 (TF32 off, as the CLI runs it): CUDA cores, not tensor cores
+            peaks[d] = fp32_peak if d == "fp32" else bf16_peak
         what = gpu
     print(f"device {device} ({what}), torch {torch.__version__}; limits: "
           + ", ".join(f"{d} {p:.3f} TFLOP/s" if p else f"{d} ?" for d, p in peaks.items())

@@ -24,6 +24,8 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.delenv("VDVAE_MODEL", raising=False)
     monkeypatch.delenv("VDVAE_DEBUG", raising=False)
+    # CLI runs compare bit for bit with the engine run on the CPU here; tests/test_cuda.py covers GPUs.
+    monkeypatch.setenv("VDVAE_DEVICE", "cpu")
     torch.set_num_threads(1)  # golden data were made single-threaded; also keeps the suite fair on 2 cores
 
 

@@ -50,7 +50,7 @@ def pics(tmp_path):
 
 def engine(model, paths, seed, samples=1):
     x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]))
-    return ops.elbo(model, x, samples=samples, noise=PerImageNoise(image_generators(seed, range(len(paths)), "cpu")))
+    return ops.elbo(model, x, samples=samples, noise=PerImageNoise(image_generators(seed, range(len(paths)))))
 
 
 def test_eval_json_matches_the_engine(tiny_ckpt, golden_model, golden_cfg, pics):

@@ -44,7 +44,7 @@ def folder(path: Path) -> np.ndarray:
 
 
 def noise(seed: int, indices) -> PerImageNoise:
-    return PerImageNoise(image_generators(seed, list(indices), "cpu"))
+    return PerImageNoise(image_generators(seed, list(indices)))
 
 
 def json_lines(text: str) -> list[dict]:

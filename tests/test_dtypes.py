@@ -84,3 +84,23 @@ def test_fused_bf16_stays_within_the_bf16_tolerance(golden_cfg, golden_state, go
     px = _posterior_px(model, golden_cases)
     ref = golden_cases["setall.px_z"]
     assert ((px.float() - ref).abs().max() / ref.abs().max()).item() < TOLERANCES[0][1]
+
+
+def test_a_fused_kernel_that_raises_falls_back_to_the_plain_path(golden_cfg, golden_state, golden_cases, monkeypatch):
+    """Seen on a Xeon with PyTorch 2.11: the self-check passed, then a fused add raised 'could not
+    create a memory' mid-run. The run must go on with the plain kernels (same numbers)."""
+    from vdvae_cli import fused
+    from vdvae_cli.checkpoint import build_model
+    from vdvae_cli.runtime import prepare_for_inference
+
+    if not fused.available(torch.float32):
+        pytest.skip("this PyTorch build has no oneDNN fused convolutions")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("could not create a memory")
+
+    monkeypatch.setattr(fused, "_failed", False)
+    monkeypatch.setattr(fused, "_pointwise_add", broken)
+    model = prepare_for_inference(build_model(golden_cfg, golden_state), channels_last=True, fuse=True)
+    torch.testing.assert_close(_posterior_px(model, golden_cases), golden_cases["setall.px_z"], atol=1e-5, rtol=0)
+    assert fused._failed

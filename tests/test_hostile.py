@@ -606,7 +606,7 @@ def _env(s: Any, w: Path, case: Case, server: LocalServer | None) -> dict[str, s
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(w), "OMP_NUM_THREADS": "1",
         "VDVAE_CACHE": str(w / "cache"), "HF_HOME": str(w / "hf"), "HF_HUB_CACHE": str(w / "hf" / "hub"),
         "HF_HUB_DISABLE_TELEMETRY": "1", "VDVAE_MODEL": str(s.ckpt), "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-        "LANG": "C.UTF-8",
+        "LANG": "C.UTF-8", "VDVAE_DEVICE": "cpu",  # the address-space limit leaves no room for a CUDA context
     }
     if server is not None:
         env["VDVAE_OFFICIAL_BASE_URL"] = server.url + "/assets"

@@ -32,21 +32,31 @@ class Noise:
         raise NotImplementedError
 
 
+def _on(device: torch.device, x: Tensor) -> Tensor:
+    return x if x.device == torch.device(device) else x.to(device, non_blocking=True)
+
+
 class BatchNoise(Noise):
-    """All draws from one generator (or torch's global RNG when ``generator`` is None)."""
+    """All draws from one generator (or torch's global RNG when ``generator`` is None). Draws are
+    made on the generator's own device and moved to where they are used, so a CPU generator gives
+    the same numbers whatever device the network runs on."""
 
     def __init__(self, generator: torch.Generator | None = None):
         self.generator = generator
 
+    def _where(self, device):
+        return device if self.generator is None else self.generator.device
+
     def normal(self, shape, *, device):
-        return torch.randn(tuple(shape), generator=self.generator, device=device)
+        return _on(device, torch.randn(tuple(shape), generator=self.generator, device=self._where(device)))
 
     def uniform(self, shape, *, device):
-        return torch.rand(tuple(shape), generator=self.generator, device=device)
+        return _on(device, torch.rand(tuple(shape), generator=self.generator, device=self._where(device)))
 
 
 class PerImageNoise(Noise):
-    """One generator per image: row ``j`` of every draw comes from ``generators[j]`` only."""
+    """One generator per image: row ``j`` of every draw comes from ``generators[j]`` only (drawn on
+    that generator's device, then moved to the network's)."""
 
     def __init__(self, generators: Sequence[torch.Generator]):
         self.generators = list(generators)
@@ -57,11 +67,11 @@ class PerImageNoise(Noise):
 
     def normal(self, shape, *, device):
         self._check(shape)
-        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device) for g in self.generators])
+        return _on(device, torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in self.generators]))
 
     def uniform(self, shape, *, device):
         self._check(shape)
-        return torch.stack([torch.rand(tuple(shape[1:]), generator=g, device=device) for g in self.generators])
+        return _on(device, torch.stack([torch.rand(tuple(shape[1:]), generator=g, device=g.device) for g in self.generators]))
 
 
 def as_noise(source: Noise | torch.Generator | Sequence[torch.Generator] | None) -> Noise:

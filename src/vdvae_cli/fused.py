@@ -4,7 +4,8 @@ it (or adds the residual) in the same pass over memory, instead of separate elem
 The maths is the model's: exact (erf) GELU, the same weights; only the rounding differs, as with
 any other convolution algorithm. Used for inference only (no autograd through these kernels):
 :func:`fuse_blocks` swaps the forward of every :class:`~vdvae_cli.model.Block`, and the swapped
-forward falls back to the plain one whenever gradients are on or the input is not on the CPU.
+forward falls back to the plain one whenever gradients are on, the input is not on the CPU, or a
+fused kernel raises on this build/CPU (then for the rest of the process).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def _pointwise(x: Tensor, weight: Tensor, bias: Tensor | None, geometry: Geometr
 
 
 def _pointwise_add(x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | None, geometry: Geometry) -> Tensor:
-    """``other + conv(x)`` in one oneDNN kernel."""
+    """``other + conv(x)`` in one oneDNN kernel (``other`` in the output's channels-last layout: some
+    builds cannot make a oneDNN memory for an NCHW addend)."""
+    other = other.contiguous(memory_format=torch.channels_last)
     return torch.ops.mkldnn._convolution_pointwise.binary(x, other, weight, bias, *geometry, "add", None, None, [],
                                                           None)
 
@@ -74,8 +77,22 @@ def _conv_add(conv: nn.Conv2d, x: Tensor, other: Tensor) -> Tensor:
     return _pointwise_add(x, other, conv.weight, conv.bias, _geometry(conv))
 
 
-def _use_fused(x: Tensor, weight: Tensor) -> bool:
-    return x.device.type == "cpu" and not torch.is_grad_enabled() and x.dtype == weight.dtype
+_failed = False  # set once a fused kernel has raised: every later call takes the plain path
+
+
+def _dispatch(weight: Tensor, fused: Callable, plain: Callable, x: Tensor, *rest: Tensor):
+    """``fused(x, *rest)`` where it applies (CPU, no gradients, matching dtype), else ``plain``. The
+    kernels are internal to PyTorch and their support differs by build and CPU beyond what
+    :func:`available` can probe, so a kernel that raises switches the process to the plain path
+    (same maths) instead of failing the run."""
+    global _failed
+    if _failed or x.device.type != "cpu" or torch.is_grad_enabled() or x.dtype != weight.dtype:
+        return plain(x, *rest)
+    try:
+        return fused(x, *rest)
+    except RuntimeError:
+        _failed = True
+        return plain(x, *rest)
 
 
 def _trunk(block: Block, x: Tensor) -> Tensor:
@@ -86,24 +103,25 @@ def _trunk(block: Block, x: Tensor) -> Tensor:
 
 
 def _block_forward(block: Block, plain: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    def forward(x: Tensor) -> Tensor:
-        if not _use_fused(x, block.c1.weight):
-            return plain(x)
+    def fused(x: Tensor) -> Tensor:
         h = _trunk(block, x)
         out = _conv_add(block.c4, h, x) if block.residual else _conv(block.c4, h)
         if block.down_rate:
             out = F.avg_pool2d(out, kernel_size=block.down_rate, stride=block.down_rate)
         return out
 
+    def forward(x: Tensor) -> Tensor:
+        return _dispatch(block.c1.weight, fused, plain, x)
+
     return forward
 
 
 def _finish(block: DecBlock, plain: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    def finish(x: Tensor, z: Tensor) -> Tensor:
-        z = z.to(x.dtype)
-        if not _use_fused(x, block.z_proj.weight):
-            return plain(x, z)
+    def fused(x: Tensor, z: Tensor) -> Tensor:
         return block.resnet(_conv_add(block.z_proj, z.contiguous(memory_format=torch.channels_last), x))
+
+    def finish(x: Tensor, z: Tensor) -> Tensor:
+        return _dispatch(block.z_proj.weight, fused, plain, x, z.to(x.dtype))
 
     return finish
 
@@ -118,12 +136,13 @@ def _prior_params(block: DecBlock, plain: Callable[[Tensor], tuple[Tensor, Tenso
         b_stats = None if c4.bias is None else c4.bias[: 2 * z].clone()
         b_state = None if c4.bias is None else c4.bias[2 * z :].clone()
 
-    def prior_params(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if not _use_fused(x, c4.weight):
-            return plain(x)
+    def fused(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         h = _trunk(block.prior, x)
         pm, pv = _pointwise(h, w_stats, b_stats, ONE_BY_ONE).chunk(2, dim=1)
         return pm, pv, _pointwise_add(h, x, w_state, b_state, ONE_BY_ONE)
+
+    def prior_params(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _dispatch(c4.weight, fused, plain, x)
 
     return prior_params
 

@@ -62,12 +62,13 @@ def image_seed(seed: int, index: int) -> int:
     return _splitmix64(_splitmix64(seed & _MASK64) ^ (index & _MASK64)) >> 1
 
 
-def image_generators(seed: int, indices, device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One generator per image index, so image ``i`` depends only on ``(seed, i)``, never on the batch."""
-    device = torch.device(device)
+def image_generators(seed: int, indices) -> list[torch.Generator]:
+    """One generator per image index, so image ``i`` depends only on ``(seed, i)``, never on the batch.
+    CPU generators: a seed names the same noise on every device (CUDA's generator draws other numbers),
+    so a seeded image differs between CPU and GPU by float rounding only."""
     gens = []
     for i in indices:
-        g = torch.Generator(device=device)
+        g = torch.Generator()
         g.manual_seed(image_seed(seed, int(i)))
         gens.append(g)
     return gens
@@ -89,15 +90,26 @@ def configure_backends(device: torch.device, dtype: torch.dtype) -> None:
         torch.backends.cuda.matmul.allow_tf32 = not exact
 
 
-def prepare_for_inference(model, *, channels_last: bool = True, compile: bool = False, fuse: bool = True):
+def prefers_channels_last(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether channels-last is the faster layout: always with oneDNN (CPU); with cuDNN only for
+    bf16/fp16 (tensor cores). IEEE fp32 convolutions ran 6-22% slower in channels-last than NCHW on
+    an H200 for every official architecture (benchmarks/results-cuda-*.json)."""
+    return device.type != "cuda" or dtype != torch.float32
+
+
+def prepare_for_inference(model, *, channels_last: bool | None = None, compile: bool = False, fuse: bool = True):
     """Speed options that do not change the maths; returns the same model.
 
-    * channels-last memory layout: faster convolutions with oneDNN and cuDNN;
+    * channels-last memory layout (``None``: where :func:`prefers_channels_last` says it is faster):
+      faster convolutions with oneDNN, and with cuDNN in half precision;
     * ``fuse`` (CPU): oneDNN kernels that apply each conv's GELU or residual add in the same pass
       (:mod:`vdvae_cli.fused`; skipped where the build or CPU lacks them, and when compiling);
     * ``compile``: ``torch.compile`` of every residual block (fuses GELU and residual adds; blocks
       of equal shape share one compiled graph).
     """
+    if channels_last is None:
+        p = next(model.parameters())
+        channels_last = prefers_channels_last(p.device, p.dtype)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if fuse and channels_last and not compile:

@@ -133,7 +133,7 @@ def out(line: str = "") -> None:
 
 
 def emit_json(obj: Any) -> None:
-    """One strict JSON object on one line of stdout."""
+    """One strict JSON object on one line of stdout, in one write (torchrun ranks share the stream)."""
     from ..safety import dumps
 
     write_stdout(dumps(obj) + "\n")

@@ -58,7 +58,8 @@ class Session:
             say(message)
 
     def emit(self, obj: dict[str, Any]) -> None:
-        """One strict JSON object on one line of stdout."""
+        """One strict JSON object on one line of stdout, in one write: ranks of a torchrun job share
+        the stream, and a separate write of the newline let two records meet on one line."""
         emit_json(obj)
 
     @contextlib.contextmanager
@@ -173,7 +174,7 @@ class Session:
         from ..distributions import PerImageNoise
         from ..runtime import image_generators
 
-        return PerImageNoise(image_generators(seed, indices, self.device))
+        return PerImageNoise(image_generators(seed, indices))
 
     # -- the batch loop ---------------------------------------------------------------------------
 

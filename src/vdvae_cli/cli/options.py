@@ -16,7 +16,7 @@ ModelOpt = Annotated[
         show_default=False,
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DeviceOpt = Annotated[str, typer.Option("--device", envvar="VDVAE_DEVICE", help="auto, cpu, cuda, cuda:N or mps [$VDVAE_DEVICE].")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the network's blocks: slower start, faster batches on GPUs (same maths).",
 )]
