@@ -1,10 +1,13 @@
 """A small real HTTP server on 127.0.0.1 for download tests (no mocks).
 
-It serves a folder (HEAD and GET, with ``Range: bytes=N-`` / ``bytes=N-M`` and 416 past the end),
-answers Hugging Face style ``/{owner}/{repo}/resolve/{revision}/{path}`` routes with the headers
-``hf_hub_download`` reads (``X-Repo-Commit``, ``ETag``, ``Content-Length``, ``X-Error-Code`` on 404),
-logs every request, and can misbehave on purpose: drop the connection part-way through a file, or
-announce more bytes than it sends.
+It serves a folder (HEAD and GET, with ``Range: bytes=N-`` / ``bytes=N-M``, ``If-Range`` against
+the file's ``ETag``, and 416 past the end), answers Hugging Face style
+``/{owner}/{repo}/resolve/{revision}/{path}`` routes with the headers ``hf_hub_download`` reads
+(``X-Repo-Commit``, ``ETag``, ``Content-Length``, ``X-Error-Code`` on 404), logs every request, and
+can misbehave on purpose: drop the connection part-way through a file, announce more bytes than it
+sends or fewer than it sends, send no length at all, drip the body a byte at a time, add headers
+(``Content-Encoding: gzip``, ``Content-Type: text/html``), send no validator, answer with an HTTP
+error, or redirect in a loop.
 
     with LocalServer(tmp_path / "www") as server:
         server.url                       # http://127.0.0.1:PORT
@@ -18,6 +21,7 @@ import hashlib
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,6 +50,13 @@ class LocalServer:
         self._hub_repos: dict[str, str] = {}  # repo_id -> commit of "main"
         self._drops: dict[str, list[int]] = {}  # path -> byte counts after which to cut, one per GET
         self._extra: dict[str, int] = {}  # path -> bytes announced but never sent
+        self._short: dict[str, int] = {}  # path -> bytes sent beyond the announced length
+        self._no_length: set[str] = set()
+        self._no_validator: set[str] = set()
+        self._drip: dict[str, tuple[int, float]] = {}  # path -> (bytes per write, seconds between)
+        self._headers: dict[str, dict[str, str]] = {}
+        self._status: dict[str, int] = {}
+        self._redirect: dict[str, str] = {}
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -121,6 +132,34 @@ class LocalServer:
         """Every GET of ``path`` announces ``extra`` more bytes than the file has (a short body)."""
         self._extra[path] = extra
 
+    def announce_less(self, path: str, missing: int) -> None:
+        """Every GET of ``path`` announces ``missing`` fewer bytes than it then sends (a long body)."""
+        self._short[path] = missing
+
+    def no_length(self, path: str) -> None:
+        """Send ``path`` without Content-Length (the body ends when the connection closes)."""
+        self._no_length.add(path)
+
+    def no_validator(self, path: str) -> None:
+        """Send ``path`` without ETag and Last-Modified."""
+        self._no_validator.add(path)
+
+    def drip(self, path: str, *, step: int = 1, every: float = 2.0) -> None:
+        """Send ``path``'s body ``step`` bytes at a time, ``every`` seconds apart."""
+        self._drip[path] = (step, every)
+
+    def add_headers(self, path: str, **headers: str) -> None:
+        """Extra response headers for ``path`` (``Content_Encoding="gzip"`` -> ``Content-Encoding``)."""
+        self._headers.setdefault(path, {}).update({k.replace("_", "-"): v for k, v in headers.items()})
+
+    def fail_with(self, path: str, status: int) -> None:
+        """Answer every request for ``path`` with ``status`` and an empty body."""
+        self._status[path] = status
+
+    def redirect(self, path: str, to: str) -> None:
+        """Answer ``path`` with a 302 to ``to`` (point two paths at each other for a loop)."""
+        self._redirect[path] = to
+
     def count(self, path: str | None = None, method: str | None = None) -> int:
         return len(self.seen(path, method))
 
@@ -148,6 +187,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         with owner._lock:
             owner.requests.append(Seen(self.command, path, {k: v for k, v in self.headers.items()}))
+        if path in owner._status:
+            return self._empty(owner._status[path], {})
+        if path in owner._redirect:
+            return self._empty(302, {"Location": owner._redirect[path]})
         route = owner._routes.get(path)
         if route is not None:
             file, extra_headers = route.file, route.headers
@@ -166,7 +209,12 @@ class _Handler(BaseHTTPRequestHandler):
         data = file.read_bytes()
         size = len(data)
         start, end, status = 0, size - 1, 200
+        etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+        validators = path not in owner._no_validator
         rng = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and (not validators or if_range.strip() != etag):
+            rng = None  # the client's copy is of another version: send the whole file (RFC 9110 13.1.5)
         if rng and not head:
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
             if m:
@@ -176,13 +224,17 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._empty(416, {"Content-Range": f"bytes */{size}"})
                 status = 206
         body = data[start : end + 1]
-        announced = len(body) + owner._extra.get(path, 0)
+        announced = len(body) + owner._extra.get(path, 0) - owner._short.get(path, 0)
         self.send_response(status)
-        for k, v in extra_headers.items():
+        headers = {"Content-Type": "application/octet-stream", **extra_headers, **owner._headers.get(path, {})}
+        if validators and "ETag" not in headers:
+            headers["ETag"] = etag
+            headers["Last-Modified"] = "Mon, 01 Jan 2024 00:00:00 GMT"
+        for k, v in headers.items():
             self.send_header(k, v)
-        self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(announced))
+        if path not in owner._no_length:
+            self.send_header("Content-Length", str(announced))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
@@ -194,8 +246,17 @@ class _Handler(BaseHTTPRequestHandler):
             if queue:
                 cut = queue.pop(0)
         try:
-            self.wfile.write(body if cut is None else body[:cut])
-            self.wfile.flush()
+            payload = body if cut is None else body[:cut]
+            drip = owner._drip.get(path)
+            if drip is None:
+                self.wfile.write(payload)
+                self.wfile.flush()
+            else:
+                step, every = drip
+                for i in range(0, len(payload), step):
+                    self.wfile.write(payload[i:i + step])
+                    self.wfile.flush()
+                    time.sleep(every)
             if cut is not None or announced != len(body):
                 self.connection.shutdown(socket.SHUT_WR)  # FIN after the bytes: the client sees a short body
         except (BrokenPipeError, ConnectionResetError):

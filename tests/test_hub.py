@@ -237,12 +237,26 @@ def test_interrupted_download_resumes_on_the_next_call(official, server):
 
 
 def test_stale_part_longer_than_remote_is_restarted(official, server):
+    import hashlib
+
     part = Path(os.environ["VDVAE_CACHE"]) / "downloads" / (Path(TH).name + ".part")
     part.parent.mkdir(parents=True)
     part.write_bytes(b"x" * ((GOLDEN / "tiny-ref.th").stat().st_size + 10))
+    # with the server's validator recorded, the part is offered for resuming (and found too long)
+    etag = f'"{hashlib.sha256((GOLDEN / "tiny-ref.th").read_bytes()).hexdigest()[:32]}"'
+    part.with_name(part.name + ".json").write_text(json.dumps({"url": f"{server.url}{TH_URL_PATH}", "validator": etag}))
     dest = hub.download_official("tiny-official")
     assert read_checkpoint(dest)[0].n_layers == 13
     assert [("Range" in r.headers) for r in server.seen(TH_URL_PATH, "GET")] == [True, False]
+
+
+def test_part_without_validator_is_not_resumed(official, server):
+    part = Path(os.environ["VDVAE_CACHE"]) / "downloads" / (Path(TH).name + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 1000)  # from who knows which version of the file: never spliced
+    dest = hub.download_official("tiny-official")
+    assert read_checkpoint(dest)[0].n_layers == 13
+    assert [("Range" in r.headers) for r in server.seen(TH_URL_PATH, "GET")] == [False]
 
 
 def test_damaged_cached_file_is_fetched_again(official, server):

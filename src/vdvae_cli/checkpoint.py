@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -59,10 +60,56 @@ class KeyReport:
 
 
 def expected_shapes(cfg: VDVAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
-    """Every state_dict key of ``cfg``'s network with its shape, in state_dict order (no memory)."""
-    with torch.device("meta"):
-        model = VAE(cfg)
-    return OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    """Every state_dict key of ``cfg``'s network with its shape, in state_dict order.
+
+    Computed from the config alone (no module is built, not even on the meta device), so that a
+    hostile config is compared with the tensors of its file before anything is allocated for it.
+    ``tests/test_hostile.py`` checks it against ``VAE(cfg).state_dict()`` for every official set.
+    """
+    out: "OrderedDict[str, tuple[int, ...]]" = OrderedDict()
+
+    def block(prefix: str, cin: int, mid: int, cout: int, k: int) -> None:
+        for name, shape in (("c1", (mid, cin, 1, 1)), ("c2", (mid, mid, k, k)), ("c3", (mid, mid, k, k)),
+                            ("c4", (cout, mid, 1, 1))):
+            out[f"{prefix}.{name}.weight"] = shape
+            out[f"{prefix}.{name}.bias"] = (shape[0],)
+
+    out["encoder.in_conv.weight"] = (cfg.width, cfg.image_channels, 3, 3)
+    out["encoder.in_conv.bias"] = (cfg.width,)
+    for i, l in enumerate(cfg.encoder_layers):
+        block(f"encoder.enc_blocks.{i}", l.width, l.middle, l.width, l.kernel)
+    out["decoder.gain"] = (1, cfg.width, 1, 1)
+    out["decoder.bias"] = (1, cfg.width, 1, 1)
+    for i, l in enumerate(cfg.decoder_layers):
+        p = f"decoder.dec_blocks.{i}"
+        block(f"{p}.enc", 2 * l.width, l.middle, 2 * l.zdim, l.kernel)
+        block(f"{p}.prior", l.width, l.middle, 2 * l.zdim + l.width, l.kernel)
+        out[f"{p}.z_proj.weight"] = (l.width, l.zdim, 1, 1)
+        out[f"{p}.z_proj.bias"] = (l.width,)
+        block(f"{p}.resnet", l.width, l.middle, l.width, l.kernel)
+    for j, r in enumerate(cfg.bias_resolutions):
+        out[f"decoder.bias_xs.{j}"] = (1, cfg.width_at(r), r, r)
+    out["decoder.out_net.out_conv.weight"] = (10 * cfg.num_mixtures, cfg.width, 1, 1)
+    out["decoder.out_net.out_conv.bias"] = (10 * cfg.num_mixtures,)
+    return out
+
+
+def parameter_count(cfg: VDVAEConfig) -> int:
+    """Parameters of ``cfg``'s network, from the config alone."""
+    return sum(math.prod(shape) for shape in expected_shapes(cfg).values())
+
+
+def activation_bytes(cfg: VDVAEConfig, itemsize: int = 4, *, encoder: bool = True) -> int:
+    """A generous estimate of the working memory one image needs in a forward pass (bytes), from the
+    config alone: the encoder's kept activations, the decoder's states, a block's temporaries and
+    the output head. Used to refuse a model that cannot run here before building it."""
+    per_res: dict[int, int] = {}
+    for l in (*cfg.encoder_layers, *cfg.decoder_layers):
+        per_res[l.res] = max(per_res.get(l.res, 0), l.width * l.res * l.res)
+    states = sum(per_res.values())
+    biggest = max(per_res.values())
+    head = 10 * cfg.num_mixtures * cfg.image_size ** 2 * 4  # DMoL parameters, float32
+    return ((2 if encoder else 1) * states + 6 * biggest) * itemsize + 3 * head
 
 
 def compare_keys(shapes: Mapping[str, tuple[int, ...]], cfg: VDVAEConfig) -> KeyReport:
@@ -88,20 +135,88 @@ def atomic_write_bytes(path: Path, data: bytes, *, force: bool = False) -> None:
     _atomic(path, lambda f: f.write(data), force=force)
 
 
+def _write_error(path: Path, exc: OSError) -> OutputError:
+    import errno
+
+    from .safety import clean
+
+    why = exc.strerror or str(exc)
+    hint = None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = "free some space (nothing was written)"
+    elif exc.errno == errno.ENAMETOOLONG:
+        hint = "choose a shorter name"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "choose a folder you can write to"
+    return OutputError(f"cannot write {clean(path)}: {why}", hint=hint)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            return False
+        raise _write_error(path, exc) from None
+    return True
+
+
+class _CheckedFile:
+    """A file object whose write errors are remembered, so that a writer that wraps them (torch.save
+    turns ENOSPC into a RuntimeError from inline_container.cc) can still be reported as the OSError."""
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
 def _atomic(path: Path, write, *, force: bool) -> None:
+    """Write ``path`` through a temporary file in the same folder and a rename: readers see the old
+    file or the new one, never a part; a failure (disk full, a signal) leaves no temporary file."""
+    from .safety import LIVE_TEMPS as _LIVE_TEMPS
+    from .safety import clean
+
     path = Path(path)
-    if path.exists() and not force:
-        raise OutputError(f"{path} already exists", hint="pass --force to overwrite it")
+    if _exists(path) and not force:
+        raise OutputError(f"{clean(path)} already exists", hint="pass --force to overwrite it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {parent} does not exist")
+        raise OutputError(f"cannot write {clean(path)}: folder {clean(parent)} does not exist")
+    if len(os.fsencode(path.name)) > 255:
+        raise OutputError(f"cannot write {clean(path)}: File name too long", hint="choose a shorter name")
+    stem = os.fsencode(path.name)[:200].decode("utf-8", "ignore")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=parent)
     except OSError as exc:
-        raise OutputError(f"cannot write to {parent}: {exc.strerror}") from None
+        raise _write_error(parent, exc) from None
+    _LIVE_TEMPS.add(tmp)
+    checked = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            checked = _CheckedFile(f)
+            write(checked)
+            f.flush()
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
@@ -109,8 +224,17 @@ def _atomic(path: Path, write, *, force: bool) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+            raise _write_error(path, exc) from None
+        if checked is not None and checked.error is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise _write_error(path, checked.error) from None
         raise
+    finally:
+        _LIVE_TEMPS.discard(tmp)
+
+
+def atomic_write_with(path: Path, write, *, force: bool = True) -> None:
+    """Write ``path`` atomically with ``write(file)`` (e.g. ``lambda f: torch.save(obj, f)``)."""
+    _atomic(path, write, force=force)
 
 
 def save_checkpoint(
@@ -149,6 +273,13 @@ def sniff(path: Path) -> str:
     """Guess a file's kind from its first bytes: safetensors, torch-zip, torch-pickle, lfs, other."""
     with open(path, "rb") as f:
         head = f.read(64)
+    return sniff_bytes(head)
+
+
+def sniff_bytes(head: bytes) -> str:
+    """:func:`sniff` for the first bytes of a file; also tells html and gzip (what a broken
+    download often is)."""
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if head.startswith(b"version https://git-lfs"):
         return "lfs"
     if head.startswith(b"PK\x03\x04"):
@@ -157,7 +288,20 @@ def sniff(path: Path) -> str:
         return "torch-pickle"
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if stripped.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"<")):
+        return "html"
     return "other"
+
+
+# safetensors dtypes and their sizes in bytes; only floating-point ones hold weights or latents.
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F4": 1, "F6_E2M3": 1,
+               "F6_E3M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "C64": 8,
+               "I64": 8, "U64": 8, "F64": 8}
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+MAX_TENSORS = 200_000
+MAX_DIMS = 8
 
 
 def parse_header(
@@ -168,93 +312,211 @@ def parse_header(
     error: type[VDVAEError] = CheckpointError,
     kind: str = "safetensors file",
     hint: str | None = None,
+    dtypes: tuple[str, ...] | None = FLOAT_DTYPES,
 ) -> dict[str, Any]:
-    """Parse a safetensors header through ``read(offset, n)`` from a source of ``size`` bytes.
+    """Parse and check a safetensors header through ``read(offset, n)`` from a source of ``size`` bytes.
 
-    Shared by checkpoints (read from a file) and latents (bytes from stdin): a too-short source, a
-    header that is not JSON, and a payload shorter than the header promises (a truncated download)
-    each raise ``error`` with one clear line.
+    Shared by checkpoints (read from a file) and latents (bytes from stdin). The header is untrusted,
+    so everything the safetensors format promises is checked here, before any tensor is read: a
+    bounded JSON object without duplicate names; ``__metadata__`` a map of strings; every tensor a
+    known ``dtype`` (one of ``dtypes`` unless None), a ``shape`` of at most 8 whole numbers and
+    ``data_offsets`` that hold exactly that many bytes, one after the other, covering the payload.
+    Anything else raises ``error`` with one clear line naming the tensor.
     """
+    from .safety import MAX_HEADER_BYTES, JSONLimitError, loads
+
+    def bad(why: str, *, corrupt: bool = True) -> VDVAEError:
+        return error(f"{label} has a corrupt safetensors header: {why}" if corrupt else why, hint=hint)
+
     if size < 8:
         raise error(f"{label} is not a {kind} ({size} bytes)", hint=hint)
     (n,) = struct.unpack("<Q", read(0, 8))
-    if n > min(size - 8, 100_000_000) or read(8, 1) != b"{":
+    if n > MAX_HEADER_BYTES and n <= size - 8 and read(8, 1) == b"{":
+        raise error(f"{label} has a safetensors header of {n} bytes (at most {MAX_HEADER_BYTES} are read)", hint=hint)
+    if n < 2 or n > min(size - 8, MAX_HEADER_BYTES) or read(8, 1) != b"{":
         raise error(f"{label} is not a {kind}", hint=hint)
     try:
-        header = json.loads(read(8, n))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise error(f"{label} has a corrupt safetensors header") from None
+        header = loads(read(8, n))
+    except JSONLimitError as exc:
+        raise bad(str(exc)) from None
+    except ValueError:  # not JSON, not UTF-8
+        raise error(f"{label} has a corrupt safetensors header", hint=hint) from None
     if not isinstance(header, dict):
-        raise error(f"{label} has a corrupt safetensors header")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        raise error(f"{label} has a corrupt safetensors header", hint=hint)
+    meta = header.get("__metadata__")
+    if meta is not None and (not isinstance(meta, dict)
+                             or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
+        raise bad("__metadata__ must map names to strings")
+    if len(header) > MAX_TENSORS:
+        raise bad(f"{len(header)} tensors (at most {MAX_TENSORS})")
+    spans = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        name = repr(key) if len(key) <= 100 else repr(key[:97] + "...")
+        if not isinstance(info, dict):
+            raise bad(f"tensor {name} is not described by an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+            raise bad(f"tensor {name} has an unknown dtype {dtype!r}"[:300])
+        if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise bad(f"tensor {name}: shape must be a list of at most {MAX_DIMS} whole numbers")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+                or offsets[0] > offsets[1]):
+            raise bad(f"tensor {name}: data_offsets must be two whole numbers [begin, end]")
+        nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
+        if offsets[1] - offsets[0] != nbytes:
+            raise bad(f"tensor {name}: data_offsets hold {offsets[1] - offsets[0]} bytes, "
+                      f"its {dtype} shape {tuple(shape)} needs {nbytes}")
+        if dtypes is not None and dtype not in dtypes:
+            raise error(f"{label}: tensor {name} is {dtype}, but a {kind} holds floating-point tensors "
+                        f"({', '.join(dtypes)})", hint=hint)
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    end = 0
+    for begin, stop, name in spans:
+        if begin != end:
+            raise bad(f"tensor {name} starts at byte {begin}, the previous one ends at {end}")
+        end = stop
     if 8 + n + end > size:
         raise error(
             f"{label} is truncated: {size} bytes, the header describes {8 + n + end}",
             hint="the file was probably cut short (an interrupted download or copy); fetch it again",
         )
+    if 8 + n + end < size:
+        raise bad(f"{size - 8 - n - end} bytes after the last tensor")
     return header
 
 
+def _label(path: Path | str) -> str:
+    from .safety import clean
+
+    return clean(str(path))
+
+
 def read_header(path: str | Path) -> dict[str, Any]:
-    """The parsed safetensors header of ``path`` (with ``__metadata__``), with clear errors."""
+    """The parsed, checked safetensors header of ``path`` (with ``__metadata__``), with clear errors."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file")
-    kind = sniff(path)
-    if kind == "lfs":
-        raise CheckpointError(
-            f"{path} is a git-lfs pointer, not the weights",
-            hint="run 'git lfs pull' in that repository, or download the file itself",
-        )
-    if kind in ("torch-zip", "torch-pickle"):
-        raise CheckpointError(
-            f"{path} is a PyTorch pickle, not safetensors",
-            hint=f"convert it first: vdvae convert {path} --config NAME -o model.safetensors",
-        )
-    with open(path, "rb") as f:
+    label = _label(path)
+    try:
+        if not path.is_file():
+            raise CheckpointError(f"{label} is not a file")
+        kind = sniff(path)
+        if kind == "lfs":
+            raise CheckpointError(
+                f"{label} is a git-lfs pointer, not the weights",
+                hint="run 'git lfs pull' in that repository, or download the file itself",
+            )
+        if kind in ("torch-zip", "torch-pickle"):
+            raise CheckpointError(
+                f"{label} is a PyTorch pickle, not safetensors",
+                hint=f"convert it first: vdvae convert {label} --config NAME -o model.safetensors",
+            )
+        with open(path, "rb") as f:
 
-        def read(offset: int, n: int) -> bytes:
-            f.seek(offset)
-            return f.read(n)
+            def read(offset: int, n: int) -> bytes:
+                f.seek(offset)
+                return f.read(n)
 
-        return parse_header(read, path.stat().st_size, str(path))
+            return parse_header(read, os.fstat(f.fileno()).st_size, label)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {label}: {exc.strerror or exc}") from None
 
 
-def config_of(path: str | Path) -> VDVAEConfig:
-    """The config stored in a checkpoint's metadata."""
-    meta = read_header(path).get("__metadata__") or {}
+def _config_from_header(header: Mapping[str, Any], path: str | Path) -> VDVAEConfig:
+    from .safety import JSONLimitError, loads
+
+    label = _label(path)
+    meta = header.get("__metadata__") or {}
     text = meta.get("vdvae_config")
     if text is None:
         raise CheckpointError(
-            f"{path} has no vdvae_config metadata, so it does not say which model it holds",
+            f"{label} has no vdvae_config metadata, so it does not say which model it holds",
             hint="convert raw weights with: vdvae convert FILE --config NAME -o model.safetensors",
         )
     try:
-        return VDVAEConfig.from_dict(json.loads(text))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise CheckpointError(f"{path} has unreadable vdvae_config metadata: {exc}") from None
+        return VDVAEConfig.from_dict(loads(text))
+    except (JSONLimitError, ValueError) as exc:
+        raise CheckpointError(f"{label} has unreadable vdvae_config metadata: {exc}") from None
     except ConfigError as exc:
-        raise CheckpointError(f"{path} describes an invalid model: {exc}") from None
+        raise CheckpointError(f"{label} describes an invalid model: {exc}") from None
+
+
+def config_of(path: str | Path) -> VDVAEConfig:
+    """The config stored in a checkpoint's metadata (not yet checked against its tensors)."""
+    return _config_from_header(read_header(path), path)
+
+
+def checked_config(path: str | Path, header: Mapping[str, Any] | None = None) -> VDVAEConfig:
+    """The config of a checkpoint, after checking it against the tensors its header lists: the
+    weights fix the architecture, so a config that does not describe them is refused here, before
+    any module is built or any tensor read."""
+    header = read_header(path) if header is None else header
+    cfg = _config_from_header(header, path)
+    shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    report = compare_keys(shapes, cfg)
+    if not report.ok:
+        raise CheckpointError(f"{_label(path)} does not match its own config: {report.summary()}")
+    return cfg
 
 
 def metadata_of(path: str | Path) -> dict[str, str]:
     return dict(read_header(path).get("__metadata__") or {})
 
 
-def read_checkpoint(path: str | Path) -> tuple[VDVAEConfig, "OrderedDict[str, Tensor]"]:
-    """Config and tensors of a checkpoint, after a strict key/shape check."""
+def check_fits(cfg: VDVAEConfig, label: str, *, itemsize: int = 4, stored_bytes: int | None = None) -> None:
+    """Refuse a model whose weights (and one image's working memory) cannot fit in the memory
+    this process has, before anything is allocated for it."""
+    from .errors import DeviceError
+    from .safety import available_memory, human_bytes
+
+    free = available_memory()
+    if free is None:
+        return
+    weights = parameter_count(cfg) * itemsize + (stored_bytes or 0)
+    work = activation_bytes(cfg, itemsize)
+    if weights + work > free:
+        raise DeviceError(
+            f"model {cfg.name!r} from {label} needs about {human_bytes(weights)} of weights and "
+            f"{human_bytes(work)} of working memory per {cfg.image_size}x{cfg.image_size} image; "
+            f"{human_bytes(free)} is available",
+            hint="use a machine with more memory, or --dtype bf16",
+        )
+
+
+def _check_finite(state: Mapping[str, Tensor], label: str, error: type[VDVAEError] = CheckpointError,
+                  what: str = "tensor") -> None:
+    for key, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            kinds = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+            raise error(f"{label}: {what} {key!r} holds {bad} {kinds} value{'s' if bad != 1 else ''}",
+                        hint="the file is damaged, or came from a training run that diverged")
+
+
+def read_checkpoint(path: str | Path, *, itemsize: int = 4) -> tuple[VDVAEConfig, "OrderedDict[str, Tensor]"]:
+    """Config and tensors of a checkpoint, after a strict header, key/shape, memory and finiteness check."""
     from safetensors.torch import load_file
 
-    cfg = config_of(path)
+    from .errors import activity
+
+    label = _label(path)
     header = read_header(path)
-    shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    report = compare_keys(shapes, cfg)
-    if not report.ok:
-        raise CheckpointError(f"{path} does not match its own config: {report.summary()}")
+    cfg = checked_config(path, header)
+    stored = sum(int(v["data_offsets"][1]) - int(v["data_offsets"][0]) for k, v in header.items() if k != "__metadata__")
+    check_fits(cfg, label, itemsize=itemsize, stored_bytes=stored)
     try:
-        tensors = load_file(str(path))
+        with activity(f"loading {label} ({parameter_count(cfg):,} parameters)"):
+            tensors = load_file(str(path))
+    except VDVAEError:
+        raise
     except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path} cannot be read: {exc}") from None
+        from .safety import first_line
+
+        raise CheckpointError(f"{label} cannot be read: {first_line(exc)}") from None
+    _check_finite(tensors, label)
     order = expected_shapes(cfg)
     return cfg, OrderedDict((k, tensors[k]) for k in order)
 
@@ -274,7 +536,7 @@ def build_model(
 
 
 def load_file_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VAE:
-    cfg, state = read_checkpoint(path)
+    cfg, state = read_checkpoint(path, itemsize=torch.empty((), dtype=dtype).element_size())
     digest = stored_digest(path) or weights_digest(state)
     model = build_model(cfg, state, device=device, dtype=dtype)
     model.weights_digest = digest
@@ -310,25 +572,43 @@ def load_reference_state(path: str | Path) -> "OrderedDict[str, Tensor]":
     A training file with ``module.`` prefixes is accepted; a dict wrapping the state under
     ``state_dict``/``model`` is unwrapped. Tensors land on the CPU whatever device saved them.
     """
+    from .errors import activity
+    from .safety import first_line
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file")
-    kind = sniff(path)
-    if kind == "lfs":
-        raise CheckpointError(f"{path} is a git-lfs pointer, not the weights", hint="fetch the real file first")
-    if kind == "safetensors":
-        raise CheckpointError(f"{path} is already safetensors", hint="load it directly with --model")
+    label = _label(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not path.is_file():
+            raise CheckpointError(f"{label} is not a file")
+        kind = sniff(path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {label}: {exc.strerror or exc}") from None
+    if kind == "lfs":
+        raise CheckpointError(f"{label} is a git-lfs pointer, not the weights", hint="fetch the real file first")
+    if kind == "safetensors":
+        raise CheckpointError(f"{label} is already safetensors", hint="load it directly with --model")
+    if kind in ("html", "gzip", "other"):
+        what = {"html": "an HTML page", "gzip": "gzip-compressed data"}.get(kind, "not a PyTorch file")
+        raise CheckpointError(f"{label} is not a PyTorch weights file ({what})")
+    try:
+        with activity(f"loading {label}"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except VDVAEError:
+        raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a loadable PyTorch weights file: {first}") from None
+        raise CheckpointError(f"{label} is not a loadable PyTorch weights file: {first_line(exc)}") from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    if (not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj)
+            or not all(isinstance(v, Tensor) for v in obj.values())):
+        raise CheckpointError(f"{label} does not hold a state_dict (a mapping of names to tensors)")
+    for key, value in obj.items():
+        if not value.is_floating_point():
+            raise CheckpointError(f"{label}: tensor {key!r} is {str(value.dtype).removeprefix('torch.')}, "
+                                  "weights are floating point")
+    _check_finite(obj, label)
     return strip_module_prefix(obj)
 
 
@@ -340,9 +620,11 @@ def convert_reference(
     dtype: str | None = None,
     force: bool = False,
     metadata: Mapping[str, str] | None = None,
+    state: Mapping[str, Tensor] | None = None,
 ) -> tuple[Path, VDVAEConfig]:
-    """Convert an official torch pickle to our safetensors format. ``cfg=None`` infers the layout."""
-    state = load_reference_state(src)
+    """Convert an official torch pickle to our safetensors format. ``cfg=None`` infers the layout.
+    ``state`` is ``src`` already loaded with :func:`load_reference_state`."""
+    state = load_reference_state(src) if state is None else state
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     if cfg is None:
         cfg = infer_config(shapes)

@@ -19,6 +19,22 @@ from typing import Any, Mapping
 from .errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------
+# Bounds: a config comes from a file that may be hostile, so every field is bounded before anything
+# is built from it. The official models are far inside these (ffhq1024: 1024 px, 80 encoder blocks).
+
+MAX_IMAGE_SIZE = 4096
+MAX_WIDTH = 16384
+MAX_ZDIM = 4096
+MAX_MIXTURES = 1024
+MAX_BLOCKS = 2048  # per block string
+MAX_TEXT = 10_000  # characters of a block or width string
+MAX_NAME = 256  # characters of a name or dataset string
+
+_INT_BOUNDS = {"image_size": MAX_IMAGE_SIZE, "width": MAX_WIDTH, "zdim": MAX_ZDIM, "image_channels": 16,
+               "num_mixtures": MAX_MIXTURES, "no_bias_above": 1 << 20}
+_FLOAT_FIELDS = ("bottleneck_multiple", "input_shift", "input_scale", "target_shift", "target_scale", "pixel_scale")
+
+# --------------------------------------------------------------------------------------------------
 # Block strings
 
 
@@ -61,30 +77,37 @@ def parse_block_string(text: str, *, kind: str) -> list[tuple[int, int | None]]:
     ``kind`` is ``"enc"`` (``d`` tokens: extra = down rate) or ``"dec"`` (``m`` tokens: extra = mixin
     resolution). Tokens: ``RxN`` (N plain blocks), ``RmS``, ``RdK``, or a bare ``R``.
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise ConfigError(f"{kind}_blocks must be a string, got {type(text).__name__}")
+    if not text.strip():
         raise ConfigError(f"{kind}_blocks is empty", hint="give a comma-separated list like '32x4,32d2,16x2'")
+    if len(text) > MAX_TEXT:
+        raise ConfigError(f"{kind}_blocks is {len(text)} characters long (at most {MAX_TEXT})")
     out: list[tuple[int, int | None]] = []
     for raw in text.split(","):
         token = raw.strip()
         try:
             if "x" in token:
                 res_s, count_s = token.split("x")
-                res, count = int(res_s), int(count_s)
+                res, count = _small_int(res_s), _small_int(count_s)
                 if count < 1:
                     raise ValueError
+                if len(out) + count > MAX_BLOCKS:
+                    raise ConfigError(f"{kind}_blocks describes more than {MAX_BLOCKS} blocks",
+                                      hint="no VDVAE has that many; the file or hyperparameters are damaged")
                 out.extend((res, None) for _ in range(count))
             elif "m" in token:
                 if kind != "dec":
                     raise ConfigError(f"{kind}_blocks token {token!r}: 'm' (mixin) only appears in dec_blocks")
                 res_s, other_s = token.split("m")
-                out.append((int(res_s), int(other_s)))
+                out.append((_small_int(res_s), _small_int(other_s)))
             elif "d" in token:
                 if kind != "enc":
                     raise ConfigError(f"{kind}_blocks token {token!r}: 'd' (downsample) only appears in enc_blocks")
                 res_s, other_s = token.split("d")
-                out.append((int(res_s), int(other_s)))
+                out.append((_small_int(res_s), _small_int(other_s)))
             else:
-                out.append((int(token), None))
+                out.append((_small_int(token), None))
         except ConfigError:
             raise
         except ValueError:
@@ -94,20 +117,40 @@ def parse_block_string(text: str, *, kind: str) -> list[tuple[int, int | None]]:
         res, extra = out[-1]
         if res < 1 or (extra is not None and extra < 1):
             raise ConfigError(f"{kind}_blocks token {token!r}: resolutions and rates must be positive")
+        if res > MAX_IMAGE_SIZE or (extra is not None and extra > MAX_IMAGE_SIZE):
+            raise ConfigError(f"{kind}_blocks token {token!r}: resolutions are at most {MAX_IMAGE_SIZE}")
+        if len(out) > MAX_BLOCKS:
+            raise ConfigError(f"{kind}_blocks describes more than {MAX_BLOCKS} blocks",
+                              hint="no VDVAE has that many; the file or hyperparameters are damaged")
     return out
+
+
+def _small_int(text: str) -> int:
+    """A decimal integer of at most 9 digits (``int()`` alone takes '1_000', ' 7' and 4300 digits)."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise ValueError(text)
+    return int(text)
 
 
 def parse_width_string(text: str) -> dict[int, int]:
     """``'512:32,256:64'`` -> ``{512: 32, 256: 64}``; empty string -> ``{}``."""
     widths: dict[int, int] = {}
+    if not isinstance(text, str):
+        raise ConfigError(f"custom_width_str must be a string like '512:32,256:64', got {type(text).__name__}")
     if not text:
         return widths
+    if len(text) > MAX_TEXT:
+        raise ConfigError(f"custom_width_str is {len(text)} characters long (at most {MAX_TEXT})")
     for raw in text.split(","):
         try:
             res_s, width_s = raw.strip().split(":")
-            widths[int(res_s)] = int(width_s)
+            res, width = _small_int(res_s), _small_int(width_s)
         except ValueError:
             raise ConfigError(f"custom_width_str entry {raw.strip()!r} is not 'resolution:width'") from None
+        if not (1 <= width <= MAX_WIDTH):
+            raise ConfigError(f"custom_width_str entry {raw.strip()!r}: widths are 1 to {MAX_WIDTH}")
+        widths[res] = width
     return widths
 
 
@@ -147,10 +190,30 @@ class VDVAEConfig:
     decoder_layers: tuple[DecoderLayer, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "width", "zdim", "image_channels", "num_mixtures", "no_bias_above"):
+        for name, bound in _INT_BOUNDS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {_show(value)}")
+            if value > bound:
+                raise ConfigError(f"{name} is {value}, at most {bound} is supported")
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {_show(value)}")
+        for name in ("input_scale", "target_scale", "pixel_scale"):
+            if getattr(self, name) == 0:
+                raise ConfigError(f"{name} must not be 0")
+        if not isinstance(self.low_bit, bool):
+            raise ConfigError(f"low_bit must be true or false, got {_show(self.low_bit)}")
+        for name in ("name", "dataset"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string, got {_show(value)}")
+            if len(value) > MAX_NAME:
+                raise ConfigError(f"{name} is {len(value)} characters long (at most {MAX_NAME})")
+        for name in ("enc_blocks", "dec_blocks", "custom_width_str"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {_show(getattr(self, name))}")
         if self.image_channels != 3:
             raise ConfigError(
                 f"image_channels={self.image_channels}: the DMoL output head models RGB (3 channels) only"
@@ -266,10 +329,13 @@ class VDVAEConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "VDVAEConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls) if f.init}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+            shown = ", ".join(sorted(repr(str(k))[1:-1] for k in unknown)[:8])
+            raise ConfigError(f"unknown config field(s): {shown}")
         try:
             return cls(**dict(data))
         except TypeError as exc:  # missing required field
@@ -344,7 +410,11 @@ def config_from_reference(hps: Mapping[str, Any], *, name: str | None = None) ->
     with ``shift``, ``scale``, ``shift_loss``, ``scale_loss`` (and optionally ``pixel_scale``,
     ``low_bit``), plus ``image_size``.
     """
-    dataset = str(hps.get("dataset") or "custom")
+    if not isinstance(hps, Mapping):
+        raise ConfigError(f"hyperparameters must be a JSON object, got {type(hps).__name__}")
+    dataset = hps.get("dataset") or "custom"
+    if not isinstance(dataset, str):
+        raise ConfigError(f"dataset must be a string, got {_show(dataset)}")
     kwargs: dict[str, Any] = {k: hps[k] for k in _REFERENCE_KEYS if hps.get(k) is not None}
     if dataset in _DATASETS:
         size, shift, scale, shift_loss, scale_loss, pixel_scale, low_bit = _DATASETS[dataset]
@@ -360,11 +430,13 @@ def config_from_reference(hps: Mapping[str, Any], *, name: str | None = None) ->
             )
         if "image_size" not in kwargs:
             raise ConfigError(f"dataset {dataset!r} is not a reference dataset, so image_size must be given")
-        shift, scale = float(pre["shift"]), float(pre["scale"])
-        shift_loss = float(pre.get("shift_loss", -127.5))
-        scale_loss = float(pre.get("scale_loss", 1 / 127.5))
-        pixel_scale = float(pre.get("pixel_scale", 1.0))
-        low_bit = bool(pre.get("low_bit", hps.get("low_bit", False)))
+        shift, scale = _number(pre["shift"], "shift"), _number(pre["scale"], "scale")
+        shift_loss = _number(pre.get("shift_loss", -127.5), "shift_loss")
+        scale_loss = _number(pre.get("scale_loss", 1 / 127.5), "scale_loss")
+        pixel_scale = _number(pre.get("pixel_scale", 1.0), "pixel_scale")
+        low_bit = pre.get("low_bit", hps.get("low_bit", False))
+        if not isinstance(low_bit, bool):
+            raise ConfigError(f"preprocessing low_bit must be true or false, got {_show(low_bit)}")
     for key in ("enc_blocks", "dec_blocks"):
         if key not in kwargs:
             raise ConfigError(f"hyperparameters lack {key!r}")
@@ -377,36 +449,68 @@ def config_from_reference(hps: Mapping[str, Any], *, name: str | None = None) ->
     )
 
 
+MAX_HPARAMS_BYTES = 1 << 30  # an official run's log holds every training report, so it may be large
+MAX_LINE = 1 << 20
+
+
 def read_hparams_file(path: str | Path) -> dict[str, Any]:
     """Read reference hyperparameters from a JSON object or an official run's ``-log.jsonl``.
 
     In a log, every ``{"type": "hparam", "key": k, "value": v}`` line contributes ``k: v``; a log with
-    several dumps (a restarted run) keeps the last value of each key.
+    several dumps (a restarted run) keeps the last value of each key. The file is untrusted: it is
+    read line by line, every line must be JSON nested at most a few levels deep, and a line or a
+    file that is absurdly long is refused.
     """
+    from .safety import JSONLimitError, loads
+
     path = Path(path)
+    label = _label(path)
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_HPARAMS_BYTES:
+            raise ConfigError(f"{label} is {size} bytes; a hyperparameters file is at most {MAX_HPARAMS_BYTES}")
+        with open(path, "rb") as f:
+            head = f.read(MAX_LINE + 1)
+            if size <= MAX_LINE:  # small enough to be one JSON object (pretty-printed or not)
+                try:
+                    data = loads(head)
+                except ValueError:
+                    data = None
+                if isinstance(data, dict) and data.get("type") != "hparam":
+                    return data
+            f.seek(0)
+            hps: dict[str, Any] = {}
+            for n, raw in enumerate(f, 1):
+                if len(raw) > MAX_LINE:
+                    raise ConfigError(f"{label}:{n} is a line of more than {MAX_LINE} bytes",
+                                      hint="this is not a hyperparameters file")
+                if not raw.strip() or (n > 1 and b"hparam" not in raw):
+                    continue
+                try:
+                    record = loads(raw)
+                except JSONLimitError as exc:
+                    raise ConfigError(f"{label}:{n}: {exc}", hint="this is not a hyperparameters file") from None
+                except ValueError:
+                    raise ConfigError(f"{label}:{n} is neither a JSON object nor a JSON-lines log") from None
+                if isinstance(record, dict) and record.get("type") == "hparam" and isinstance(record.get("key"), str):
+                    hps[record["key"]] = record.get("value")
     except OSError as exc:
-        raise ConfigError(f"cannot read hyperparameters file {path}: {exc.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = None
-    if isinstance(data, dict) and data.get("type") != "hparam":
-        return data
-    hps: dict[str, Any] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ConfigError(f"{path}:{n} is neither a JSON object nor a JSON-lines log") from None
-        if isinstance(record, dict) and record.get("type") == "hparam" and "key" in record:
-            hps[record["key"]] = record.get("value")
+        raise ConfigError(f"cannot read hyperparameters file {label}: {exc.strerror or exc}") from None
     if not hps:
-        raise ConfigError(f"{path} holds no hyperparameters (no JSON object, no 'hparam' lines)")
+        raise ConfigError(f"{label} holds no hyperparameters (no JSON object, no 'hparam' lines)")
     return hps
+
+
+def _label(path: Path) -> str:
+    from .safety import clean
+
+    return clean(str(path))
+
+
+def _number(value: Any, what: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigError(f"preprocessing {what} must be a finite number, got {_show(value)}")
+    return float(value)
 
 
 def load_config_arg(config: str | None, hparams: str | Path | None) -> VDVAEConfig:
@@ -416,7 +520,13 @@ def load_config_arg(config: str | None, hparams: str | Path | None) -> VDVAEConf
     if config is not None:
         return official_config(config)
     hps = read_hparams_file(hparams)  # type: ignore[arg-type]
-    return config_from_reference(hps, name=hps.get("name") or Path(str(hparams)).stem)
+    return config_from_reference(hps, name=hps.get("name") or Path(str(hparams)).stem[:MAX_NAME])
+
+
+def _show(value: Any) -> str:
+    """A short, safe rendering of an untrusted value for a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def describe(cfg: VDVAEConfig) -> dict[str, Any]:

@@ -12,6 +12,7 @@ seeded from an explicit seed, so a run and its resumption see the same batches.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -42,7 +43,10 @@ def load_images(path: str | Path, image_size: int | None = None) -> Tensor:
     if not path.exists():
         raise ImageError(f"data set {path} does not exist")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        except OSError as exc:
+            raise ImageError(f"cannot read the data folder {path}: {exc.strerror or exc}") from None
         if not files:
             raise ImageError(f"{path} holds no image files", hint=f"expected {', '.join(IMAGE_SUFFIXES)}")
         return torch.from_numpy(np.stack([_read_file(f, image_size) for f in files]))
@@ -52,38 +56,104 @@ def load_images(path: str | Path, image_size: int | None = None) -> Tensor:
 
 
 def _read_file(path: Path, image_size: int | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """One training image, through the same guarded reader as every other input image (size read
+    from the header and bounded before decoding, text chunks bounded, one clear error)."""
+    from .images import ImageSource, read_image
+    from .safety import clean
+
+    img = read_image(ImageSource(str(path), path.stem, path=path), None)
+    if image_size is None:
+        if img.shape[0] != img.shape[1]:
+            raise ImageError(f"{clean(path)} is {img.shape[1]}x{img.shape[0]}, not square",
+                             hint="pass an image size to crop it")
+        return img
+    from PIL import Image
+
+    return np.asarray(fit_square(Image.fromarray(img), image_size))
+
+
+def _npy_header(f, label: str, available: int) -> tuple[tuple[int, ...], bool, int]:
+    """Shape, dtype and data size of the .npy array at ``f``'s position, from its header alone; an
+    array whose header asks for more bytes than its file holds, or than memory holds, is refused
+    before numpy allocates anything."""
+    from numpy.lib import format as npformat
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            img = to_rgb(im)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageError(f"cannot read image {path}: {exc}") from None
-    if image_size is None:
-        if img.width != img.height:
-            raise ImageError(f"{path} is {img.width}x{img.height}, not square", hint="pass an image size to crop it")
-        return np.asarray(img)
-    return np.asarray(fit_square(img, image_size))
+        version = npformat.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(f, max_header_size=10_000)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = npformat.read_array_header_2_0(f, max_header_size=10_000)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise ImageError(f"{label} is not a readable .npy array: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    if dtype.hasobject:
+        raise ImageError(f"{label} holds Python objects, not uint8 images")
+    if dtype != np.uint8:
+        raise ImageError(f"{label}: images must be uint8 (0..255), got {dtype}")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize if shape else dtype.itemsize
+    if nbytes > available:
+        raise ImageError(f"{label}: its header describes {shape} ({nbytes:,} bytes), more than the "
+                         f"{available:,} bytes it holds or this process can hold")
+    return tuple(shape), bool(fortran), nbytes
+
+
+def _read_exactly(f, shape: tuple[int, ...], fortran: bool, nbytes: int, label: str) -> np.ndarray:
+    from .errors import activity
+
+    with activity(f"reading {label} ({nbytes:,} bytes)"):
+        arr = np.empty(shape[::-1] if fortran else shape, dtype=np.uint8)
+    view = memoryview(arr.reshape(-1))
+    got = 0
+    while got < nbytes:
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    if got != nbytes or f.read(1):
+        raise ImageError(f"{label} holds {'less' if got < nbytes else 'more'} array data than its header describes "
+                         f"({nbytes:,} bytes)", hint="the file is truncated or damaged")
+    return arr.T if fortran else arr
 
 
 def _read_array(path: Path) -> np.ndarray:
+    """An .npy / .npz uint8 array, its header checked against its file size (and memory) first."""
+    import zipfile
+    import zlib
+
+    from .safety import available_memory, clean
+
+    label = clean(path)
+    free = available_memory() or (1 << 62)
     try:
-        obj = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot read {path}: {exc}") from None
-    if isinstance(obj, np.lib.npyio.NpzFile):
-        with obj:
-            names = list(obj.files)
-            key = next((k for k in _NPZ_KEYS if k in names), names[0] if len(names) == 1 else None)
-            if key is None:
-                raise ImageError(
-                    f"{path} holds arrays {names}; cannot tell which are the images",
-                    hint=f"name the image array one of {', '.join(_NPZ_KEYS)}",
-                )
-            arr = obj[key]
-    else:
-        arr = obj
+        with open(path, "rb") as f:
+            magic = f.read(6)
+            f.seek(0)
+            if magic.startswith(b"PK"):
+                try:
+                    with zipfile.ZipFile(f) as z:
+                        infos = {i.filename.removesuffix(".npy"): i for i in z.infolist() if i.filename.endswith(".npy")}
+                        names = list(infos)
+                        key = next((k for k in _NPZ_KEYS if k in names), names[0] if len(names) == 1 else None)
+                        if key is None:
+                            raise ImageError(
+                                f"{label} holds arrays {[clean(n) for n in names][:10]}; cannot tell which are the images",
+                                hint=f"name the image array one of {', '.join(_NPZ_KEYS)}",
+                            )
+                        info = infos[key]
+                        with z.open(info) as member:
+                            shape, fortran, nbytes = _npy_header(member, f"{label}[{clean(key)}]",
+                                                                 min(info.file_size, free // 2))
+                            arr = _read_exactly(member, shape, fortran, nbytes, label)
+                except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, zlib.error) as exc:
+                    raise ImageError(f"{label} is not a readable .npz archive: {clean(str(exc))[:200]}") from None
+            else:
+                size = os.fstat(f.fileno()).st_size
+                shape, fortran, nbytes = _npy_header(f, label, min(size, free // 2))
+                arr = _read_exactly(f, shape, fortran, nbytes, label)
+    except OSError as exc:
+        raise ImageError(f"cannot read {label}: {exc.strerror or exc}") from None
     if arr.dtype != np.uint8:
         raise ImageError(f"{path}: images must be uint8 (0..255), got {arr.dtype}")
     if arr.ndim == 3:

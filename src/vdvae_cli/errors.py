@@ -55,12 +55,41 @@ class DeviceError(VDVAEError):
     """The requested device is unavailable or ran out of memory."""
 
 
+class NumericalError(VDVAEError):
+    """A model or input produced values that are not finite numbers (NaN or infinity)."""
+
+
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "unable to allocate",
+              "failed to allocate", "std::bad_alloc", "memory allocation failed")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is a device running out of memory (``torch.OutOfMemoryError``, or the
-    RuntimeError other backends raise), told apart without importing torch."""
-    if not isinstance(exc, (RuntimeError, MemoryError)):
+    """Whether ``exc`` is running out of memory: ``MemoryError`` (numpy's included), ``torch.OutOfMemoryError``,
+    or the RuntimeError an allocator raises (CPU: "can't allocate memory"), told apart without importing torch."""
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, (RuntimeError, OSError, ValueError)):
         return False
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or any(t in text for t in _OOM_TEXTS) or (
+        isinstance(exc, OSError) and exc.errno == 12)  # ENOMEM
+
+
+class activity:
+    """``with activity("decoding big.png (13000x13000)"):`` turns running out of memory inside the
+    block into one :class:`DeviceError` that says what was too big. The innermost activity wins."""
+
+    def __init__(self, what: str, hint: str | None = None):
+        self.what, self.hint = what, hint
+
+    def __enter__(self) -> "activity":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is not None and not isinstance(exc, VDVAEError) and is_out_of_memory(exc):
+            raise DeviceError(f"out of memory {self.what}",
+                              hint=self.hint or "use a smaller --batch-size, --dtype bf16, or smaller inputs") from None
+        return False
 
 
 class TrainingError(VDVAEError):

@@ -26,6 +26,7 @@ import http.client
 import os
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +51,12 @@ CHUNK = 1 << 20
 RETRIES = 3  # attempts per file and call when a transfer breaks off
 RETRY_WAIT = 0.25  # seconds, doubled after each failed attempt
 TIMEOUT = 30.0  # seconds without data before a connection counts as dead
+HEADERS_TIMEOUT = 60.0  # seconds in all for a server to send its response headers
+MIN_RATE = 1024  # bytes/s: a transfer slower than this over RATE_WINDOW seconds is stopped
+RATE_WINDOW = 60.0
+MAX_DOWNLOAD = 8 << 30  # bytes: the cap on a checkpoint whose size the registry does not know
+MAX_LOG_DOWNLOAD = 1 << 30
+HUB_RETRIES = 1  # huggingface_hub's own retries of a failed Hub request (its default is 5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,8 +216,69 @@ class _Never(Exception):
     """Stands in for an exception class an older huggingface_hub lacks."""
 
 
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """For our calls into huggingface_hub: its logger is silenced (it logs every retry, "Retrying in
+    1s [Retry 1/5]", on stderr), so a failure is our one error line; and it retries a broken Hub
+    HUB_RETRIES times instead of five (half a minute of waiting), where its version lets us say so."""
+    import logging
+
+    # Everything we call is imported first: huggingface_hub configures its logger as its modules load.
+    import huggingface_hub  # noqa: F401
+    import huggingface_hub.errors  # noqa: F401
+    import huggingface_hub.file_download  # noqa: F401
+
+    http = None
+    base = None
+    try:
+        from huggingface_hub.utils import _http as http  # type: ignore[no-redef]
+
+        base = getattr(http, "_http_backoff_base", None)
+    except ImportError:
+        pass
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    if base is not None:
+        def fewer_retries(*args: Any, **kwargs: Any) -> Any:
+            kwargs["max_retries"] = min(int(kwargs.get("max_retries", 5)), HUB_RETRIES)
+            return base(*args, **kwargs)
+
+        http._http_backoff_base = fewer_retries  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if base is not None:
+            http._http_backoff_base = base  # type: ignore[union-attr]
+
+
+def _forget_hub_file(path: Path) -> None:
+    """Remove a file that failed verification from the Hugging Face cache (its snapshot link and the
+    blob it points to), so that the next run downloads it again instead of trusting it."""
+    try:
+        blob = path.resolve()
+    except OSError:
+        blob = path
+    _discard(path, blob)
+
+
 def fetch_hub(ref: HubRef, *, force: bool = False, progress: ProgressCallback | None = None) -> Path:
-    """``hf_hub_download`` into the standard cache; every failure becomes one typed error."""
+    """``hf_hub_download`` into the standard cache, then verified (a safetensors header that passes
+    every check; a file that does not is removed from the cache). Every failure is one typed error."""
+    from .safety import clean
+
+    with _quiet_hub():
+        path = _hf_download(ref, force=force, progress=progress)
+    try:
+        verify_download(path, "safetensors", label=clean(str(ref)))
+    except CheckpointError:
+        _forget_hub_file(path)
+        raise
+    return path
+
+
+def _hf_download(ref: HubRef, *, force: bool, progress: ProgressCallback | None) -> Path:
     import functools
     import inspect
 
@@ -223,7 +291,7 @@ def fetch_hub(ref: HubRef, *, force: bool = False, progress: ProgressCallback | 
         local_files_only=offline, force_download=force and not offline,
         library_name="vdvae-cli", library_version=__version__,
     )
-    if progress is not None and "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+    if "tqdm_class" in inspect.signature(hf_hub_download).parameters:  # no progress bars of its own, ever
         kwargs["tqdm_class"] = functools.partial(_CallbackBar, progress=progress, label=ref.filename.split("/")[-1])
     remote_missing = getattr(hf_errors, "RemoteEntryNotFoundError", None) or hf_errors.EntryNotFoundError
     invalid = getattr(hf_errors, "HFValidationError", None) or _Never
@@ -301,6 +369,16 @@ def _is_pickle(path: Path) -> bool:
 
 
 def _resolve_path(ref: str) -> ResolvedModel:
+    try:
+        return _resolve_path_checked(ref)
+    except OSError as exc:
+        from .safety import clean
+
+        raise ModelNotFoundError(f"cannot read {clean(ref)}: {exc.strerror or exc}",
+                                 hint="check the path and its permissions") from None
+
+
+def _resolve_path_checked(ref: str) -> ResolvedModel:
     path = Path(ref).expanduser()
     if not path.exists():
         close = difflib.get_close_matches(ref, registry.names(), n=3, cutoff=0.6)
@@ -321,12 +399,23 @@ def _resolve_path(ref: str) -> ResolvedModel:
     return ResolvedModel(path, path.stem, "file", str(path))
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` in our cache, where a folder we may not read is one clear error."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        from .safety import clean
+
+        raise ModelNotFoundError(f"cannot read the cache folder {clean(path.parent)}: {exc.strerror or exc}",
+                                 hint="fix its permissions, or set VDVAE_CACHE to a folder you can read") from None
+
+
 def _resolve_entry(entry: RegistryEntry) -> ResolvedModel:
     if entry.kind == "shipped":
         assert entry.path is not None
         return ResolvedModel(entry.path, entry.name, "shipped", str(entry.path))
     cached = official_cache_path(entry.name)
-    if cached.is_file():
+    if _is_file(cached):
         return ResolvedModel(cached, entry.name, "official", f"converted from {entry.checkpoint_url}")
     if entry.hf_repo:
         ref = HubRef(entry.hf_repo, entry.hf_filename or DEFAULT_HF_FILENAME, entry.hf_revision)
@@ -397,7 +486,7 @@ def cached_path(entry: RegistryEntry) -> Path | None:
     if entry.kind == "shipped":
         return entry.path
     local = official_cache_path(entry.name)
-    if local.is_file():
+    if _is_file(local):
         return local
     if entry.hf_repo:
         return hub_cached_path(HubRef(entry.hf_repo, entry.hf_filename or DEFAULT_HF_FILENAME, entry.hf_revision))
@@ -415,10 +504,16 @@ class _Interrupted(Exception):
 
 
 def _network_error(url: str, exc: BaseException, by_hand: str | None = None) -> NetworkError:
-    host = urlsplit(url).netloc or url
+    from .safety import clean, one_line
+
+    host = clean(urlsplit(url).netloc or url)
+    url = clean(url)
     by_hand = by_hand or "or download the file by hand and run `vdvae convert FILE --config NAME -o FILE.safetensors`"
     if isinstance(exc, urllib.error.HTTPError):
-        return NetworkError(f"{url}: HTTP {exc.code} {exc.reason}",
+        if exc.code in (301, 302, 303, 307, 308):
+            return NetworkError(f"{url}: the server redirects in a loop (HTTP {exc.code})",
+                                hint=f"check the address (VDVAE_OFFICIAL_BASE_URL?), {by_hand}")
+        return NetworkError(f"{url}: HTTP {exc.code} {one_line(exc.reason)[:100]}",
                             hint=f"check the address (VDVAE_OFFICIAL_BASE_URL?), {by_hand}")
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     if isinstance(reason, socket.gaierror):
@@ -428,13 +523,13 @@ def _network_error(url: str, exc: BaseException, by_hand: str | None = None) -> 
     elif isinstance(reason, (TimeoutError, socket.timeout)):
         why = "timed out"
     else:
-        why = str(reason).strip() or type(reason).__name__
+        why = one_line(str(reason))[:200] or type(reason).__name__
     return NetworkError(f"cannot reach {host}: {why}", hint=f"check the network, {by_hand}")
 
 
 def _content_range_total(value: str | None) -> tuple[int | None, int | None]:
     """``bytes START-END/TOTAL`` or ``bytes */TOTAL`` -> (START, TOTAL)."""
-    m = re.match(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", value or "")
+    m = re.match(r"bytes\s+(?:(\d{1,18})-\d{1,18}|\*)/(\d{1,18}|\*)", value or "")
     if not m:
         return None, None
     start = int(m.group(1)) if m.group(1) else None
@@ -442,100 +537,370 @@ def _content_range_total(value: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
+class _Sockets:
+    """The sockets of one transfer, so that a watchdog can cut a server that sends its headers a
+    byte at a time (a socket timeout alone never fires while bytes trickle in)."""
+
+    def __init__(self) -> None:
+        self.socks: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.cut = False
+
+    def add(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.socks.append(sock)
+
+    def shutdown(self) -> None:
+        with self.lock:
+            self.cut = True
+            for sock in self.socks:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def _opener(watch: _Sockets) -> urllib.request.OpenerDirector:
+    class Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            watch.add(self.sock)
+
+    class TLSConn(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            watch.add(self.sock)
+
+    class Plain(urllib.request.HTTPHandler):
+        def http_open(self, req):  # type: ignore[override]
+            return self.do_open(Conn, req)
+
+    class TLS(urllib.request.HTTPSHandler):
+        def https_open(self, req):  # type: ignore[override]
+            return self.do_open(TLSConn, req, context=self._context)
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        max_redirections = 8
+
+    return urllib.request.build_opener(Plain, TLS, Redirects)
+
+
+def _open(url: str, headers: dict[str, str], watch: _Sockets):
+    """``urlopen`` whose wait for the response headers is bounded by HEADERS_TIMEOUT in all."""
+    done = threading.Event()
+
+    def watchdog() -> None:
+        if not done.wait(HEADERS_TIMEOUT):
+            watch.shutdown()
+
+    thread = threading.Thread(target=watchdog, daemon=True)
+    thread.start()
+    try:
+        return _opener(watch).open(urllib.request.Request(url, headers=headers), timeout=TIMEOUT)
+    finally:
+        done.set()
+
+
+def _validator(headers) -> str | None:
+    """A strong validator for If-Range: a strong ETag, else Last-Modified (weak ETags cannot be used)."""
+    etag = (headers.get("ETag") or "").strip()
+    if etag and not etag.startswith("W/") and len(etag) < 1000:
+        return etag
+    modified = (headers.get("Last-Modified") or "").strip()
+    return modified if modified and len(modified) < 100 else None
+
+
+def _read_sidecar(meta: Path, url: str) -> str | None:
+    from .safety import loads
+
+    try:
+        data = loads(meta.read_text()[:10_000])
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and data.get("url") == url and isinstance(data.get("validator"), str):
+        return data["validator"]
+    return None
+
+
+def _write_sidecar(meta: Path, url: str, validator: str | None) -> None:
+    from .safety import dumps
+
+    if validator is None:
+        meta.unlink(missing_ok=True)
+        return
+    try:
+        meta.write_text(dumps({"url": url, "validator": validator}))
+    except OSError:
+        meta.unlink(missing_ok=True)
+
+
+def _discard(*paths: Path) -> None:
+    for p in paths:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _stream(url: str, part: Path, label: str, expected: int | None, progress: ProgressCallback | None,
-            by_hand: str | None) -> int | None:
-    """One HTTP attempt, appending to ``part`` from its current size. Returns the file's total size."""
+            by_hand: str | None, max_bytes: int) -> int | None:
+    """One HTTP attempt, appending to ``part`` from its current size when the server's validator
+    (ETag / Last-Modified, sent as If-Range) shows the file is the one the part came from.
+    Returns the file's total size."""
+    from .safety import clean, human_bytes
+
+    meta = part.with_name(part.name + ".json")
     offset = part.stat().st_size if part.exists() else 0
+    validator = _read_sidecar(meta, url) if offset else None
+    if offset and validator is None:  # a part we cannot tie to this file's version: start over
+        _discard(part, meta)
+        offset = 0
     headers = {"User-Agent": f"vdvae-cli/{__version__}", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        headers["If-Range"] = validator  # type: ignore[assignment]
+    watch = _Sockets()
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT)
+        response = _open(url, headers, watch)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # nothing left to send: complete, or longer than the remote file
             _, total = _content_range_total(exc.headers.get("Content-Range"))
             exc.close()
             if total == offset and expected in (None, total):
                 return total
-            part.unlink()
+            _discard(part, meta)
             if expected is not None and total is not None and total != expected:
                 raise NetworkError(
-                    f"size mismatch for {url}: the server announced {expected} bytes, then {total}",
+                    f"size mismatch for {clean(url)}: the server announced {expected} bytes, then {total}",
                     hint="the file changed on the server or a proxy cut it short; run the command again",
                 ) from None
             raise _Interrupted(0, total, "the partial file was longer than the remote one") from None
         raise _network_error(url, exc, by_hand) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        if watch.cut:
+            raise _Interrupted(offset, expected, f"no response within {HEADERS_TIMEOUT:g}s") from None
         raise _network_error(url, exc, by_hand) from None
+    if watch.cut:  # the headers took too long (whatever arrived of them is not to be trusted)
+        response.close()
+        raise _Interrupted(offset, expected, f"no response within {HEADERS_TIMEOUT:g}s")
     with response:
+        encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding not in ("identity", ""):
+            _discard(part, meta)
+            raise NetworkError(f"{clean(url)}: the server sent {clean(encoding)[:40]}-encoded data, not the file",
+                               hint="a proxy may alter downloads; download the file by hand and run `vdvae convert`")
+        ctype = (response.headers.get("Content-Type") or "").lower()
+        if "text/html" in ctype:
+            _discard(part, meta)
+            raise NetworkError(f"{clean(url)}: the server sent an HTML page, not the file",
+                               hint="a login page or a captive portal? check the address and the network")
         if offset and response.status == 206:
             start, total = _content_range_total(response.headers.get("Content-Range"))
-            if start != offset:
-                part.unlink()
-                raise _Interrupted(0, total, f"the server resumed at byte {start}, not {offset}")
+            now = _validator(response.headers)
+            if start != offset or (now is not None and now != validator):
+                _discard(part, meta)
+                raise _Interrupted(0, total, f"the server resumed at byte {start}, not {offset}" if start != offset
+                                   else "the file changed on the server since the partial download")
             mode = "ab"
-        else:  # 200: the whole file (the server ignored Range, or there was nothing to resume)
+        else:  # 200: the whole file (the server ignored Range, the validator differs, or nothing to resume)
             offset, mode = 0, "wb"
             length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
+            total = int(length) if length and length.isdigit() and len(length) < 19 else None
+            _write_sidecar(meta, url, _validator(response.headers))
         if expected is not None and total is not None and total != expected:
-            part.unlink(missing_ok=True)
+            _discard(part, meta)
             raise NetworkError(
-                f"size mismatch for {url}: the server announced {expected} bytes, then {total}",
-                hint="the file changed on the server or a proxy cut it short; run the command again",
+                f"size mismatch for {clean(url)}: expected {expected} bytes, the server announced {total}",
+                hint="the file changed on the server or a proxy altered it; run the command again",
             )
+        if total is not None and total > max_bytes:
+            _discard(part, meta)
+            raise NetworkError(f"{clean(url)} is {human_bytes(total)}, more than the {human_bytes(max_bytes)} "
+                               "such a file can be", hint="check the address (VDVAE_OFFICIAL_BASE_URL?)")
         done = offset
         _report(progress, "download", label, done, total)
+        window_start, window_done = time.monotonic(), done
         with open(part, mode) as f:
             try:
-                while chunk := response.read(CHUNK):
+                while chunk := response.read1(CHUNK):
                     f.write(chunk)
                     done += len(chunk)
+                    if done > max_bytes:
+                        f.close()
+                        _discard(part, meta)
+                        raise NetworkError(f"{clean(url)} sent more than {human_bytes(max_bytes)}, more than "
+                                           "such a file can be; nothing was kept",
+                                           hint="check the address (VDVAE_OFFICIAL_BASE_URL?)")
                     _report(progress, "download", label, done, total)
+                    now = time.monotonic()
+                    if now - window_start >= RATE_WINDOW:
+                        rate = (done - window_done) / (now - window_start)
+                        if rate < MIN_RATE:
+                            raise _Slow(done, total, rate)
+                        window_start, window_done = now, done
             except (http.client.HTTPException, OSError) as exc:
                 raise _Interrupted(done, total, str(exc) or type(exc).__name__) from None
     if total is not None and done != total:
-        if done > total:
-            part.unlink()
-            raise NetworkError(f"size mismatch for {url}: received {done} bytes, Content-Length said {total}",
-                               hint="a proxy may alter the file; download it by hand and run `vdvae convert`")
         raise _Interrupted(done, total, "the connection closed early")
     return total if total is not None else done
 
 
-def fetch_url(url: str, dest: Path, *, progress: ProgressCallback | None = None, by_hand: str | None = None) -> Path:
+class _Slow(Exception):
+    def __init__(self, done: int, total: int | None, rate: float):
+        super().__init__(f"{rate:.0f} B/s")
+        self.done, self.total, self.rate = done, total, rate
+
+
+def fetch_url(url: str, dest: Path, *, progress: ProgressCallback | None = None, by_hand: str | None = None,
+              kind: str = "file", size: int | None = None, sha256: str | None = None,
+              max_bytes: int | None = None) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming a previous partial download with
-    HTTP Range and retrying a broken transfer a few times; ``dest`` appears only when complete.
-    ``by_hand`` ends the hint of a connection error (what to do without this tool)."""
+    HTTP Range only while the server's validator (If-Range) shows the same file, and retrying a
+    broken transfer a few times. ``dest`` appears only once complete **and verified**: the expected
+    ``size`` and ``sha256`` where known, and for every file its magic bytes and a parseable header
+    for ``kind`` (``pickle``, ``log`` or ``safetensors``). What fails verification is deleted."""
+    from .safety import clean, human_bytes
+
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    expected: int | None = None
+    meta = part.with_name(part.name + ".json")
+    cap = max_bytes or (size if size is not None else MAX_DOWNLOAD)
+    expected: int | None = size
     attempt = 0
     while True:
         try:
-            expected = _stream(url, part, dest.name, expected, progress, by_hand)
+            expected = _stream(url, part, dest.name, expected, progress, by_hand, cap)
             break
+        except _Slow as exc:
+            raise NetworkError(
+                f"download of {clean(url)} is too slow ({exc.rate:.0f} bytes/s, at least {MIN_RATE} expected); "
+                f"stopped at {exc.done} of {exc.total if exc.total is not None else '?'} bytes",
+                hint="run the same command again later: it resumes where it stopped",
+            ) from None
         except _Interrupted as exc:
-            expected = exc.total if exc.total is not None else expected
+            expected = exc.total if exc.total is not None and size is None else expected
             attempt += 1
             if attempt >= RETRIES:
                 got = part.stat().st_size if part.exists() else 0
                 raise NetworkError(
-                    f"download of {url} broke off at {got} of {expected if expected is not None else '?'} bytes "
-                    f"({exc.why})",
+                    f"download of {clean(url)} broke off at {got} of {expected if expected is not None else '?'} "
+                    f"bytes ({clean(exc.why)[:200]})",
                     hint="run the same command again: it resumes where it stopped",
                 ) from None
             time.sleep(RETRY_WAIT * 2 ** (attempt - 1))
-    size = part.stat().st_size if part.exists() else 0
-    if expected is not None and size != expected:
-        raise NetworkError(f"size mismatch for {url}: {size} bytes on disk, the server said {expected}",
-                           hint="run the command again with --force")
+    have = part.stat().st_size if part.exists() else 0
+    if expected is not None and have != expected:
+        _discard(part, meta)
+        raise NetworkError(f"size mismatch for {clean(url)}: {have} bytes arrived, {expected} were expected; "
+                           "nothing was kept", hint="run the command again")
+    try:
+        verify_download(part, kind, size=size, sha256=sha256, label=clean(url))
+    except (NetworkError, CheckpointError):
+        _discard(part, meta)
+        raise
     os.replace(part, dest)
+    _discard(meta)
     return dest
 
 
+def _sha256_of(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_download(path: Path, kind: str, *, size: int | None = None, sha256: str | None = None,
+                    label: str | None = None) -> None:
+    """Raise (NetworkError for a wrong size or digest, CheckpointError for wrong content) unless
+    ``path`` is a plausible file of ``kind``: ``pickle`` (a PyTorch zip whose directory reads, or a
+    pickle), ``log`` (JSON lines, bounded, with hyperparameters), ``safetensors`` (a header that
+    passes every check), or ``file`` (size and digest only)."""
+    from .checkpoint import sniff
+    from .safety import clean
+
+    label = label or clean(path)
+    have = path.stat().st_size
+    if size is not None and have != size:
+        raise NetworkError(f"{label}: {have} bytes arrived, the registry says {size}; nothing was kept",
+                           hint="run the command again; if it repeats, the file on the server changed")
+    if sha256 is not None and _sha256_of(path) != sha256.lower():
+        raise NetworkError(f"{label}: the sha256 of the download differs from the registry's; nothing was kept",
+                           hint="run the command again; if it repeats, the file on the server changed")
+    if kind == "file":
+        return
+    found = sniff(path)
+    described = {"html": "an HTML page", "gzip": "gzip-compressed data", "lfs": "a git-lfs pointer"}
+    if kind == "pickle":
+        if found == "torch-zip":
+            import zipfile
+
+            try:
+                with zipfile.ZipFile(path) as z:
+                    if not any(n.endswith("data.pkl") for n in z.namelist()):
+                        raise zipfile.BadZipFile("no data.pkl")
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                raise CheckpointError(f"{label} is not a complete PyTorch checkpoint ({clean(str(exc))[:100]}); "
+                                      "nothing was kept", hint="run the command again") from None
+            return
+        if found == "torch-pickle":
+            return
+        raise CheckpointError(f"{label} is not a PyTorch checkpoint ({described.get(found, 'unrecognised bytes')}); "
+                              "nothing was kept", hint="check the address (VDVAE_OFFICIAL_BASE_URL?) and the network")
+    if kind == "log":
+        if found in described:
+            raise CheckpointError(f"{label} is not a JSON-lines log ({described[found]}); nothing was kept",
+                                  hint="check the address (VDVAE_OFFICIAL_BASE_URL?) and the network")
+        _verify_log(path, label)
+        return
+    if kind == "safetensors":
+        from .checkpoint import read_header
+
+        if found in described:
+            raise CheckpointError(f"{label} is not a safetensors file ({described[found]}); nothing was kept",
+                                  hint="check the address or revision, and the network")
+        try:
+            read_header(path)
+        except CheckpointError as exc:
+            why = str(exc).replace(clean(path), "").strip(": ") or "not a safetensors file"
+            raise CheckpointError(f"{label}: {why}; nothing was kept", hint=exc.hint) from None
+        return
+    raise ValueError(f"unknown download kind {kind!r}")
+
+
+def _verify_log(path: Path, label: str) -> None:
+    from .config import MAX_LINE
+    from .safety import JSONLimitError, loads
+
+    found = False
+    try:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                if len(raw) > MAX_LINE:
+                    raise CheckpointError(f"{label}:{n} is a line of more than {MAX_LINE} bytes; nothing was kept")
+                try:
+                    record = loads(raw)
+                except JSONLimitError as exc:
+                    raise CheckpointError(f"{label}:{n}: {exc}; nothing was kept",
+                                          hint="this is not an official run's log") from None
+                except ValueError:
+                    raise CheckpointError(f"{label}:{n} is not JSON; nothing was kept",
+                                          hint="the download is damaged or not a log; run the command again") from None
+                found = found or (isinstance(record, dict) and record.get("type") == "hparam")
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {label}: {exc.strerror or exc}") from None
+    if not found:
+        raise CheckpointError(f"{label} holds no hyperparameters (no 'hparam' lines); nothing was kept")
+
+
 def _url_filename(url: str) -> str:
-    return Path(urlsplit(url).path).name or "download"
+    name = Path(urlsplit(url).path).name or "download"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:150] or "download"
 
 
 def _cached_ok(path: Path) -> bool:
@@ -589,7 +954,7 @@ def download_official(
     if entry.kind != "official" or not url:
         raise ModelNotFoundError(f"{entry.name!r} has no official download")
     dest = official_cache_path(entry.name)
-    if dest.is_file() and not force and _cached_ok(dest):
+    if _is_file(dest) and not force and _cached_ok(dest):
         _report(progress, "done", dest.name, dest.stat().st_size, dest.stat().st_size)
         return dest
     if is_offline():
@@ -609,11 +974,27 @@ def download_official(
     return dest
 
 
+def _fetch_verified(url: str, path: Path, kind: str, *, size: int | None, sha256: str | None,
+                    max_bytes: int, progress: ProgressCallback | None, by_hand: str) -> None:
+    """``path`` from ``url`` unless a verified copy is already there; a copy kept from an earlier
+    run that no longer passes verification (an older version of this tool kept anything) is
+    deleted and fetched again."""
+    if path.is_file():
+        try:
+            verify_download(path, kind, size=size, sha256=sha256)
+            return
+        except (NetworkError, CheckpointError):
+            _discard(path)
+    fetch_url(url, path, progress=progress, by_hand=by_hand, kind=kind, size=size, sha256=sha256,
+              max_bytes=max_bytes)
+
+
 def _download_and_convert(entry: RegistryEntry, url: str, dest: Path, downloads: Path, *, force: bool,
                           keep_original: bool, progress: ProgressCallback | None) -> None:
-    from .checkpoint import convert_reference
+    from .checkpoint import convert_reference, load_reference_state
     from .config import config_from_reference, official_config, read_hparams_file
     from .errors import ConfigError
+    from .safety import clean
 
     pickle = downloads / _url_filename(url)
     log = downloads / _url_filename(entry.log_url) if entry.hparams_from_log and entry.log_url else None
@@ -623,36 +1004,41 @@ def _download_and_convert(entry: RegistryEntry, url: str, dest: Path, downloads:
     if force:
         for stale in (pickle, log):
             if stale is not None:
-                stale.unlink(missing_ok=True)
-                stale.with_name(stale.name + ".part").unlink(missing_ok=True)
+                for p in (stale, stale.with_name(stale.name + ".part"), stale.with_name(stale.name + ".part.json")):
+                    p.unlink(missing_ok=True)
 
     if entry.config is not None:
         cfg = entry.config
     elif log is not None:
         assert entry.log_url is not None
-        if not log.is_file():
-            fetch_url(entry.log_url, log, progress=progress, by_hand=by_hand)
+        _fetch_verified(entry.log_url, log, "log", size=entry.log_size, sha256=entry.log_sha256,
+                        max_bytes=MAX_LOG_DOWNLOAD, progress=progress, by_hand=by_hand)
         try:
             cfg = config_from_reference(read_hparams_file(log), name=entry.name)
         except ConfigError as exc:
             log.unlink(missing_ok=True)
-            raise CheckpointError(f"the published hyperparameters {entry.log_url} do not describe a model: {exc}",
-                                  hint=exc.hint) from None
+            raise CheckpointError(f"the published hyperparameters {clean(entry.log_url)} do not describe a model: "
+                                  f"{exc}; the log was not kept", hint=exc.hint) from None
     else:
         cfg = official_config(entry.config_name or entry.name)
-    if not pickle.is_file():
-        fetch_url(url, pickle, progress=progress, by_hand=by_hand)
+    _fetch_verified(url, pickle, "pickle", size=entry.checkpoint_size, sha256=entry.checkpoint_sha256,
+                    max_bytes=MAX_DOWNLOAD, progress=progress, by_hand=by_hand)
 
     _report(progress, "convert", dest.name)
+    try:
+        state = load_reference_state(pickle)
+    except CheckpointError as exc:  # it passed the magic and directory checks but does not load
+        pickle.unlink(missing_ok=True)
+        raise CheckpointError(f"{exc}; the download was not kept", hint="run the command again") from None
     meta = {"source_url": url, "registry_name": entry.name, "license": entry.license_text}
     damaged = f"if the download is damaged: vdvae download {entry.name} --force"
     try:
-        convert_reference(pickle, dest, cfg, force=True, metadata=meta)
+        convert_reference(pickle, dest, cfg, force=True, metadata=meta, state=state)
     except CheckpointError as exc:
         if log is None:
             raise CheckpointError(str(exc), hint=damaged) from None
         try:  # the log may describe another run than the weights: read the layout off the weights
-            convert_reference(pickle, dest, None, force=True, metadata=meta)
+            convert_reference(pickle, dest, None, force=True, metadata=meta, state=state)
         except CheckpointError:
             raise CheckpointError(str(exc), hint=damaged) from None
     if not keep_original:

@@ -18,14 +18,17 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from collections.abc import Sequence
+from typing import BinaryIO, Callable
 
 import numpy as np
 
-from .errors import ImageError, OutputError, UsageError
+from .errors import ImageError, OutputError, UsageError, activity
+from .safety import MAX_GRID_PIXELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_STDIN_BYTES, MAX_TEXT_CHUNK, clean, human_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
 STDIN = "-"
@@ -55,9 +58,14 @@ class ImageSource:
             return self.data
         assert self.path is not None
         try:
-            return self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > MAX_STDIN_BYTES:
+                    raise ImageError(f"{clean(self.name)} is {human_bytes(size)}; an input image is at most "
+                                     f"{human_bytes(MAX_STDIN_BYTES)}")
+                return f.read(MAX_STDIN_BYTES + 1)
         except OSError as exc:
-            raise ImageError(f"cannot read {self.name}: {exc.strerror}") from None
+            raise ImageError(f"cannot read {clean(self.name)}: {exc.strerror or exc}") from None
 
 
 def collect_images(args: Sequence[str], *, stdin: BinaryIO | None = None, stdin_is_tty: bool = False) -> list[ImageSource]:
@@ -76,18 +84,23 @@ def collect_images(args: Sequence[str], *, stdin: BinaryIO | None = None, stdin_
             sources.extend(_stdin_sources(stdin, stdin_is_tty))
             continue
         path = Path(arg)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir()
-                           if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise ImageError(f"folder {arg} holds no images", hint=f"looked for {', '.join(IMAGE_SUFFIXES)}")
-            sources.extend(ImageSource(str(p), p.stem, path=p) for p in files)
-        elif path.is_file():
-            sources.append(ImageSource(arg, path.stem, path=path))
-        elif path.exists():
-            raise ImageError(f"{arg} is neither a file nor a folder")
-        else:
-            raise ImageError(f"no such file: {arg}", hint="check the path; use - to read an image from stdin")
+        label = clean(arg)
+        try:
+            if path.is_dir():
+                files = sorted(p for p in path.iterdir()
+                               if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                if not files:
+                    raise ImageError(f"folder {label} holds no images", hint=f"looked for {', '.join(IMAGE_SUFFIXES)}")
+                sources.extend(ImageSource(str(p), p.stem, path=p) for p in files)
+            elif path.is_file():
+                sources.append(ImageSource(arg, path.stem, path=path))
+            elif path.exists():
+                raise ImageError(f"{label} is neither a file nor a folder")
+            else:
+                raise ImageError(f"no such file: {label}", hint="check the path; use - to read an image from stdin")
+        except OSError as exc:
+            raise ImageError(f"cannot read {label}: {exc.strerror or exc}",
+                             hint="check the permissions of the file or folder") from None
     return sources
 
 
@@ -95,7 +108,7 @@ def _stdin_sources(stdin: BinaryIO | None, is_tty: bool) -> list[ImageSource]:
     if stdin is None or is_tty:
         raise UsageError("'-' reads an image from stdin, but stdin is a terminal",
                          hint="pipe an image in, e.g. vdvae sample -o - | vdvae reconstruct -")
-    data = stdin.read()
+    data = read_stream(stdin, "stdin", check=_looks_like_image, what="image data")
     if not data:
         raise ImageError("no image data on stdin (it was empty)",
                          hint="pipe PNG or JPEG bytes in, e.g. cat img.png | vdvae reconstruct -")
@@ -104,6 +117,51 @@ def _stdin_sources(stdin: BinaryIO | None, is_tty: bool) -> list[ImageSource]:
         return [ImageSource("stdin", "stdin", data=pieces[0])]
     width = max(5, len(str(len(pieces) - 1)))
     return [ImageSource(f"stdin_{i:0{width}d}", f"stdin_{i:0{width}d}", data=p) for i, p in enumerate(pieces)]
+
+
+_IMAGE_MAGIC = (PNG_SIGNATURE, b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"RIFF",
+                b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7", b"Pf", b"PF", b"\x00\x00\x00\x0cjP", b"\xff\x4f\xff\x51",
+                b"qoif", b"\x00\x00\x01\x00", b"8BPS", b"DDS ", b"\x0a")
+
+
+def _looks_like_image(head: bytes) -> str | None:
+    """None if ``head`` starts like an image format Pillow reads, else why not."""
+    if head.startswith(_IMAGE_MAGIC) or head[4:12] in (b"ftypavif", b"ftypheic", b"ftypmif1"):
+        return None
+    return f"it does not start like an image (first bytes {head[:8].hex(' ')})"
+
+
+def read_stream(stream: BinaryIO, label: str, *, check=None, what: str = "data",
+                limit: int = MAX_STDIN_BYTES, error: type = ImageError) -> bytes:
+    """All of ``stream`` (stdin), read in pieces up to ``limit`` bytes: more is refused rather than
+    held in memory, and ``check(first_bytes)`` (a reason, or None) refuses what is plainly not
+    ``what`` as soon as its first bytes arrive (``head -c 6G /dev/zero`` is refused at once)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = stream.read(min(1 << 20, limit + 1 - total))
+        except OSError as exc:
+            raise error(f"cannot read {label}: {exc.strerror or exc}") from None
+        if not chunk:
+            break
+        if not chunks and check is not None and len(chunk) >= 1:
+            head = chunk
+            while len(head) < 16:
+                more = stream.read(16 - len(head))
+                if not more:
+                    break
+                head += more
+            chunk = head
+            why = check(head)
+            if why:
+                raise error(f"{label} does not hold {what}: {why}")
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise error(f"{label} holds more than {human_bytes(limit)} of {what}",
+                        hint="give such inputs as files, or in smaller pieces")
+    return b"".join(chunks)
 
 
 def split_png_stream(data: bytes) -> list[bytes]:
@@ -134,34 +192,70 @@ def split_png_stream(data: bytes) -> list[bytes]:
 
 
 def read_image(source: ImageSource, size: int | None, *, resize: bool = True, notify: Notify | None = None) -> np.ndarray:
-    """Decode ``source`` to uint8 (size, size, 3) RGB (any size when ``size`` is None)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Decode ``source`` to uint8 (size, size, 3) RGB (any size when ``size`` is None).
+
+    The bytes are untrusted: the image's size is read from its header and refused (before any pixel
+    is decoded) when it is absurd (more than 64 megapixels, or a side over 65,500), text chunks are
+    bounded, and every decoder failure is one :class:`ImageError`."""
+    from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
     data = source.read_bytes()
+    name = clean(source.name)
     if not data:
-        raise ImageError(f"{source.name} is empty (0 bytes)")
+        raise ImageError(f"{name} is empty (0 bytes)")
+    PngImagePlugin.MAX_TEXT_CHUNK = MAX_TEXT_CHUNK
+    PngImagePlugin.MAX_TEXT_MEMORY = 8 * MAX_TEXT_CHUNK
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow refuses beyond this itself, as a second line
+    import warnings
+
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            rgb = to_rgb(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's warnings about a damaged file: our error says it
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_IMAGE_SIDE:
+                    raise ImageError(f"{name} is {w}x{h} pixels, too large to decode safely "
+                                     f"(at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels)",
+                                     hint="scale it down first")
+                with activity(f"decoding {name} ({w}x{h})", hint="scale the image down first"):
+                    im.load()
+                    im = _exif_transpose(im)
+                    rgb = to_rgb(im)
+    except ImageError:
+        raise
     except UnidentifiedImageError:
-        raise ImageError(f"{source.name} is not an image Pillow can read",
+        raise ImageError(f"{name} is not an image Pillow can read",
                          hint=f"give a PNG or JPEG; also read: {', '.join(s[1:] for s in IMAGE_SUFFIXES[3:])}") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{source.name} is too large to decode safely: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{source.name} is corrupt or truncated ({exc})",
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name} is too large to decode safely (a decompression bomb?)",
+                         hint="scale it down first") from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error,
+            ZeroDivisionError, OverflowError, AttributeError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, (EOFError,)):
+            raise ImageError(f"cannot read {name}: {exc.strerror or exc}") from None
+        why = clean(str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__)[:200]
+        raise ImageError(f"{name} is corrupt or truncated ({why})",
                          hint="re-export or re-download the image") from None
     if size is not None and rgb.size != (size, size):
         w, h = rgb.size
         if not resize:
-            raise ImageError(f"{source.name} is {w}x{h}, the model takes {size}x{size}",
+            raise ImageError(f"{name} is {w}x{h}, the model takes {size}x{size}",
                              hint="resize it first, or drop --no-resize to centre-crop and resize it")
         rgb = fit_square(rgb, size)
         if notify:
-            notify(f"{source.name}: {w}x{h} centre-cropped and resized to {size}x{size}")
+            notify(f"{name}: {w}x{h} centre-cropped and resized to {size}x{size}")
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _exif_transpose(im):
+    """``ImageOps.exif_transpose``; an unreadable EXIF block leaves the image as it is."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(im)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, ZeroDivisionError):
+        return im
 
 
 def read_images(sources: Sequence[ImageSource], size: int, *, resize: bool = True,
@@ -176,7 +270,7 @@ def to_rgb(im):
 
     mode = im.mode
     if mode.startswith("I") or mode == "F":
-        arr = np.asarray(im).astype(np.float64)
+        arr = np.nan_to_num(np.asarray(im).astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
             arr = arr / 257.0  # 16-bit: 65535 -> 255
         elif mode == "F" and arr.max(initial=0) <= 1.0:
@@ -239,15 +333,54 @@ def make_grid(images: Sequence[np.ndarray], columns: int | None = None, pad: int
 # Output names
 
 
-def numbered_names(prefix: str, count: int) -> list[str]:
-    """``prefix_00000.png``, ``prefix_00001.png``...: zero-padded so they sort in order."""
-    width = max(5, len(str(count - 1)))
-    return [f"{prefix}_{i:0{width}d}.png" for i in range(count)]
+MAX_STEM_BYTES = 180  # a name's stem, so that index, suffix and temporary-file affixes stay under 255 bytes
+
+
+class NumberedNames(Sequence):
+    """``prefix_00000.png``, ``prefix_00001.png``...: zero-padded so they sort in order. Computed
+    when asked for, so ``sample -n 1000000000000 -o dir/`` does not build a trillion strings."""
+
+    def __init__(self, prefix: str, count: int):
+        self.prefix, self.count = _safe(prefix), count
+        self.width = max(5, len(str(count - 1)))
+        self._pattern = re.compile(re.escape(self.prefix) + r"_(\d{%d,})\.png" % self.width)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.count))]
+        if not -self.count <= i < self.count:
+            raise IndexError(i)
+        return f"{self.prefix}_{i % self.count:0{self.width}d}.png"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, NumberedNames):
+            return (self.prefix, self.count) == (other.prefix, other.count)
+        if isinstance(other, (list, tuple)):
+            return len(other) == self.count and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def index_of(self, name: str) -> int | None:
+        m = self._pattern.fullmatch(name)
+        if not m or (len(m.group(1)) > self.width and m.group(1).startswith("0")):
+            return None
+        i = int(m.group(1))
+        return i if i < self.count else None
+
+
+def numbered_names(prefix: str, count: int) -> NumberedNames:
+    """``prefix_00000.png``, ``prefix_00001.png``... (see :class:`NumberedNames`)."""
+    return NumberedNames(prefix, count)
 
 
 def derived_names(stems: Sequence[str], suffix: str) -> list[str]:
     """``stem_suffix.png`` per input; when those names would repeat or would not sort in input
-    order, every name gets a zero-padded index in front (``00003_stem_suffix.png``)."""
+    order, every name gets a zero-padded index in front (``00003_stem_suffix.png``). Stems are made
+    safe for a file name (no separators or control characters) and short enough for any file system."""
     names = [f"{_safe(s)}_{suffix}.png" for s in stems]
     if len(set(names)) == len(names) and names == sorted(names):
         return names
@@ -256,7 +389,11 @@ def derived_names(stems: Sequence[str], suffix: str) -> list[str]:
 
 
 def _safe(stem: str) -> str:
-    return "".join(ch if ch.isprintable() and ch not in '/\\:*?"<>|' else "_" for ch in stem) or "image"
+    text = "".join(ch if ch.isprintable() and ch not in '/\\:*?"<>|' else "_" for ch in stem) or "image"
+    data = text.encode("utf-8", "replace")
+    if len(data) > MAX_STEM_BYTES:
+        text = data[:MAX_STEM_BYTES].decode("utf-8", "ignore")
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,9 +410,21 @@ class ImageWriter:
 
     def __init__(self, kind: str, target: Path | None, names: Sequence[str], *, grid: bool, force: bool,
                  stdout: BinaryIO | None, fmt: str = "PNG"):
-        self.kind, self.target, self.names = kind, target, list(names)
+        self.kind, self.target = kind, target
+        self.names = names if isinstance(names, NumberedNames) else list(names)
         self.grid, self.force, self.stdout, self.fmt = grid, force, stdout, fmt
         self._held: dict[int, np.ndarray] = {}
+
+    def check_size(self, image_size: int) -> None:
+        """Refuse, before any work, a grid or single image too large to hold and encode."""
+        if self.grid:
+            n = len(self.names)
+            cols = math.ceil(math.sqrt(n))
+            pixels = (cols * (image_size + 2) + 2) * (math.ceil(n / cols) * (image_size + 2) + 2)
+            if pixels > MAX_GRID_PIXELS:
+                raise UsageError(f"a grid of {n} images of {image_size}x{image_size} would have {pixels:,} pixels "
+                                 f"(at most {MAX_GRID_PIXELS:,})",
+                                 hint="write a folder instead (-o DIR/), or fewer images")
 
     @property
     def label(self) -> str:
@@ -318,9 +467,17 @@ class ImageWriter:
         return [(i, self.label) for i in order]
 
     def _emit(self, data: bytes) -> None:
-        assert self.stdout is not None
-        self.stdout.write(data)
-        self.stdout.flush()
+        if self.stdout is None:
+            raise OutputError("cannot write to stdout: it is closed")
+        try:
+            self.stdout.write(data)
+            self.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:
+            from .safety import stdout_failed
+
+            raise stdout_failed(exc) from None
 
 
 def plan_output(
@@ -355,6 +512,9 @@ def plan_output(
         if stdout_is_tty:
             raise OutputError("refusing to write PNG data to a terminal",
                               hint="redirect stdout (... -o - > out.png) or give -o FILE")
+        if stdout is None or getattr(stdout, "closed_stream", False):
+            raise OutputError("cannot write to stdout: it is closed",
+                              hint="redirect stdout to a file, or write to a file with -o")
         return ImageWriter("stdout", None, names, grid=grid, force=force, stdout=stdout)
     path = Path(output)
     if output.endswith(("/", os.sep)) or path.is_dir():
@@ -362,9 +522,8 @@ def plan_output(
             raise UsageError(f"--grid makes one image, but -o {output} is a folder",
                              hint="give a file name, e.g. -o grid.png")
         _check_dir(path)
-        if path.is_dir():
-            for name in names:
-                check_output_file(path / name, force)
+        if path.is_dir() and not force:
+            _check_existing(path, names)
         return ImageWriter("dir", path, names, grid=False, force=force, stdout=None)
     fmt = _WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -377,25 +536,51 @@ def plan_output(
     return ImageWriter("file", path, names, grid=grid, force=force, stdout=None, fmt=fmt)
 
 
+def _check_existing(folder: Path, names: Sequence[str]) -> None:
+    """Fail now if one of ``names`` already exists in ``folder``: one listing of the folder, so a
+    lazy list of a trillion names costs no more than the folder's own size."""
+    try:
+        with os.scandir(folder) as entries:
+            present = [e.name for e in entries]
+    except OSError as exc:
+        raise OutputError(f"cannot read folder {clean(folder)}: {exc.strerror or exc}") from None
+    if isinstance(names, NumberedNames):
+        clash = next((n for n in sorted(present) if names.index_of(n) is not None), None)
+    else:
+        wanted = set(names)
+        clash = next((n for n in sorted(present) if n in wanted), None)
+    if clash is not None:
+        raise OutputError(f"{clean(folder / clash)} already exists", hint="pass --force to overwrite it")
+
+
 def check_output_file(path: Path, force: bool) -> None:
     """Fail now if ``path`` exists (without ``force``) or cannot be written."""
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder", hint="give a file name, or end the name with / to write into it")
-    if path.exists() and not force:
-        raise OutputError(f"{path} already exists", hint="pass --force to overwrite it")
-    parent = path.parent
-    if not parent.is_dir():
-        what = "is not a folder" if parent.exists() else "does not exist"
-        raise OutputError(f"cannot write {path}: {parent} {what}",
-                          hint="create the folder first, or end -o with / to write into a new folder")
+    label = clean(path)
+    if len(os.fsencode(path.name)) > 255:
+        raise OutputError(f"cannot write {label}: File name too long", hint="choose a shorter name")
+    try:
+        if path.is_dir():
+            raise OutputError(f"{label} is a folder", hint="give a file name, or end the name with / to write into it")
+        if path.exists() and not force:
+            raise OutputError(f"{label} already exists", hint="pass --force to overwrite it")
+        parent = path.parent
+        if not parent.is_dir():
+            what = "is not a folder" if parent.exists() else "does not exist"
+            raise OutputError(f"cannot write {label}: {clean(parent)} {what}",
+                              hint="create the folder first, or end -o with / to write into a new folder")
+    except OSError as exc:
+        raise OutputError(f"cannot write {label}: {exc.strerror or exc}") from None
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: folder {parent} is not writable")
+        raise OutputError(f"cannot write {label}: folder {clean(parent)} is not writable")
 
 
 def _check_dir(path: Path) -> None:
     existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as exc:
+        raise OutputError(f"cannot make folder {clean(path)}: {exc.strerror or exc}") from None
     if not existing.is_dir():
         raise OutputError(f"cannot make folder {path}: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -30,7 +30,8 @@ import torch
 
 from . import __version__
 from .config import VDVAEConfig
-from .errors import LatentsError
+from .errors import LatentsError, VDVAEError, activity
+from .safety import first_line, loads
 
 FORMAT = "vdvae-latents"
 FORMAT_VERSION = "1"
@@ -119,9 +120,9 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents", weigh
         other = meta.get("model_name", "?")
         layers = ""
         try:
-            other_cfg = VDVAEConfig.from_dict(json.loads(meta["vdvae_config"]))
+            other_cfg = VDVAEConfig.from_dict(loads(meta["vdvae_config"]))
             layers = f", {other_cfg.n_layers} latent layers"
-        except Exception:  # the stored config is informative only
+        except (ValueError, VDVAEError, KeyError):  # the stored config is informative only
             pass
         if other == cfg.name and meta.get("vdvae_config") == cfg.to_json():  # same architecture
             raise LatentsError(
@@ -144,7 +145,7 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents", weigh
         if index in found:
             raise LatentsError(f"{label}: layer {index} appears twice ({found[index]}, {key})")
         found[index] = key
-        shape = tuple(info.get("shape", ()))
+        shape = tuple(info["shape"])
         expected = cfg.decoder_layers[index].latent_shape
         if len(shape) != 4 or shape[1:] != expected:
             raise LatentsError(f"{label}: {key} has shape {shape}, expected (N, {', '.join(map(str, expected))})")
@@ -155,24 +156,36 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents", weigh
     if n_rows is None:
         raise LatentsError(f"{label} holds no latent layers")
     try:
-        names = json.loads(meta["image_names"]) if "image_names" in meta else None
-    except json.JSONDecodeError:
+        names = loads(meta["image_names"]) if "image_names" in meta else None
+    except ValueError:
         raise LatentsError(f"{label}: image_names metadata is not a JSON list") from None
     if names is None:
         names = [f"latent_{i:05d}" for i in range(n_rows)]
     if not isinstance(names, list) or len(names) != n_rows:
         raise LatentsError(f"{label}: image_names lists {len(names) if isinstance(names, list) else '?'} names "
                            f"for {n_rows} images")
+    if not all(isinstance(x, str) for x in names):
+        raise LatentsError(f"{label}: image_names must be a list of strings")
+    posterior = meta.get("posterior", "sample")
+    if posterior not in ("sample", "mean"):
+        raise LatentsError(f"{label}: posterior metadata must be 'sample' or 'mean', got {posterior[:40]!r}")
     try:
         from safetensors.torch import load
 
-        tensors = load(data)
+        with activity(f"reading {label} ({n_rows} images)"):
+            tensors = load(bytes(data))
+    except VDVAEError:
+        raise
     except Exception as exc:  # safetensors has its own error types
-        raise LatentsError(f"{label} cannot be read: {exc}") from None
+        raise LatentsError(f"{label} cannot be read: {first_line(exc)}") from None
     layers: list[Tensor | None] = [None] * cfg.n_layers
     for index, key in found.items():
-        layers[index] = tensors[key].float()
-    return Latents(layers, [str(x) for x in names], meta.get("posterior", "sample"), dict(meta))
+        z = tensors[key].float()
+        if not bool(torch.isfinite(z).all()):
+            raise LatentsError(f"{label}: {key} holds values that are not finite (NaN or infinity)",
+                               hint="latents must be finite numbers; re-encode the images")
+        layers[index] = z
+    return Latents(layers, names, posterior, dict(meta))
 
 
 def _header(data: bytes, label: str) -> dict:

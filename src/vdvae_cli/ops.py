@@ -48,22 +48,44 @@ def loss_target(cfg: VDVAEConfig, images: Tensor) -> Tensor:
     return (x + torch.tensor(cfg.target_shift, dtype=torch.float32)) * torch.tensor(cfg.target_scale, dtype=torch.float32)
 
 
+def check_finite(t: Tensor, what: str) -> None:
+    """Refuse NaN or infinity where a picture or a number will be made from ``t`` (rather than
+    writing a black image or a NaN and exiting 0)."""
+    if not bool(torch.isfinite(t).all()):
+        from .errors import NumericalError
+
+        raise NumericalError(
+            f"{what} is not finite (NaN or infinity): the weights or latents overflow"
+            + (f" in {str(t.dtype).removeprefix('torch.')}" if t.dtype != torch.float32 else ""),
+            hint="try --dtype fp32, a lower --temp, or check the model file",
+        )
+
+
 def _param(model: VAE) -> Tensor:
     return model.decoder.gain
 
 
 def _pixels(model: VAE, px_z: Tensor, noise: Noise, output_temperature: float) -> Tensor:
+    from .safety import MAX_TEMPERATURE
+
+    if not (isinstance(output_temperature, (int, float)) and 0 <= output_temperature <= MAX_TEMPERATURE):
+        from .errors import TemperatureSpecError
+
+        raise TemperatureSpecError(f"output temperature {output_temperature!r} is not a number from 0 to {MAX_TEMPERATURE:g}")
     logits = model.logits(px_z)
+    check_finite(logits, "the model's output")
     return to_uint8(dmol_sample(logits, model.cfg.num_mixtures, noise=noise, temperature=output_temperature))
 
 
 def _temps(cfg: VDVAEConfig, temperatures: Temperatures) -> list[float]:
+    from .temperature import check_temperatures
+
     if isinstance(temperatures, (int, float)):
-        return [float(temperatures)] * cfg.n_layers
+        return check_temperatures([float(temperatures)] * cfg.n_layers)
     temps = [float(t) for t in temperatures]
     if len(temps) != cfg.n_layers:
         raise ValueError(f"{len(temps)} temperatures for a model with {cfg.n_layers} latent layers")
-    return temps
+    return check_temperatures(temps)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -66,6 +66,13 @@ class RegistryEntry:
     hf_filename: str | None = None
     hf_revision: str | None = None
     path: Path | None = None  # shipped models: the file itself
+    # What a download must be to count (hub.verify_download): exact size in bytes and sha256 of the
+    # published file. None where not recorded yet: then the download is checked by its magic bytes
+    # and a parseable header (and a size cap) only. Fill them in from a trusted copy.
+    checkpoint_size: int | None = None
+    checkpoint_sha256: str | None = None
+    log_size: int | None = None
+    log_sha256: str | None = None
 
     @property
     def checkpoint_url(self) -> str | None:
@@ -114,6 +121,10 @@ class RegistryEntry:
             "hf_revision": self.hf_revision,
             "path": str(self.path) if self.path else None,
             "source": self.source,
+            "checkpoint_size": self.checkpoint_size,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "log_size": self.log_size,
+            "log_sha256": self.log_sha256,
         }
 
 
@@ -136,6 +147,7 @@ OFFICIAL: dict[str, RegistryEntry] = {
             parameters=39_145_700, data_license="CIFAR-10 dataset: no licence stated",
             note="2.879 bits/dim on the test set; only EMA weights published (seeds 1-3 also exist)",
             checkpoint="vdvae-assets-2/cifar10-seed0-iter-900000-model-ema.th",
+            checkpoint_size=None, checkpoint_sha256=None,  # not recorded yet
         ),
         RegistryEntry(
             name="imagenet32", title="ImageNet 32x32", resolution=32, latent_layers=78,
@@ -143,6 +155,7 @@ OFFICIAL: dict[str, RegistryEntry] = {
             note="3.80 bits/dim on the test set",
             checkpoint="vdvae-assets/imagenet32-iter-1700000-model-ema.th",
             log="vdvae-assets/imagenet32-iter-1700000-log.jsonl",
+            checkpoint_size=None, checkpoint_sha256=None, log_size=None, log_sha256=None,  # not recorded yet
         ),
         RegistryEntry(
             name="imagenet64", title="ImageNet 64x64", resolution=64, latent_layers=75,
@@ -150,6 +163,7 @@ OFFICIAL: dict[str, RegistryEntry] = {
             note="3.52 bits/dim on the test set",
             checkpoint="vdvae-assets-2/imagenet64-iter-1600000-model-ema.th",
             log="vdvae-assets-2/imagenet64-iter-1600000-log.jsonl",
+            checkpoint_size=None, checkpoint_sha256=None, log_size=None, log_sha256=None,  # not recorded yet
         ),
         RegistryEntry(
             name="ffhq256", title="FFHQ 256x256 (5-bit)", resolution=256, latent_layers=66,
@@ -157,6 +171,7 @@ OFFICIAL: dict[str, RegistryEntry] = {
             note="0.61 bits/dim (5-bit) on the test set",
             checkpoint="vdvae-assets/ffhq256-iter-1700000-model-ema.th",
             log="vdvae-assets/ffhq256-iter-1700000-log.jsonl",
+            checkpoint_size=None, checkpoint_sha256=None, log_size=None, log_sha256=None,  # not recorded yet
         ),
         RegistryEntry(
             # hps.py does not describe the published file (openai/vdvae issue #3): the hyperparameters
@@ -166,6 +181,7 @@ OFFICIAL: dict[str, RegistryEntry] = {
             note="2.42 bits/dim on the test set; architecture taken from the run's log.jsonl",
             checkpoint="vdvae-assets/ffhq1024-iter-1700000-model-ema.th",
             log="vdvae-assets/ffhq1024-iter-1700000-log.jsonl", hparams_from_log=True,
+            checkpoint_size=None, checkpoint_sha256=None, log_size=None, log_sha256=None,  # not recorded yet
         ),
     )
 }
@@ -204,13 +220,15 @@ def weights_dir() -> Path | None:
 
 
 def _header(path: Path) -> dict[str, Any] | None:
-    """A safetensors header, read without torch; None when unreadable."""
+    """A safetensors header, read without torch (bounded: the file may be hostile); None when unreadable."""
+    from .safety import MAX_HEADER_BYTES, loads
+
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100_000_000:
+            if n > MAX_HEADER_BYTES:
                 return None
-            header = json.loads(f.read(n))
+            header = loads(f.read(n))
     except (OSError, struct.error, ValueError):
         return None
     return header if isinstance(header, dict) else None
@@ -224,28 +242,34 @@ def describe_file(path: Path, *, name: str | None = None, kind: Kind = "shipped"
     header = _header(path)
     if header is None:
         return replace(entry, note="unreadable safetensors header")
-    meta = header.get("__metadata__") or {}
-    params = sum(_numel(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict))
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict):
+        meta = {}
+    params = sum(_numel(v.get("shape")) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict))
     changes: dict[str, Any] = {"parameters": params or None}
     try:
-        cfg = json.loads(meta["vdvae_config"])
         from .config import VDVAEConfig
+        from .safety import loads
 
-        parsed = VDVAEConfig.from_dict(cfg)
+        parsed = VDVAEConfig.from_dict(loads(meta["vdvae_config"]))
         changes.update(resolution=parsed.image_size, latent_layers=parsed.n_layers, title=parsed.name or path.stem)
     except Exception:  # no or bad metadata: still listed; loading reports the exact problem
         changes["note"] = "no vdvae_config metadata"
-    if meta.get("license"):
-        changes["license"] = meta["license"]
-    if meta.get("description"):
-        changes["note"] = meta["description"]
+    for key, field_name in (("license", "license"), ("description", "note")):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            changes[field_name] = value[:500]
     return replace(entry, **changes)
 
 
-def _numel(shape: list[int]) -> int:
+def _numel(shape: Any) -> int:
+    if not isinstance(shape, list) or len(shape) > 8:
+        return 0
     n = 1
     for s in shape:
-        n *= int(s)
+        if not isinstance(s, int) or s < 0:
+            return 0
+        n *= s
     return n
 
 

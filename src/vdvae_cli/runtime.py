@@ -143,8 +143,9 @@ class Shard:
     rank: int = 0
     world: int = 1
 
-    def indices(self, total: int) -> list[int]:
-        return list(range(self.rank, total, self.world))
+    def indices(self, total: int) -> range:
+        """A lazy range: ``sample -n 1000000000000`` does not build a list of a trillion numbers."""
+        return range(self.rank, total, self.world)
 
     @property
     def main(self) -> bool:
@@ -152,11 +153,33 @@ class Shard:
 
 
 def launched_distributed() -> bool:
-    """Whether torchrun (or another launcher setting WORLD_SIZE) started several processes."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
+    """Whether torchrun (or another launcher setting WORLD_SIZE) started several processes. A
+    launcher environment that is incomplete or malformed is a usage error, not a crash in torch."""
+    text = os.environ.get("WORLD_SIZE", "").strip()
+    if not text:
         return False
+    if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) < 1:
+        raise UsageError(f"WORLD_SIZE={text[:20]!r} is not a number of processes",
+                         hint="unset WORLD_SIZE, or start the processes with torchrun")
+    return int(text) > 1
+
+
+def _check_launcher_env() -> None:
+    """The variables torchrun sets besides WORLD_SIZE, checked before torch.distributed reads them
+    (its own errors are multi-line tracebacks)."""
+    world = int(os.environ["WORLD_SIZE"])
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
+    if missing:
+        raise UsageError(f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not",
+                         hint="start several processes with torchrun, or unset WORLD_SIZE")
+    for var in ("RANK", "LOCAL_RANK"):
+        value = os.environ.get(var, "0").strip()
+        if not (value.isascii() and value.isdigit()) or (var == "RANK" and int(value) >= world):
+            raise UsageError(f"{var}={value[:20]!r} is not a process number below WORLD_SIZE={world}",
+                             hint="start several processes with torchrun")
+    port = os.environ["MASTER_PORT"].strip()
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise UsageError(f"MASTER_PORT={port[:20]!r} is not a port number", hint="start the processes with torchrun")
 
 
 def init_distributed(device_spec: str = "auto") -> tuple[torch.device, Shard]:
@@ -164,6 +187,7 @@ def init_distributed(device_spec: str = "auto") -> tuple[torch.device, Shard]:
     the processes use CUDA, one GPU per local rank; gloo on CPU); otherwise it is one shard of one."""
     if not launched_distributed():
         return pick_device(device_spec), Shard()
+    _check_launcher_env()
     import torch.distributed as dist
 
     spec = (device_spec or "auto").strip().lower()
@@ -225,12 +249,12 @@ def run_in_batches(
     work (nothing is thrown away but the failed attempt), and because image ``i`` depends only on
     ``(seed, i)``, the images are the same whatever sizes the slices end up having.
     """
-    todo = list(indices)
+    todo = indices if isinstance(indices, range) else list(indices)
     size = batch_size or max(1, start)
     growing = batch_size is None
     pos = 0
     while pos < len(todo):
-        chunk = todo[pos:pos + size]
+        chunk = list(todo[pos:pos + size])
         try:
             result = fn(chunk)
         except Exception as exc:

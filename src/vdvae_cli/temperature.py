@@ -13,7 +13,9 @@ earlier ones)::
 
 Layers are numbered in decoder order from 0 (lowest resolution first), as ``vdvae info`` lists
 them. Layers no entry names keep temperature 1.0 (the model's own prior). Temperature scales the
-prior's standard deviation; 0 gives its mean. Nothing here imports torch.
+prior's standard deviation; 0 gives its mean. Temperatures range from 0 to 10 (beyond a few the
+prior's tails give nothing but noise, and far beyond, numbers that overflow). Nothing here imports
+torch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import math
 from typing import TYPE_CHECKING
 
 from .errors import TemperatureSpecError
+from .safety import MAX_TEMPERATURE
+
+MAX_SPEC = 10_000  # characters
 
 if TYPE_CHECKING:
     from .config import VDVAEConfig
@@ -39,6 +44,8 @@ def parse_temperature_spec(spec: str | float, cfg: "VDVAEConfig") -> list[float]
         spec = repr(float(spec))
     if not isinstance(spec, str) or not spec.strip():
         raise TemperatureSpecError("--temp is empty", hint=SYNTAX_HINT)
+    if len(spec) > MAX_SPEC:
+        raise TemperatureSpecError(f"--temp is {len(spec)} characters long (at most {MAX_SPEC})", hint=SYNTAX_HINT)
     temps = [1.0] * n_layers
     for position, raw in enumerate(spec.split(",")):
         entry = raw.strip()
@@ -71,6 +78,8 @@ def parse_temperature_spec(spec: str | float, cfg: "VDVAEConfig") -> list[float]
 def _number(text: str, entry: str) -> float:
     text = text.strip()
     try:
+        if not text.isascii() or "_" in text or len(text) > 40:
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise TemperatureSpecError(
@@ -83,12 +92,25 @@ def _number(text: str, entry: str) -> float:
             f"--temp entry {entry!r}: temperature {text} is negative",
             hint="temperatures scale a standard deviation: use 0 for the prior mean, or more",
         )
+    if value > MAX_TEMPERATURE:
+        raise TemperatureSpecError(
+            f"--temp entry {entry!r}: temperature {text} is above {MAX_TEMPERATURE:g}",
+            hint=f"temperatures range from 0 (the prior mean) to {MAX_TEMPERATURE:g}; 1 is the model's own prior",
+        )
     return value
+
+
+def check_temperatures(temps: "list[float]") -> "list[float]":
+    """Per-layer temperatures given as numbers (the Python API): each finite, from 0 to 10."""
+    for i, t in enumerate(temps):
+        if not (isinstance(t, (int, float)) and 0 <= t <= MAX_TEMPERATURE):
+            raise TemperatureSpecError(f"temperature {t!r} of layer {i} is not a number from 0 to {MAX_TEMPERATURE:g}")
+    return temps
 
 
 def _index(text: str, entry: str, n_layers: int) -> int:
     text = text.strip()
-    if not (text.isascii() and text.isdigit()):
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise TemperatureSpecError(
             f"--temp entry {entry!r}: {text!r} is not a layer index (a whole number from 0)", hint=SYNTAX_HINT
         )
@@ -109,7 +131,7 @@ def _select(selector: str, entry: str, cfg: "VDVAEConfig") -> list[int]:
         raise TemperatureSpecError(f"--temp entry {entry!r}: nothing before '='", hint=SYNTAX_HINT)
     if selector[0] in "rR":
         text = selector[1:].strip()
-        if not (text.isascii() and text.isdigit()):
+        if not (text.isascii() and text.isdigit()) or len(text) > 9:
             raise TemperatureSpecError(f"--temp entry {entry!r}: {selector!r} is not r<resolution>", hint=SYNTAX_HINT)
         res = int(text)
         layers = [layer.index for layer in cfg.decoder_layers if layer.res == res]

@@ -218,14 +218,29 @@ def _unused_encoder_blocks(cfg: VDVAEConfig) -> bool:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through a temporary file and a rename; a full disk is one OutputError and
+    leaves no temporary file (torch reports it as a RuntimeError from its zip writer)."""
+    from .checkpoint import atomic_write_with
+
+    atomic_write_with(path, lambda f: torch.save(obj, f))
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from .checkpoint import atomic_write_with
+
+    atomic_write_with(path, lambda f: f.write(text.encode()))
 
 
 def _append_log(run_dir: Path, record: Mapping[str, Any]) -> None:
-    with open(run_dir / LOG_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    from .checkpoint import _write_error
+    from .safety import dumps
+
+    path = run_dir / LOG_FILE
+    try:
+        with open(path, "a") as f:
+            f.write(dumps(record) + "\n")
+    except OSError as exc:
+        raise _write_error(path, exc) from None
 
 
 def save_grid(images: Tensor, path: Path, columns: int) -> Path:
@@ -239,10 +254,13 @@ def save_grid(images: Tensor, path: Path, columns: int) -> Path:
     for i, img in enumerate(images.cpu().numpy()):
         r, col = divmod(i, columns)
         canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = img
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(canvas).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from .checkpoint import _write_error, atomic_write_with
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(path.parent, exc) from None
+    atomic_write_with(path, lambda f: Image.fromarray(canvas).save(f, format="PNG"))
     return path
 
 
@@ -291,16 +309,59 @@ def visualise(model: VAE, heldout: Tensor, path: Path, *, columns: int, seed: in
 # The loop
 
 
+_STATE_KEYS = {"model": dict, "ema": dict, "optimizer": dict, "step": int, "skipped": int, "rng": list}
+
+
+def _read_state(state_path: Path) -> dict[str, Any]:
+    """A run's ``state.pt``, loaded without running code (``weights_only``) and checked to be what
+    the trainer wrote before anything is taken from it."""
+    from .errors import activity
+    from .safety import first_line
+
+    try:
+        with activity(f"loading {state_path}"):
+            saved = torch.load(state_path, map_location="cpu", weights_only=True)
+    except TrainingError:
+        raise
+    except Exception as exc:  # a truncated or foreign file
+        raise TrainingError(f"{state_path} cannot be read: {first_line(exc)}",
+                            hint="resume from an intact run, or start a new one") from None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{state_path} is not a training state (it holds a {type(saved).__name__})")
+    for key, kind in _STATE_KEYS.items():
+        if not isinstance(saved.get(key), kind) or isinstance(saved.get(key), bool):
+            raise TrainingError(f"{state_path} is not a training state: {key!r} is missing or not a {kind.__name__}")
+    if saved["step"] < 0 or saved["skipped"] < 0 or not all(isinstance(r, torch.Tensor) for r in saved["rng"]):
+        raise TrainingError(f"{state_path} is damaged: step, skipped or rng states are out of range")
+    for key in ("model", "ema"):
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in saved[key].items()):
+            raise TrainingError(f"{state_path} is damaged: {key!r} is not a map of names to tensors")
+        for name, t in saved[key].items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise TrainingError(f"{state_path}: {key} tensor {name!r} holds values that are not finite")
+    history = saved.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, str) for h in history):
+        raise TrainingError(f"{state_path} is damaged: its history is not a list of JSON strings")
+    return saved
+
+
 def read_run(run_dir: str | Path) -> tuple[VDVAEConfig, TrainConfig, dict[str, Any]]:
     """The model config, train config and run facts saved in ``run_dir/run.json``."""
+    from .safety import first_line, loads
+
     run_dir = Path(run_dir)
     try:
-        info = json.loads((run_dir / RUN_FILE).read_text())
+        with open(run_dir / RUN_FILE, "rb") as f:
+            info = loads(f.read(16 << 20))
+        if not isinstance(info, dict) or not isinstance(info.get("data", {}), dict):
+            raise TypeError("not a JSON object")
         return VDVAEConfig.from_dict(info["model_config"]), TrainConfig.from_dict(info["train_config"]), info
     except FileNotFoundError:
         raise TrainingError(f"{run_dir} is not a training run (no {RUN_FILE})") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise TrainingError(f"{run_dir / RUN_FILE} is damaged: {exc}") from None
+    except OSError as exc:
+        raise TrainingError(f"cannot read {run_dir / RUN_FILE}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TrainingError(f"{run_dir / RUN_FILE} is damaged: {first_line(exc)}") from None
 
 
 def train(
@@ -362,10 +423,7 @@ def train(
     if resume:
         if not state_path.is_file():
             raise TrainingError(f"{run_dir} has no checkpoint to resume ({STATE_FILE} is missing)")
-        try:
-            saved = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated or foreign file
-            raise TrainingError(f"{state_path} cannot be read: {exc}") from None
+        saved = _read_state(state_path)
         if saved.get("world_size", 1) != world:
             raise TrainingError(
                 f"the run was saved with {saved.get('world_size', 1)} process(es) but now runs with {world}",
@@ -400,9 +458,7 @@ def train(
             "steps_total": total,
             "steps_per_epoch": spe,
         }
-        tmp = run_dir / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, run_dir / RUN_FILE)
+        _atomic_text(run_dir / RUN_FILE, json.dumps(info, indent=2) + "\n")
 
     # -- model, EMA, optimizer -------------------------------------------------------------------
     with torch.random.fork_rng(devices=[]):  # the constructor's default init draws from the global RNG
@@ -418,12 +474,20 @@ def train(
     step, skipped, history = 0, 0, []
     if saved is not None:
         state = saved
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        step, skipped = int(state["step"]), int(state["skipped"])
-        noise_gen.set_state(state["rng"][rank])
-        history = [json.loads(h) for h in state.get("history", [])]
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            step, skipped = int(state["step"]), int(state["skipped"])
+            noise_gen.set_state(state["rng"][rank])
+            from .safety import loads
+
+            history = [loads(h) for h in state.get("history", [])]
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
+            from .safety import first_line
+
+            raise TrainingError(f"{state_path} does not fit this run: {first_line(exc)}",
+                                hint="resume from an intact run, or start a new one") from None
 
     loss_fn: nn.Module = ElboLoss(model)
     if distributed:

@@ -11,6 +11,9 @@ from . import evaluate  # noqa: F401
 
 
 def main() -> None:
+    from ._app import guard_std_streams
+
+    guard_std_streams()
     app()
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import typer
 
 from .. import __version__
-from ..errors import DeviceError, VDVAEError, is_out_of_memory
+from ..errors import DeviceError, OutputError, VDVAEError, is_out_of_memory
 
 app = typer.Typer(
     name="vdvae",
@@ -33,13 +33,167 @@ def debug() -> bool:
     return os.environ.get("VDVAE_DEBUG", "").strip() not in ("", "0", "false", "no")
 
 
+# --------------------------------------------------------------------------------------------------
+# The standard streams: messages go to stderr and never to stdout, whatever state stderr is in;
+# data goes to stdout, and failing to write it is one clear error.
+
+
+class _ClosedStream:
+    """Stands in for a standard stream that was closed when the process started (``>&-``)."""
+
+    closed_stream = True  # images.plan_output refuses it before any work
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def buffer(self) -> "_ClosedStream":
+        return self
+
+    def write(self, data) -> int:
+        import errno
+
+        raise OSError(errno.EBADF, "it is closed")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError("closed")
+
+    def read(self, *a) -> bytes:
+        return b""
+
+
+def guard_std_streams() -> None:
+    """Called once at process start. A closed descriptor 0, 1 or 2 is reopened on /dev/null, so that
+    no file this process opens later lands on it (with stderr closed, a log line would otherwise go
+    into the PNG on stdout, or into a model file). A closed stderr then swallows messages; a closed
+    stdout makes writing data to it an error."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = _ClosedStream("stdout")  # type: ignore[assignment]
+    if 0 in closed or sys.stdin is None:
+        sys.stdin = open(0, "r", closefd=False)
+
+
+def say(line: str) -> None:
+    """One message line on stderr (escaped: it may hold names from files). Never on stdout, and
+    silently nothing when stderr is closed or broken."""
+    from ..safety import clean
+
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.write(clean(line) + "\n")
+        stream.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def write_stdout(data: bytes | str) -> None:
+    """Data (bytes) or text (a line) to stdout, flushed; any failure is an OutputError."""
+    try:
+        if isinstance(data, str):
+            sys.stdout.write(data)
+            sys.stdout.flush()
+        else:
+            stream = getattr(sys.stdout, "buffer", sys.stdout)
+            stream.write(data)
+            stream.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as exc:  # ValueError: a closed file object
+        from ..safety import stdout_failed
+
+        raise stdout_failed(exc) from None
+
+
+def out(line: str = "") -> None:
+    """A line of a human-readable report on stdout (escaped: it may hold names from files)."""
+    from ..safety import clean
+
+    write_stdout(clean(line) + "\n")
+
+
+def emit_json(obj: Any) -> None:
+    """One strict JSON object on one line of stdout, in one write (torchrun ranks share the stream)."""
+    from ..safety import dumps
+
+    write_stdout(dumps(obj) + "\n")
+
+
 def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
-    """Print ``error: message`` (and the hint) on stderr; return the Exit to raise."""
-    line = f"error: {message}"
+    """Print ``error: message`` (and the hint) as one line on stderr; return the Exit to raise."""
+    from ..safety import one_line
+
+    line = f"error: {one_line(message)}"
     if hint:
-        line += f" ({hint})"
-    print(line, file=sys.stderr)
+        line += f" ({one_line(hint)})"
+    say(line)
     return typer.Exit(code)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind (so temporary files are removed) and exit 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _install_signals() -> Callable[[], None]:
+    """Turn SIGTERM/SIGHUP into :class:`Terminated` while a command runs; returns the undo."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise Terminated(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):
+            pass
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            try:
+                signal.signal(sig, old)
+            except (ValueError, OSError, TypeError):
+                pass
+
+    return restore
+
+
+def _oserror_text(exc: OSError) -> str:
+    parts = [exc.strerror or type(exc).__name__]
+    if exc.filename is not None:
+        parts.append(str(exc.filename))
+    return ": ".join(parts)
 
 
 def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -48,8 +202,16 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(*a: Any, **kw: Any) -> Any:
+            import warnings
+
+            from ..safety import cleanup_temps, first_line
+
+            restore = _install_signals()
             try:
-                return func(*a, **kw)
+                with warnings.catch_warnings():
+                    if not debug():  # library warnings (numpy, torch, Pillow) are not our messages
+                        warnings.simplefilter("ignore")
+                    return func(*a, **kw)
             except (typer.Exit, typer.Abort, typer.BadParameter):
                 raise
             except VDVAEError as exc:
@@ -57,25 +219,38 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
                     raise
                 raise fail(str(exc), exc.hint, exc.exit_code) from None
             except KeyboardInterrupt:
+                cleanup_temps()
                 raise fail("interrupted", code=130) from None
-            except BrokenPipeError:
+            except Terminated as exc:
+                cleanup_temps()
+                raise fail("terminated", code=128 + exc.signum) from None
+            except BrokenPipeError as exc:
                 # The reader went away (e.g. `vdvae sample -o - | head -c 10`): not our failure.
-                sys.stderr.close()
+                from ..safety import stdout_failed
+
+                stdout_failed(exc)  # only to point stdout at /dev/null for the exit flush
                 raise typer.Exit(0) from None
-            except (RuntimeError, MemoryError) as exc:
+            except RecursionError:
+                if debug():
+                    raise
+                raise fail("an input is nested too deeply to read", "set VDVAE_DEBUG=1 for the traceback") from None
+            except (RuntimeError, MemoryError, OSError) as exc:
                 if debug():
                     raise
                 if is_out_of_memory(exc):
-                    err = DeviceError("out of memory", hint="use a smaller --batch-size, or --dtype bf16")
+                    err = DeviceError("out of memory", hint="use a smaller --batch-size, --dtype bf16, or smaller inputs")
                     raise fail(str(err), err.hint, 1) from None
-                raise fail(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                           "set VDVAE_DEBUG=1 for the traceback") from None
+                if isinstance(exc, OSError):
+                    raise fail(_oserror_text(exc)) from None
+                raise fail(f"{type(exc).__name__}: {first_line(exc)}", "set VDVAE_DEBUG=1 for the traceback") from None
             except Exception as exc:
                 if debug():
                     raise
-                raise fail(f"internal error: {type(exc).__name__}: {exc}",
+                raise fail(f"internal error: {type(exc).__name__}: {first_line(exc)}",
                            "set VDVAE_DEBUG=1 for the traceback and report it") from None
             finally:
+                cleanup_temps()
+                restore()
                 if "torch.distributed" in sys.modules:  # torchrun: leave the process group cleanly
                     from ..runtime import close_distributed
 
@@ -88,7 +263,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
 
 def _version(value: bool) -> None:
     if value:
-        print(f"vdvae-cli {__version__}")
+        out(f"vdvae-cli {__version__}")
         raise typer.Exit()
 
 

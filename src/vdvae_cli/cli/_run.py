@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Sequence
 import typer
 
 from ..errors import UsageError
+from ._app import emit_json, say
 from .options import default_model
 
 if TYPE_CHECKING:
@@ -54,13 +55,12 @@ class Session:
     def info(self, message: str) -> None:
         """A log line on stderr (silenced by --quiet; under torchrun only rank 0 speaks)."""
         if not self.quiet and self.shard.main:
-            print(message, file=sys.stderr, flush=True)
+            say(message)
 
     def emit(self, obj: dict[str, Any]) -> None:
-        """One JSON object on one line of stdout, in one write: ranks of a torchrun job share the
-        stream, and a separate write of the newline let two records meet on one line."""
-        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        """One strict JSON object on one line of stdout, in one write: ranks of a torchrun job share
+        the stream, and a separate write of the newline let two records meet on one line."""
+        emit_json(obj)
 
     @contextlib.contextmanager
     def progress(self, total: int, label: str) -> Iterator[Callable[[int], None]]:
@@ -137,7 +137,7 @@ class Session:
 
             dist.barrier()
 
-    def my_indices(self, total: int) -> list[int]:
+    def my_indices(self, total: int) -> Sequence[int]:
         """The images this process makes: all of them, or under torchrun every world-th one."""
         return self.shard.indices(total)
 
@@ -197,6 +197,8 @@ class Session:
         """
         seconds: dict[int, float] = {}
         mine = self.my_indices(total) if indices is None else list(indices)
+        assert self.model is not None
+        writer.check_size(self.model.cfg.image_size)
         shared_output = self.shard.world > 1 and writer.kind != "dir"
         held: list[tuple[int, Any, float]] = []
         self.announce()
@@ -207,7 +209,11 @@ class Session:
                 for i, where in done:
                     self.emit({**record(i), "path": where, "seconds": round(seconds[i], 4)})
 
-        with self.progress(len(mine), label) as advance:
+        from ..errors import activity
+
+        size = self.model.cfg.image_size
+        with self.progress(len(mine), label) as advance, activity(
+                f"{label} {size}x{size} images", hint="use a smaller --batch-size, or --dtype bf16"):
             t0 = time.perf_counter()
             for chunk, images in self.batches(mine, batch_size, make_batch):
                 images = images.cpu().numpy()
@@ -258,8 +264,10 @@ def check_positive(name: str, value: int) -> None:
 
 
 def check_output_temp(value: float) -> None:
-    if not value >= 0 or value == float("inf"):
-        raise UsageError(f"--output-temp must be a finite number >= 0, got {value}",
+    from ..safety import MAX_TEMPERATURE
+
+    if not 0 <= value <= MAX_TEMPERATURE:
+        raise UsageError(f"--output-temp must be a number from 0 to {MAX_TEMPERATURE:g}, got {value}",
                          hint="1 samples pixels as the model does, 0 takes the most likely value")
 
 

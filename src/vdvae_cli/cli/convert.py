@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import command
+from ._app import command, emit_json, out, say
 from .options import ForceOpt, JsonOpt
 from ..errors import UsageError
 
@@ -48,19 +48,19 @@ def convert(
         result = {"ok": report.ok, "missing": report.missing, "unexpected": report.unexpected,
                   "mismatched": [{"key": k, "shape": list(got), "expected": list(exp)} for k, got, exp in report.mismatched]}
         if json_out:
-            print(json.dumps(result))
+            emit_json(result)
         else:
             for k in report.missing:
-                print(f"missing     {k}")
+                out(f"missing     {k}")
             for k in report.unexpected:
-                print(f"unexpected  {k}  {tuple(shapes[k])}")
+                out(f"unexpected  {k}  {tuple(shapes[k])}")
             for k, got, exp in report.mismatched:
-                print(f"mismatched  {k}  {got} != expected {exp}")
-            print("ok: every key and shape matches" if report.ok else f"differences: {report.summary(limit=0)}", file=sys.stderr)
+                out(f"mismatched  {k}  {got} != expected {exp}")
+            say("ok: every key and shape matches" if report.ok else f"differences: {report.summary(limit=0)}")
         raise typer.Exit(0 if report.ok else 1)
     path, cfg = convert_reference(src, output, cfg, dtype=dtype, force=force)
     info = {"output": str(path), "config": cfg.name, "layers": cfg.n_layers, "bytes": path.stat().st_size}
     if json_out:
-        print(json.dumps(info))
+        emit_json(info)
     else:
-        print(f"wrote {path} ({cfg.name}, {cfg.n_layers} latent layers, {info['bytes'] / 1e6:.1f} MB)", file=sys.stderr)
+        say(f"wrote {path} ({cfg.name}, {cfg.n_layers} latent layers, {info['bytes'] / 1e6:.1f} MB)")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._app import command
+from ._app import command, out
 from ._run import BatchOpt, NoResizeOpt, Session, check_batch_size, check_positive, collect_inputs, read_shard
 from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt, default_model
 
@@ -47,6 +47,7 @@ def evaluate(
     quiet: QuietOpt = False,
 ) -> None:
     from .. import ops
+    from ..safety import non_finite_keys
 
     check_positive("--samples", samples)
     check_batch_size(batch_size)
@@ -69,7 +70,7 @@ def evaluate(
             seconds = (time.perf_counter() - t0) / len(indices)
             kl_bits = (result.kl_per_layer.double() * cfg.n_dims / LN2).cpu()  # (N, L) bits per image
             for j, i in enumerate(indices):
-                row = {
+                row: dict[str, Any] = {
                     "type": "image", "index": i, "image": sources[i].name,
                     "bits_per_dim": float(result.nll_bound[j]) / LN2,
                     "nats_per_dim": float(result.nll_bound[j]),
@@ -79,6 +80,10 @@ def evaluate(
                     "kl_bits_per_layer": kl_bits[j].tolist(),
                     "samples": samples, "bound": bound, "seed": seed, "model": cfg.name, "seconds": round(seconds, 4),
                 }
+                bad = non_finite_keys(row)
+                if bad:
+                    row["null_reason"] = (f"{', '.join(bad)} not finite: the model's likelihood overflows for "
+                                          "this image (its weights or this input are out of range)")
                 rows.append(row)
                 if json_out and run.shard.world == 1:
                     run.emit(row)
@@ -101,37 +106,57 @@ def evaluate(
 
 
 def _summary(rows: list[dict[str, Any]], n_layers: int) -> dict[str, Any]:
+    from ..safety import non_finite_keys
+
     n = len(rows)
     mean = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
     keys = ("bits_per_dim", "nats_per_dim", "elbo_bits_per_dim", "distortion_bits_per_dim", "rate_bits_per_dim")
-    out: dict[str, Any] = {"type": "summary", "images": n}
-    out.update({k: mean(k) for k in keys})
-    out["kl_bits_per_layer"] = [sum(r["kl_bits_per_layer"][i] for r in rows) / n for i in range(n_layers)]
-    return out
+    summary: dict[str, Any] = {"type": "summary", "images": n}
+    summary.update({k: mean(k) for k in keys})
+    summary["kl_bits_per_layer"] = [sum(r["kl_bits_per_layer"][i] for r in rows) / n for i in range(n_layers)]
+    bad = non_finite_keys(summary)
+    if bad:
+        count = sum(1 for r in rows if "null_reason" in r)
+        summary["null_reason"] = (f"{', '.join(bad)} not finite: {count} of {n} images have a likelihood that "
+                                  "overflows")
+    return summary
+
+
+def _num(value: float, spec: str) -> str:
+    """A number for the text report; n/a where it is not finite."""
+    return format(value, spec) if math.isfinite(value) else format("n/a", ">" + spec.split(".")[0].lstrip(">"))
 
 
 def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> None:
+    from ..safety import clean
+
+    rows = [{**r, "image": clean(r["image"])} for r in rows]
     width = max(5, *(len(r["image"]) for r in rows))
     what = "negative ELBO" if summary["samples"] == 1 else f"importance-weighted bound, {summary['samples']} samples"
-    print(f"{cfg.name}: {len(rows)} image{'s' if len(rows) != 1 else ''}, {what}")
-    print(f"{'image':<{width}}  {'bits/dim':>9}  {'nats/dim':>9}  {'distortion':>10}  {'rate':>8}")
+    out(f"{cfg.name}: {len(rows)} image{'s' if len(rows) != 1 else ''}, {what}")
+    out(f"{'image':<{width}}  {'bits/dim':>9}  {'nats/dim':>9}  {'distortion':>10}  {'rate':>8}")
     for r in [*rows, {**summary, "image": "mean"}] if len(rows) > 1 else rows:
-        print(f"{r['image']:<{width}}  {r['bits_per_dim']:>9.4f}  {r['nats_per_dim']:>9.4f}  "
-              f"{r['distortion_bits_per_dim']:>10.4f}  {r['rate_bits_per_dim']:>8.4f}")
-    print("(distortion and rate in bits/dim)")
+        out(f"{r['image']:<{width}}  {_num(r['bits_per_dim'], '>9.4f')}  {_num(r['nats_per_dim'], '>9.4f')}  "
+            f"{_num(r['distortion_bits_per_dim'], '>10.4f')}  {_num(r['rate_bits_per_dim'], '>8.4f')}")
+    out("(distortion and rate in bits/dim)")
+    if "null_reason" in summary:
+        out(f"n/a: {summary['null_reason']}")
     kl = summary["kl_bits_per_layer"]
+    if not all(math.isfinite(b) for b in kl):
+        return
     total = sum(kl) or 1.0
     top = max(kl) or 1.0
     scope = "mean over the images" if len(rows) > 1 else rows[0]["image"]
-    print(f"\nKL per latent layer ({scope})")
-    print(f"{'layer':>5}  {'res':>4}  {'KL bits':>10}  {'share':>6}")
+    out()
+    out(f"KL per latent layer ({scope})")
+    out(f"{'layer':>5}  {'res':>4}  {'KL bits':>10}  {'share':>6}")
     for layer, bits in zip(cfg.decoder_layers, kl):
         bar = "#" * round(20 * bits / top)
-        print(f"{layer.index:>5}  {layer.res:>4}  {bits:>10.2f}  {100 * bits / total:>5.1f}%  {bar}")
+        out(f"{layer.index:>5}  {layer.res:>4}  {bits:>10.2f}  {100 * bits / total:>5.1f}%  {bar}")
     by_res = {}
     for layer, bits in zip(cfg.decoder_layers, kl):
         by_res[layer.res] = by_res.get(layer.res, 0.0) + bits
-    print("by resolution: " + ", ".join(f"{r}: {100 * b / total:.1f}%" for r, b in by_res.items()))
+    out("by resolution: " + ", ".join(f"{r}: {100 * b / total:.1f}%" for r, b in by_res.items()))
 
 
 @command(
@@ -150,15 +175,15 @@ def info(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from ..checkpoint import config_of, expected_shapes, stored_digest
+    from ..checkpoint import checked_config, parameter_count, stored_digest
     from ..hub import resolve_model
     from ..latents import model_fingerprint
 
     resolved = resolve_model(default_model(model))
     path = resolved.path
-    cfg = config_of(path)
+    cfg = checked_config(path)  # the header's tensors must be the config's: nothing is built or read
     fingerprint = model_fingerprint(cfg, stored_digest(path))
-    parameters = sum(math.prod(shape) for shape in expected_shapes(cfg).values())
+    parameters = parameter_count(cfg)
     keep_res = {r: cfg.layers_up_to_res(r) for r in cfg.resolutions}
     layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.zdim, "mixin": l.mixin,
                "latent_shape": list(l.latent_shape)} for l in cfg.decoder_layers]
@@ -171,14 +196,14 @@ def info(
             "config": cfg.to_dict(),
         })
         return
-    print(f"model        {cfg.name}")
-    print(f"file         {path} ({resolved.source})")
-    print(f"fingerprint  {fingerprint}")
-    print(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")
-    print(f"latents      {cfg.n_layers} layers, {cfg.latent_dims:,} dims per image")
-    print(f"parameters   {parameters:,}")
-    print("--keep-res   " + ", ".join(f"{r} -> {k} layers" for r, k in keep_res.items()))
-    print()
-    print(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")
+    out(f"model        {cfg.name}")
+    out(f"file         {path} ({resolved.source})")
+    out(f"fingerprint  {fingerprint}")
+    out(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")
+    out(f"latents      {cfg.n_layers} layers, {cfg.latent_dims:,} dims per image")
+    out(f"parameters   {parameters:,}")
+    out("--keep-res   " + ", ".join(f"{r} -> {k} layers" for r, k in keep_res.items()))
+    out()
+    out(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")
     for l in cfg.decoder_layers:
-        print(f"{l.index:>5}  {l.res:>4}  {l.width:>5}  {l.zdim:>4}  {l.mixin if l.mixin else '-':>5}")
+        out(f"{l.index:>5}  {l.res:>4}  {l.width:>5}  {l.zdim:>4}  {l.mixin if l.mixin else '-':>5}")

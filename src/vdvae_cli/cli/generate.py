@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import command
+from ._app import command, write_stdout
 from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive, collect_inputs,
     keep_count, plan_images, read_pixels, read_shard, refuse_distributed, stdout_is_tty,
@@ -32,12 +32,12 @@ class Posterior(str, Enum):
 
 TempOpt = Annotated[str, typer.Option(
     "--temp", "-t",
-    help="Prior temperature of the free layers: one number, or a spec such as "
+    help="Prior temperature of the free layers (0 to 10): one number, or a spec such as "
     "'0.8,0-5=1.0,r32=0.5,12=0.3' (layer N, range A-B or A-, rN = every layer at resolution N, "
     "A-B=t0:t1 a linear ramp; later entries win). Layer numbers as in `vdvae info`.",
 )]
 OutputTempOpt = Annotated[float, typer.Option(
-    "--output-temp", help="Pixel (DMoL) sampling temperature: 1 as the model samples, 0 the most likely pixels.",
+    "--output-temp", help="Pixel (DMoL) sampling temperature (0 to 10): 1 as the model samples, 0 the most likely pixels.",
 )]
 OutOpt = Annotated[Optional[str], typer.Option(
     "--output", "-o",
@@ -340,8 +340,7 @@ def encode(
     names = [s.name for s in sources]
     blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed, weights=vae.weights_digest)
     if target is None:
-        sys.stdout.buffer.write(blob)
-        sys.stdout.buffer.flush()
+        write_stdout(blob)
         where = "-"
     else:
         from ..checkpoint import atomic_write_bytes
@@ -428,6 +427,9 @@ def _latents_target(output: str | None, force: bool, json_out: bool) -> Path | N
     if output is None or output == "-":
         if json_out:
             raise UsageError("--json prints results on stdout, so the latents need -o FILE.safetensors")
+        if getattr(sys.stdout, "closed_stream", False):
+            raise OutputError("cannot write to stdout: it is closed",
+                              hint="redirect stdout to a file, or write to a file with -o")
         if stdout_is_tty():
             if output is None:
                 raise UsageError("no -o given and stdout is a terminal",
@@ -449,14 +451,27 @@ def _read_latents_bytes(arg: str) -> tuple[bytes, str]:
         if stream is None or sys.stdin.isatty():
             raise UsageError("'-' reads latents from stdin, but stdin is a terminal",
                              hint="pipe them in: vdvae encode img.png -o - | vdvae decode -")
-        data = stream.read()
+        from ..images import read_stream
+
+        def looks(head: bytes) -> str | None:
+            return None if len(head) >= 9 and head[8:9] == b"{" else "it does not start like a safetensors file"
+
+        data = read_stream(stream, "stdin", check=looks, what="latents", error=LatentsError)
         if not data:
             raise LatentsError("no latents on stdin (it was empty)")
         return data, "stdin"
+    from ..safety import MAX_STDIN_BYTES, available_memory, clean, human_bytes
+
     path = Path(arg)
-    if not path.is_file():
-        raise LatentsError(f"no such file: {arg}" if not path.exists() else f"{arg} is not a file")
+    label = clean(arg)
     try:
+        if not path.is_file():
+            raise LatentsError(f"no such file: {label}" if not path.exists() else f"{label} is not a file")
+        size = path.stat().st_size
+        free = available_memory()
+        if size > max(MAX_STDIN_BYTES, (free or 0) // 2):
+            raise LatentsError(f"{label} is {human_bytes(size)}, more than this process can hold "
+                               f"({human_bytes(free)} available)")
         return path.read_bytes(), arg
     except OSError as exc:
-        raise LatentsError(f"cannot read {arg}: {exc.strerror}") from None
+        raise LatentsError(f"cannot read {label}: {exc.strerror or exc}") from None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
-from ._app import command
+from ._app import command, emit_json, say
 from .options import ForceOpt, JsonOpt, QuietOpt
 
 if TYPE_CHECKING:
@@ -33,9 +33,9 @@ def _progress_reporter(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
                 return
             said.add(key)
             if event.stage == "download":
-                print(f"downloading {event.filename} ({human_size(event.total)})", file=sys.stderr)
+                say(f"downloading {event.filename} ({human_size(event.total)})")
             elif event.stage == "convert":
-                print(f"converting to {event.filename}", file=sys.stderr)
+                say(f"converting to {event.filename}")
 
         yield plain
         return
@@ -92,10 +92,10 @@ def download(
         resolved = fetch(name, force=force, keep_original=keep_original, progress=progress)
     size = resolved.path.stat().st_size
     if json_out:
-        print(json.dumps({"name": resolved.name, "path": str(resolved.path), "source": resolved.source,
-                          "detail": resolved.detail, "bytes": size}))
+        emit_json({"name": resolved.name, "path": str(resolved.path), "source": resolved.source,
+                   "detail": resolved.detail, "bytes": size})
     elif not quiet:
-        print(f"{resolved.name}: {resolved.path} ({human_size(size)}, {resolved.source})", file=sys.stderr)
+        say(f"{resolved.name}: {resolved.path} ({human_size(size)}, {resolved.source})")
 
 
 @command(
@@ -120,20 +120,24 @@ def models(json_out: JsonOpt = False) -> None:
         rows.append(info)
     if json_out:
         for info in rows:
-            print(json.dumps(info))
+            emit_json(info)
         return
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from ..safety import clean
 
     def count(n: int | None, approx: bool, fmt: str) -> str:
         return "?" if n is None else ("~" if approx else "") + fmt.format(n)
 
-    table = Table(box=None, header_style="bold", caption=f"cache: {cache_dir()} (VDVAE_CACHE)", caption_justify="left")
+    table = Table(box=None, header_style="bold", caption=Text(clean(f"cache: {cache_dir()} (VDVAE_CACHE)")),
+                  caption_justify="left")
     for col in ("name", "res", "layers", "params", "size", "licence", "cached", "source"):
         table.add_column(col, justify="right" if col in ("res", "layers", "params", "size") else "left")
     for r in rows:
-        table.add_row(
+        table.add_row(*(Text(clean(cell)) for cell in (
             r["name"] + (" *" if r["default"] else ""),
             str(r["resolution"] or "?"),
             count(r["latent_layers"], False, "{}"),
@@ -142,8 +146,8 @@ def models(json_out: JsonOpt = False) -> None:
             r["license"],
             r["cached_path"] if r["cached"] else "no",
             r["source"],
-        )
+        )))
     console = Console(width=None if sys.stdout.isatty() else 240, soft_wrap=False)
     console.print(table)
     if default is None:
-        print("no model is shipped in weights/, so --model is required", file=sys.stderr)
+        say("no model is shipped in weights/, so --model is required")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._app import command
+from ._app import command, emit_json, say
 from .options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, QuietOpt
 from ..errors import UsageError
 
@@ -177,8 +177,8 @@ def train_cmd(
     if rank == 0 and not quiet:
         bpd = "n/a" if result.heldout_bpd is None else f"{result.heldout_bpd:.4f}"
         how = "stopped at the time limit; continue with --resume" if result.stopped == "time limit" else "done"
-        print(f"{how}: step {result.step}, held-out {bpd} bits/dim, {result.skipped} skipped update(s); "
-              f"model: {result.model_path}", file=sys.stderr)
+        say(f"{how}: step {result.step}, held-out {bpd} bits/dim, {result.skipped} skipped update(s); "
+            f"model: {result.model_path}")
 
 
 class _Reporter:
@@ -205,7 +205,7 @@ class _Reporter:
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "eval" and self.json_out:
-            print(json.dumps(event), flush=True)
+            emit_json(event)
         if self.quiet:
             return
         if kind == "start":
@@ -226,9 +226,11 @@ class _Reporter:
 
     def _print(self, text: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+            from ..safety import clean
+
+            self.progress.console.print(clean(text), highlight=False, markup=False, soft_wrap=True)
         else:
-            print(text, file=sys.stderr)
+            say(text)
 
     def close(self) -> None:
         if self.progress is not None:
