@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Sequence
 import typer
 
 from ..errors import UsageError
+from .models import download_progress
 from .options import default_model
 
 if TYPE_CHECKING:
@@ -76,7 +77,9 @@ class Session:
 
     # -- model, seeds, noise ----------------------------------------------------------------------
 
-    def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32", *, compile: bool = False) -> "VAE":
+    def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32", *, compile: bool = False,
+                   offline: bool = False) -> "VAE":
+        from ..cache import fetch_model
         from ..hub import load_model
         from ..runtime import configure_backends, init_distributed, launched_distributed, prepare_for_inference
 
@@ -84,7 +87,13 @@ class Session:
         where: "str | torch.device" = device
         if launched_distributed():
             where, self.shard = init_distributed(device)
-        model = prepare_for_inference(load_model(default_model(ref), device=where, dtype=dtype), compile=compile)
+        if self.shard.main:  # a model's first use downloads it, once, before the other processes look
+            with download_progress(self.quiet) as progress:
+                resolved = fetch_model(default_model(ref), offline=offline, progress=progress)
+        self.barrier()
+        if not self.shard.main:
+            resolved = fetch_model(default_model(ref), offline=True)
+        model = prepare_for_inference(load_model(resolved, device=where, dtype=dtype), compile=compile)
         configure_backends(model.decoder.gain.device, model.decoder.gain.dtype)
         self.model = model
         cfg = model.cfg

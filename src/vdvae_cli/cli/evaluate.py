@@ -10,7 +10,7 @@ import typer
 
 from ._app import command
 from ._run import BatchOpt, NoResizeOpt, Session, check_batch_size, check_positive, collect_inputs, read_shard
-from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt, default_model
+from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt, default_model
 
 LN2 = math.log(2)
 
@@ -40,6 +40,7 @@ def evaluate(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -52,7 +53,7 @@ def evaluate(
     check_batch_size(batch_size)
     sources = collect_inputs(images)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     cfg = vae.cfg
     mine, pixels = read_shard(run, sources, cfg.image_size, no_resize)  # under torchrun: this process's share
     seed = run.seed(seed)
@@ -147,6 +148,7 @@ def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> N
 )
 def info(
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -20,7 +20,7 @@ from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive, collect_inputs,
     keep_count, plan_images, read_pixels, read_shard, refuse_distributed, stdout_is_tty,
 )
-from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
+from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
 from ..errors import LatentsError, OutputError, UsageError
 from ..temperature import parse_temperature_spec
 
@@ -85,6 +85,7 @@ def sample(
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -99,7 +100,7 @@ def sample(
     check_output_temp(output_temp)
     writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     temps = parse_temperature_spec(temp, vae.cfg)
     seed = run.seed(seed)
 
@@ -148,6 +149,7 @@ def reconstruct(
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -164,7 +166,7 @@ def reconstruct(
     writer = plan_images(output, derived_names([s.stem for s in sources], "recon"), grid=grid, force=force,
                          json_out=json_out)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
     mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize)
@@ -220,6 +222,7 @@ def mix(
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -251,7 +254,7 @@ def mix(
         names = numbered_names(f"{source_a.stem}_mix", n_variations)
     writer = plan_images(output, names, grid=grid, force=force, json_out=json_out)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
     temps = parse_temperature_spec(temp, vae.cfg)
     pixels_a = read_pixels(run, [source_a], vae.cfg.image_size, no_resize)
@@ -306,6 +309,7 @@ def encode(
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -322,7 +326,7 @@ def encode(
     sources = collect_inputs(images)
     target = _latents_target(output, force, json_out)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     pixels = read_pixels(run, sources, vae.cfg.image_size, no_resize)
     seed = run.seed(seed) if posterior is Posterior.sample else seed
     parts: list[list[torch.Tensor]] = []
@@ -381,6 +385,7 @@ def decode(
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -396,7 +401,7 @@ def decode(
     check_output_temp(output_temp)
     data, label = _read_latents_bytes(latents)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     content = load_latents(data, vae.cfg, label=label, weights=vae.weights_digest)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def _progress_reporter(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
+def download_progress(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
     """A progress callback for the hub functions: a rich bar on a terminal, a few plain lines otherwise."""
     if quiet:
         yield None
@@ -88,7 +88,7 @@ def download(
     from ..hub import download as fetch
     from ..hub import human_size
 
-    with _progress_reporter(quiet or json_out) as progress:
+    with download_progress(quiet or json_out) as progress:
         resolved = fetch(name, force=force, keep_original=keep_original, progress=progress)
     size = resolved.path.stat().st_size
     if json_out:

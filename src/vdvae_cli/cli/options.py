@@ -16,6 +16,11 @@ ModelOpt = Annotated[
         show_default=False,
     ),
 ]
+OfflineOpt = Annotated[bool, typer.Option(
+    "--offline",
+    help="Never download: use only models already on this machine (also VDVAE_OFFLINE=1 or HF_HUB_OFFLINE=1). "
+    "Without it a named model is downloaded on first use.",
+)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the network's blocks: slower start, faster batches on GPUs (same maths).",
