@@ -160,6 +160,27 @@ def sniff(path: Path) -> str:
     return "other"
 
 
+_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+               (b"\x1f\x8b", "a gzip archive"), (b"BZh", "a bzip2 archive"), (b"\xfd7zXZ", "an xz archive"),
+               (b"\x93NUMPY", "a NumPy .npy array"), (b"<", "an HTML or XML page"), (b"{", "a JSON file"))
+
+
+def file_kind(path: Path) -> str:
+    """What a file that is no checkpoint seems to be, in words (for error messages)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "an empty file"
+    for magic, what in _SIGNATURES:
+        if head.lstrip().startswith(magic):
+            return what
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data of an unknown kind"
+    return "a text file"
+
+
 def parse_header(
     read: Callable[[int, int], bytes],
     size: int,
@@ -223,6 +244,11 @@ def read_header(path: str | Path) -> dict[str, Any]:
 def config_of(path: str | Path) -> VDVAEConfig:
     """The config stored in a checkpoint's metadata."""
     meta = read_header(path).get("__metadata__") or {}
+    if meta.get("format") == "vdvae-latents":  # latents.FORMAT: a `vdvae encode` output, not a model
+        raise CheckpointError(
+            f"{path} is a latents file (images encoded by model {meta.get('model_name') or '?'}), not a model",
+            hint=f"decode it with: vdvae decode {path} --model MODEL",
+        )
     text = meta.get("vdvae_config")
     if text is None:
         raise CheckpointError(
@@ -318,9 +344,17 @@ def load_reference_state(path: str | Path) -> "OrderedDict[str, Tensor]":
         raise CheckpointError(f"{path} is a git-lfs pointer, not the weights", hint="fetch the real file first")
     if kind == "safetensors":
         raise CheckpointError(f"{path} is already safetensors", hint="load it directly with --model")
+    if kind == "other":
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it looks like {file_kind(path)}",
+                              hint="give an official *-model-ema.th file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):  # never repeat torch's advice
+            raise CheckpointError(
+                f"{path} holds pickled Python objects, not only tensors; vdvae-cli does not run pickled code",
+                hint="save the weights alone (torch.save(model.state_dict(), 'model.th')) and convert that",
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is not a loadable PyTorch weights file: {first}") from None
     if isinstance(obj, Mapping):

@@ -276,6 +276,14 @@ class ImageWriter:
         self.kind, self.target, self.names = kind, target, list(names)
         self.grid, self.force, self.stdout, self.fmt = grid, force, stdout, fmt
         self._held: dict[int, np.ndarray] = {}
+        self._beside: Callable[[int], Sequence[np.ndarray]] | None = None
+        self._lead: list[np.ndarray] = []
+
+    def show_beside(self, beside: Callable[[int], Sequence[np.ndarray]] | None = None,
+                    lead: Sequence[np.ndarray] = ()) -> None:
+        """For a grid: tile ``beside(i)`` (e.g. image i's input) just before output ``i``, so each
+        output sits next to what it came from, and ``lead`` images (e.g. mix's A) first."""
+        self._beside, self._lead = beside, list(lead)
 
     @property
     def label(self) -> str:
@@ -308,7 +316,12 @@ class ImageWriter:
             return []
         order = sorted(self._held)
         images = [self._held[i] for i in order]
-        image = make_grid(images) if self.grid else images[0]
+        if self.grid and self._beside is not None:
+            groups = [[*self._beside(i), img] for i, img in zip(order, images)]
+            per_row = math.ceil(math.sqrt(len(groups)))
+            image = make_grid(self._lead + [t for g in groups for t in g], columns=per_row * len(groups[0]))
+        else:
+            image = make_grid(self._lead + images) if self.grid else images[0]
         data = encode_image(image, self.fmt)
         if self.kind == "stdout":
             self._emit(data)

@@ -203,7 +203,7 @@ def weights_dir() -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def _header(path: Path) -> dict[str, Any] | None:
+def header_or_none(path: Path) -> dict[str, Any] | None:
     """A safetensors header, read without torch; None when unreadable."""
     try:
         with open(path, "rb") as f:
@@ -221,7 +221,7 @@ def describe_file(path: Path, *, name: str | None = None, kind: Kind = "shipped"
     path = Path(path)
     entry = RegistryEntry(name=name or path.stem, title=path.stem, kind=kind, path=path,
                           license="see the model card in weights/")
-    header = _header(path)
+    header = header_or_none(path)
     if header is None:
         return replace(entry, note="unreadable safetensors header")
     meta = header.get("__metadata__") or {}

@@ -22,7 +22,7 @@ app = typer.Typer(
     name="vdvae",
     help="Very Deep VAEs from the command line: sample, reconstruct, mix, encode, decode, evaluate, train.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -40,6 +40,14 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
         line += f" ({hint})"
     print(line, file=sys.stderr)
     return typer.Exit(code)
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON record on stdout in one write (so records of several processes never share a line)."""
+    import json
+
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -97,3 +105,34 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Very Deep VAEs from the command line."""
+
+
+def _parser_error(exc: BaseException) -> int | None:
+    """The exit code for an error of Typer's own argument parser (unknown option, missing argument,
+    bad value): 2 for usage errors, 1 for the rest; None for any other exception. Recognised by class
+    name, because Typer 0.26 moved its Click into a private module."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "UsageError" in names:
+        return 2
+    return 1 if "ClickException" in names else None
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the app; Typer's own parser errors go through the same boundary as ours: one
+    ``error:`` line on stderr with a hint, exit 2 for usage errors. Returns the exit code."""
+    try:
+        code = app(args=args, standalone_mode=False)
+    except Exception as exc:
+        exit_code = _parser_error(exc)
+        if exit_code is None:
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `vdvae` or `vdvae cache ...`: show the help
+            print(exc.format_message() if hasattr(exc, "format_message") else str(exc), file=sys.stderr)
+            return 2
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        where = getattr(ctx, "command_path", None) or "vdvae"
+        raise SystemExit(fail(message.strip().rstrip("."), f"see `{where} --help`", exit_code).exit_code) from None
+    except (KeyboardInterrupt, EOFError):
+        return fail("interrupted", code=130).exit_code
+    return code if isinstance(code, int) else 0

@@ -8,7 +8,6 @@ it import it when called.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Sequence
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Sequence
 import typer
 
 from ..errors import UsageError
-from .models import download_progress
+from ._app import emit_json
 from .options import default_model
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from ..model import VAE
 
 BatchOpt = Annotated[str, typer.Option(
-    "--batch-size", "-b",
+    "--batch-size", "-b", metavar="N|auto",
     help="Images per forward pass, or auto: on a GPU the largest batch that fits (grown until memory runs out), "
     "on a CPU a small batch that fits in memory.",
 )]
@@ -47,6 +46,7 @@ class Session:
         self.json_out = json_out
         self.started = time.perf_counter()
         self.model: VAE | None = None
+        self.model_ref: str | None = None  # what --model can name to load this model again
         self.shard = Shard()  # under torchrun: this process's rank and the number of processes
         self._notes: list[str] = []  # said once the options have passed every check (see announce)
 
@@ -58,8 +58,8 @@ class Session:
             print(message, file=sys.stderr, flush=True)
 
     def emit(self, obj: dict[str, Any]) -> None:
-        """One JSON object on one line of stdout."""
-        print(json.dumps(obj, ensure_ascii=False), flush=True)
+        """One JSON object on one line of stdout, in one write."""
+        emit_json(obj)
 
     @contextlib.contextmanager
     def progress(self, total: int, label: str) -> Iterator[Callable[[int], None]]:
@@ -82,6 +82,7 @@ class Session:
         from ..cache import fetch_model
         from ..hub import load_model
         from ..runtime import configure_backends, init_distributed, launched_distributed, prepare_for_inference
+        from .models import download_progress
 
         t0 = time.perf_counter()
         where: "str | torch.device" = device
@@ -93,6 +94,8 @@ class Session:
         self.barrier()
         if not self.shard.main:
             resolved = fetch_model(default_model(ref), offline=True)
+        self.model_ref = resolved.name if resolved.source in ("shipped", "official") else (
+            resolved.detail if resolved.source == "hub" else str(resolved.path.resolve()))
         model = prepare_for_inference(load_model(resolved, device=where, dtype=dtype), compile=compile)
         configure_backends(model.decoder.gain.device, model.decoder.gain.dtype)
         self.model = model
@@ -202,34 +205,36 @@ class Session:
         process writes its own files into a folder; a single file, a grid or stdout is written by
         rank 0 once it has gathered every process's images.
         """
-        seconds: dict[int, float] = {}
+        timing: dict[int, tuple[float, int]] = {}  # index -> (seconds of its batch, images in it)
         mine = self.my_indices(total) if indices is None else list(indices)
         shared_output = self.shard.world > 1 and writer.kind != "dir"
-        held: list[tuple[int, Any, float]] = []
+        held: list[tuple[int, Any, tuple[float, int]]] = []
         self.announce()
         self.barrier()  # every process has checked the outputs before any writes one
 
         def report(done: list[tuple[int, str]]) -> None:
             if self.json_out:
                 for i, where in done:
-                    self.emit({**record(i), "path": where, "seconds": round(seconds[i], 4)})
+                    batch_seconds, batch_size = timing[i]
+                    self.emit({"type": "image", **record(i), "path": where,
+                               "batch_seconds": round(batch_seconds, 4), "batch_size": batch_size})
 
         with self.progress(len(mine), label) as advance:
             t0 = time.perf_counter()
             for chunk, images in self.batches(mine, batch_size, make_batch):
                 images = images.cpu().numpy()
-                per_image = (time.perf_counter() - t0) / len(chunk)
+                batch = (time.perf_counter() - t0, len(chunk))
                 if shared_output:
-                    held.extend((i, img, per_image) for i, img in zip(chunk, images))
+                    held.extend((i, img, batch) for i, img in zip(chunk, images))
                 else:
-                    seconds.update((i, per_image) for i in chunk)
+                    timing.update((i, batch) for i in chunk)
                     report(writer.write(chunk, images))
                 advance(len(chunk))
                 t0 = time.perf_counter()
         if shared_output:
             held = self.gather(held)
             if self.shard.main:
-                seconds.update((i, sec) for i, _, sec in held)
+                timing.update((i, batch) for i, _, batch in held)
                 report(writer.write([i for i, _, _ in held], [img for _, img, _ in held]))
         if self.shard.main:
             report(writer.finish())

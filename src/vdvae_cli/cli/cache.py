@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Optional
 
 import typer
 
-from ._app import command
+from ._app import command, emit_json
 from .options import JsonOpt, QuietOpt
 
 
@@ -41,7 +40,7 @@ def cache(
         gone = remove_entries(list(remove or []), everything=remove_all)
         for c in gone:
             if json_out:
-                print(json.dumps({**c.to_dict(), "removed": True}))
+                emit_json({**c.to_dict(), "removed": True})
             elif not quiet:
                 print(f"removed {c.name} ({human_size(c.size)}, {c.path})", file=sys.stderr)
         if not gone and not quiet and not json_out:
@@ -50,7 +49,7 @@ def cache(
     entries = cached_models()
     if json_out:
         for c in entries:
-            print(json.dumps(c.to_dict()))
+            emit_json(c.to_dict())
         return
     if not entries:
         if not quiet:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ._app import command
+from ._app import command, emit_json
 from .options import ForceOpt, JsonOpt
 from ..errors import UsageError
 
@@ -23,7 +22,8 @@ from ..errors import UsageError
 )
 def convert(
     src: Annotated[Path, typer.Argument(help="Official *-model-ema.th or *-model.th (module.-prefixed keys are fine).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Destination .safetensors file.")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Destination .safetensors file (not needed with --check).", show_default=False)] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="Official config name, or 'infer' to read the layout from the weights.")] = None,
     hparams: Annotated[Optional[Path], typer.Option("--hparams", help="Reference hyperparameters: a JSON object or an official run's -log.jsonl.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Store as fp32 (default), fp16 or bf16.")] = None,
@@ -48,7 +48,7 @@ def convert(
         result = {"ok": report.ok, "missing": report.missing, "unexpected": report.unexpected,
                   "mismatched": [{"key": k, "shape": list(got), "expected": list(exp)} for k, got, exp in report.mismatched]}
         if json_out:
-            print(json.dumps(result))
+            emit_json(result)
         else:
             for k in report.missing:
                 print(f"missing     {k}")
@@ -58,9 +58,12 @@ def convert(
                 print(f"mismatched  {k}  {got} != expected {exp}")
             print("ok: every key and shape matches" if report.ok else f"differences: {report.summary(limit=0)}", file=sys.stderr)
         raise typer.Exit(0 if report.ok else 1)
+    if output is None:
+        raise UsageError("missing -o FILE.safetensors (where to write the converted model)",
+                         hint="or pass --check to only compare the keys")
     path, cfg = convert_reference(src, output, cfg, dtype=dtype, force=force)
     info = {"output": str(path), "config": cfg.name, "layers": cfg.n_layers, "bytes": path.stat().st_size}
     if json_out:
-        print(json.dumps(info))
+        emit_json(info)
     else:
         print(f"wrote {path} ({cfg.name}, {cfg.n_layers} latent layers, {info['bytes'] / 1e6:.1f} MB)", file=sys.stderr)

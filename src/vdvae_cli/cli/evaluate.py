@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._app import command
+from ._app import command, emit_json
 from ._run import BatchOpt, NoResizeOpt, Session, check_batch_size, check_positive, collect_inputs, read_shard
 from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt, default_model
 
@@ -35,7 +35,7 @@ def evaluate(
     images: Annotated[list[str], typer.Argument(
         metavar="IMG", help="Image files, folders, or - for an image on stdin.", show_default=False)],
     samples: Annotated[int, typer.Option(
-        "--samples", "-s", help="Posterior samples per image; K > 1 gives the importance-weighted bound.")] = 1,
+        "--samples", "-s", metavar="K", help="Posterior samples per image; K > 1 gives the importance-weighted bound.")] = 1,
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
@@ -67,18 +67,19 @@ def evaluate(
     with run.progress(len(mine), "evaluating") as advance:
         t0 = time.perf_counter()
         for indices, result in run.batches(mine, batch_size, evaluate_batch):
-            seconds = (time.perf_counter() - t0) / len(indices)
+            batch_seconds = time.perf_counter() - t0
             kl_bits = (result.kl_per_layer.double() * cfg.n_dims / LN2).cpu()  # (N, L) bits per image
             for j, i in enumerate(indices):
                 row = {
-                    "type": "image", "index": i, "image": sources[i].name,
+                    "type": "image", "index": i, "input": sources[i].name,
                     "bits_per_dim": float(result.nll_bound[j]) / LN2,
                     "nats_per_dim": float(result.nll_bound[j]),
                     "elbo_bits_per_dim": float(result.elbo[j]) / LN2,
                     "distortion_bits_per_dim": float(result.distortion[j]) / LN2,
                     "rate_bits_per_dim": float(result.rate[j]) / LN2,
                     "kl_bits_per_layer": kl_bits[j].tolist(),
-                    "samples": samples, "bound": bound, "seed": seed, "model": cfg.name, "seconds": round(seconds, 4),
+                    "samples": samples, "bound": bound, "seed": seed, "model": cfg.name,
+                    "batch_seconds": round(batch_seconds, 4), "batch_size": len(indices),
                 }
                 rows.append(row)
                 if json_out and run.shard.world == 1:
@@ -112,18 +113,18 @@ def _summary(rows: list[dict[str, Any]], n_layers: int) -> dict[str, Any]:
 
 
 def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> None:
-    width = max(5, *(len(r["image"]) for r in rows))
+    width = max(5, *(len(r["input"]) for r in rows))
     what = "negative ELBO" if summary["samples"] == 1 else f"importance-weighted bound, {summary['samples']} samples"
     print(f"{cfg.name}: {len(rows)} image{'s' if len(rows) != 1 else ''}, {what}")
     print(f"{'image':<{width}}  {'bits/dim':>9}  {'nats/dim':>9}  {'distortion':>10}  {'rate':>8}")
-    for r in [*rows, {**summary, "image": "mean"}] if len(rows) > 1 else rows:
-        print(f"{r['image']:<{width}}  {r['bits_per_dim']:>9.4f}  {r['nats_per_dim']:>9.4f}  "
+    for r in [*rows, {**summary, "input": "mean"}] if len(rows) > 1 else rows:
+        print(f"{r['input']:<{width}}  {r['bits_per_dim']:>9.4f}  {r['nats_per_dim']:>9.4f}  "
               f"{r['distortion_bits_per_dim']:>10.4f}  {r['rate_bits_per_dim']:>8.4f}")
     print("(distortion and rate in bits/dim)")
     kl = summary["kl_bits_per_layer"]
     total = sum(kl) or 1.0
     top = max(kl) or 1.0
-    scope = "mean over the images" if len(rows) > 1 else rows[0]["image"]
+    scope = "mean over the images" if len(rows) > 1 else rows[0]["input"]
     print(f"\nKL per latent layer ({scope})")
     print(f"{'layer':>5}  {'res':>4}  {'KL bits':>10}  {'share':>6}")
     for layer, bits in zip(cfg.decoder_layers, kl):
@@ -139,7 +140,8 @@ def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> N
     "info",
     help=(
         "Describe a model: its latent layers (index, resolution, width, zdim) and sizes.\n\n"
-        "Also shows how many layers each --keep-res keeps. Reads only the file's header, not the weights."
+        "Also shows how many layers each --keep-res keeps. Reads only the file's header, not the weights; "
+        "a registry model that is not downloaded yet is described from its known config, without downloading."
     ),
     epilog="Examples:\n\n"
     "  vdvae info\n\n"
@@ -152,33 +154,36 @@ def info(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from ..checkpoint import config_of, expected_shapes, stored_digest
-    from ..hub import resolve_model
-    from ..latents import model_fingerprint
+    from ..describe import describe_model
 
-    resolved = resolve_model(default_model(model))
-    path = resolved.path
-    cfg = config_of(path)
-    fingerprint = model_fingerprint(cfg, stored_digest(path))
-    parameters = sum(math.prod(shape) for shape in expected_shapes(cfg).values())
+    facts = describe_model(default_model(model), offline=offline)
+    cfg = facts.cfg
+    where = f"{facts.path} ({facts.source})" if facts.path else facts.note
+    if cfg is None:  # a registry model whose architecture comes with its download
+        if json_out:
+            emit_json({"model": facts.name, "path": None, "source": facts.source, "note": facts.note,
+                       "parameters": facts.parameters})
+        else:
+            print(f"model        {facts.name}\nfile         {where}")
+        return
     keep_res = {r: cfg.layers_up_to_res(r) for r in cfg.resolutions}
     layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.zdim, "mixin": l.mixin,
                "latent_shape": list(l.latent_shape)} for l in cfg.decoder_layers]
     if json_out:
-        Session(quiet=quiet).emit({
-            "model": cfg.name, "path": str(path), "source": resolved.source, "fingerprint": fingerprint,
-            "image_size": cfg.image_size, "dataset": cfg.dataset, "n_layers": cfg.n_layers,
-            "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims, "parameters": parameters,
-            "layers_up_to_res": {str(r): k for r, k in keep_res.items()}, "layers": layers,
-            "config": cfg.to_dict(),
+        emit_json({
+            "model": cfg.name, "path": str(facts.path) if facts.path else None, "source": facts.source,
+            "fingerprint": facts.fingerprint, "image_size": cfg.image_size, "dataset": cfg.dataset,
+            "n_layers": cfg.n_layers, "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims,
+            "parameters": facts.parameters, "layers_up_to_res": {str(r): k for r, k in keep_res.items()},
+            "layers": layers, "config": cfg.to_dict(),
         })
         return
     print(f"model        {cfg.name}")
-    print(f"file         {path} ({resolved.source})")
-    print(f"fingerprint  {fingerprint}")
+    print(f"file         {where}")
+    print(f"fingerprint  {facts.fingerprint or '(known once downloaded)'}")
     print(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")
     print(f"latents      {cfg.n_layers} layers, {cfg.latent_dims:,} dims per image")
-    print(f"parameters   {parameters:,}")
+    print(f"parameters   {facts.parameters:,}" if facts.parameters else "parameters   ?")
     print("--keep-res   " + ", ".join(f"{r} -> {k} layers" for r, k in keep_res.items()))
     print()
     print(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")

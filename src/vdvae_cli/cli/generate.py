@@ -31,26 +31,26 @@ class Posterior(str, Enum):
 
 
 TempOpt = Annotated[str, typer.Option(
-    "--temp", "-t",
+    "--temp", "-t", metavar="T|SPEC",
     help="Prior temperature of the free layers: one number, or a spec such as "
     "'0.8,0-5=1.0,r32=0.5,12=0.3' (layer N, range A-B or A-, rN = every layer at resolution N, "
     "A-B=t0:t1 a linear ramp; later entries win). Layer numbers as in `vdvae info`.",
 )]
 OutputTempOpt = Annotated[float, typer.Option(
-    "--output-temp", help="Pixel (DMoL) sampling temperature: 1 as the model samples, 0 the most likely pixels.",
+    "--output-temp", metavar="T", help="Pixel (DMoL) sampling temperature: 1 as the model samples, 0 the most likely pixels.",
 )]
 OutOpt = Annotated[Optional[str], typer.Option(
-    "--output", "-o",
+    "--output", "-o", metavar="FILE|DIR/|-",
     help="FILE.png (one image, or the grid), DIR/ (one PNG per image), or - for stdout. "
     "Default: stdout when it is not a terminal.",
     show_default=False,
 )]
 GridOpt = Annotated[bool, typer.Option("--grid", help="Tile all images into one image.")]
 KeepLayersOpt = Annotated[Optional[str], typer.Option(
-    "--keep-layers", "-k", help="Keep the first K latent layers (a number, or 'all').", show_default=False,
+    "--keep-layers", "-k", metavar="K|all", help="Keep the first K latent layers (a number, or 'all').", show_default=False,
 )]
 KeepResOpt = Annotated[Optional[int], typer.Option(
-    "--keep-res", help="Keep every latent layer at resolution <= R (a model resolution).", show_default=False,
+    "--keep-res", metavar="R", help="Keep every latent layer at resolution <= R (a model resolution).", show_default=False,
 )]
 PosteriorOpt = Annotated[Posterior, typer.Option(
     "--posterior", help="Take kept latents as the posterior mean (deterministic) or a posterior sample.",
@@ -76,7 +76,7 @@ PosteriorOpt = Annotated[Posterior, typer.Option(
     "  torchrun --nproc-per-node 4 -m vdvae_cli sample -n 100000 --seed 1 --dtype bf16 -o samples/",
 )
 def sample(
-    num: Annotated[int, typer.Option("--num", "-n", help="How many images.")] = 1,
+    num: Annotated[int, typer.Option("--num", "-n", metavar="N", help="How many images.")] = 1,
     temp: TempOpt = "1.0",
     output_temp: OutputTempOpt = 1.0,
     output: OutOpt = None,
@@ -109,7 +109,7 @@ def sample(
                           noise=run.noise(seed, indices))
 
     def record(i: int) -> dict:
-        return {"index": i, "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps,
+        return {"index": i, "input": None, "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps,
                 "output_temp": output_temp}
 
     run.generate(writer, num, batch_size, make, record, "sampling")
@@ -157,7 +157,7 @@ def reconstruct(
     quiet: QuietOpt = False,
 ) -> None:
     from .. import ops
-    from ..images import derived_names
+    from ..images import derived_names, read_image
 
     check_keep_args(keep_layers, keep_res)
     check_batch_size(batch_size)
@@ -171,6 +171,8 @@ def reconstruct(
     temps = parse_temperature_spec(temp, vae.cfg)
     mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize)
     seed = run.seed(seed)
+    if grid:  # each input beside its reconstruction
+        writer.show_beside(lambda i: [read_image(sources[i], vae.cfg.image_size, resize=not no_resize)])
 
     def make(indices: list[int]):
         return ops.reconstruct(vae, pixels(indices), keep_layers=keep, posterior=posterior.value,
@@ -192,7 +194,7 @@ def reconstruct(
     help=(
         "Latent-prefix mixing: the first K layers from A, the rest from B given that prefix.\n\n"
         "B's remaining layers are inferred from its posterior conditioned on A's prefix, so the completion "
-        "fits. With no B they are sampled from the prior at --temp, and --n-variations N shows one prefix "
+        "fits. With no B they are sampled from the prior at --temp, and -n N shows one prefix "
         "with N completions. With --posterior mean (the default) every output shares exactly one prefix of A. "
         "--keep-layers all gives A's reconstruction, --keep-layers 0 gives B's.\n\n"
         "In a folder, outputs are named A_B_mix.png, or A_mix_00000.png for variations."
@@ -200,7 +202,7 @@ def reconstruct(
     epilog="Examples:\n\n"
     "  vdvae mix a.png b.png --keep-layers 10 -o mixed.png\n\n"
     "  vdvae mix a.png others/ --keep-res 8 -o mixes/\n\n"
-    "  vdvae mix a.png --keep-res 16 --n-variations 16 --temp 0.7 --grid -o variations.png",
+    "  vdvae mix a.png --keep-res 16 -n 16 --temp 0.7 --grid -o variations.png",
 )
 def mix(
     a: Annotated[str, typer.Argument(
@@ -211,7 +213,8 @@ def mix(
     keep_layers: KeepLayersOpt = None,
     keep_res: KeepResOpt = None,
     n_variations: Annotated[int, typer.Option(
-        "--n-variations", "-n", help="Without B: how many completions of A's prefix to draw.")] = 1,
+        "--num", "-n", "--n-variations", metavar="N",
+        help="Without B: how many completions of A's prefix to draw (-n as in sample).")] = 1,
     posterior: PosteriorOpt = Posterior.mean,
     temp: TempOpt = "1.0",
     output_temp: OutputTempOpt = 1.0,
@@ -230,17 +233,17 @@ def mix(
     quiet: QuietOpt = False,
 ) -> None:
     from .. import ops
-    from ..images import derived_names, numbered_names
+    from ..images import derived_names, numbered_names, read_image
 
     check_keep_args(keep_layers, keep_res)
     if keep_layers is None and keep_res is None:
         raise UsageError("mix needs --keep-layers K or --keep-res R (how much of A to keep)")
-    check_positive("--n-variations", n_variations)
+    check_positive("-n", n_variations)
     check_batch_size(batch_size)
     check_output_temp(output_temp)
     if b and n_variations != 1:
-        raise UsageError("--n-variations draws completions from the prior, so it takes no B images",
-                         hint="drop B, or drop --n-variations")
+        raise UsageError("-n draws completions from the prior, so it takes no B images",
+                         hint="drop B, or drop -n")
     if a == "-" and b and "-" in b:
         raise UsageError("'-' (stdin) is given more than once", hint="stdin can be read only once")
     a_sources = collect_inputs([a])
@@ -262,6 +265,14 @@ def mix(
     mine, pixels_b = read_shard(run, b_sources, vae.cfg.image_size, no_resize) if b_sources else (None, None)
     seed = run.seed(seed)
 
+    if grid:  # A, B and their mix side by side; or A before its variations
+        size, resize = vae.cfg.image_size, not no_resize
+        image_a = read_image(source_a, size, resize=resize)
+        if b_sources:
+            writer.show_beside(lambda i: [image_a, read_image(b_sources[i], size, resize=resize)])
+        else:
+            writer.show_beside(None, lead=[image_a])
+
     # A's prefix is encoded once and shared by every output row (its own noise stream, index -1).
     prefix = ops.encode(vae, pixels_a, posterior=posterior.value, noise=run.noise(seed, [-1]), n_layers=keep)
 
@@ -271,7 +282,7 @@ def mix(
                        output_temperature=output_temp, noise=run.noise(seed, indices))
 
     def record(i: int) -> dict:
-        return {"index": i, "a": source_a.name, "b": b_sources[i].name if b_sources else None,
+        return {"index": i, "input": source_a.name, "input_b": b_sources[i].name if b_sources else None,
                 "keep_layers": keep, "posterior": posterior.value, "seed": seed, "model": vae.cfg.name,
                 "temp": temp, "temperatures": temps, "output_temp": output_temp}
 
@@ -301,7 +312,7 @@ def encode(
     images: Annotated[list[str], typer.Argument(
         metavar="IMG", help="Image files, folders, or - for an image on stdin.", show_default=False)],
     output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", help="Latents file (.safetensors), or - for stdout. Default: stdout when it is not a terminal.",
+        "--output", "-o", metavar="FILE|-", help="Latents file (.safetensors), or - for stdout. Default: stdout when it is not a terminal.",
         show_default=False)] = None,
     posterior: PosteriorOpt = Posterior.mean,
     no_resize: NoResizeOpt = False,
@@ -342,7 +353,8 @@ def encode(
             advance(len(indices))
     layers = [torch.cat([p[i] for p in parts]) for i in range(vae.cfg.n_layers)]
     names = [s.name for s in sources]
-    blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed, weights=vae.weights_digest)
+    blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed, weights=vae.weights_digest,
+                         metadata={"model_ref": run.model_ref or ""})
     if target is None:
         sys.stdout.buffer.write(blob)
         sys.stdout.buffer.flush()
@@ -355,7 +367,7 @@ def encode(
     run.info(f"wrote latents of {len(names)} image{'s' if len(names) != 1 else ''} ({vae.cfg.n_layers} layers, "
              f"{len(blob) / 1e6:.2f} MB) to {where}")
     if json_out:
-        run.emit({"path": where, "images": names, "layers": vae.cfg.n_layers, "posterior": posterior.value,
+        run.emit({"type": "latents", "path": where, "inputs": names, "layers": vae.cfg.n_layers, "posterior": posterior.value,
                   "seed": seed, "model": vae.cfg.name, "bytes": len(blob),
                   "seconds": round(time.perf_counter() - run.started, 4)})
 
@@ -416,7 +428,7 @@ def decode(
                           noise=run.noise(seed, indices))
 
     def record(i: int) -> dict:
-        return {"index": i, "name": content.names[i], "latents": label, "keep_layers": keep, "seed": seed,
+        return {"index": i, "input": content.names[i], "latents": label, "keep_layers": keep, "seed": seed,
                 "model": vae.cfg.name, "temp": temp, "temperatures": temps, "output_temp": output_temp}
 
     run.generate(writer, content.n, batch_size, make, record, "decoding")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
-from ._app import command
+from ._app import command, emit_json
 from .options import ForceOpt, JsonOpt, QuietOpt
 
 if TYPE_CHECKING:
@@ -92,8 +91,8 @@ def download(
         resolved = fetch(name, force=force, keep_original=keep_original, progress=progress)
     size = resolved.path.stat().st_size
     if json_out:
-        print(json.dumps({"name": resolved.name, "path": str(resolved.path), "source": resolved.source,
-                          "detail": resolved.detail, "bytes": size}))
+        emit_json({"name": resolved.name, "path": str(resolved.path), "source": resolved.source,
+                   "detail": resolved.detail, "bytes": size})
     elif not quiet:
         print(f"{resolved.name}: {resolved.path} ({human_size(size)}, {resolved.source})", file=sys.stderr)
 
@@ -102,11 +101,16 @@ def download(
     "models",
     epilog="Examples:\n\n"
     "  vdvae models\n\n"
+    "  vdvae models --long\n\n"
     "  vdvae models --json | jq -r 'select(.cached) | .name'",
 )
-def models(json_out: JsonOpt = False) -> None:
+def models(
+    long: Annotated[bool, typer.Option("--long", "-l", help="Each model's licence, source and cached file in full.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """List the models --model can name: the shipped one, the official openai/vdvae checkpoints and
-    where each is cached. The default model is marked with *.
+    where each is cached. The default model is marked with *. Official models are downloaded on
+    their first use (or ahead of time with `vdvae download NAME`).
     """
     from .. import registry
     from ..hub import cache_dir, cached_path, human_size
@@ -120,30 +124,47 @@ def models(json_out: JsonOpt = False) -> None:
         rows.append(info)
     if json_out:
         for info in rows:
-            print(json.dumps(info))
+            emit_json(info)
         return
 
-    from rich.console import Console
-    from rich.table import Table
-
-    def count(n: int | None, approx: bool, fmt: str) -> str:
+    def count(n: float | None, approx: bool, fmt: str) -> str:
         return "?" if n is None else ("~" if approx else "") + fmt.format(n)
 
-    table = Table(box=None, header_style="bold", caption=f"cache: {cache_dir()} (VDVAE_CACHE)", caption_justify="left")
-    for col in ("name", "res", "layers", "params", "size", "licence", "cached", "source"):
-        table.add_column(col, justify="right" if col in ("res", "layers", "params", "size") else "left")
-    for r in rows:
-        table.add_row(
-            r["name"] + (" *" if r["default"] else ""),
-            str(r["resolution"] or "?"),
-            count(r["latent_layers"], False, "{}"),
-            count(r["parameters"] and r["parameters"] / 1e6, r["approximate"], "{:.1f}M"),
-            ("~" if r["approximate"] else "") + human_size(r["size_bytes"]),
-            r["license"],
-            r["cached_path"] if r["cached"] else "no",
-            r["source"],
-        )
-    console = Console(width=None if sys.stdout.isatty() else 240, soft_wrap=False)
-    console.print(table)
+    if long:
+        for r in rows:
+            print(f"{r['name']}{' (default)' if r['default'] else ''}: {r['title']}")
+            print(f"  licence  {r['license']}")
+            print(f"  source   {r['source']}")
+            print(f"  cached   {r['cached_path'] or 'no (downloaded on first use)'}")
+            if r["note"]:
+                print(f"  note     {r['note']}")
+        print(f"cache: {cache_dir()} (VDVAE_CACHE)")
+    else:  # fits an 80-column terminal: the long texts are behind --long
+        table = [("name", "res", "layers", "params", "size", "cached", "terms")]
+        for r in rows:
+            table.append((
+                r["name"] + (" *" if r["default"] else ""),
+                str(r["resolution"] or "?"),
+                count(r["latent_layers"], False, "{}"),
+                count(r["parameters"] and r["parameters"] / 1e6, r["approximate"], "{:.1f}M"),
+                ("~" if r["approximate"] else "") + human_size(r["size_bytes"]),
+                "yes" if r["cached"] else "no",
+                _terms(r["license"]),
+            ))
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            cells = [c.rjust(w) if 1 <= i <= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+            print("  ".join(cells).rstrip())
+        print(f"cache: {cache_dir()}; licences and sources: vdvae models --long")
     if default is None:
         print("no model is shipped in weights/, so --model is required", file=sys.stderr)
+
+
+def _terms(licence: str) -> str:
+    """The one thing about a licence to see at a glance."""
+    text = licence.lower()
+    if "non-commercial" in text:
+        return "non-commercial"
+    if "research-only" in text:
+        return "research only"
+    return licence.split(";")[0].split(" (")[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._app import command
+from ._app import command, emit_json
 from .options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, QuietOpt
 from ..errors import UsageError
 
@@ -155,6 +154,8 @@ def train_cmd(
         if output is None:
             raise UsageError("missing -o RUN_DIR (the folder to write the run to)")
         cfg, init_state, images = _resolve_model_config(config, hparams, init, data, image_size)
+        if init is not None:  # a fine-tuned model is a new model: it takes the run's name, not its parent's
+            cfg = cfg.replace(name=output.resolve().name)
         base: dict[str, Any] = reference_recipe(config) if config else {}
         base.update(overrides)
         if "steps" not in base and "epochs" not in base:
@@ -205,7 +206,7 @@ class _Reporter:
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "eval" and self.json_out:
-            print(json.dumps(event), flush=True)
+            emit_json(event)
         if self.quiet:
             return
         if kind == "start":
