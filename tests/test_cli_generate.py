@@ -255,7 +255,7 @@ def test_encode_writes_the_engine_latents(tiny_ckpt, tmp_path, model, pics):
     lat = tmp_path / "lat.safetensors"
     result = vdvae("encode", "-m", tiny_ckpt, *pics, "-o", lat, "--json")
     record = json_lines(result.stdout)[0]
-    assert record["path"] == str(lat) and record["images"] == [str(p) for p in pics] and record["layers"] == 13
+    assert record["path"] == str(lat) and record["inputs"] == [str(p) for p in pics] and record["layers"] == 13
     tensors = load_file(str(lat))
     expected = ops.encode(model, pixels(pics), posterior="mean")
     assert sorted(tensors) == [f"layer.{i:02d}" for i in range(13)]

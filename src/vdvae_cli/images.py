@@ -272,8 +272,9 @@ class ImageWriter:
     """
 
     def __init__(self, kind: str, target: Path | None, names: Sequence[str], *, grid: bool, force: bool,
-                 stdout: BinaryIO | None, fmt: str = "PNG"):
+                 stdout: BinaryIO | None, fmt: str = "PNG", existing: frozenset[int] = frozenset()):
         self.kind, self.target, self.names = kind, target, list(names)
+        self.existing = existing  # indices whose output an earlier run wrote (kept with skip_existing)
         self.grid, self.force, self.stdout, self.fmt = grid, force, stdout, fmt
         self._held: dict[int, np.ndarray] = {}
         self._beside: Callable[[int], Sequence[np.ndarray]] | None = None
@@ -345,13 +346,15 @@ def plan_output(
     stdout: BinaryIO | None = None,
     stdout_is_tty: bool = False,
     json_out: bool = False,
+    skip_existing: bool = False,
 ) -> ImageWriter:
     """Check where ``len(names)`` images will go, before any work is done.
 
     ``output``: ``-`` (stdout), a folder (trailing slash or existing folder; ``names`` inside it), a
     file (one image, or the grid), or None: stdout when it is not a terminal. Raises
     :class:`UsageError` for requests that cannot work and :class:`OutputError` when a file exists
-    (without ``force``) or cannot be written.
+    (without ``force``) or cannot be written. With ``skip_existing`` (folders only) files that exist
+    are kept and their indices listed in the writer's ``existing``, so a stopped job can resume.
     """
     count = len(names)
     if output is None:
@@ -375,10 +378,16 @@ def plan_output(
             raise UsageError(f"--grid makes one image, but -o {output} is a folder",
                              hint="give a file name, e.g. -o grid.png")
         _check_dir(path)
+        existing = set()
         if path.is_dir():
-            for name in names:
-                check_output_file(path / name, force)
-        return ImageWriter("dir", path, names, grid=False, force=force, stdout=None)
+            for i, name in enumerate(names):
+                if skip_existing and (path / name).is_file():
+                    existing.add(i)
+                else:
+                    check_output_file(path / name, force)
+        return ImageWriter("dir", path, names, grid=False, force=force, stdout=None, existing=frozenset(existing))
+    if skip_existing:
+        raise UsageError("--skip-existing resumes a job that writes a folder", hint="write to -o DIR/")
     fmt = _WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise UsageError(f"-o {output}: cannot tell the image format from the name",

@@ -88,11 +88,15 @@ def evaluate(
             t0 = time.perf_counter()
     if run.shard.world > 1:  # rank 0 reports every image, in input order, and the mean over all of them
         rows = sorted(run.gather(rows), key=lambda r: r["index"])
+        run.failed = run.gather(run.failed)
         if not run.shard.main:
+            run.finish(len(sources))
             return
         if json_out:
             for row in rows:
                 run.emit(row)
+    if not rows:
+        run.finish(len(sources))  # nothing could be read
     summary = _summary(rows, cfg.n_layers)
     summary.update(samples=samples, bound=bound, seed=seed, model=cfg.name,
                    seconds=round(time.perf_counter() - run.started, 4))
@@ -100,6 +104,7 @@ def evaluate(
         run.emit(summary)
     else:
         _print_report(rows, summary, cfg)
+    run.finish(len(sources))
 
 
 def _summary(rows: list[dict[str, Any]], n_layers: int) -> dict[str, Any]:

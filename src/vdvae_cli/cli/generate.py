@@ -18,7 +18,7 @@ import typer
 from ._app import command
 from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive, collect_inputs,
-    keep_count, plan_images, read_pixels, read_shard, refuse_distributed, stdout_is_tty,
+    SkipExistingOpt, keep_count, plan_images, read_shard, refuse_distributed, stdout_is_tty,
 )
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
 from ..errors import LatentsError, OutputError, UsageError
@@ -84,6 +84,7 @@ def sample(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
+    skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
     offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
@@ -98,7 +99,8 @@ def sample(
     check_positive("-n", num)
     check_batch_size(batch_size)
     check_output_temp(output_temp)
-    writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out)
+    writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out,
+                         skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     temps = parse_temperature_spec(temp, vae.cfg)
@@ -148,6 +150,7 @@ def reconstruct(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
+    skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
     offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
@@ -164,12 +167,12 @@ def reconstruct(
     check_output_temp(output_temp)
     sources = collect_inputs(images)
     writer = plan_images(output, derived_names([s.stem for s in sources], "recon"), grid=grid, force=force,
-                         json_out=json_out)
+                         json_out=json_out, skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
-    mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize)
+    mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize, skip=writer.existing)
     seed = run.seed(seed)
     if grid:  # each input beside its reconstruction
         writer.show_beside(lambda i: [read_image(sources[i], vae.cfg.image_size, resize=not no_resize)])
@@ -224,6 +227,7 @@ def mix(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
+    skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
     offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
@@ -232,6 +236,8 @@ def mix(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
+    import torch
+
     from .. import ops
     from ..images import derived_names, numbered_names, read_image
 
@@ -255,19 +261,19 @@ def mix(
         names = derived_names([f"{source_a.stem}_{s.stem}" for s in b_sources], "mix")
     else:
         names = numbered_names(f"{source_a.stem}_mix", n_variations)
-    writer = plan_images(output, names, grid=grid, force=force, json_out=json_out)
+    writer = plan_images(output, names, grid=grid, force=force, json_out=json_out, skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
     temps = parse_temperature_spec(temp, vae.cfg)
-    pixels_a = read_pixels(run, [source_a], vae.cfg.image_size, no_resize)
+    size, resize = vae.cfg.image_size, not no_resize
+    image_a = read_image(source_a, size, resize=resize, notify=run.info)
+    pixels_a = torch.from_numpy(image_a[None])
     total = len(b_sources) or n_variations
-    mine, pixels_b = read_shard(run, b_sources, vae.cfg.image_size, no_resize) if b_sources else (None, None)
+    mine, pixels_b = (read_shard(run, b_sources, size, no_resize, skip=writer.existing) if b_sources
+                      else (None, None))
     seed = run.seed(seed)
-
     if grid:  # A, B and their mix side by side; or A before its variations
-        size, resize = vae.cfg.image_size, not no_resize
-        image_a = read_image(source_a, size, resize=resize)
         if b_sources:
             writer.show_beside(lambda i: [image_a, read_image(b_sources[i], size, resize=resize)])
         else:
@@ -338,21 +344,21 @@ def encode(
     target = _latents_target(output, force, json_out)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
-    pixels = read_pixels(run, sources, vae.cfg.image_size, no_resize)
+    mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize)
     seed = run.seed(seed) if posterior is Posterior.sample else seed
     parts: list[list[torch.Tensor]] = []
     run.announce()
 
     def encode_batch(indices: list[int]) -> list[torch.Tensor]:
         noise = run.noise(seed, indices) if seed is not None else None
-        return [z.cpu() for z in ops.encode(vae, pixels[indices], posterior=posterior.value, noise=noise)]
+        return [z.cpu() for z in ops.encode(vae, pixels(indices), posterior=posterior.value, noise=noise)]
 
-    with run.progress(len(sources), "encoding") as advance:
-        for indices, zs in run.batches(range(len(sources)), batch_size, encode_batch):
+    with run.progress(len(mine), "encoding") as advance:
+        for indices, zs in run.batches(mine, batch_size, encode_batch):
             parts.append(zs)
             advance(len(indices))
     layers = [torch.cat([p[i] for p in parts]) for i in range(vae.cfg.n_layers)]
-    names = [s.name for s in sources]
+    names = [sources[i].name for i in mine]
     blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed, weights=vae.weights_digest,
                          metadata={"model_ref": run.model_ref or ""})
     if target is None:
@@ -370,6 +376,7 @@ def encode(
         run.emit({"type": "latents", "path": where, "inputs": names, "layers": vae.cfg.n_layers, "posterior": posterior.value,
                   "seed": seed, "model": vae.cfg.name, "bytes": len(blob),
                   "seconds": round(time.perf_counter() - run.started, 4)})
+    run.finish(len(sources))
 
 
 @command(
@@ -396,6 +403,7 @@ def decode(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
+    skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
     offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
@@ -418,7 +426,7 @@ def decode(
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
     writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
-                         grid=grid, force=force, json_out=json_out)
+                         grid=grid, force=force, json_out=json_out, skip_existing=skip_existing)
     layers = [z if i < keep else None for i, z in enumerate(content.layers)]
     seed = run.seed(seed)
 
