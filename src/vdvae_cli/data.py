@@ -54,7 +54,7 @@ def load_images(path: str | Path, image_size: int | None = None, *,
             except ImageError as exc:
                 if skipped is None:
                     raise
-                skipped(f"skipped {exc}")
+                skipped(f"{exc} (left out of the data)")
         if not arrays:
             raise ImageError(f"none of the {len(files)} image files in {path} could be read")
         return torch.from_numpy(np.stack(arrays))

@@ -37,8 +37,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "small32"
 
 # What worked for digits32 (weights/README.md): per-process batch and steps come from the data.
-PRESET_RECIPE: dict[str, Any] = dict(lr=1e-3, lr_schedule="cosine", grad_clip=400.0, skip_threshold=5000.0,
-                                     ema_rate=0.995, ema_warmup=True)
+# The cosine decay comes from training.schedule.auto_settings(decay=True) when the length is known.
+PRESET_RECIPE: dict[str, Any] = dict(lr=1e-3, grad_clip=400.0, skip_threshold=5000.0, ema_rate=0.995, ema_warmup=True)
 
 
 def is_preset(name: str | None) -> bool:

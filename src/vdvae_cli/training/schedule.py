@@ -27,14 +27,15 @@ def ema_decay(tc: "TrainConfig", step: int) -> float:
     return min(tc.ema_rate, (1.0 + step) / (10.0 + step)) if tc.ema_warmup else tc.ema_rate
 
 
-def auto_settings(n_images: int, given: Mapping[str, Any], *, world: int = 1) -> dict[str, Any]:
+def auto_settings(n_images: int, given: Mapping[str, Any], *, world: int = 1, decay: bool = False) -> dict[str, Any]:
     """The :class:`TrainConfig` fields that ``given`` (the user's choices) leaves open, sized to a
     data set of ``n_images`` and to ``given["time_limit"]`` (seconds, or None).
 
     * held out: 10% (at least 1 image), evaluated on at most 1,000 of them;
     * batch: a power of two near a quarter of the training images, between 4 and 32 per process;
-    * length: 30 epochs, between 500 and 20,000 steps; with a time limit, until the time is up
-      (and a constant learning rate, since the number of steps is not known in advance);
+    * length: 30 epochs, between 500 and 20,000 steps; with a time limit, until the time is up;
+    * learning rate: cosine decay when ``decay`` and the length is known, else constant (a run
+      that the time limit ends does not know its length in advance);
     * warm-up: 5% of the steps (10 to 100), or a tenth of the time limit at one step per second;
     * evaluation: 10 times per run (and once before the first step), or every tenth of the time limit.
     """
@@ -54,13 +55,13 @@ def auto_settings(n_images: int, given: Mapping[str, Any], *, world: int = 1) ->
     if steps is None and given.get("epochs") is None:
         if time_limit:
             steps = UNTIL_TIME_LIMIT
-            if "lr_schedule" not in given:
-                out["lr_schedule"] = "constant"
         else:
             steps = min(20_000, max(500, 30 * steps_per_epoch))
         out["steps"] = steps
     elif steps is None:
         steps = given["epochs"] * steps_per_epoch
+    if "lr_schedule" not in given:
+        out["lr_schedule"] = "cosine" if decay and steps < UNTIL_TIME_LIMIT else "constant"
     if "warmup" not in given:
         if time_limit and steps >= UNTIL_TIME_LIMIT:
             out["warmup"] = int(min(100, max(10, time_limit / 10)))
