@@ -235,7 +235,7 @@ def test_10_help_is_consistent():
         options = text.split("Options:")[1]
         assert "<str>" not in options and "<int>" not in options, command
     train = ok("train", "--help").stdout
-    assert "small32.json" not in train and "--config small32" in train
+    assert "small32.json" not in train and "--config small64" in train  # a preset that exists
 
 
 def test_10_info_reads_the_header_without_torch(tiny_ckpt):

@@ -99,7 +99,7 @@ def _train_dtype(spec: str, device) -> str:
 def train_cmd(
     data: Annotated[Optional[Path], typer.Argument(help="Folder of images, or an .npy/.npz uint8 (N, H, W[, C]) array.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder to create.", show_default=False)] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="small32 or small64 (presets sized for a CPU; default small32), or an official architecture (cifar10, imagenet32, ...) trained with its reference recipe.", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="NAME", help="small32 or small64 (presets sized for a CPU; default small32), or an official architecture (cifar10, imagenet32, ...) trained with its reference recipe.", show_default=False)] = None,
     hparams: Annotated[Optional[Path], typer.Option("--hparams", help="Architecture as reference-style JSON (or an official -log.jsonl).", show_default=False)] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="Fine-tune: start from this model (registry name or .safetensors).", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", show_default=False)] = None,
