@@ -125,6 +125,8 @@ def run(args: list[str] | None = None) -> int:
     except Exception as exc:
         exit_code = _parser_error(exc)
         if exit_code is None:
+            if type(exc).__name__ == "Abort":  # a prompt was interrupted
+                return fail("aborted", code=1).exit_code
             raise
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `vdvae` or `vdvae cache ...`: show the help
             print(exc.format_message() if hasattr(exc, "format_message") else str(exc), file=sys.stderr)

@@ -268,7 +268,7 @@ def mix(
     temps = parse_temperature_spec(temp, vae.cfg)
     size, resize = vae.cfg.image_size, not no_resize
     image_a = read_image(source_a, size, resize=resize, notify=run.info)
-    pixels_a = torch.from_numpy(image_a[None])
+    pixels_a = torch.from_numpy(image_a[None].copy())
     total = len(b_sources) or n_variations
     mine, pixels_b = (read_shard(run, b_sources, size, no_resize, skip=writer.existing) if b_sources
                       else (None, None))
