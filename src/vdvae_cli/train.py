@@ -230,6 +230,7 @@ def train(
     window = _Window()
 
     def evaluate() -> None:
+        clock.evaluating()
         stats = evaluate_heldout(ema, heldout, batch_size=tc.eval_batch_size, seed=tc.seed, autocast=updater.autocast)
         record = {"event": "eval", "step": step, "epoch": round(step / spe, 3), **_rounded(stats), **window.take(),
                   "lr": lr_at(tc, max(0, step - 1), total), "skipped": updater.skipped,
@@ -265,16 +266,17 @@ def train(
               "distortion_bpd": result.distortion_bpd, "rate_bpd": result.rate_bpd, "grad_norm": result.grad_norm,
               "skipped": result.skipped})
         out_of_time, eval_due = result.flags
-        final = step >= total
-        if final or out_of_time or eval_due or (eval_every and step % eval_every == 0):
+        last = step >= total or out_of_time
+        evaluating = last or eval_due or _every(step, eval_every)
+        if evaluating:
             evaluate()
-        if rank == 0 and (final or out_of_time or step % (tc.sample_every or eval_every or total) == 0):
+        if rank == 0 and (last or (_every(step, tc.sample_every) if tc.sample_every else evaluating)):
             path = visualise(ema, heldout, run.path / "samples" / f"step-{step:07d}.png",
                              columns=tc.grid_columns, seed=tc.seed)
             emit({"event": "samples", "step": step, "path": str(path)})
-        if final or out_of_time or step % (tc.ckpt_every or eval_every or total) == 0:
-            checkpoint("final" if final else "time limit" if out_of_time else "periodic")
-        if out_of_time and not final:
+        if last or (_every(step, tc.ckpt_every) if tc.ckpt_every else evaluating):
+            checkpoint("final" if step >= total else "time limit" if out_of_time else "periodic")
+        if out_of_time and step < total:
             stopped = "time limit"
             break
     curves.close()
@@ -399,6 +401,10 @@ def _export_meta(data_info, step, n_train, n_heldout, tc, history) -> dict[str, 
     }
 
 
+def _every(step: int, interval: int | None) -> bool:
+    return bool(interval) and step % interval == 0  # type: ignore[operator]
+
+
 def _rounded(stats: Mapping[str, Any]) -> dict[str, Any]:
     return {k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()}
 
@@ -424,21 +430,28 @@ class _Window:
 
 class _Clock:
     """This call's wall clock: the time limit counts from the start of *this* call (a resumed run
-    gets the time it is given now); ``elapsed`` adds the time of the calls before, for the record."""
+    gets the time it is given now); ``elapsed`` adds the time of the calls before, for the record.
+    Evaluations by the clock come every ``eval_seconds``, but never take more than a fifth of the time."""
 
     def __init__(self, tc: TrainConfig, before: float):
         self.tc, self.before = tc, before
-        self.start = self.last_eval = time.monotonic()
+        self.start = self.last_eval = self.eval_started = time.monotonic()
+        self.eval_seconds = 0.0  # how long the last evaluation took
 
     def elapsed(self) -> float:
         return self.before + time.monotonic() - self.start
 
+    def evaluating(self) -> None:
+        self.eval_started = time.monotonic()
+
     def evaluated(self) -> None:
         self.last_eval = time.monotonic()
+        self.eval_seconds = self.last_eval - self.eval_started
 
     def flags(self) -> tuple[bool, bool]:
         """(out of time, an evaluation is due by the clock): agreed across processes by the step."""
         now = time.monotonic()
         over = self.tc.time_limit is not None and now - self.start >= self.tc.time_limit
-        due = self.tc.eval_seconds is not None and now - self.last_eval >= self.tc.eval_seconds
+        due = (self.tc.eval_seconds is not None
+               and now - self.last_eval >= max(self.tc.eval_seconds, 4 * self.eval_seconds))
         return over, due
