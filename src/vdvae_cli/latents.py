@@ -22,7 +22,6 @@ Loading checks the fingerprint against the model and every shape against the con
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field

@@ -33,7 +33,7 @@ from .errors import TrainingError, UsageError
 from .model import VAE
 from .training.curves import Curves
 from .training.evaluation import evaluate_heldout, save_grid, visualise
-from .training.rundir import MODEL_FILE, RunDir, read_run
+from .training.rundir import RunDir, read_run
 from .training.schedule import lr_at
 from .training.step import ElboLoss, Updater
 
