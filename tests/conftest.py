@@ -21,6 +21,7 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("VDVAE_CACHE", str(home / "vdvae"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("VDVAE_OFFLINE", raising=False)
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.delenv("VDVAE_MODEL", raising=False)
     monkeypatch.delenv("VDVAE_DEBUG", raising=False)

@@ -105,9 +105,10 @@ def test_convert_never_runs_pickled_code(tmp_path, golden_cfg):
     src = tmp_path / "evil.th"
     with open(src, "wb") as f:
         pickle.dump({"a": Evil()}, f, protocol=2)
-    with pytest.raises(CheckpointError, match="not a loadable PyTorch weights file"):
+    with pytest.raises(CheckpointError, match="holds pickled Python objects, not only tensors") as info:
         convert_reference(src, tmp_path / "x.safetensors", golden_cfg)
     assert not (tmp_path / "PWNED").exists()
+    assert "weights_only" not in f"{info.value} {info.value.hint}"
 
 
 @pytest.mark.parametrize(

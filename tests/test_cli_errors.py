@@ -110,7 +110,7 @@ CASES = [
     ("stdin-twice", lambda s: ["mix", "-", "-", "-k", "2", "-o", s.out, "--force"], b"x", 2, "more than once"),
     ("mix-needs-keep", lambda s: ["mix", s.good, s.good, "-o", s.out, "--force"], None, 2, "--keep-layers K"),
     ("variations-with-b", lambda s: ["mix", s.good, s.good, "-k", "2", "-n", "3", "-o", f"{s.dir}/"], None, 2,
-     "--n-variations"),
+     "-n draws completions"),
     ("zero-images", lambda s: ["sample", "-n", "0", "-o", s.out, "--force"], None, 2, "-n must be at least 1"),
     ("zero-batch", lambda s: ["eval", s.good, "--batch-size", "0"], None, 2, "--batch-size"),
     ("negative-output-temp", lambda s: ["sample", "--output-temp", "-1", "-o", s.out, "--force"], None, 2,

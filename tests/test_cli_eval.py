@@ -57,7 +57,7 @@ def test_eval_json_matches_the_engine(tiny_ckpt, golden_model, golden_cfg, pics)
     result = vdvae("eval", "-m", tiny_ckpt, pics[0].parent, "--seed", 3, "--json")
     *rows, summary = json_lines(result.stdout)
     ref = engine(golden_model, pics, 3)
-    assert [r["image"] for r in rows] == [str(p) for p in pics]
+    assert [r["input"] for r in rows] == [str(p) for p in pics]
     for j, row in enumerate(rows):
         assert row["type"] == "image" and row["index"] == j and row["seed"] == 3 and row["bound"] == "elbo"
         assert row["nats_per_dim"] == pytest.approx(float(ref.nll_bound[j]), rel=1e-6)
@@ -120,7 +120,7 @@ def test_eval_table(tiny_ckpt, pics):
 def test_eval_reads_stdin(tiny_ckpt, pics):
     rows = json_lines(vdvae("eval", "-m", tiny_ckpt, "-", "--seed", 0, "--json", input=pics[1].read_bytes()).stdout)
     direct = json_lines(vdvae("eval", "-m", tiny_ckpt, pics[1], "--seed", 0, "--json").stdout)
-    assert rows[0]["image"] == "stdin"
+    assert rows[0]["input"] == "stdin"
     assert rows[0]["bits_per_dim"] == pytest.approx(direct[0]["bits_per_dim"], rel=1e-9)
 
 

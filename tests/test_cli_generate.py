@@ -91,7 +91,7 @@ def test_sample_to_folder_with_json(tiny_ckpt, tmp_path):
     assert [r["index"] for r in records] == [0, 1, 2]
     assert [r["path"] for r in records] == [str(out / n) for n in names]
     assert all(r["seed"] == 11 and r["model"] == "tiny" and r["temperatures"] == [0.7] * 13 for r in records)
-    assert all(r["seconds"] >= 0 and r["output_temp"] == 1.0 for r in records)
+    assert all(r["batch_seconds"] >= 0 and r["output_temp"] == 1.0 for r in records)
     assert "wrote 3 images" in result.stderr
 
 
@@ -244,7 +244,7 @@ def test_mix_variations_share_one_prefix(tiny_ckpt, tmp_path, model, pics):
           "--seed", 6, "-o", f"{tmp_path}/t0/")
     t0 = folder(tmp_path / "t0")
     assert (t0 == t0[0]).all()
-    assert [r["b"] for r in json_lines(result.stdout)] == [None] * 4
+    assert [r["input_b"] for r in json_lines(result.stdout)] == [None] * 4
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ def test_encode_writes_the_engine_latents(tiny_ckpt, tmp_path, model, pics):
     lat = tmp_path / "lat.safetensors"
     result = vdvae("encode", "-m", tiny_ckpt, *pics, "-o", lat, "--json")
     record = json_lines(result.stdout)[0]
-    assert record["path"] == str(lat) and record["images"] == [str(p) for p in pics] and record["layers"] == 13
+    assert record["path"] == str(lat) and record["inputs"] == [str(p) for p in pics] and record["layers"] == 13
     tensors = load_file(str(lat))
     expected = ops.encode(model, pixels(pics), posterior="mean")
     assert sorted(tensors) == [f"layer.{i:02d}" for i in range(13)]

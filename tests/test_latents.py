@@ -105,7 +105,11 @@ def test_load_rejects_another_model(golden_cfg, layers):
     with pytest.raises(LatentsError) as info:
         load_latents(data, golden_cfg.replace(name="tiny-retrained"), label="lat.safetensors")
     assert "lat.safetensors was made by model 'tiny'" in str(info.value)
-    assert info.value.hint == "decode it with --model tiny, the model that encoded it"
+    assert info.value.hint == "decode it with the model file that encoded it"  # no model_ref: no guess
+    data = latents_bytes(layers, golden_cfg, ["a", "b", "c"], metadata={"model_ref": "/models/tiny.safetensors"})
+    with pytest.raises(LatentsError) as info:
+        load_latents(data, golden_cfg.replace(name="tiny-retrained"), label="lat.safetensors")
+    assert info.value.hint == "decode it with --model /models/tiny.safetensors, the model that encoded it"
 
 
 def test_load_rejects_files_that_are_not_latents(golden_cfg, golden_state, layers, tmp_path):

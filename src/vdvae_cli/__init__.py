@@ -18,7 +18,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": ("vdvae_cli.hub", "load_model"),
+    "load": ("vdvae_cli.cache", "load"),  # downloads a named model on first use
+    "fetch_model": ("vdvae_cli.cache", "fetch_model"),
     "resolve_model": ("vdvae_cli.hub", "resolve_model"),
     "sample": ("vdvae_cli.ops", "sample"),
     "reconstruct": ("vdvae_cli.ops", "reconstruct"),

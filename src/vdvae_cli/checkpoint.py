@@ -8,7 +8,6 @@ every key and shape against that config and names each difference.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import struct
@@ -302,6 +301,25 @@ DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 MAX_TENSORS = 200_000
 MAX_DIMS = 8
+_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+               (b"\x1f\x8b", "a gzip archive"), (b"BZh", "a bzip2 archive"), (b"\xfd7zXZ", "an xz archive"),
+               (b"\x93NUMPY", "a NumPy .npy array"), (b"<", "an HTML or XML page"), (b"{", "a JSON file"))
+
+
+def file_kind(path: Path) -> str:
+    """What a file that is no checkpoint seems to be, in words (for error messages)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "an empty file"
+    for magic, what in _SIGNATURES:
+        if head.lstrip().startswith(magic):
+            return what
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data of an unknown kind"
+    return "a text file"
 
 
 def parse_header(
@@ -430,6 +448,12 @@ def _config_from_header(header: Mapping[str, Any], path: str | Path) -> VDVAECon
 
     label = _label(path)
     meta = header.get("__metadata__") or {}
+    if meta.get("format") == "vdvae-latents":  # latents.FORMAT: a `vdvae encode` output, not a model
+        model_name = _label(meta.get("model_name") or "?")
+        raise CheckpointError(
+            f"{label} is a latents file (images encoded by model {model_name}), not a model",
+            hint=f"decode it with: vdvae decode {label} --model MODEL",
+        )
     text = meta.get("vdvae_config")
     if text is None:
         raise CheckpointError(
@@ -588,14 +612,19 @@ def load_reference_state(path: str | Path) -> "OrderedDict[str, Tensor]":
     if kind == "safetensors":
         raise CheckpointError(f"{label} is already safetensors", hint="load it directly with --model")
     if kind in ("html", "gzip", "other"):
-        what = {"html": "an HTML page", "gzip": "gzip-compressed data"}.get(kind, "not a PyTorch file")
-        raise CheckpointError(f"{label} is not a PyTorch weights file ({what})")
+        raise CheckpointError(f"{label} is not a PyTorch checkpoint: it looks like {file_kind(path)}",
+                              hint="give an official *-model-ema.th file")
     try:
         with activity(f"loading {label}"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except VDVAEError:
         raise
     except Exception as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):  # never repeat torch's advice
+            raise CheckpointError(
+                f"{label} holds pickled Python objects, not only tensors; vdvae-cli does not run pickled code",
+                hint="save the weights alone (torch.save(model.state_dict(), 'model.th')) and convert that",
+            ) from None
         raise CheckpointError(f"{label} is not a loadable PyTorch weights file: {first_line(exc)}") from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):

@@ -10,6 +10,7 @@ preprocessing constants come from the reference ``data.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -538,3 +539,11 @@ def describe(cfg: VDVAEConfig) -> dict[str, Any]:
     d["resolutions"] = list(cfg.resolutions)
     d["latent_dims"] = cfg.latent_dims
     return d
+
+
+def model_fingerprint(cfg: VDVAEConfig, weights: str | None = None) -> str:
+    """A short identity of a model: sha256 of its config JSON, its name and (when known) the digest
+    of its weights (:func:`vdvae_cli.checkpoint.weights_digest`), so two trainings of the same
+    architecture do not take each other's latents."""
+    text = f"{cfg.to_json()}\n{cfg.name}" + (f"\n{weights}" if weights else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

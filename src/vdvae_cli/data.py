@@ -14,42 +14,54 @@ from __future__ import annotations
 from dataclasses import dataclass
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .errors import ImageError, UsageError
-from .images import fit_square, to_rgb
+from .images import IMAGE_SUFFIXES, fit_square
 from .runtime import image_seed
 
 Tensor = torch.Tensor
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _NPZ_KEYS = ("images", "x", "train", "data", "arr_0")
 
 # --------------------------------------------------------------------------------------------------
 # Loading
 
 
-def load_images(path: str | Path, image_size: int | None = None) -> Tensor:
+def load_images(path: str | Path, image_size: int | None = None, *,
+                skipped: Callable[[str], None] | None = None) -> Tensor:
     """All images under ``path`` as a uint8 (N, S, S, 3) tensor.
 
     ``image_size`` (when given) resizes each image so its shorter side is ``S`` (area-averaging when
     shrinking, bicubic when enlarging) and centre-crops it square. Without it, every image must
-    already be square and of one size.
+    already be square and of one size. In a folder, a file that cannot be read is left out and
+    reported to ``skipped`` (one line each); without ``skipped`` it is an error.
     """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"data set {path} does not exist")
     if path.is_dir():
         try:
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+                           and p.suffix.lower() in IMAGE_SUFFIXES)
         except OSError as exc:
             raise ImageError(f"cannot read the data folder {path}: {exc.strerror or exc}") from None
         if not files:
             raise ImageError(f"{path} holds no image files", hint=f"expected {', '.join(IMAGE_SUFFIXES)}")
-        return torch.from_numpy(np.stack([_read_file(f, image_size) for f in files]))
+        arrays = []
+        for f in files:
+            try:
+                arrays.append(_read_file(f, image_size))
+            except ImageError as exc:
+                if skipped is None:
+                    raise
+                skipped(f"{exc} (left out of the data)")
+        if not arrays:
+            raise ImageError(f"none of the {len(files)} image files in {path} could be read")
+        return torch.from_numpy(np.stack(arrays))
     if path.suffix.lower() in (".npy", ".npz"):
         return fit_size(torch.from_numpy(_read_array(path)), image_size)
     raise ImageError(f"{path} is neither a folder of images nor an .npy/.npz array")

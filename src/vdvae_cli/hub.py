@@ -759,7 +759,7 @@ def fetch_url(url: str, dest: Path, *, progress: ProgressCallback | None = None,
     broken transfer a few times. ``dest`` appears only once complete **and verified**: the expected
     ``size`` and ``sha256`` where known, and for every file its magic bytes and a parseable header
     for ``kind`` (``pickle``, ``log`` or ``safetensors``). What fails verification is deleted."""
-    from .safety import clean, human_bytes
+    from .safety import clean
 
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")

@@ -409,11 +409,20 @@ class ImageWriter:
     """
 
     def __init__(self, kind: str, target: Path | None, names: Sequence[str], *, grid: bool, force: bool,
-                 stdout: BinaryIO | None, fmt: str = "PNG"):
+                 stdout: BinaryIO | None, fmt: str = "PNG", existing: frozenset[int] = frozenset()):
         self.kind, self.target = kind, target
         self.names = names if isinstance(names, NumberedNames) else list(names)
+        self.existing = existing  # indices whose output an earlier run wrote (kept with skip_existing)
         self.grid, self.force, self.stdout, self.fmt = grid, force, stdout, fmt
         self._held: dict[int, np.ndarray] = {}
+        self._beside: Callable[[int], Sequence[np.ndarray]] | None = None
+        self._lead: list[np.ndarray] = []
+
+    def show_beside(self, beside: Callable[[int], Sequence[np.ndarray]] | None = None,
+                    lead: Sequence[np.ndarray] = ()) -> None:
+        """For a grid: tile ``beside(i)`` (e.g. image i's input) just before output ``i``, so each
+        output sits next to what it came from, and ``lead`` images (e.g. mix's A) first."""
+        self._beside, self._lead = beside, list(lead)
 
     def check_size(self, image_size: int) -> None:
         """Refuse, before any work, a grid or single image too large to hold and encode."""
@@ -457,7 +466,12 @@ class ImageWriter:
             return []
         order = sorted(self._held)
         images = [self._held[i] for i in order]
-        image = make_grid(images) if self.grid else images[0]
+        if self.grid and self._beside is not None:
+            groups = [[*self._beside(i), img] for i, img in zip(order, images)]
+            per_row = math.ceil(math.sqrt(len(groups)))
+            image = make_grid(self._lead + [t for g in groups for t in g], columns=per_row * len(groups[0]))
+        else:
+            image = make_grid(self._lead + images) if self.grid else images[0]
         data = encode_image(image, self.fmt)
         if self.kind == "stdout":
             self._emit(data)
@@ -489,13 +503,15 @@ def plan_output(
     stdout: BinaryIO | None = None,
     stdout_is_tty: bool = False,
     json_out: bool = False,
+    skip_existing: bool = False,
 ) -> ImageWriter:
     """Check where ``len(names)`` images will go, before any work is done.
 
     ``output``: ``-`` (stdout), a folder (trailing slash or existing folder; ``names`` inside it), a
     file (one image, or the grid), or None: stdout when it is not a terminal. Raises
     :class:`UsageError` for requests that cannot work and :class:`OutputError` when a file exists
-    (without ``force``) or cannot be written.
+    (without ``force``) or cannot be written. With ``skip_existing`` (folders only) files that exist
+    are kept and their indices listed in the writer's ``existing``, so a stopped job can resume.
     """
     count = len(names)
     if output is None:
@@ -522,9 +538,15 @@ def plan_output(
             raise UsageError(f"--grid makes one image, but -o {output} is a folder",
                              hint="give a file name, e.g. -o grid.png")
         _check_dir(path)
-        if path.is_dir() and not force:
-            _check_existing(path, names)
-        return ImageWriter("dir", path, names, grid=False, force=force, stdout=None)
+        existing: frozenset[int] = frozenset()
+        if path.is_dir():
+            if skip_existing:
+                existing = _existing_indices(path, names)
+            elif not force:
+                _check_existing(path, names)
+        return ImageWriter("dir", path, names, grid=False, force=force, stdout=None, existing=existing)
+    if skip_existing:
+        raise UsageError("--skip-existing resumes a job that writes a folder", hint="write to -o DIR/")
     fmt = _WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise UsageError(f"-o {output}: cannot tell the image format from the name",
@@ -536,21 +558,32 @@ def plan_output(
     return ImageWriter("file", path, names, grid=grid, force=force, stdout=None, fmt=fmt)
 
 
-def _check_existing(folder: Path, names: Sequence[str]) -> None:
-    """Fail now if one of ``names`` already exists in ``folder``: one listing of the folder, so a
-    lazy list of a trillion names costs no more than the folder's own size."""
+def _present(folder: Path, names: Sequence[str]) -> dict[str, int]:
+    """Which of ``names`` are files in ``folder`` already (name -> index): one listing of the folder,
+    so a lazy list of a trillion names costs no more than the folder's own size."""
     try:
         with os.scandir(folder) as entries:
-            present = [e.name for e in entries]
+            present = sorted(e.name for e in entries if e.is_file())
     except OSError as exc:
         raise OutputError(f"cannot read folder {clean(folder)}: {exc.strerror or exc}") from None
     if isinstance(names, NumberedNames):
-        clash = next((n for n in sorted(present) if names.index_of(n) is not None), None)
+        found = ((n, names.index_of(n)) for n in present)
     else:
-        wanted = set(names)
-        clash = next((n for n in sorted(present) if n in wanted), None)
+        index = {n: i for i, n in enumerate(names)}
+        found = ((n, index.get(n)) for n in present)
+    return {n: i for n, i in found if i is not None}
+
+
+def _check_existing(folder: Path, names: Sequence[str]) -> None:
+    """Fail now if one of ``names`` already exists in ``folder``."""
+    clash = next(iter(_present(folder, names)), None)
     if clash is not None:
         raise OutputError(f"{clean(folder / clash)} already exists", hint="pass --force to overwrite it")
+
+
+def _existing_indices(folder: Path, names: Sequence[str]) -> frozenset[int]:
+    """``--skip-existing``: the indices whose file an earlier run already wrote."""
+    return frozenset(_present(folder, names).values())
 
 
 def check_output_file(path: Path, force: bool) -> None:

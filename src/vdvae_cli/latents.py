@@ -7,6 +7,8 @@ A latents file is a safetensors file that other tools can open and edit::
       format              "vdvae-latents"
       format_version      "1"
       model_name          the config's name (e.g. "ffhq256")
+      model_ref           what --model can name to load that model again: its registry name, the
+                          absolute path of its file, or its hf:// reference (when known)
       model_fingerprint   sha256 of the model's config JSON, name and weights digest (16 hex digits)
       vdvae_config        the config JSON itself (shapes can be read without the model)
       image_names         JSON list of N names, one per row
@@ -20,7 +22,6 @@ Loading checks the fingerprint against the model and every shape against the con
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Mapping, Sequence
 import torch
 
 from . import __version__
-from .config import VDVAEConfig
+from .config import VDVAEConfig, model_fingerprint
 from .errors import LatentsError, VDVAEError, activity
 from .safety import first_line, loads
 
@@ -38,14 +39,6 @@ FORMAT_VERSION = "1"
 _KEY = re.compile(r"layer\.(\d+)")
 
 Tensor = torch.Tensor
-
-
-def model_fingerprint(cfg: VDVAEConfig, weights: str | None = None) -> str:
-    """A short identity of a model: sha256 of its config JSON, its name and (when known) the digest
-    of its weights (:func:`vdvae_cli.checkpoint.weights_digest`), so two trainings of the same
-    architecture do not take each other's latents."""
-    text = f"{cfg.to_json()}\n{cfg.name}" + (f"\n{weights}" if weights else "")
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def layer_key(index: int, n_layers: int) -> str:
@@ -124,15 +117,16 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents", weigh
             layers = f", {other_cfg.n_layers} latent layers"
         except (ValueError, VDVAEError, KeyError):  # the stored config is informative only
             pass
+        ref = meta.get("model_ref")
+        hint = (f"decode it with --model {ref}, the model that encoded it" if ref
+                else "decode it with the model file that encoded it")
         if other == cfg.name and meta.get("vdvae_config") == cfg.to_json():  # same architecture
             raise LatentsError(
                 f"{label} was made by model {other!r} with other weights ({fingerprint}), not by these "
-                f"({mine})", hint="decode it with the checkpoint file that encoded it")
+                f"({mine})", hint=hint)
         raise LatentsError(
             f"{label} was made by model {other!r} ({fingerprint}{layers}), not by {cfg.name!r} "
-            f"({mine}, {cfg.n_layers} latent layers)",
-            hint=f"decode it with --model {other}, the model that encoded it",
-        )
+            f"({mine}, {cfg.n_layers} latent layers)", hint=hint)
     n_rows = None
     found: dict[int, str] = {}
     for key, info in header.items():

@@ -17,7 +17,6 @@ Environment:
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import struct
 from dataclasses import dataclass, replace
@@ -219,7 +218,7 @@ def weights_dir() -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def _header(path: Path) -> dict[str, Any] | None:
+def header_or_none(path: Path) -> dict[str, Any] | None:
     """A safetensors header, read without torch (bounded: the file may be hostile); None when unreadable."""
     from .safety import MAX_HEADER_BYTES, loads
 
@@ -239,7 +238,7 @@ def describe_file(path: Path, *, name: str | None = None, kind: Kind = "shipped"
     path = Path(path)
     entry = RegistryEntry(name=name or path.stem, title=path.stem, kind=kind, path=path,
                           license="see the model card in weights/")
-    header = _header(path)
+    header = header_or_none(path)
     if header is None:
         return replace(entry, note="unreadable safetensors header")
     meta = header.get("__metadata__")

@@ -275,3 +275,19 @@ def run_in_batches(
         pos += len(chunk)
         if growing:
             size = min(cap, size * 2)
+
+
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively, so that bf16 autocast speeds training up: a
+    CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX (oneDNN then uses bf16 kernels)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -1,35 +1,23 @@
-"""Train or fine-tune a VDVAE: the reference recipe as one importable function.
+"""Train or fine-tune a VDVAE: the reference recipe as one importable function, :func:`train`.
 
 The recipe (openai/vdvae, see the spec's §11): negative ELBO in nats/dim as the loss; AdamW with
-decoupled weight decay and betas (0.9, 0.9); linear learning-rate warm-up; gradient-norm clipping,
-and an update (optimizer step and EMA update) *skipped* when the pre-clip gradient norm reaches
-``skip_threshold`` or the loss is not finite; an exponential moving average (EMA) of the weights,
-which is what evaluation, sample grids and the exported model use.
+decoupled weight decay and betas (0.9, 0.9); linear learning-rate warm-up; gradient-norm clipping
+and update skipping; an exponential moving average (EMA) of the weights, which is what evaluation,
+sample grids and the exported model use. Beyond the reference: a guard against skipping forever, an
+optional cosine decay, a wall-clock limit, bf16 autocast with fp32 master weights, channels-last
+layout, and resumable checkpoints that hold everything that decides the next step (model, EMA,
+optimizer, step, noise-generator states), so a resumed CPU run continues bit for bit.
 
-Beyond the reference: the run stops with a clear message when every update has been skipped for
-``max_skips`` steps in a row (the trap of openai/vdvae#25, where the gradient norm of a fresh model
-sits above the threshold forever); an optional cosine decay; a wall-clock limit; bf16 autocast with
-fp32 master weights; and resumable checkpoints that hold everything that decides the next step
-(model, EMA, optimizer, step, noise-generator states), so a resumed CPU run continues bit for bit.
-
-A run directory holds::
-
-    run.json            model config, train config, data facts, world size
-    state.pt            the latest resumable state (torch.save of plain tensors, loaded weights_only)
-    model.safetensors   the EMA weights in the self-describing format ``vdvae sample`` loads
-    log.jsonl           one JSON object per evaluation, warning and checkpoint
-    samples/step-N.png  held-out originals, their reconstructions, then samples at t = 1.0 and 0.8
-
-Several processes: launch with ``torchrun``; :func:`train` notices an initialised
-``torch.distributed`` process group, wraps the loss in DistributedDataParallel, gives each rank its
-shard of every epoch, and lets only rank 0 write or report.
+This module holds the run's configuration and the loop; each concern the loop calls on lives in
+:mod:`vdvae_cli.training` (schedule, step, evaluation, run folder, curves). Several processes:
+launch with ``torchrun``; :func:`train` notices an initialised ``torch.distributed`` process group,
+wraps the loss in DistributedDataParallel, gives each rank its shard of every epoch, and lets only
+rank 0 write or report.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 from copy import deepcopy
 from dataclasses import asdict, dataclass, fields, replace
@@ -37,24 +25,23 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from torch import nn
 
-from .checkpoint import save_checkpoint
 from .config import VDVAEConfig
-from .data import ShardedBatches, holdout_split, shard_range
+from .data import ShardedBatches, holdout_split
 from .distributions import BatchNoise
-from .errors import OutputError, TrainingError, UsageError
+from .errors import TrainingError, UsageError
 from .model import VAE
-from .ops import elbo, reconstruct, sample
+from .training.curves import Curves
+from .training.evaluation import evaluate_heldout, save_grid, visualise
+from .training.rundir import RunDir, read_run
+from .training.schedule import lr_at
+from .training.step import ElboLoss, Updater
 
 Tensor = torch.Tensor
 Callback = Callable[[dict[str, Any]], None]
 
-LN2 = math.log(2.0)
-STATE_FILE = "state.pt"
-RUN_FILE = "run.json"
-MODEL_FILE = "model.safetensors"
-LOG_FILE = "log.jsonl"
+__all__ = ["TrainConfig", "TrainResult", "train", "read_run", "reference_recipe", "lr_at", "ElboLoss",
+           "evaluate_heldout", "save_grid", "visualise"]
 
 # --------------------------------------------------------------------------------------------------
 # Configuration
@@ -96,6 +83,10 @@ class TrainConfig:
     # before finer layers can take it over locally. 0 = off (the reference recipe).
     coarse_res: int | None = None
     coarse_steps: int = 0
+    ema_warmup: bool = False  # EMA decay at most (1 + step) / (10 + step): a young run's average follows it
+    eval_seconds: float | None = None  # also evaluate every this many seconds (runs ended by time_limit)
+    eval_at_start: bool = False  # evaluate the initial model too (step 0 on the curves)
+    channels_last: bool = True  # memory layout of the network (faster convolutions, same maths)
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -123,6 +114,10 @@ class TrainConfig:
             raise UsageError("batch sizes and max_skips must be >= 1 and warmup >= 0")
         if self.holdout <= 0:
             raise UsageError("a held-out split is required (holdout > 0)")
+        if self.eval_seconds is not None and not self.eval_seconds > 0:
+            raise UsageError(f"eval_seconds must be > 0, got {self.eval_seconds!r}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise UsageError(f"the time limit must be > 0, got {self.time_limit!r}")
         if self.coarse_steps < 0 or (self.coarse_steps > 0 and self.coarse_res is None):
             raise UsageError("coarse_steps needs coarse_res (the highest resolution inferred meanwhile)")
 
@@ -158,36 +153,6 @@ def reference_recipe(name: str) -> dict[str, Any]:
     return dict(_REFERENCE_RECIPES.get(name, {}))
 
 
-def lr_at(tc: TrainConfig, step: int, total: int) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
-    scale = min(1.0, (step + 1) / tc.warmup) if tc.warmup else 1.0
-    if tc.lr_schedule == "cosine" and step >= tc.warmup:
-        progress = min(1.0, (step - tc.warmup) / max(1, total - tc.warmup))
-        scale = tc.lr_final + (1.0 - tc.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return tc.lr * scale
-
-
-# --------------------------------------------------------------------------------------------------
-# Pieces
-
-
-class ElboLoss(nn.Module):
-    """Wraps a VAE so that one ``forward`` computes the per-image negative ELBO terms.
-
-    DistributedDataParallel synchronises gradients of whatever runs inside ``forward``, so the
-    training pass goes through this module rather than calling ``model.encoder``/``decoder``.
-    """
-
-    def __init__(self, model: VAE):
-        super().__init__()
-        self.model = model
-        self.noise: BatchNoise | None = None
-        self.n_posterior: int | None = None  # None: every layer inferred
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:  # images (N, H, W, C) uint8
-        out = elbo(self.model, images, noise=self.noise, grad=True, n_posterior=self.n_posterior)
-        return out.distortion, out.rate  # (N,), (N,) nats/dim, float32
-
 
 @dataclass
 class TrainResult:
@@ -202,166 +167,8 @@ class TrainResult:
     ema: VAE  # the EMA network: what evaluation, grids and the exported file use
 
 
-def _dist() -> tuple[bool, int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return True, dist.get_rank(), dist.get_world_size()
-    return False, 0, 1
-
-
-def _unused_encoder_blocks(cfg: VDVAEConfig) -> bool:
-    """Whether some encoder blocks feed no decoder resolution (DDP must then look for unused params)."""
-    used = set(cfg.resolutions)
-    last_needed = max((i for i, layer in enumerate(cfg.encoder_layers) if layer.out_res in used), default=-1)
-    return last_needed < len(cfg.encoder_layers) - 1
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename; a full disk is one OutputError and
-    leaves no temporary file (torch reports it as a RuntimeError from its zip writer)."""
-    from .checkpoint import atomic_write_with
-
-    atomic_write_with(path, lambda f: torch.save(obj, f))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    from .checkpoint import atomic_write_with
-
-    atomic_write_with(path, lambda f: f.write(text.encode()))
-
-
-def _append_log(run_dir: Path, record: Mapping[str, Any]) -> None:
-    from .checkpoint import _write_error
-    from .safety import dumps
-
-    path = run_dir / LOG_FILE
-    try:
-        with open(path, "a") as f:
-            f.write(dumps(record) + "\n")
-    except OSError as exc:
-        raise _write_error(path, exc) from None
-
-
-def save_grid(images: Tensor, path: Path, columns: int) -> Path:
-    """Write uint8 NHWC ``images`` as one PNG grid (1-pixel grey gaps), atomically."""
-    import numpy as np
-    from PIL import Image
-
-    n, h, w, c = images.shape
-    rows = -(-n // columns)
-    canvas = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, c), 128, dtype=np.uint8)
-    for i, img in enumerate(images.cpu().numpy()):
-        r, col = divmod(i, columns)
-        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = img
-    from .checkpoint import _write_error, atomic_write_with
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _write_error(path.parent, exc) from None
-    atomic_write_with(path, lambda f: Image.fromarray(canvas).save(f, format="PNG"))
-    return path
-
-
-@torch.no_grad()
-def evaluate_heldout(
-    model: VAE, images: Tensor, *, batch_size: int = 64, seed: int = 0, autocast: bool = False
-) -> dict[str, float]:
-    """Mean negative ELBO of ``images`` in bits/dim (with its distortion/rate split), summed over
-    this process's part when ``torch.distributed`` is initialised and reduced over all ranks."""
-    distributed, rank, world = _dist()
-    part = images[shard_range(len(images), rank, world)] if distributed else images
-    p = model.decoder.gain
-    g = torch.Generator(device=p.device).manual_seed(seed)
-    sums = torch.zeros(4, dtype=torch.float64, device=p.device)  # elbo, distortion, rate, count
-    for start in range(0, len(part), batch_size):
-        batch = part[start : start + batch_size]
-        with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = elbo(model, batch, noise=g)
-        d, r = out.distortion.double(), out.rate.double()
-        sums += torch.stack([(d + r).sum(), d.sum(), r.sum(), torch.tensor(float(len(batch)), device=p.device, dtype=torch.float64)])
-    if distributed:
-        import torch.distributed as dist
-
-        dist.all_reduce(sums)
-    count = max(float(sums[3]), 1.0)
-    return {
-        "heldout_bpd": float(sums[0]) / count / LN2,
-        "distortion_bpd": float(sums[1]) / count / LN2,
-        "rate_bpd": float(sums[2]) / count / LN2,
-        "heldout_images": int(sums[3]),
-    }
-
-
-def visualise(model: VAE, heldout: Tensor, path: Path, *, columns: int, seed: int) -> Path:
-    """The reference-style grid: originals, posterior-mean reconstructions, samples at t=1 and t=0.8."""
-    g = torch.Generator(device=model.decoder.gain.device)
-    originals = heldout[:columns]
-    recon = reconstruct(model, originals, posterior="mean", noise=g.manual_seed(seed))
-    rows = [originals.to(recon.device), recon]
-    for t in (1.0, 0.8):
-        rows.append(sample(model, 2 * columns, temperatures=t, noise=g.manual_seed(seed + 1)))
-    return save_grid(torch.cat(rows), path, columns)
-
-
 # --------------------------------------------------------------------------------------------------
 # The loop
-
-
-_STATE_KEYS = {"model": dict, "ema": dict, "optimizer": dict, "step": int, "skipped": int, "rng": list}
-
-
-def _read_state(state_path: Path) -> dict[str, Any]:
-    """A run's ``state.pt``, loaded without running code (``weights_only``) and checked to be what
-    the trainer wrote before anything is taken from it."""
-    from .errors import activity
-    from .safety import first_line
-
-    try:
-        with activity(f"loading {state_path}"):
-            saved = torch.load(state_path, map_location="cpu", weights_only=True)
-    except TrainingError:
-        raise
-    except Exception as exc:  # a truncated or foreign file
-        raise TrainingError(f"{state_path} cannot be read: {first_line(exc)}",
-                            hint="resume from an intact run, or start a new one") from None
-    if not isinstance(saved, dict):
-        raise TrainingError(f"{state_path} is not a training state (it holds a {type(saved).__name__})")
-    for key, kind in _STATE_KEYS.items():
-        if not isinstance(saved.get(key), kind) or isinstance(saved.get(key), bool):
-            raise TrainingError(f"{state_path} is not a training state: {key!r} is missing or not a {kind.__name__}")
-    if saved["step"] < 0 or saved["skipped"] < 0 or not all(isinstance(r, torch.Tensor) for r in saved["rng"]):
-        raise TrainingError(f"{state_path} is damaged: step, skipped or rng states are out of range")
-    for key in ("model", "ema"):
-        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in saved[key].items()):
-            raise TrainingError(f"{state_path} is damaged: {key!r} is not a map of names to tensors")
-        for name, t in saved[key].items():
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise TrainingError(f"{state_path}: {key} tensor {name!r} holds values that are not finite")
-    history = saved.get("history", [])
-    if not isinstance(history, list) or not all(isinstance(h, str) for h in history):
-        raise TrainingError(f"{state_path} is damaged: its history is not a list of JSON strings")
-    return saved
-
-
-def read_run(run_dir: str | Path) -> tuple[VDVAEConfig, TrainConfig, dict[str, Any]]:
-    """The model config, train config and run facts saved in ``run_dir/run.json``."""
-    from .safety import first_line, loads
-
-    run_dir = Path(run_dir)
-    try:
-        with open(run_dir / RUN_FILE, "rb") as f:
-            info = loads(f.read(16 << 20))
-        if not isinstance(info, dict) or not isinstance(info.get("data", {}), dict):
-            raise TypeError("not a JSON object")
-        return VDVAEConfig.from_dict(info["model_config"]), TrainConfig.from_dict(info["train_config"]), info
-    except FileNotFoundError:
-        raise TrainingError(f"{run_dir} is not a training run (no {RUN_FILE})") from None
-    except OSError as exc:
-        raise TrainingError(f"cannot read {run_dir / RUN_FILE}: {exc.strerror or exc}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise TrainingError(f"{run_dir / RUN_FILE} is damaged: {first_line(exc)}") from None
 
 
 def train(
@@ -381,268 +188,273 @@ def train(
     drawn here) and write the run to ``run_dir``.
 
     ``init_state`` starts from given weights (fine-tuning); ``resume=True`` continues the run saved
-    in ``run_dir`` exactly where its last checkpoint left it (``tc`` may extend ``steps``/``epochs``).
-    ``callback`` receives event dicts (``event`` = start, step, eval, samples, checkpoint, warning,
-    done) on rank 0 only.
+    in ``run_dir`` exactly where its last checkpoint left it (``tc`` may extend ``steps``/``epochs``;
+    its ``time_limit`` counts from this call). ``callback`` receives event dicts (``event`` = start,
+    step, eval, samples, checkpoint, warning, done) on rank 0 only.
     """
-    run_dir = Path(run_dir)
     device = torch.device(device)
-    distributed, rank, world = _dist()
+    rank, world = _rank_world()
     emit: Callback = callback if (callback is not None and rank == 0) else (lambda e: None)
+    coarse_layers = _check(model_cfg, tc, images)
+
+    # data: the held-out split and this rank's batches
+    train_idx, held_idx = holdout_split(len(images), tc.holdout, tc.split_seed)
+    train_images, heldout = images[train_idx], images[held_idx][: tc.max_eval]
+    batches = ShardedBatches(len(train_images), tc.batch_size, tc.seed, rank, world)
+    spe = batches.steps_per_epoch
+    total = tc.steps if tc.steps is not None else tc.epochs * spe  # type: ignore[operator]
+    eval_every = tc.eval_every or (None if tc.eval_seconds else spe)
+
+    # the run folder, and the state to resume from
+    run = RunDir(run_dir, rank=rank)
+    saved = run.open(resume=resume, force=force, world=world)
+    _barrier(world)
+    run.create({"model_config": model_cfg.to_dict(), "train_config": tc.to_dict(), "data": dict(data_info or {}),
+                "n_images": len(images), "n_train": len(train_images), "n_heldout": len(heldout),
+                "world_size": world, "steps_total": total, "steps_per_epoch": spe}, fresh=not resume)
+
+    model, ema, opt, noise_gen = _build(model_cfg, tc, device, init_state, rank)
+    step, history = 0, []
+    if saved is not None:
+        step, history = _restore(saved, model, ema, opt, noise_gen, rank)
+    updater = Updater(model, ema, opt, _loss_module(model, model_cfg, tc, device, noise_gen, world), tc,
+                      total=total, world=world, coarse_layers=coarse_layers,
+                      skipped=int(saved["skipped"]) if saved else 0)
+    curves = Curves(run.path, enabled=rank == 0, start_step=step)
+    clock = _Clock(tc, float(saved["elapsed_s"]) if saved else 0.0)
+    window = _Window()
+
+    def evaluate() -> None:
+        clock.evaluating()
+        stats = evaluate_heldout(ema, heldout, batch_size=tc.eval_batch_size, seed=tc.seed, autocast=updater.autocast)
+        record = {"event": "eval", "step": step, "epoch": round(step / spe, 3), **_rounded(stats), **window.take(),
+                  "lr": lr_at(tc, max(0, step - 1), total), "skipped": updater.skipped,
+                  "elapsed_s": round(clock.elapsed(), 1)}
+        history.append(record)
+        run.log(record)
+        curves.evaluation(record, history)
+        clock.evaluated()
+        emit(record)
+
+    def checkpoint(kind: str) -> None:
+        state = _state(model, ema, opt, step, updater.skipped, _gather_rng(noise_gen, world), world, history,
+                       clock.elapsed())
+        run.save(state, ema, model_cfg, _export_meta(data_info, step, len(train_images), len(heldout), tc, history),
+                 keep=bool(tc.keep_every and step % tc.keep_every == 0))
+        run.log({"event": "checkpoint", "step": step, "kind": kind})
+        emit({"event": "checkpoint", "step": step, "path": str(run.state_path), "model": str(run.model_path)})
+
+    emit({"event": "start", "step": step, "total": total, "steps_per_epoch": spe, "n_train": len(train_images),
+          "n_heldout": len(heldout), "world_size": world, "params": sum(p.numel() for p in model.parameters())})
+    if tc.eval_at_start and step == 0 and not history:
+        evaluate()
+    stopped = "done"
+    while step < total:
+        result = updater(train_images[batches.indices(step)].to(device), step, clock.flags())
+        step += 1
+        window.add(result)
+        curves.step(step, result.loss_bpd, result.grad_norm)
+        if result.warning:
+            run.log({"event": "warning", "step": step - 1, "message": result.warning})
+            emit({"event": "warning", "step": step - 1, "message": result.warning})
+        emit({"event": "step", "step": step, "total": total, "loss_bpd": result.loss_bpd,
+              "distortion_bpd": result.distortion_bpd, "rate_bpd": result.rate_bpd, "grad_norm": result.grad_norm,
+              "skipped": result.skipped})
+        out_of_time, eval_due = result.flags
+        last = step >= total or out_of_time
+        evaluating = last or eval_due or _every(step, eval_every)
+        if evaluating:
+            evaluate()
+        if rank == 0 and (last or (_every(step, tc.sample_every) if tc.sample_every else evaluating)):
+            path = visualise(ema, heldout, run.path / "samples" / f"step-{step:07d}.png",
+                             columns=tc.grid_columns, seed=tc.seed)
+            emit({"event": "samples", "step": step, "path": str(path)})
+        if last or (_every(step, tc.ckpt_every) if tc.ckpt_every else evaluating):
+            checkpoint("final" if step >= total else "time limit" if out_of_time else "periodic")
+        if out_of_time and step < total:
+            stopped = "time limit"
+            break
+    curves.close()
+
+    last_bpd = history[-1]["heldout_bpd"] if history else None
+    emit({"event": "done", "step": step, "stopped": stopped, "heldout_bpd": last_bpd, "skipped": updater.skipped,
+          "elapsed_s": round(clock.elapsed(), 1), "model": str(run.model_path)})
+    return TrainResult(step, last_bpd, run.model_path if rank == 0 else None, stopped, updater.skipped,
+                       clock.elapsed(), history, model, ema)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop's helpers
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _check(model_cfg: VDVAEConfig, tc: TrainConfig, images: Tensor) -> int | None:
+    """Up-front checks; returns how many leading layers the coarse-first curriculum infers."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise TrainingError(f"training images must be uint8 (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
     if images.shape[1] != model_cfg.image_size or images.shape[2] != model_cfg.image_size:
         raise TrainingError(
             f"images are {images.shape[2]}x{images.shape[1]} but the model is {model_cfg.image_size}x{model_cfg.image_size}"
         )
-    coarse_layers = None  # the coarse-first curriculum: how many leading layers it infers
-    if tc.coarse_steps:
-        if tc.coarse_res not in model_cfg.resolutions:
-            raise UsageError(f"coarse resolution {tc.coarse_res} is not a resolution of this model",
-                             hint=f"choose one of {', '.join(map(str, model_cfg.resolutions))}")
-        coarse_layers = model_cfg.layers_up_to_res(tc.coarse_res)
-    if tc.dtype == "bf16" and device.type == "cpu":
-        emit({"event": "warning", "message": "bf16 autocast on CPU is usually slower than fp32"})
+    if not tc.coarse_steps:
+        return None
+    if tc.coarse_res not in model_cfg.resolutions:
+        raise UsageError(f"coarse resolution {tc.coarse_res} is not a resolution of this model",
+                         hint=f"choose one of {', '.join(map(str, model_cfg.resolutions))}")
+    return model_cfg.layers_up_to_res(tc.coarse_res)
 
-    # -- data ------------------------------------------------------------------------------------
-    train_idx, held_idx = holdout_split(len(images), tc.holdout, tc.split_seed)
-    train_images, heldout = images[train_idx], images[held_idx]
-    if tc.max_eval:
-        heldout = heldout[: tc.max_eval]
-    batches = ShardedBatches(len(train_images), tc.batch_size, tc.seed, rank, world)
-    spe = batches.steps_per_epoch
-    total = tc.steps if tc.steps is not None else tc.epochs * spe  # type: ignore[operator]
-    eval_every = tc.eval_every or spe
-    sample_every = tc.sample_every or eval_every
-    ckpt_every = tc.ckpt_every or eval_every
 
-    # -- run directory ---------------------------------------------------------------------------
-    # Every rank checks (so all fail alike, before any collective); only rank 0 then writes.
-    state_path = run_dir / STATE_FILE
-    saved: dict[str, Any] | None = None
-    if resume:
-        if not state_path.is_file():
-            raise TrainingError(f"{run_dir} has no checkpoint to resume ({STATE_FILE} is missing)")
-        saved = _read_state(state_path)
-        if saved.get("world_size", 1) != world:
-            raise TrainingError(
-                f"the run was saved with {saved.get('world_size', 1)} process(es) but now runs with {world}",
-                hint="resume with the same number of processes so every rank sees the same data order",
-            )
-    else:
-        if run_dir.exists() and not run_dir.is_dir():
-            raise OutputError(f"{run_dir} exists and is not a folder")
-        if (state_path.exists() or (run_dir / RUN_FILE).exists()) and not force:
-            raise OutputError(
-                f"{run_dir} already holds a training run",
-                hint=f"continue it with --resume {run_dir}, choose another -o, or pass --force to start over",
-            )
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-    if rank == 0:
-        if not resume:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if force:  # start over: nothing of the old run may be mistaken for this one's
-                for name in (LOG_FILE, STATE_FILE, MODEL_FILE):
-                    (run_dir / name).unlink(missing_ok=True)
-        info = {
-            "model_config": model_cfg.to_dict(),
-            "train_config": tc.to_dict(),
-            "data": dict(data_info or {}),
-            "n_images": len(images),
-            "n_train": len(train_images),
-            "n_heldout": len(heldout),
-            "world_size": world,
-            "steps_total": total,
-            "steps_per_epoch": spe,
-        }
-        _atomic_text(run_dir / RUN_FILE, json.dumps(info, indent=2) + "\n")
-
-    # -- model, EMA, optimizer -------------------------------------------------------------------
+def _build(cfg: VDVAEConfig, tc: TrainConfig, device: torch.device, init_state, rank: int):
+    """Model, EMA copy, optimizer and the training-noise generator, all from ``tc.seed``."""
     with torch.random.fork_rng(devices=[]):  # the constructor's default init draws from the global RNG
         torch.manual_seed(tc.seed)
-        model = VAE(model_cfg)
+        model = VAE(cfg)
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
     model.to(device).train()
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
     ema = deepcopy(model).eval().requires_grad_(False)
-    params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, eps=tc.adam_eps, weight_decay=tc.wd)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.adam_eps, weight_decay=tc.wd)
     noise_gen = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
-    step, skipped, history = 0, 0, []
-    if saved is not None:
-        state = saved
-        try:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
-            step, skipped = int(state["step"]), int(state["skipped"])
-            noise_gen.set_state(state["rng"][rank])
-            from .safety import loads
+    return model, ema, opt, noise_gen
 
-            history = [loads(h) for h in state.get("history", [])]
-        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
-            from .safety import first_line
 
-            raise TrainingError(f"{state_path} does not fit this run: {first_line(exc)}",
-                                hint="resume from an intact run, or start a new one") from None
-
-    loss_fn: nn.Module = ElboLoss(model)
-    if distributed:
+def _loss_module(model: VAE, cfg: VDVAEConfig, tc: TrainConfig, device: torch.device, noise_gen, world: int):
+    loss_fn: torch.nn.Module = ElboLoss(model)
+    loss_fn.noise = BatchNoise(noise_gen)
+    if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         loss_fn = DistributedDataParallel(
             loss_fn,
             device_ids=[device.index or 0] if device.type == "cuda" else None,
             # the coarse-first phase leaves the fine layers' posterior blocks without gradients
-            find_unused_parameters=_unused_encoder_blocks(model_cfg) or tc.coarse_steps > 0,
+            find_unused_parameters=_unused_encoder_blocks(cfg) or tc.coarse_steps > 0,
         )
-    inner = loss_fn.module if distributed else loss_fn
-    inner.noise = BatchNoise(noise_gen)  # type: ignore[union-attr]
-    autocast = tc.dtype == "bf16"
+    return loss_fn
 
-    def checkpoint(kind: str) -> None:
-        rng = [noise_gen.get_state()]
-        if distributed:
-            import torch.distributed as dist
 
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, noise_gen.get_state())
-            rng = gathered
-        if rank != 0:
-            return
-        state = {
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": opt.state_dict(),
-            "step": step,
-            "skipped": skipped,
-            "rng": rng,
-            "world_size": world,
-            "history": [json.dumps(h) for h in history],
-            "elapsed_s": elapsed(),
-        }
-        _atomic_torch_save(state, state_path)
-        if tc.keep_every and step % tc.keep_every == 0:
-            _atomic_torch_save(state, run_dir / f"step-{step:07d}.pt")
-        last = history[-1] if history else {}
-        meta = {
-            "dataset": str((data_info or {}).get("dataset", "custom")),
-            "train_steps": str(step),
-            "train_images": str(len(train_images)),
-            "heldout_images": str(len(heldout)),
-            "heldout_bpd": f"{last['heldout_bpd']:.4f}" if "heldout_bpd" in last else "",
-            "ema_rate": str(tc.ema_rate),
-            "seed": str(tc.seed),
-            "trainer": "vdvae train",
-        }
-        save_checkpoint(ema, model_cfg, run_dir / MODEL_FILE, metadata=meta, force=True)
-        _append_log(run_dir, {"event": "checkpoint", "step": step, "kind": kind})
-        emit({"event": "checkpoint", "step": step, "path": str(state_path), "model": str(run_dir / MODEL_FILE)})
+def _unused_encoder_blocks(cfg: VDVAEConfig) -> bool:
+    """Whether some encoder blocks feed no decoder resolution (DDP must then look for unused params)."""
+    used = set(cfg.resolutions)
+    last_needed = max((i for i, layer in enumerate(cfg.encoder_layers) if layer.out_res in used), default=-1)
+    return last_needed < len(cfg.encoder_layers) - 1
 
-    def run_eval() -> dict[str, Any]:
-        stats = evaluate_heldout(ema, heldout, batch_size=tc.eval_batch_size, seed=tc.seed, autocast=autocast)
-        n_done = max(1, window["n"])
-        record = {
-            "event": "eval",
-            "step": step,
-            "epoch": round(step / spe, 3),
-            **{k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()},
-            "train_bpd": round(window["loss"] / n_done / LN2, 5) if window["n"] else None,
-            "grad_norm": round(window["gnorm"] / n_done, 3) if window["n"] else None,
-            "lr": lr_at(tc, max(0, step - 1), total),
-            "skipped": skipped,
-            "elapsed_s": round(elapsed(), 1),
-        }
-        window.update(loss=0.0, gnorm=0.0, n=0)
-        history.append(record)
-        if rank == 0:
-            _append_log(run_dir, record)
-        emit(record)
-        return record
 
-    start_time = time.monotonic()
-    elapsed_before = float(saved["elapsed_s"]) if saved is not None else 0.0
+def _state(model, ema, opt, step, skipped, rng, world, history, elapsed_s) -> dict[str, Any]:
+    """Everything that decides the next step, as plain tensors and strings (loaded weights_only)."""
+    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": step,
+            "skipped": skipped, "rng": rng, "world_size": world, "history": [json.dumps(h) for h in history],
+            "elapsed_s": elapsed_s}
 
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - start_time
 
-    window = {"loss": 0.0, "gnorm": 0.0, "n": 0}
-    consecutive = 0
-    stopped = "done"
-    emit({"event": "start", "step": step, "total": total, "steps_per_epoch": spe, "n_train": len(train_images),
-          "n_heldout": len(heldout), "world_size": world, "params": sum(p.numel() for p in params)})
-    while step < total:
-        idx = batches.indices(step)
-        batch = train_images[idx].to(device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(tc, step, total)
-        inner.n_posterior = coarse_layers if step < tc.coarse_steps else None  # type: ignore[union-attr]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            distortion, rate = loss_fn(batch)
-        loss = (distortion + rate).mean()
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))
-        over_time = float(tc.time_limit is not None and elapsed() >= tc.time_limit)
-        stats = torch.stack([loss.detach().float(), distortion.detach().mean(), rate.detach().mean(),
-                             loss.new_tensor(over_time)])
-        if distributed:  # one collective: mean losses, and stop together if any rank ran out of time
-            import torch.distributed as dist
+def _restore(saved, model, ema, opt, noise_gen, rank) -> tuple[int, list[dict[str, Any]]]:
+    """Load a checked ``state.pt`` (:func:`.training.rundir.read_state`) into this run's objects; a
+    state of another architecture or world size is one TrainingError."""
+    from .safety import first_line, loads
 
-            dist.all_reduce(stats)
-            stats[:3] /= world
-        loss_v, dist_v, rate_v, over_time = (float(s) for s in stats)
-        finite = math.isfinite(loss_v) and math.isfinite(grad_norm)
-        skip = not finite or (tc.skip_threshold != -1 and grad_norm >= tc.skip_threshold)
-        if skip:
-            skipped += 1
-            consecutive += 1
-            why = "non-finite loss" if not finite else f"grad norm {grad_norm:.1f} >= {tc.skip_threshold:g}"
-            if consecutive in (1, 10) or consecutive % 50 == 0:
-                msg = f"step {step}: update skipped ({why}); {consecutive} in a row, {skipped} in all"
-                if rank == 0:
-                    _append_log(run_dir, {"event": "warning", "step": step, "message": msg})
-                emit({"event": "warning", "step": step, "message": msg})
-            if consecutive >= tc.max_skips:
-                raise TrainingError(
-                    f"the last {consecutive} updates were all skipped ({why}): the model is not learning",
-                    hint="raise --skip-threshold (or -1 to skip only non-finite steps), lower --lr, "
-                    "or raise --grad-clip (see openai/vdvae#25)",
-                )
-        else:
-            consecutive = 0
-            opt.step()
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), params):
-                    pe.lerp_(p, 1.0 - tc.ema_rate)
-            window["loss"] += loss_v
-            window["gnorm"] += grad_norm
-            window["n"] += 1
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        emit({"event": "step", "step": step, "total": total, "loss_bpd": loss_v / LN2, "distortion_bpd": dist_v / LN2,
-              "rate_bpd": rate_v / LN2, "grad_norm": grad_norm, "skipped": skip})
-        final = step >= total
-        if step % eval_every == 0 or final:
-            run_eval()
-        if rank == 0 and (step % sample_every == 0 or final):
-            path = visualise(ema, heldout, run_dir / "samples" / f"step-{step:07d}.png",
-                             columns=tc.grid_columns, seed=tc.seed)
-            emit({"event": "samples", "step": step, "path": str(path)})
-        if step % ckpt_every == 0 or final:
-            checkpoint("periodic" if not final else "final")
-        if over_time and not final:
-            if not history or history[-1]["step"] != step:
-                run_eval()
-            checkpoint("time limit")
-            stopped = "time limit"
-            break
+    try:
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        opt.load_state_dict(saved["optimizer"])
+        noise_gen.set_state(saved["rng"][rank])
+        return int(saved["step"]), [loads(h) for h in saved.get("history", [])]
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise TrainingError(f"the saved state does not fit this run: {first_line(exc)}",
+                            hint="resume from an intact run, or start a new one") from None
 
-    last_bpd = history[-1]["heldout_bpd"] if history else None
-    result = TrainResult(step, last_bpd, run_dir / MODEL_FILE if rank == 0 else None, stopped, skipped, elapsed(),
-                         history, model, ema)
-    emit({"event": "done", "step": step, "stopped": stopped, "heldout_bpd": last_bpd, "skipped": skipped,
-          "elapsed_s": round(elapsed(), 1), "model": str(run_dir / MODEL_FILE)})
-    return result
+
+def _gather_rng(noise_gen: torch.Generator, world: int) -> list[Tensor]:
+    """Every rank's noise-generator state (a collective under DDP)."""
+    if world == 1:
+        return [noise_gen.get_state()]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, noise_gen.get_state())
+    return gathered
+
+
+def _export_meta(data_info, step, n_train, n_heldout, tc, history) -> dict[str, str]:
+    last = history[-1] if history else {}
+    return {
+        "dataset": str((data_info or {}).get("dataset", "custom")),
+        "train_steps": str(step),
+        "train_images": str(n_train),
+        "heldout_images": str(n_heldout),
+        "heldout_bpd": f"{last['heldout_bpd']:.4f}" if "heldout_bpd" in last else "",
+        "ema_rate": str(tc.ema_rate),
+        "seed": str(tc.seed),
+        "trainer": "vdvae train",
+    }
+
+
+def _every(step: int, interval: int | None) -> bool:
+    return bool(interval) and step % interval == 0  # type: ignore[operator]
+
+
+def _rounded(stats: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()}
+
+
+class _Window:
+    """Means of the training loss and gradient norm over the updates since the last evaluation."""
+
+    def __init__(self) -> None:
+        self.loss = self.gnorm = 0.0
+        self.n = 0
+
+    def add(self, result) -> None:
+        if not result.skipped:
+            self.loss, self.gnorm, self.n = self.loss + result.loss_bpd, self.gnorm + result.grad_norm, self.n + 1
+
+    def take(self) -> dict[str, float | None]:
+        out = {"train_bpd": round(self.loss / self.n, 5) if self.n else None,
+               "grad_norm": round(self.gnorm / self.n, 3) if self.n else None}
+        self.loss = self.gnorm = 0.0
+        self.n = 0
+        return out
+
+
+class _Clock:
+    """This call's wall clock: the time limit counts from the start of *this* call (a resumed run
+    gets the time it is given now); ``elapsed`` adds the time of the calls before, for the record.
+    Evaluations by the clock come every ``eval_seconds``, but never take more than a fifth of the time."""
+
+    def __init__(self, tc: TrainConfig, before: float):
+        self.tc, self.before = tc, before
+        self.start = self.last_eval = self.eval_started = time.monotonic()
+        self.eval_seconds = 0.0  # how long the last evaluation took
+
+    def elapsed(self) -> float:
+        return self.before + time.monotonic() - self.start
+
+    def evaluating(self) -> None:
+        self.eval_started = time.monotonic()
+
+    def evaluated(self) -> None:
+        self.last_eval = time.monotonic()
+        self.eval_seconds = self.last_eval - self.eval_started
+
+    def flags(self) -> tuple[bool, bool]:
+        """(out of time, an evaluation is due by the clock): agreed across processes by the step."""
+        now = time.monotonic()
+        over = self.tc.time_limit is not None and now - self.start >= self.tc.time_limit
+        due = (self.tc.eval_seconds is not None
+               and now - self.last_eval >= max(self.tc.eval_seconds, 4 * self.eval_seconds))
+        return over, due

@@ -16,13 +16,13 @@ from typing import Any, Callable
 import typer
 
 from .. import __version__
-from ..errors import DeviceError, OutputError, VDVAEError, is_out_of_memory
+from ..errors import DeviceError, VDVAEError, is_out_of_memory
 
 app = typer.Typer(
     name="vdvae",
     help="Very Deep VAEs from the command line: sample, reconstruct, mix, encode, decode, evaluate, train.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -194,8 +194,6 @@ def _oserror_text(exc: OSError) -> str:
     if exc.filename is not None:
         parts.append(str(exc.filename))
     return ": ".join(parts)
-
-
 def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``app.command`` with the error boundary around the function."""
 
@@ -272,3 +270,36 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Very Deep VAEs from the command line."""
+
+
+def _parser_error(exc: BaseException) -> int | None:
+    """The exit code for an error of Typer's own argument parser (unknown option, missing argument,
+    bad value): 2 for usage errors, 1 for the rest; None for any other exception. Recognised by class
+    name, because Typer 0.26 moved its Click into a private module."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "UsageError" in names:
+        return 2
+    return 1 if "ClickException" in names else None
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the app; Typer's own parser errors go through the same boundary as ours: one
+    ``error:`` line on stderr with a hint, exit 2 for usage errors. Returns the exit code."""
+    try:
+        code = app(args=args, standalone_mode=False)
+    except Exception as exc:
+        exit_code = _parser_error(exc)
+        if exit_code is None:
+            if type(exc).__name__ == "Abort":  # a prompt was interrupted
+                return fail("aborted", code=1).exit_code
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `vdvae` or `vdvae cache ...`: show the help
+            print(exc.format_message() if hasattr(exc, "format_message") else str(exc), file=sys.stderr)
+            return 2
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        where = getattr(ctx, "command_path", None) or "vdvae"
+        raise SystemExit(fail(message.strip().rstrip("."), f"see `{where} --help`", exit_code).exit_code) from None
+    except (KeyboardInterrupt, EOFError):
+        return fail("interrupted", code=130).exit_code
+    return code if isinstance(code, int) else 0

@@ -8,10 +8,9 @@ it import it when called.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Collection, Iterator, Sequence
 
 import typer
 
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from ..model import VAE
 
 BatchOpt = Annotated[str, typer.Option(
-    "--batch-size", "-b",
+    "--batch-size", "-b", metavar="N|auto",
     help="Images per forward pass, or auto: on a GPU the largest batch that fits (grown until memory runs out), "
     "on a CPU a small batch that fits in memory.",
 )]
@@ -47,8 +46,10 @@ class Session:
         self.json_out = json_out
         self.started = time.perf_counter()
         self.model: VAE | None = None
+        self.model_ref: str | None = None  # what --model can name to load this model again
         self.shard = Shard()  # under torchrun: this process's rank and the number of processes
         self._notes: list[str] = []  # said once the options have passed every check (see announce)
+        self.failed: list[str] = []  # inputs that could not be read (each reported when it failed)
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -56,6 +57,23 @@ class Session:
         """A log line on stderr (silenced by --quiet; under torchrun only rank 0 speaks)."""
         if not self.quiet and self.shard.main:
             say(message)
+
+    def input_failed(self, name: str, exc: Exception) -> None:
+        """One input could not be read: say so on one line now (even with --quiet), go on with the
+        others, and fail at the end (:meth:`finish`)."""
+        print(f"error: {exc}" + (f" ({exc.hint})" if getattr(exc, "hint", None) else ""), file=sys.stderr, flush=True)
+        self.failed.append(name)
+
+    def finish(self, total: int) -> None:
+        """Exit 1 with one summary line when some of the ``total`` inputs could not be read (under
+        torchrun, ``failed`` must hold every process's failures: see :meth:`gather`)."""
+        failed = self.failed
+        if failed:
+            shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+            done = f"; the other {total - len(failed)} were processed" if total > len(failed) else ""
+            if self.shard.main:
+                print(f"error: {len(failed)} of {total} inputs could not be read: {shown}{done}", file=sys.stderr)
+            raise typer.Exit(1)
 
     def emit(self, obj: dict[str, Any]) -> None:
         """One strict JSON object on one line of stdout, in one write: ranks of a torchrun job share
@@ -78,15 +96,26 @@ class Session:
 
     # -- model, seeds, noise ----------------------------------------------------------------------
 
-    def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32", *, compile: bool = False) -> "VAE":
+    def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32", *, compile: bool = False,
+                   offline: bool = False) -> "VAE":
+        from ..cache import fetch_model
         from ..hub import load_model
         from ..runtime import configure_backends, init_distributed, launched_distributed, prepare_for_inference
+        from .models import download_progress
 
         t0 = time.perf_counter()
         where: "str | torch.device" = device
         if launched_distributed():
             where, self.shard = init_distributed(device)
-        model = prepare_for_inference(load_model(default_model(ref), device=where, dtype=dtype), compile=compile)
+        if self.shard.main:  # a model's first use downloads it, once, before the other processes look
+            with download_progress(self.quiet) as progress:
+                resolved = fetch_model(default_model(ref), offline=offline, progress=progress)
+        self.barrier()
+        if not self.shard.main:
+            resolved = fetch_model(default_model(ref), offline=True)
+        self.model_ref = resolved.name if resolved.source in ("shipped", "official") else (
+            resolved.detail if resolved.source == "hub" else str(resolved.path.resolve()))
+        model = prepare_for_inference(load_model(resolved, device=where, dtype=dtype), compile=compile)
         configure_backends(model.decoder.gain.device, model.decoder.gain.dtype)
         self.model = model
         cfg = model.cfg
@@ -195,19 +224,22 @@ class Session:
         process writes its own files into a folder; a single file, a grid or stdout is written by
         rank 0 once it has gathered every process's images.
         """
-        seconds: dict[int, float] = {}
+        timing: dict[int, tuple[float, int]] = {}  # index -> (seconds of its batch, images in it)
         mine = self.my_indices(total) if indices is None else list(indices)
         assert self.model is not None
         writer.check_size(self.model.cfg.image_size)
+        mine = [i for i in mine if i not in writer.existing]  # --skip-existing: made by an earlier run
         shared_output = self.shard.world > 1 and writer.kind != "dir"
-        held: list[tuple[int, Any, float]] = []
+        held: list[tuple[int, Any, tuple[float, int]]] = []
         self.announce()
         self.barrier()  # every process has checked the outputs before any writes one
 
         def report(done: list[tuple[int, str]]) -> None:
             if self.json_out:
                 for i, where in done:
-                    self.emit({**record(i), "path": where, "seconds": round(seconds[i], 4)})
+                    batch_seconds, batch_size = timing[i]
+                    self.emit({"type": "image", **record(i), "path": where,
+                               "batch_seconds": round(batch_seconds, 4), "batch_size": batch_size})
 
         from ..errors import activity
 
@@ -217,24 +249,28 @@ class Session:
             t0 = time.perf_counter()
             for chunk, images in self.batches(mine, batch_size, make_batch):
                 images = images.cpu().numpy()
-                per_image = (time.perf_counter() - t0) / len(chunk)
+                batch = (time.perf_counter() - t0, len(chunk))
                 if shared_output:
-                    held.extend((i, img, per_image) for i, img in zip(chunk, images))
+                    held.extend((i, img, batch) for i, img in zip(chunk, images))
                 else:
-                    seconds.update((i, per_image) for i in chunk)
+                    timing.update((i, batch) for i in chunk)
                     report(writer.write(chunk, images))
                 advance(len(chunk))
                 t0 = time.perf_counter()
         if shared_output:
             held = self.gather(held)
             if self.shard.main:
-                seconds.update((i, sec) for i, _, sec in held)
+                timing.update((i, batch) for i, _, batch in held)
                 report(writer.write([i for i, _, _ in held], [img for _, img, _ in held]))
         if self.shard.main:
             report(writer.finish())
         self.barrier()
-        self.info(f"wrote {total} image{'s' if total != 1 else ''} to {writer.label} "
+        self.failed = self.gather(self.failed)
+        made = total - len(writer.existing) - len(self.failed)
+        kept = f" (kept {len(writer.existing)} that existed)" if writer.existing else ""
+        self.info(f"wrote {made} image{'s' if made != 1 else ''} to {writer.label}{kept} "
                   f"in {time.perf_counter() - self.started:.1f}s")
+        self.finish(total)
 
 
 def parse_batch_size(spec: str) -> int:
@@ -306,30 +342,48 @@ def collect_inputs(args: Sequence[str]) -> "list[ImageSource]":
     return collect_images(args, stdin=getattr(sys.stdin, "buffer", None), stdin_is_tty=_isatty(sys.stdin))
 
 
+SkipExistingOpt = Annotated[bool, typer.Option(
+    "--skip-existing", help="With -o DIR/: keep the outputs an earlier run already wrote and make only the "
+    "missing ones (resumes a folder job; no --force needed).",
+)]
+
+
 def plan_images(output: str | None, names: Sequence[str], *, grid: bool = False, force: bool = False,
-                json_out: bool = False) -> "ImageWriter":
+                json_out: bool = False, skip_existing: bool = False) -> "ImageWriter":
     """Where the images go (checked now, before any work): see :func:`vdvae_cli.images.plan_output`."""
     from ..images import plan_output
 
+    if skip_existing and force:
+        raise UsageError("--skip-existing keeps existing outputs and --force replaces them", hint="give one of them")
     return plan_output(output, names, grid=grid, force=force, stdout=getattr(sys.stdout, "buffer", None),
-                       stdout_is_tty=_isatty(sys.stdout), json_out=json_out)
+                       stdout_is_tty=_isatty(sys.stdout), json_out=json_out, skip_existing=skip_existing)
 
 
-def read_pixels(run: Session, sources: Sequence[Any], size: int, no_resize: bool) -> "torch.Tensor":
-    """Decode ``sources`` to one uint8 NHWC tensor at the model's size (resizing is reported)."""
+def read_shard(run: Session, sources: Sequence[Any], size: int, no_resize: bool,
+               skip: Collection[int] = ()) -> "tuple[list[int], Callable[[list[int]], torch.Tensor]]":
+    """Decode this process's share of ``sources`` (all of them without torchrun), leaving out the
+    indices in ``skip``; return the input indices that were read and ``pixels(indices)``, their
+    uint8 NHWC rows. An unreadable input among several is reported and left out (the run fails at
+    its end, see :meth:`Session.finish`); a single input that cannot be read is an error at once."""
+    import numpy as np
     import torch
 
-    from ..images import read_images
+    from ..errors import ImageError
+    from ..images import read_image
 
-    return torch.from_numpy(read_images(sources, size, resize=not no_resize, notify=run.info))
-
-
-def read_shard(run: Session, sources: Sequence[Any], size: int,
-               no_resize: bool) -> "tuple[list[int], Callable[[list[int]], torch.Tensor]]":
-    """Decode this process's share of ``sources`` (all of them without torchrun); return its input
-    indices and ``pixels(indices)``, the uint8 NHWC rows of those inputs."""
-    mine = run.my_indices(len(sources))
-    pixels = read_pixels(run, [sources[i] for i in mine], size, no_resize)
+    mine, rows = [], []
+    for i in run.my_indices(len(sources)):
+        if i in skip:
+            continue
+        try:
+            rows.append(read_image(sources[i], size, resize=not no_resize, notify=run.info))
+        except ImageError as exc:
+            if len(sources) == 1:
+                raise
+            run.input_failed(sources[i].name, exc)
+        else:
+            mine.append(i)
+    pixels = torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, size, size, 3, dtype=torch.uint8)
     row_of = {i: k for k, i in enumerate(mine)}
     return mine, lambda indices: pixels[[row_of[i] for i in indices]]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,7 +21,8 @@ from ..errors import UsageError
 )
 def convert(
     src: Annotated[Path, typer.Argument(help="Official *-model-ema.th or *-model.th (module.-prefixed keys are fine).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Destination .safetensors file.")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Destination .safetensors file (not needed with --check).", show_default=False)] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="Official config name, or 'infer' to read the layout from the weights.")] = None,
     hparams: Annotated[Optional[Path], typer.Option("--hparams", help="Reference hyperparameters: a JSON object or an official run's -log.jsonl.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Store as fp32 (default), fp16 or bf16.")] = None,
@@ -58,6 +57,9 @@ def convert(
                 out(f"mismatched  {k}  {got} != expected {exp}")
             say("ok: every key and shape matches" if report.ok else f"differences: {report.summary(limit=0)}")
         raise typer.Exit(0 if report.ok else 1)
+    if output is None:
+        raise UsageError("missing -o FILE.safetensors (where to write the converted model)",
+                         hint="or pass --check to only compare the keys")
     path, cfg = convert_reference(src, output, cfg, dtype=dtype, force=force)
     info = {"output": str(path), "config": cfg.name, "layers": cfg.n_layers, "bytes": path.stat().st_size}
     if json_out:

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ._app import command, out
+from ._app import command, emit_json, out
 from ._run import BatchOpt, NoResizeOpt, Session, check_batch_size, check_positive, collect_inputs, read_shard
-from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt, default_model
+from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt, default_model
 
 LN2 = math.log(2)
 
@@ -35,11 +35,12 @@ def evaluate(
     images: Annotated[list[str], typer.Argument(
         metavar="IMG", help="Image files, folders, or - for an image on stdin.", show_default=False)],
     samples: Annotated[int, typer.Option(
-        "--samples", "-s", help="Posterior samples per image; K > 1 gives the importance-weighted bound.")] = 1,
+        "--samples", "-s", metavar="K", help="Posterior samples per image; K > 1 gives the importance-weighted bound.")] = 1,
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -53,7 +54,7 @@ def evaluate(
     check_batch_size(batch_size)
     sources = collect_inputs(images)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     cfg = vae.cfg
     mine, pixels = read_shard(run, sources, cfg.image_size, no_resize)  # under torchrun: this process's share
     seed = run.seed(seed)
@@ -67,18 +68,19 @@ def evaluate(
     with run.progress(len(mine), "evaluating") as advance:
         t0 = time.perf_counter()
         for indices, result in run.batches(mine, batch_size, evaluate_batch):
-            seconds = (time.perf_counter() - t0) / len(indices)
+            batch_seconds = time.perf_counter() - t0
             kl_bits = (result.kl_per_layer.double() * cfg.n_dims / LN2).cpu()  # (N, L) bits per image
             for j, i in enumerate(indices):
                 row: dict[str, Any] = {
-                    "type": "image", "index": i, "image": sources[i].name,
+                    "type": "image", "index": i, "input": sources[i].name,
                     "bits_per_dim": float(result.nll_bound[j]) / LN2,
                     "nats_per_dim": float(result.nll_bound[j]),
                     "elbo_bits_per_dim": float(result.elbo[j]) / LN2,
                     "distortion_bits_per_dim": float(result.distortion[j]) / LN2,
                     "rate_bits_per_dim": float(result.rate[j]) / LN2,
                     "kl_bits_per_layer": kl_bits[j].tolist(),
-                    "samples": samples, "bound": bound, "seed": seed, "model": cfg.name, "seconds": round(seconds, 4),
+                    "samples": samples, "bound": bound, "seed": seed, "model": cfg.name,
+                    "batch_seconds": round(batch_seconds, 4), "batch_size": len(indices),
                 }
                 bad = non_finite_keys(row)
                 if bad:
@@ -91,11 +93,15 @@ def evaluate(
             t0 = time.perf_counter()
     if run.shard.world > 1:  # rank 0 reports every image, in input order, and the mean over all of them
         rows = sorted(run.gather(rows), key=lambda r: r["index"])
+        run.failed = run.gather(run.failed)
         if not run.shard.main:
+            run.finish(len(sources))
             return
         if json_out:
             for row in rows:
                 run.emit(row)
+    if not rows:
+        run.finish(len(sources))  # nothing could be read
     summary = _summary(rows, cfg.n_layers)
     summary.update(samples=samples, bound=bound, seed=seed, model=cfg.name,
                    seconds=round(time.perf_counter() - run.started, 4))
@@ -103,6 +109,7 @@ def evaluate(
         run.emit(summary)
     else:
         _print_report(rows, summary, cfg)
+    run.finish(len(sources))
 
 
 def _summary(rows: list[dict[str, Any]], n_layers: int) -> dict[str, Any]:
@@ -130,13 +137,13 @@ def _num(value: float, spec: str) -> str:
 def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> None:
     from ..safety import clean
 
-    rows = [{**r, "image": clean(r["image"])} for r in rows]
-    width = max(5, *(len(r["image"]) for r in rows))
+    rows = [{**r, "input": clean(r["input"])} for r in rows]
+    width = max(5, *(len(r["input"]) for r in rows))
     what = "negative ELBO" if summary["samples"] == 1 else f"importance-weighted bound, {summary['samples']} samples"
     out(f"{cfg.name}: {len(rows)} image{'s' if len(rows) != 1 else ''}, {what}")
     out(f"{'image':<{width}}  {'bits/dim':>9}  {'nats/dim':>9}  {'distortion':>10}  {'rate':>8}")
-    for r in [*rows, {**summary, "image": "mean"}] if len(rows) > 1 else rows:
-        out(f"{r['image']:<{width}}  {_num(r['bits_per_dim'], '>9.4f')}  {_num(r['nats_per_dim'], '>9.4f')}  "
+    for r in [*rows, {**summary, "input": "mean"}] if len(rows) > 1 else rows:
+        out(f"{r['input']:<{width}}  {_num(r['bits_per_dim'], '>9.4f')}  {_num(r['nats_per_dim'], '>9.4f')}  "
             f"{_num(r['distortion_bits_per_dim'], '>10.4f')}  {_num(r['rate_bits_per_dim'], '>8.4f')}")
     out("(distortion and rate in bits/dim)")
     if "null_reason" in summary:
@@ -146,7 +153,7 @@ def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> N
         return
     total = sum(kl) or 1.0
     top = max(kl) or 1.0
-    scope = "mean over the images" if len(rows) > 1 else rows[0]["image"]
+    scope = "mean over the images" if len(rows) > 1 else rows[0]["input"]
     out()
     out(f"KL per latent layer ({scope})")
     out(f"{'layer':>5}  {'res':>4}  {'KL bits':>10}  {'share':>6}")
@@ -163,7 +170,8 @@ def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> N
     "info",
     help=(
         "Describe a model: its latent layers (index, resolution, width, zdim) and sizes.\n\n"
-        "Also shows how many layers each --keep-res keeps. Reads only the file's header, not the weights."
+        "Also shows how many layers each --keep-res keeps. Reads only the file's header, not the weights; "
+        "a registry model that is not downloaded yet is described from its known config, without downloading."
     ),
     epilog="Examples:\n\n"
     "  vdvae info\n\n"
@@ -172,36 +180,41 @@ def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> N
 )
 def info(
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from ..checkpoint import checked_config, parameter_count, stored_digest
-    from ..hub import resolve_model
-    from ..latents import model_fingerprint
+    from ..describe import describe_model
 
-    resolved = resolve_model(default_model(model))
-    path = resolved.path
-    cfg = checked_config(path)  # the header's tensors must be the config's: nothing is built or read
-    fingerprint = model_fingerprint(cfg, stored_digest(path))
-    parameters = parameter_count(cfg)
+    facts = describe_model(default_model(model), offline=offline)
+    cfg = facts.cfg
+    where = f"{facts.path} ({facts.source})" if facts.path else facts.note
+    if cfg is None:  # a registry model whose architecture comes with its download
+        if json_out:
+            emit_json({"model": facts.name, "path": None, "source": facts.source, "note": facts.note,
+                       "parameters": facts.parameters})
+        else:
+            out(f"model        {facts.name}")
+            out(f"file         {where}")
+        return
     keep_res = {r: cfg.layers_up_to_res(r) for r in cfg.resolutions}
     layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.zdim, "mixin": l.mixin,
                "latent_shape": list(l.latent_shape)} for l in cfg.decoder_layers]
     if json_out:
-        Session(quiet=quiet).emit({
-            "model": cfg.name, "path": str(path), "source": resolved.source, "fingerprint": fingerprint,
-            "image_size": cfg.image_size, "dataset": cfg.dataset, "n_layers": cfg.n_layers,
-            "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims, "parameters": parameters,
-            "layers_up_to_res": {str(r): k for r, k in keep_res.items()}, "layers": layers,
-            "config": cfg.to_dict(),
+        emit_json({
+            "model": cfg.name, "path": str(facts.path) if facts.path else None, "source": facts.source,
+            "fingerprint": facts.fingerprint, "image_size": cfg.image_size, "dataset": cfg.dataset,
+            "n_layers": cfg.n_layers, "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims,
+            "parameters": facts.parameters, "layers_up_to_res": {str(r): k for r, k in keep_res.items()},
+            "layers": layers, "config": cfg.to_dict(),
         })
         return
     out(f"model        {cfg.name}")
-    out(f"file         {path} ({resolved.source})")
-    out(f"fingerprint  {fingerprint}")
+    out(f"file         {where}")
+    out(f"fingerprint  {facts.fingerprint or '(known once downloaded)'}")
     out(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")
     out(f"latents      {cfg.n_layers} layers, {cfg.latent_dims:,} dims per image")
-    out(f"parameters   {parameters:,}")
+    out(f"parameters   {facts.parameters:,}" if facts.parameters else "parameters   ?")
     out("--keep-res   " + ", ".join(f"{r} -> {k} layers" for r, k in keep_res.items()))
     out()
     out(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")

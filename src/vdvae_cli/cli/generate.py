@@ -18,9 +18,9 @@ import typer
 from ._app import command, write_stdout
 from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive, collect_inputs,
-    keep_count, plan_images, read_pixels, read_shard, refuse_distributed, stdout_is_tty,
+    SkipExistingOpt, keep_count, plan_images, read_shard, refuse_distributed, stdout_is_tty,
 )
-from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
+from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
 from ..errors import LatentsError, OutputError, UsageError
 from ..temperature import parse_temperature_spec
 
@@ -31,26 +31,26 @@ class Posterior(str, Enum):
 
 
 TempOpt = Annotated[str, typer.Option(
-    "--temp", "-t",
+    "--temp", "-t", metavar="T|SPEC",
     help="Prior temperature of the free layers (0 to 10): one number, or a spec such as "
     "'0.8,0-5=1.0,r32=0.5,12=0.3' (layer N, range A-B or A-, rN = every layer at resolution N, "
     "A-B=t0:t1 a linear ramp; later entries win). Layer numbers as in `vdvae info`.",
 )]
 OutputTempOpt = Annotated[float, typer.Option(
-    "--output-temp", help="Pixel (DMoL) sampling temperature (0 to 10): 1 as the model samples, 0 the most likely pixels.",
+    "--output-temp", metavar="T", help="Pixel (DMoL) sampling temperature (0 to 10): 1 as the model samples, 0 the most likely pixels.",
 )]
 OutOpt = Annotated[Optional[str], typer.Option(
-    "--output", "-o",
+    "--output", "-o", metavar="FILE|DIR/|-",
     help="FILE.png (one image, or the grid), DIR/ (one PNG per image), or - for stdout. "
     "Default: stdout when it is not a terminal.",
     show_default=False,
 )]
 GridOpt = Annotated[bool, typer.Option("--grid", help="Tile all images into one image.")]
 KeepLayersOpt = Annotated[Optional[str], typer.Option(
-    "--keep-layers", "-k", help="Keep the first K latent layers (a number, or 'all').", show_default=False,
+    "--keep-layers", "-k", metavar="K|all", help="Keep the first K latent layers (a number, or 'all').", show_default=False,
 )]
 KeepResOpt = Annotated[Optional[int], typer.Option(
-    "--keep-res", help="Keep every latent layer at resolution <= R (a model resolution).", show_default=False,
+    "--keep-res", metavar="R", help="Keep every latent layer at resolution <= R (a model resolution).", show_default=False,
 )]
 PosteriorOpt = Annotated[Posterior, typer.Option(
     "--posterior", help="Take kept latents as the posterior mean (deterministic) or a posterior sample.",
@@ -76,7 +76,7 @@ PosteriorOpt = Annotated[Posterior, typer.Option(
     "  torchrun --nproc-per-node 4 -m vdvae_cli sample -n 100000 --seed 1 --dtype bf16 -o samples/",
 )
 def sample(
-    num: Annotated[int, typer.Option("--num", "-n", help="How many images.")] = 1,
+    num: Annotated[int, typer.Option("--num", "-n", metavar="N", help="How many images.")] = 1,
     temp: TempOpt = "1.0",
     output_temp: OutputTempOpt = 1.0,
     output: OutOpt = None,
@@ -84,7 +84,9 @@ def sample(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
+    skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -97,9 +99,10 @@ def sample(
     check_positive("-n", num)
     check_batch_size(batch_size)
     check_output_temp(output_temp)
-    writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out)
+    writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out,
+                         skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     temps = parse_temperature_spec(temp, vae.cfg)
     seed = run.seed(seed)
 
@@ -108,7 +111,7 @@ def sample(
                           noise=run.noise(seed, indices))
 
     def record(i: int) -> dict:
-        return {"index": i, "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps,
+        return {"index": i, "input": None, "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps,
                 "output_temp": output_temp}
 
     run.generate(writer, num, batch_size, make, record, "sampling")
@@ -147,7 +150,9 @@ def reconstruct(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
+    skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -155,20 +160,22 @@ def reconstruct(
     quiet: QuietOpt = False,
 ) -> None:
     from .. import ops
-    from ..images import derived_names
+    from ..images import derived_names, read_image
 
     check_keep_args(keep_layers, keep_res)
     check_batch_size(batch_size)
     check_output_temp(output_temp)
     sources = collect_inputs(images)
     writer = plan_images(output, derived_names([s.stem for s in sources], "recon"), grid=grid, force=force,
-                         json_out=json_out)
+                         json_out=json_out, skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
-    mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize)
+    mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize, skip=writer.existing)
     seed = run.seed(seed)
+    if grid:  # each input beside its reconstruction
+        writer.show_beside(lambda i: [read_image(sources[i], vae.cfg.image_size, resize=not no_resize)])
 
     def make(indices: list[int]):
         return ops.reconstruct(vae, pixels(indices), keep_layers=keep, posterior=posterior.value,
@@ -190,7 +197,7 @@ def reconstruct(
     help=(
         "Latent-prefix mixing: the first K layers from A, the rest from B given that prefix.\n\n"
         "B's remaining layers are inferred from its posterior conditioned on A's prefix, so the completion "
-        "fits. With no B they are sampled from the prior at --temp, and --n-variations N shows one prefix "
+        "fits. With no B they are sampled from the prior at --temp, and -n N shows one prefix "
         "with N completions. With --posterior mean (the default) every output shares exactly one prefix of A. "
         "--keep-layers all gives A's reconstruction, --keep-layers 0 gives B's.\n\n"
         "In a folder, outputs are named A_B_mix.png, or A_mix_00000.png for variations."
@@ -198,7 +205,7 @@ def reconstruct(
     epilog="Examples:\n\n"
     "  vdvae mix a.png b.png --keep-layers 10 -o mixed.png\n\n"
     "  vdvae mix a.png others/ --keep-res 8 -o mixes/\n\n"
-    "  vdvae mix a.png --keep-res 16 --n-variations 16 --temp 0.7 --grid -o variations.png",
+    "  vdvae mix a.png --keep-res 16 -n 16 --temp 0.7 --grid -o variations.png",
 )
 def mix(
     a: Annotated[str, typer.Argument(
@@ -209,7 +216,8 @@ def mix(
     keep_layers: KeepLayersOpt = None,
     keep_res: KeepResOpt = None,
     n_variations: Annotated[int, typer.Option(
-        "--n-variations", "-n", help="Without B: how many completions of A's prefix to draw.")] = 1,
+        "--num", "-n", "--n-variations", metavar="N",
+        help="Without B: how many completions of A's prefix to draw (-n as in sample).")] = 1,
     posterior: PosteriorOpt = Posterior.mean,
     temp: TempOpt = "1.0",
     output_temp: OutputTempOpt = 1.0,
@@ -219,25 +227,29 @@ def mix(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
+    skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
+    import torch
+
     from .. import ops
-    from ..images import derived_names, numbered_names
+    from ..images import derived_names, numbered_names, read_image
 
     check_keep_args(keep_layers, keep_res)
     if keep_layers is None and keep_res is None:
         raise UsageError("mix needs --keep-layers K or --keep-res R (how much of A to keep)")
-    check_positive("--n-variations", n_variations)
+    check_positive("-n", n_variations)
     check_batch_size(batch_size)
     check_output_temp(output_temp)
     if b and n_variations != 1:
-        raise UsageError("--n-variations draws completions from the prior, so it takes no B images",
-                         hint="drop B, or drop --n-variations")
+        raise UsageError("-n draws completions from the prior, so it takes no B images",
+                         hint="drop B, or drop -n")
     if a == "-" and b and "-" in b:
         raise UsageError("'-' (stdin) is given more than once", hint="stdin can be read only once")
     a_sources = collect_inputs([a])
@@ -249,15 +261,23 @@ def mix(
         names = derived_names([f"{source_a.stem}_{s.stem}" for s in b_sources], "mix")
     else:
         names = numbered_names(f"{source_a.stem}_mix", n_variations)
-    writer = plan_images(output, names, grid=grid, force=force, json_out=json_out)
+    writer = plan_images(output, names, grid=grid, force=force, json_out=json_out, skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
     temps = parse_temperature_spec(temp, vae.cfg)
-    pixels_a = read_pixels(run, [source_a], vae.cfg.image_size, no_resize)
+    size, resize = vae.cfg.image_size, not no_resize
+    image_a = read_image(source_a, size, resize=resize, notify=run.info)
+    pixels_a = torch.from_numpy(image_a[None].copy())
     total = len(b_sources) or n_variations
-    mine, pixels_b = read_shard(run, b_sources, vae.cfg.image_size, no_resize) if b_sources else (None, None)
+    mine, pixels_b = (read_shard(run, b_sources, size, no_resize, skip=writer.existing) if b_sources
+                      else (None, None))
     seed = run.seed(seed)
+    if grid:  # A, B and their mix side by side; or A before its variations
+        if b_sources:
+            writer.show_beside(lambda i: [image_a, read_image(b_sources[i], size, resize=resize)])
+        else:
+            writer.show_beside(None, lead=[image_a])
 
     # A's prefix is encoded once and shared by every output row (its own noise stream, index -1).
     prefix = ops.encode(vae, pixels_a, posterior=posterior.value, noise=run.noise(seed, [-1]), n_layers=keep)
@@ -268,7 +288,7 @@ def mix(
                        output_temperature=output_temp, noise=run.noise(seed, indices))
 
     def record(i: int) -> dict:
-        return {"index": i, "a": source_a.name, "b": b_sources[i].name if b_sources else None,
+        return {"index": i, "input": source_a.name, "input_b": b_sources[i].name if b_sources else None,
                 "keep_layers": keep, "posterior": posterior.value, "seed": seed, "model": vae.cfg.name,
                 "temp": temp, "temperatures": temps, "output_temp": output_temp}
 
@@ -298,7 +318,7 @@ def encode(
     images: Annotated[list[str], typer.Argument(
         metavar="IMG", help="Image files, folders, or - for an image on stdin.", show_default=False)],
     output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", help="Latents file (.safetensors), or - for stdout. Default: stdout when it is not a terminal.",
+        "--output", "-o", metavar="FILE|-", help="Latents file (.safetensors), or - for stdout. Default: stdout when it is not a terminal.",
         show_default=False)] = None,
     posterior: PosteriorOpt = Posterior.mean,
     no_resize: NoResizeOpt = False,
@@ -306,6 +326,7 @@ def encode(
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -322,23 +343,24 @@ def encode(
     sources = collect_inputs(images)
     target = _latents_target(output, force, json_out)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
-    pixels = read_pixels(run, sources, vae.cfg.image_size, no_resize)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
+    mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize)
     seed = run.seed(seed) if posterior is Posterior.sample else seed
     parts: list[list[torch.Tensor]] = []
     run.announce()
 
     def encode_batch(indices: list[int]) -> list[torch.Tensor]:
         noise = run.noise(seed, indices) if seed is not None else None
-        return [z.cpu() for z in ops.encode(vae, pixels[indices], posterior=posterior.value, noise=noise)]
+        return [z.cpu() for z in ops.encode(vae, pixels(indices), posterior=posterior.value, noise=noise)]
 
-    with run.progress(len(sources), "encoding") as advance:
-        for indices, zs in run.batches(range(len(sources)), batch_size, encode_batch):
+    with run.progress(len(mine), "encoding") as advance:
+        for indices, zs in run.batches(mine, batch_size, encode_batch):
             parts.append(zs)
             advance(len(indices))
     layers = [torch.cat([p[i] for p in parts]) for i in range(vae.cfg.n_layers)]
-    names = [s.name for s in sources]
-    blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed, weights=vae.weights_digest)
+    names = [sources[i].name for i in mine]
+    blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed, weights=vae.weights_digest,
+                         metadata={"model_ref": run.model_ref or ""})
     if target is None:
         write_stdout(blob)
         where = "-"
@@ -350,9 +372,10 @@ def encode(
     run.info(f"wrote latents of {len(names)} image{'s' if len(names) != 1 else ''} ({vae.cfg.n_layers} layers, "
              f"{len(blob) / 1e6:.2f} MB) to {where}")
     if json_out:
-        run.emit({"path": where, "images": names, "layers": vae.cfg.n_layers, "posterior": posterior.value,
+        run.emit({"type": "latents", "path": where, "inputs": names, "layers": vae.cfg.n_layers, "posterior": posterior.value,
                   "seed": seed, "model": vae.cfg.name, "bytes": len(blob),
                   "seconds": round(time.perf_counter() - run.started, 4)})
+    run.finish(len(sources))
 
 
 @command(
@@ -379,7 +402,9 @@ def decode(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     force: ForceOpt = False,
+    skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -395,12 +420,12 @@ def decode(
     check_output_temp(output_temp)
     data, label = _read_latents_bytes(latents)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     content = load_latents(data, vae.cfg, label=label, weights=vae.weights_digest)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
     writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
-                         grid=grid, force=force, json_out=json_out)
+                         grid=grid, force=force, json_out=json_out, skip_existing=skip_existing)
     layers = [z if i < keep else None for i, z in enumerate(content.layers)]
     seed = run.seed(seed)
 
@@ -410,7 +435,7 @@ def decode(
                           noise=run.noise(seed, indices))
 
     def record(i: int) -> dict:
-        return {"index": i, "name": content.names[i], "latents": label, "keep_layers": keep, "seed": seed,
+        return {"index": i, "input": content.names[i], "latents": label, "keep_layers": keep, "seed": seed,
                 "model": vae.cfg.name, "temp": temp, "temperatures": temps, "output_temp": output_temp}
 
     run.generate(writer, content.n, batch_size, make, record, "decoding")

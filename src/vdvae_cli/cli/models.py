@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
-from ._app import command, emit_json, say
+from ._app import command, emit_json, out, say
 from .options import ForceOpt, JsonOpt, QuietOpt
 
 if TYPE_CHECKING:
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def _progress_reporter(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
+def download_progress(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
     """A progress callback for the hub functions: a rich bar on a terminal, a few plain lines otherwise."""
     if quiet:
         yield None
@@ -88,7 +87,7 @@ def download(
     from ..hub import download as fetch
     from ..hub import human_size
 
-    with _progress_reporter(quiet or json_out) as progress:
+    with download_progress(quiet or json_out) as progress:
         resolved = fetch(name, force=force, keep_original=keep_original, progress=progress)
     size = resolved.path.stat().st_size
     if json_out:
@@ -102,11 +101,16 @@ def download(
     "models",
     epilog="Examples:\n\n"
     "  vdvae models\n\n"
+    "  vdvae models --long\n\n"
     "  vdvae models --json | jq -r 'select(.cached) | .name'",
 )
-def models(json_out: JsonOpt = False) -> None:
+def models(
+    long: Annotated[bool, typer.Option("--long", "-l", help="Each model's licence, source and cached file in full.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """List the models --model can name: the shipped one, the official openai/vdvae checkpoints and
-    where each is cached. The default model is marked with *.
+    where each is cached. The default model is marked with *. Official models are downloaded on
+    their first use (or ahead of time with `vdvae download NAME`).
     """
     from .. import registry
     from ..hub import cache_dir, cached_path, human_size
@@ -123,31 +127,44 @@ def models(json_out: JsonOpt = False) -> None:
             emit_json(info)
         return
 
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    from ..safety import clean
-
-    def count(n: int | None, approx: bool, fmt: str) -> str:
+    def count(n: float | None, approx: bool, fmt: str) -> str:
         return "?" if n is None else ("~" if approx else "") + fmt.format(n)
 
-    table = Table(box=None, header_style="bold", caption=Text(clean(f"cache: {cache_dir()} (VDVAE_CACHE)")),
-                  caption_justify="left")
-    for col in ("name", "res", "layers", "params", "size", "licence", "cached", "source"):
-        table.add_column(col, justify="right" if col in ("res", "layers", "params", "size") else "left")
-    for r in rows:
-        table.add_row(*(Text(clean(cell)) for cell in (
-            r["name"] + (" *" if r["default"] else ""),
-            str(r["resolution"] or "?"),
-            count(r["latent_layers"], False, "{}"),
-            count(r["parameters"] and r["parameters"] / 1e6, r["approximate"], "{:.1f}M"),
-            ("~" if r["approximate"] else "") + human_size(r["size_bytes"]),
-            r["license"],
-            r["cached_path"] if r["cached"] else "no",
-            r["source"],
-        )))
-    console = Console(width=None if sys.stdout.isatty() else 240, soft_wrap=False)
-    console.print(table)
+    if long:
+        for r in rows:
+            out(f"{r['name']}{' (default)' if r['default'] else ''}: {r['title']}")
+            out(f"  licence  {r['license']}")
+            out(f"  source   {r['source']}")
+            out(f"  cached   {r['cached_path'] or 'no (downloaded on first use)'}")
+            if r["note"]:
+                out(f"  note     {r['note']}")
+        out(f"cache: {cache_dir()} (VDVAE_CACHE)")
+    else:  # fits an 80-column terminal: the long texts are behind --long
+        table = [("name", "res", "layers", "params", "size", "cached", "terms")]
+        for r in rows:
+            table.append((
+                r["name"] + (" *" if r["default"] else ""),
+                str(r["resolution"] or "?"),
+                count(r["latent_layers"], False, "{}"),
+                count(r["parameters"] and r["parameters"] / 1e6, r["approximate"], "{:.1f}M"),
+                ("~" if r["approximate"] else "") + human_size(r["size_bytes"]),
+                "yes" if r["cached"] else "no",
+                _terms(r["license"]),
+            ))
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            cells = [c.rjust(w) if 1 <= i <= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+            out("  ".join(cells).rstrip())
+        out(f"cache: {cache_dir()}; licences and sources: vdvae models --long")
     if default is None:
         say("no model is shipped in weights/, so --model is required")
+
+
+def _terms(licence: str) -> str:
+    """The one thing about a licence to see at a glance."""
+    text = licence.lower()
+    if "non-commercial" in text:
+        return "non-commercial"
+    if "research-only" in text:
+        return "research only"
+    return licence.split(";")[0].split(" (")[0]

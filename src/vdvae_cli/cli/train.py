@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,20 +10,26 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ._app import command, emit_json, say
-from .options import DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, QuietOpt
+from .options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt
 from ..errors import UsageError
 
 _EPILOG = (
     "Examples:\n\n"
-    "  vdvae train photos/ --hparams small32.json -o runs/mine --steps 20000\n\n"
+    "  vdvae train photos/ -o runs/mine\n\n"
+    "  vdvae train photos/ -o runs/mine --config small64 --time-limit 30\n\n"
+    "  vdvae train --resume runs/mine --time-limit 60\n\n"
     "  vdvae train faces.npy --init digits32 -o runs/finetune --steps 2000 --lr 5e-5\n\n"
-    "  vdvae train --resume runs/mine --steps 40000\n\n"
+    "  vdvae train digits.npz --hparams scripts/digits32.json -o runs/digits --steps 7500\n\n"
     "  torchrun --nproc-per-node 4 -m vdvae_cli train imgs.npz --config cifar10 -o runs/c10 --dtype bf16\n\n"
-    "The run folder gets run.json, state.pt (resume), model.safetensors (EMA weights for "
-    "`vdvae sample --model RUN/model.safetensors`), log.jsonl and samples/step-N.png. "
-    "A --hparams JSON uses the reference's field names (width, zdim, enc_blocks, dec_blocks, "
-    "custom_width_str, bottleneck_multiple, num_mixtures, image_size, dataset); without a "
-    "'preprocessing' object the input shift/scale are the training pixels' mean/std."
+    "Without --config the model is the small32 preset (0.8M parameters, 32x32), sized for a CPU. Options "
+    "not given are sized to the data and the time limit: 10% held out, a batch near a quarter of the "
+    "images (4-32), 30 epochs (500-20,000 steps) or until --time-limit, warm-up and 10 evaluations "
+    "to match. The run folder gets run.json, state.pt (resume), model.safetensors (EMA weights for "
+    "`vdvae sample --model RUN/model.safetensors`), log.jsonl, curves.png, samples/step-N.png and, "
+    "with tensorboard installed, tensorboard/. A --hparams JSON uses the reference's field names "
+    "(width, zdim, enc_blocks, dec_blocks, custom_width_str, bottleneck_multiple, num_mixtures, "
+    "image_size, dataset); without a 'preprocessing' object the input shift/scale are the training "
+    "pixels' mean/std."
 )
 
 
@@ -35,27 +40,39 @@ def _parse_coarse_first(text: str) -> dict[str, int]:
     return {"coarse_res": int(res), "coarse_steps": int(steps)}
 
 
-def _resolve_model_config(config: str | None, hparams: Path | None, init: str | None, data: Path, image_size_hint):
-    """(model config, init state or None, images) from the mutually exclusive model sources."""
+def _resolve_model_config(config: str | None, hparams: Path | None, init: str | None, data: Path, image_size_hint,
+                          run_name: str, skipped):
+    """(model config, init state or None, images) from the mutually exclusive model sources; none
+    given means the default CPU preset. ``skipped`` hears of image files that could not be read."""
     from ..config import config_from_reference, official_config, read_hparams_file
     from ..data import load_images, pixel_stats
+    from ..presets import DEFAULT_PRESET, is_preset, preset_config, preset_image_size
 
     given = [x for x in (config, hparams, init) if x is not None]
-    if len(given) != 1:
+    if len(given) > 1:
         raise UsageError("give exactly one of --config NAME, --hparams FILE.json or --init MODEL",
                          hint="--init starts from a trained model (fine-tuning)")
+    if not given:
+        config = DEFAULT_PRESET
     if init is not None:
         from ..checkpoint import read_checkpoint
         from ..hub import resolve_model
 
         cfg, state = read_checkpoint(Path(os.fspath(resolve_model(init))))
-        return cfg, state, load_images(data, cfg.image_size)
+        # a fine-tuned model is a new model: it takes the run's name, not its parent's
+        return cfg.replace(name=run_name), state, load_images(data, cfg.image_size, skipped=skipped)
+    if is_preset(config):
+        images = load_images(data, image_size_hint or preset_image_size(config), skipped=skipped)
+        if images.shape[1] != preset_image_size(config):
+            raise UsageError(f"--config {config} trains on {preset_image_size(config)}x{preset_image_size(config)} "
+                             "images", hint="drop --image-size, or pick the preset of that size (small32, small64)")
+        return preset_config(config, images, run_name=run_name), None, images
     if config is not None:
         cfg = official_config(config)
-        return cfg, None, load_images(data, cfg.image_size)
+        return cfg, None, load_images(data, cfg.image_size, skipped=skipped)
     hps = dict(read_hparams_file(hparams))  # type: ignore[arg-type]
     size = hps.get("image_size") or image_size_hint
-    images = load_images(data, size)
+    images = load_images(data, size, skipped=skipped)
     if not size:
         hps["image_size"] = int(images.shape[1])
     from ..config import _DATASETS  # the reference datasets carry their own constants
@@ -67,11 +84,22 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
     return config_from_reference(hps, name=name), None, images
 
 
+def _train_dtype(spec: str, device) -> str:
+    """``--dtype auto``: bf16 autocast where the device computes bf16 natively, else fp32."""
+    if spec in ("fp32", "bf16"):
+        return spec
+    if spec != "auto":
+        raise UsageError(f"--dtype {spec!r} cannot train", hint="use auto, fp32, or bf16 (autocast, fp32 master weights)")
+    from ..runtime import fast_bf16
+
+    return "bf16" if fast_bf16(device) else "fp32"
+
+
 @command("train", epilog=_EPILOG)
 def train_cmd(
     data: Annotated[Optional[Path], typer.Argument(help="Folder of images, or an .npy/.npz uint8 (N, H, W[, C]) array.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder to create.", show_default=False)] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Official architecture (cifar10, imagenet32, ...), trained with its reference recipe.", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="NAME", help="small32 or small64 (presets sized for a CPU; default small32), or an official architecture (cifar10, imagenet32, ...) trained with its reference recipe.", show_default=False)] = None,
     hparams: Annotated[Optional[Path], typer.Option("--hparams", help="Architecture as reference-style JSON (or an official -log.jsonl).", show_default=False)] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="Fine-tune: start from this model (registry name or .safetensors).", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", show_default=False)] = None,
@@ -92,17 +120,19 @@ def train_cmd(
     ckpt_every: Annotated[Optional[int], typer.Option("--ckpt-every", help="Steps between checkpoints [= --eval-every].", show_default=False)] = None,
     keep_every: Annotated[Optional[int], typer.Option("--keep-every", help="Also keep step-N.pt copies at this interval.", show_default=False)] = None,
     max_eval: Annotated[Optional[int], typer.Option("--max-eval", help="Evaluate on at most this many held-out images.", show_default=False)] = None,
-    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="Minutes; then checkpoint and stop (resumable).", show_default=False)] = None,
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="MINUTES", help="Train for this long (from now, also when resuming), then checkpoint and stop; --resume continues.", show_default=False)] = None,
     coarse_first: Annotated[Optional[str], typer.Option("--coarse-first", metavar="RES:STEPS", help="Curriculum: for the first STEPS steps infer only the latent layers at resolution <= RES (the rest come from the prior), so the coarse layers learn the global content first. Off by default (the reference recipe).", show_default=False)] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="With --hparams lacking image_size: resize/crop to this.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation, data order and training noise [0].", show_default=False)] = None,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "fp32",
+    dtype: Annotated[str, typer.Option(
+        "--dtype", metavar="auto|fp32|bf16",
+        help="auto: bf16 autocast (fp32 master weights) where the CPU or GPU computes bf16 natively, else fp32.")] = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
 ) -> None:
-    """Train a VDVAE with the reference recipe (AdamW, warm-up, clipping, update skipping, EMA).
+    """Train a VDVAE on a folder of images: `vdvae train FOLDER -o RUN` works with defaults.
 
     Reports the held-out negative ELBO in bits/dim at every evaluation (one JSON line each with
     --json), writes sample grids and resumable checkpoints, and exports the EMA weights as a
@@ -122,10 +152,16 @@ def train_cmd(
     }
     if coarse_first is not None:
         overrides.update(_parse_coarse_first(coarse_first))
-    if dtype not in ("fp32", "bf16"):
-        raise UsageError(f"--dtype {dtype!r} cannot train", hint="use fp32, or bf16 (autocast, fp32 master weights)")
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--dtype {dtype!r} cannot train", hint="use auto, fp32, or bf16 (autocast, fp32 master weights)")
     if steps is not None and epochs is not None:
         raise UsageError("give --steps or --epochs, not both")
+    from ..data import load_images
+    from ..runtime import init_distributed
+
+    def skipped(message: str) -> None:
+        if not quiet:
+            print(f"warning: {message}", file=sys.stderr)
 
     if resume is not None:
         if any(x is not None for x in (config, hparams, init)):
@@ -141,31 +177,32 @@ def train_cmd(
             tc = tc.replace(epochs=None)
         if "epochs" in overrides:
             tc = tc.replace(steps=None)
-        tc = tc.replace(**overrides, dtype=dtype if dtype != "fp32" else tc.dtype)
+        tc = tc.replace(**overrides, dtype=tc.dtype if dtype == "auto" else dtype)
         data_path = Path(data) if data is not None else Path(info["data"].get("path", ""))
-        from ..data import load_images
-
         if not str(data_path) or not data_path.exists():
             raise UsageError(f"the run's data {data_path} is not there", hint="pass DATA again")
-        images, init_state, run_dir = load_images(data_path, cfg.image_size), None, resume
+        images, init_state, run_dir = load_images(data_path, cfg.image_size, skipped=skipped), None, resume
         data_info = dict(info["data"], path=str(data_path))
+        dev, shard = init_distributed(device)
     else:
         if data is None:
             raise UsageError("missing DATA (a folder of images or an .npy/.npz array)")
         if output is None:
             raise UsageError("missing -o RUN_DIR (the folder to write the run to)")
-        cfg, init_state, images = _resolve_model_config(config, hparams, init, data, image_size)
-        base: dict[str, Any] = reference_recipe(config) if config else {}
-        base.update(overrides)
-        if "steps" not in base and "epochs" not in base:
-            base["epochs"] = 10
-        tc = TrainConfig(**base, dtype=dtype)
+        cfg, init_state, images = _resolve_model_config(config, hparams, init, data, image_size,
+                                                        output.resolve().name, skipped)
+        from ..presets import PRESET_RECIPE, is_preset
+        from ..training.schedule import auto_settings
+
+        preset = is_preset(config) or not any(x is not None for x in (config, hparams, init))
+        recipe: dict[str, Any] = dict(PRESET_RECIPE) if preset else reference_recipe(config) if config else {}
+        given = {**recipe, **overrides}
+        dev, shard = init_distributed(device)
+        tc = TrainConfig(**{**given, **auto_settings(len(images), given, world=shard.world, decay=preset)},
+                         dtype=_train_dtype(dtype, dev))
         run_dir = output
         data_info = {"dataset": cfg.dataset if cfg.dataset != "custom" else data.stem, "path": str(data)}
 
-    from ..runtime import init_distributed
-
-    dev, shard = init_distributed(device)
     rank = shard.rank
     callback = _Reporter(json_out=json_out, quiet=quiet) if rank == 0 else None
     try:
@@ -200,7 +237,10 @@ class _Reporter:
             console=Console(stderr=True), transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=total, completed=done, loss="loss -", heldout="-")
+        from ..training.schedule import UNTIL_TIME_LIMIT
+
+        self.task = self.progress.add_task("train", total=None if total >= UNTIL_TIME_LIMIT else total, completed=done,
+                                           loss="loss -", heldout="-")
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]

@@ -1,0 +1,64 @@
+"""``vdvae cache``: what the model cache holds (name, size, where), and removing entries."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ._app import command, emit_json
+from .options import JsonOpt, QuietOpt
+
+
+@command(
+    "cache",
+    epilog="Examples:\n\n"
+    "  vdvae cache\n\n"
+    "  vdvae cache --remove ffhq256\n\n"
+    "  vdvae cache --remove-all\n\n"
+    "  vdvae cache --json | jq -r .path",
+)
+def cache(
+    remove: Annotated[Optional[list[str]], typer.Option(
+        "--remove", "-r", metavar="NAME", help="Delete this entry (repeat for several).", show_default=False)] = None,
+    remove_all: Annotated[bool, typer.Option(
+        "--remove-all", help="Delete every converted model and partial download in the cache.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """List the models downloaded to this machine, or remove some.
+
+    Named models (`--model ffhq256`) are downloaded on first use and converted once into the cache
+    ($VDVAE_CACHE, default ~/.cache/vdvae-cli); an interrupted download stays there as a partial
+    file that the next download resumes. hf:// models live in the Hugging Face cache.
+    """
+    from ..cache import cached_models, remove as remove_entries
+    from ..hub import cache_dir, human_size
+
+    if remove or remove_all:
+        gone = remove_entries(list(remove or []), everything=remove_all)
+        for c in gone:
+            if json_out:
+                emit_json({**c.to_dict(), "removed": True})
+            elif not quiet:
+                print(f"removed {c.name} ({human_size(c.size)}, {c.path})", file=sys.stderr)
+        if not gone and not quiet and not json_out:
+            print(f"the cache ({cache_dir()}) is empty", file=sys.stderr)
+        return
+    entries = cached_models()
+    if json_out:
+        for c in entries:
+            emit_json(c.to_dict())
+        return
+    if not entries:
+        if not quiet:
+            print(f"the cache ({cache_dir()}) is empty; `vdvae models` lists what can be downloaded", file=sys.stderr)
+        return
+    width = max(4, *(len(c.name) for c in entries))
+    print(f"{'name':<{width}}  {'kind':<7}  {'size':>8}  where")
+    for c in entries:
+        print(f"{c.name:<{width}}  {c.kind:<7}  {human_size(c.size):>8}  {c.path}")
+    total = sum(c.size for c in entries)
+    if not quiet:
+        print(f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'}, {human_size(total)} in all", file=sys.stderr)

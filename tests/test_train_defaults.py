@@ -1,0 +1,99 @@
+"""Training that works on a user's folder: `vdvae train FOLDER -o RUN` with defaults (sized to the
+data and the time limit), resuming with a new time limit, and curves a person can look at."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from vdvae_cli.cli import app
+from vdvae_cli.train import read_run
+from vdvae_cli.training.curves import plot_curves
+from vdvae_cli.training.schedule import UNTIL_TIME_LIMIT, auto_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """64 structured 32x32 images (a coloured bar and a light stripe on dark grey) and a corrupt file."""
+    d = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for i in range(64):
+        img = np.full((32, 32, 3), 30, np.uint8)
+        r, c = rng.integers(4, 28), rng.integers(0, 3)
+        img[r - 3:r + 3, :, c] = 220
+        img[:, rng.integers(4, 28), :] = 200
+        Image.fromarray(img).save(d / f"{i:03d}.png")
+    (d / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return d
+
+
+def test_auto_settings_scale_with_data_and_time():
+    small = auto_settings(64, {}, decay=True)
+    assert (small["holdout"], small["batch_size"], small["steps"], small["warmup"]) == (0.1, 8, 500, 25)
+    assert (small["eval_every"], small["lr_schedule"], small["eval_at_start"], small["max_eval"]) == (50, "cosine", True, 1000)
+    big = auto_settings(60_000, {})
+    assert (big["batch_size"], big["steps"], big["warmup"], big["eval_every"], big["lr_schedule"]) == (32, 20_000, 100, 2000, "constant")
+    timed = auto_settings(60_000, {"time_limit": 600.0}, decay=True)
+    assert timed["steps"] == UNTIL_TIME_LIMIT and timed["lr_schedule"] == "constant"
+    assert (timed["warmup"], timed["eval_seconds"]) == (60, 60.0) and "eval_every" not in timed
+    tiny = auto_settings(5, {})
+    assert tiny["holdout"] == 1 and tiny["batch_size"] == 4
+    mine = auto_settings(64, {"batch_size": 16, "eval_every": 7, "steps": 40})
+    assert "batch_size" not in mine and "eval_every" not in mine and "steps" not in mine and mine["warmup"] == 10
+
+
+def test_train_a_folder_with_defaults_lowers_heldout_bpd(folder, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(folder), "-o", str(run), "--time-limit", "0.3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {folder / 'zz-broken.png'} is corrupt" in result.stderr  # reported; the run goes on
+    evals = [json.loads(line) for line in result.stdout.splitlines()]
+    assert evals[0]["step"] == 0 and len(evals) >= 3
+    first, last = evals[0]["heldout_bpd"], evals[-1]["heldout_bpd"]
+    assert last < first - 0.5, [e["heldout_bpd"] for e in evals]  # it learnt something (> 1 bit when the CPU is idle)
+    cfg, tc, info = read_run(run)
+    assert (cfg.name, cfg.n_layers, cfg.image_size) == ("run", 15, 32)  # the small32 preset, named after the run
+    assert (info["n_images"], info["n_heldout"], tc.batch_size, tc.lr) == (64, 6, 8, 1e-3)
+    assert "stopped at the time limit" in result.stderr
+    with Image.open(run / "curves.png") as im:
+        assert im.size == (720, 420)
+    assert (run / "model.safetensors").is_file()
+
+    # --resume with a new time limit gets that time (the old run's time does not count against it)
+    stopped_at = evals[-1]["step"]
+    more = runner.invoke(app, ["train", "--resume", str(run), "--time-limit", "0.12", "--json"])
+    assert more.exit_code == 0, more.output
+    steps = [json.loads(line)["step"] for line in more.stdout.splitlines()]
+    assert steps[-1] > stopped_at + 2, (stopped_at, steps)  # not one step and out, as when the old limit counted
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["step"] == steps[-1] and state["elapsed_s"] > 18 + 7
+
+
+def test_tensorboard_events_when_installed(folder, tmp_path):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "tb"
+    result = runner.invoke(app, ["train", str(folder), "-o", str(run), "--steps", "2", "--eval-every", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/heldout_bpd")] == [1, 2]
+    assert [e.step for e in events.Scalars("train/loss_bpd")] == [1, 2]
+
+
+def test_curves_png_shows_both_series(tmp_path):
+    history = [{"step": s, "heldout_bpd": 6.0 - s / 100, "train_bpd": 6.5 - s / 90 if s else None} for s in (0, 100, 200)]
+    path = plot_curves(history, tmp_path / "c.png")
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    red = ((img[..., 0] > 150) & (img[..., 1] < 100) & (img[..., 2] < 100)).sum()
+    blue = ((img[..., 2] > 150) & (img[..., 0] < 100)).sum()
+    assert red > 100 and blue > 100
+    assert plot_curves([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
