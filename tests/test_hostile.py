@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import gzip
 import json
-import math
 import os
 import re
 import signal
@@ -34,9 +33,8 @@ from forkserver import ForkServer, Result
 from httpserver import LocalServer
 from PIL import Image
 
-from vdvae_cli.checkpoint import expected_shapes, save_checkpoint
-from vdvae_cli.config import VDVAEConfig, config_from_reference, official_config
-from vdvae_cli.model import VAE
+from vdvae_cli.checkpoint import expected_shapes
+from vdvae_cli.config import VDVAEConfig, config_from_reference
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "data" / "golden"

@@ -8,7 +8,6 @@ every key and shape against that config and names each difference.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import struct

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import ImageError, UsageError
-from .images import fit_square, to_rgb
+from .images import fit_square
 from .runtime import image_seed
 
 Tensor = torch.Tensor

@@ -17,7 +17,6 @@ Environment:
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import struct
 from dataclasses import dataclass, replace

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from copy import deepcopy
 from dataclasses import asdict, dataclass, fields, replace

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import typer
 
 from .. import __version__
-from ..errors import DeviceError, OutputError, VDVAEError, is_out_of_memory
+from ..errors import DeviceError, VDVAEError, is_out_of_memory
 
 app = typer.Typer(
     name="vdvae",

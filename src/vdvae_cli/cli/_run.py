@@ -8,7 +8,6 @@ it import it when called.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Sequence
