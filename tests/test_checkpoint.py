@@ -207,3 +207,21 @@ def test_cli_convert_check_lists_every_difference(tmp_path, golden_state, hparam
     assert not out.exists()
     res = runner.invoke(app, ["convert", str(src), "--hparams", str(hparams_file), "--check", "-o", str(out)])
     assert res.exit_code == 1 and "missing     encoder.enc_blocks.13.c4.bias" in res.stdout
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet32", "imagenet64", "ffhq256", "ffhq1024", "tiny"])
+def test_shapes_from_the_config_are_the_networks(name, golden_cfg):
+    """expected_shapes computes keys and shapes from the config alone (so a hostile config is compared
+    with its file before anything is built); it must stay equal to the network's own state_dict."""
+    from collections import OrderedDict
+
+    from vdvae_cli.checkpoint import expected_shapes, parameter_count
+    from vdvae_cli.config import official_config
+    from vdvae_cli.model import VAE
+
+    cfg = golden_cfg if name == "tiny" else official_config(name)
+    with torch.device("meta"):
+        model = VAE(cfg)
+    built = OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    assert list(expected_shapes(cfg).items()) == list(built.items())
+    assert parameter_count(cfg) == sum(p.numel() for p in model.parameters())
