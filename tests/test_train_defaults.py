@@ -62,6 +62,7 @@ def test_train_a_folder_with_defaults_lowers_heldout_bpd(folder, tmp_path):
     assert (cfg.name, cfg.n_layers, cfg.image_size) == ("run", 15, 32)  # the small32 preset, named after the run
     assert (info["n_images"], info["n_heldout"], tc.batch_size, tc.lr) == (64, 6, 8, 1e-3)
     assert "stopped at the time limit" in result.stderr
+    assert "training run (0.77M parameters" in result.stderr and "on 58 images (6 held out), 8 per step, for 18 s" in result.stderr
     with Image.open(run / "curves.png") as im:
         assert im.size == (720, 420)
     assert (run / "model.safetensors").is_file()

@@ -242,6 +242,22 @@ class _Reporter:
         self.task = self.progress.add_task("train", total=None if total >= UNTIL_TIME_LIMIT else total, completed=done,
                                            loss="loss -", heldout="-")
 
+    def _say_plan(self, e: dict[str, Any]) -> None:
+        """One line that says what the run will do (most of it chosen from the data when not given)."""
+        from ..training.schedule import UNTIL_TIME_LIMIT
+
+        tc = e["config"]
+        seconds = tc.get("time_limit")
+        budget = "" if not seconds else f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+        if e["total"] >= UNTIL_TIME_LIMIT:
+            length = f"for {budget}"
+        else:
+            length = f"{e['total']:,} steps ({e['total'] / e['steps_per_epoch']:.1f} epochs)"
+            length += f", at most {budget}" if budget else ""
+        start = f", from step {e['step']:,}" if e["step"] else ""
+        print(f"training {e['model']} ({e['params'] / 1e6:.2f}M parameters, {tc['dtype']}) on {e['n_train']:,} images "
+              f"({e['n_heldout']:,} held out), {tc['batch_size']} per step, {length}{start}", file=sys.stderr)
+
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "eval" and self.json_out:
@@ -249,6 +265,7 @@ class _Reporter:
         if self.quiet:
             return
         if kind == "start":
+            self._say_plan(event)
             self._start(event["total"], event["step"])
         elif kind == "step" and self.progress is not None:
             self.progress.update(self.task, completed=event["step"], loss=f"loss {event['loss_bpd']:.3f} b/d")
