@@ -49,6 +49,17 @@ def test_auto_settings_scale_with_data_and_time():
     assert "batch_size" not in mine and "eval_every" not in mine and "steps" not in mine and mine["warmup"] == 10
 
 
+def test_presets_next_to_the_official_configs(folder, tmp_path):
+    from vdvae_cli.presets import preset_config
+
+    big = preset_config("small64", torch.zeros(2, 64, 64, 3, dtype=torch.uint8) + 100)
+    assert (big.image_size, big.n_layers, big.resolutions[-1]) == (64, 16, 64)
+    wrong = runner.invoke(app, ["train", str(folder), "-o", str(tmp_path / "x"), "--config", "small64", "--image-size", "32"])
+    assert wrong.exit_code == 2 and "--config small64 trains on 64x64 images" in wrong.stderr
+    unknown = runner.invoke(app, ["train", str(folder), "-o", str(tmp_path / "x"), "--config", "small48"])
+    assert unknown.exit_code == 2 and "small48" in unknown.stderr and not (tmp_path / "x").exists()
+
+
 def test_train_a_folder_with_defaults_lowers_heldout_bpd(folder, tmp_path):
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", str(folder), "-o", str(run), "--time-limit", "0.3", "--json"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -55,10 +54,12 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
     if not given:
         config = DEFAULT_PRESET
     if init is not None:
+        from ..cache import fetch_model
         from ..checkpoint import read_checkpoint
-        from ..hub import resolve_model
+        from .models import download_progress
 
-        cfg, state = read_checkpoint(Path(os.fspath(resolve_model(init))))
+        with download_progress(False) as progress:  # a named model downloads on first use
+            cfg, state = read_checkpoint(fetch_model(init, progress=progress).path)
         # a fine-tuned model is a new model: it takes the run's name, not its parent's
         return cfg.replace(name=run_name), state, load_images(data, cfg.image_size, skipped=skipped)
     if is_preset(config):
@@ -82,6 +83,16 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
         hps["preprocessing"] = {"shift": -mean, "scale": 1.0 / std}
     name = hps.get("name") or hparams.stem  # type: ignore[union-attr]
     return config_from_reference(hps, name=name), None, images
+
+
+def _check_config_name(config: str | None) -> None:
+    from ..config import OFFICIAL_NAMES
+    from ..presets import PRESETS
+
+    if config is not None and config not in PRESETS and config not in OFFICIAL_NAMES:
+        raise UsageError(f"unknown --config {config!r}",
+                         hint=f"choose {' or '.join(PRESETS)} (sized for a CPU), or an official architecture: "
+                         f"{', '.join(OFFICIAL_NAMES)}")
 
 
 def _train_dtype(spec: str, device) -> str:
@@ -156,6 +167,7 @@ def train_cmd(
         raise UsageError(f"--dtype {dtype!r} cannot train", hint="use auto, fp32, or bf16 (autocast, fp32 master weights)")
     if steps is not None and epochs is not None:
         raise UsageError("give --steps or --epochs, not both")
+    _check_config_name(config)
     from ..data import load_images
     from ..runtime import init_distributed
 
