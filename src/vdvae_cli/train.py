@@ -132,6 +132,7 @@ class TrainConfig:
         kwargs = {k: v for k, v in data.items() if k in known}
         if "betas" in kwargs:
             kwargs["betas"] = tuple(kwargs["betas"])
+        kwargs.setdefault("channels_last", False)  # runs saved before it existed ran NCHW: resume them so
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> "TrainConfig":
