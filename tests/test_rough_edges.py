@@ -258,6 +258,8 @@ def test_10_info_describes_a_registry_model_before_its_download(monkeypatch):
     assert info["source"] == "not downloaded" and info["layers_up_to_res"]["16"] == 21
     text = ok("info", "--model", "ffhq256").stdout
     assert "not downloaded yet" in text and "459.5 MB" in text
+    later = json.loads(ok("info", "--model", "ffhq1024", "--json").stdout)  # its layout comes with its log
+    assert later["path"] is None and "read from the run's log" in later["note"] and "n_layers" not in later
 
 
 # 11. grids show what each output came from -------------------------------------------------------

@@ -49,6 +49,17 @@ def test_auto_settings_scale_with_data_and_time():
     assert "batch_size" not in mine and "eval_every" not in mine and "steps" not in mine and mine["warmup"] == 10
 
 
+def test_presets_next_to_the_official_configs(folder, tmp_path):
+    from vdvae_cli.presets import preset_config
+
+    big = preset_config("small64", torch.zeros(2, 64, 64, 3, dtype=torch.uint8) + 100)
+    assert (big.image_size, big.n_layers, big.resolutions[-1]) == (64, 16, 64)
+    wrong = runner.invoke(app, ["train", str(folder), "-o", str(tmp_path / "x"), "--config", "small64", "--image-size", "32"])
+    assert wrong.exit_code == 2 and "--config small64 trains on 64x64 images" in wrong.stderr
+    unknown = runner.invoke(app, ["train", str(folder), "-o", str(tmp_path / "x"), "--config", "small48"])
+    assert unknown.exit_code == 2 and "small48" in unknown.stderr and not (tmp_path / "x").exists()
+
+
 def test_train_a_folder_with_defaults_lowers_heldout_bpd(folder, tmp_path):
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", str(folder), "-o", str(run), "--time-limit", "0.3", "--json"])
@@ -62,6 +73,7 @@ def test_train_a_folder_with_defaults_lowers_heldout_bpd(folder, tmp_path):
     assert (cfg.name, cfg.n_layers, cfg.image_size) == ("run", 15, 32)  # the small32 preset, named after the run
     assert (info["n_images"], info["n_heldout"], tc.batch_size, tc.lr) == (64, 6, 8, 1e-3)
     assert "stopped at the time limit" in result.stderr
+    assert "training run (0.77M parameters" in result.stderr and "on 58 images (6 held out), 8 per step, for 18 s" in result.stderr
     with Image.open(run / "curves.png") as im:
         assert im.size == (720, 420)
     assert (run / "model.safetensors").is_file()

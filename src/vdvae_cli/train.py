@@ -132,6 +132,7 @@ class TrainConfig:
         kwargs = {k: v for k, v in data.items() if k in known}
         if "betas" in kwargs:
             kwargs["betas"] = tuple(kwargs["betas"])
+        kwargs.setdefault("channels_last", False)  # runs saved before it existed ran NCHW: resume them so
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -245,7 +246,8 @@ def train(
         emit({"event": "checkpoint", "step": step, "path": str(run.state_path), "model": str(run.model_path)})
 
     emit({"event": "start", "step": step, "total": total, "steps_per_epoch": spe, "n_train": len(train_images),
-          "n_heldout": len(heldout), "world_size": world, "params": sum(p.numel() for p in model.parameters())})
+          "n_heldout": len(heldout), "world_size": world, "params": sum(p.numel() for p in model.parameters()),
+          "model": model_cfg.name, "config": tc.to_dict()})
     if tc.eval_at_start and step == 0 and not history:
         evaluate()
     stopped = "done"

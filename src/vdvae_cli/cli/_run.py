@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from ..config import VDVAEConfig
     from ..distributions import PerImageNoise
+    from ..hub import ResolvedModel
     from ..images import ImageSource, ImageWriter
     from ..model import VAE
 
@@ -98,21 +99,14 @@ class Session:
 
     def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32", *, compile: bool = False,
                    offline: bool = False) -> "VAE":
-        from ..cache import fetch_model
         from ..hub import load_model
         from ..runtime import configure_backends, init_distributed, launched_distributed, prepare_for_inference
-        from .models import download_progress
 
         t0 = time.perf_counter()
         where: "str | torch.device" = device
         if launched_distributed():
             where, self.shard = init_distributed(device)
-        if self.shard.main:  # a model's first use downloads it, once, before the other processes look
-            with download_progress(self.quiet) as progress:
-                resolved = fetch_model(default_model(ref), offline=offline, progress=progress)
-        self.barrier()
-        if not self.shard.main:
-            resolved = fetch_model(default_model(ref), offline=True)
+        resolved = self._fetch(default_model(ref), offline)
         self.model_ref = resolved.name if resolved.source in ("shipped", "official") else (
             resolved.detail if resolved.source == "hub" else str(resolved.path.resolve()))
         model = prepare_for_inference(load_model(resolved, device=where, dtype=dtype), compile=compile)
@@ -125,6 +119,29 @@ class Session:
                            f"on {param.device} in {str(param.dtype).removeprefix('torch.')}{processes} "
                            f"(loaded in {time.perf_counter() - t0:.1f}s)")
         return model
+
+    def _fetch(self, ref: str | None, offline: bool) -> "ResolvedModel":
+        """The model's file; a named model's first use downloads it. Under torchrun rank 0 downloads
+        while the others wait, and a failure reaches every process (none is left waiting)."""
+        from ..cache import fetch_model
+        from ..errors import VDVAEError
+        from .models import download_progress
+
+        if self.shard.world == 1:
+            with download_progress(self.quiet) as progress:
+                return fetch_model(ref, offline=offline, progress=progress)
+        failure = None
+        if self.shard.main:
+            try:
+                with download_progress(self.quiet) as progress:
+                    fetch_model(ref, offline=offline, progress=progress)
+            except VDVAEError as exc:
+                failure = (type(exc), str(exc), exc.hint)
+        failure = self.broadcast(failure)
+        if failure is not None:
+            kind, message, hint = failure
+            raise kind(message, hint=hint)
+        return fetch_model(ref, offline=True)  # on this machine now
 
     @property
     def device(self) -> "torch.device":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -54,10 +53,12 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
     if not given:
         config = DEFAULT_PRESET
     if init is not None:
+        from ..cache import fetch_model
         from ..checkpoint import read_checkpoint
-        from ..hub import resolve_model
+        from .models import download_progress
 
-        cfg, state = read_checkpoint(Path(os.fspath(resolve_model(init))))
+        with download_progress(False) as progress:  # a named model downloads on first use
+            cfg, state = read_checkpoint(fetch_model(init, progress=progress).path)
         # a fine-tuned model is a new model: it takes the run's name, not its parent's
         return cfg.replace(name=run_name), state, load_images(data, cfg.image_size, skipped=skipped)
     if is_preset(config):
@@ -81,6 +82,16 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
         hps["preprocessing"] = {"shift": -mean, "scale": 1.0 / std}
     name = hps.get("name") or hparams.stem  # type: ignore[union-attr]
     return config_from_reference(hps, name=name), None, images
+
+
+def _check_config_name(config: str | None) -> None:
+    from ..config import OFFICIAL_NAMES
+    from ..presets import PRESETS
+
+    if config is not None and config not in PRESETS and config not in OFFICIAL_NAMES:
+        raise UsageError(f"unknown --config {config!r}",
+                         hint=f"choose {' or '.join(PRESETS)} (sized for a CPU), or an official architecture: "
+                         f"{', '.join(OFFICIAL_NAMES)}")
 
 
 def _train_dtype(spec: str, device) -> str:
@@ -155,12 +166,13 @@ def train_cmd(
         raise UsageError(f"--dtype {dtype!r} cannot train", hint="use auto, fp32, or bf16 (autocast, fp32 master weights)")
     if steps is not None and epochs is not None:
         raise UsageError("give --steps or --epochs, not both")
+    _check_config_name(config)
     from ..data import load_images
     from ..runtime import init_distributed
 
     def skipped(message: str) -> None:
         if not quiet:
-            print(f"warning: {message}", file=sys.stderr)
+            say(f"warning: {message}")
 
     if resume is not None:
         if any(x is not None for x in (config, hparams, init)):
@@ -241,6 +253,22 @@ class _Reporter:
         self.task = self.progress.add_task("train", total=None if total >= UNTIL_TIME_LIMIT else total, completed=done,
                                            loss="loss -", heldout="-")
 
+    def _say_plan(self, e: dict[str, Any]) -> None:
+        """One line that says what the run will do (most of it chosen from the data when not given)."""
+        from ..training.schedule import UNTIL_TIME_LIMIT
+
+        tc = e["config"]
+        seconds = tc.get("time_limit")
+        budget = "" if not seconds else f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+        if e["total"] >= UNTIL_TIME_LIMIT:
+            length = f"for {budget}"
+        else:
+            length = f"{e['total']:,} steps ({e['total'] / e['steps_per_epoch']:.1f} epochs)"
+            length += f", at most {budget}" if budget else ""
+        start = f", from step {e['step']:,}" if e["step"] else ""
+        say(f"training {e['model']} ({e['params'] / 1e6:.2f}M parameters, {tc['dtype']}) on {e['n_train']:,} images "
+            f"({e['n_heldout']:,} held out), {tc['batch_size']} per step, {length}{start}")
+
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "eval" and self.json_out:
@@ -248,6 +276,7 @@ class _Reporter:
         if self.quiet:
             return
         if kind == "start":
+            self._say_plan(event)
             self._start(event["total"], event["step"])
         elif kind == "step" and self.progress is not None:
             self.progress.update(self.task, completed=event["step"], loss=f"loss {event['loss_bpd']:.3f} b/d")
