@@ -8,6 +8,7 @@ from . import train  # noqa: F401
 from . import models  # noqa: F401
 from . import generate  # noqa: F401
 from . import evaluate  # noqa: F401
+from . import latent_tools  # noqa: F401
 
 
 def main() -> None:
