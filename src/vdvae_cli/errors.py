@@ -65,3 +65,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 class TrainingError(VDVAEError):
     """Training cannot go on (diverged, every update skipped, bad data)."""
+
+
+class MissingDependencyError(VDVAEError):
+    """An optional package a command needs is not installed (the hint says which extra to install)."""
