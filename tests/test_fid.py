@@ -124,10 +124,10 @@ def served_weights(fidelity, server, monkeypatch, tmp_path):
 
     empty = tmp_path / "empty.pth"
     torch.save({}, empty)
-    monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
     torch.manual_seed(0)
-    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:  # build the network without loading any weights
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
     with torch.no_grad():  # variance-preserving init, so that 90 layers deep the features still differ
         for m in net.modules():
             if isinstance(m, torch.nn.Conv2d):
