@@ -19,7 +19,7 @@ from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive,
     collect_inputs, keep_count, plan_images, read_pixels,
 )
-from .generate import GridOpt, KeepLayersOpt, KeepResOpt, OutputTempOpt, Posterior, PosteriorOpt, TempOpt
+from .generate import GridOpt, OutputTempOpt, Posterior, PosteriorOpt, TempOpt
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
 from ..errors import UsageError
 from ..images import ImageWriter
@@ -42,6 +42,14 @@ class Method(str, Enum):
 class Rest(str, Enum):
     held = "held"
     resample = "resample"
+
+
+PathLayersOpt = Annotated[Optional[str], typer.Option(
+    "--keep-layers", "-k", help="Interpolate the first K latent layers (a number, or 'all').", show_default=False,
+)]
+PathResOpt = Annotated[Optional[int], typer.Option(
+    "--keep-res", help="Interpolate every latent layer at resolution <= R (a model resolution).", show_default=False,
+)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,8 +165,8 @@ def interpolate(
         "--seeds", help="The KEYs are seeds: interpolate between the prior samples they draw at --temp.")] = False,
     steps: Annotated[int, typer.Option("--steps", "-s", help="Frames per segment, both ends included.")] = 8,
     loop: Annotated[bool, typer.Option("--loop", help="Go back from the last key to the first.")] = False,
-    keep_layers: KeepLayersOpt = None,
-    keep_res: KeepResOpt = None,
+    keep_layers: PathLayersOpt = None,
+    keep_res: PathResOpt = None,
     layers: Annotated[Optional[str], typer.Option(
         "--layers", help="Interpolate these layers: e.g. '0-5,r16,12' (N, A-B, A-, rRES).", show_default=False)] = None,
     method: Annotated[Method, typer.Option("--method", help="Spherical (slerp) or linear (lerp), per layer.")]
@@ -301,6 +309,7 @@ def ood(
 
     from ..ood import detection_metrics, llr_scores
 
+    _single_process("ood")
     sets = bool(in_dir) or bool(out_dir)
     if sets and images:
         raise UsageError("give images, or --in and --out, not both")
@@ -411,6 +420,7 @@ def fid(
 ) -> None:
     from ..fid import count_folder, fid_kid, inception_weights, require_torch_fidelity
 
+    _single_process("fid")
     if num is None and len(folders) != 2:
         raise UsageError(f"fid compares two folders, got {len(folders)} argument(s)",
                          hint="vdvae fid SAMPLES REFERENCE, or vdvae fid REFERENCE --model M -n N")
@@ -432,7 +442,12 @@ def fid(
         first, seed = _draw_samples(run, num, temp, output_temp, seed, batch_size, model, device, dtype, compile)
         what = f"{num} samples of {run.model.cfg.name} vs {folders[-1]}"  # type: ignore[union-attr]
     run.announce()
-    where = "cpu" if run.model is None else str(run.device)
+    if run.model is None:
+        from ..runtime import pick_device
+
+        where = str(pick_device(device))
+    else:
+        where = str(run.device)
     result = fid_kid(first, folders[-1], weights=weights, device=where, kid_subset_size=kid_subset)
     out = {**result.as_dict(), "samples": folders[0] if num is None else None, "reference": folders[-1],
            "seconds": round(time.perf_counter() - run.started, 4)}
@@ -443,6 +458,14 @@ def fid(
         return
     print(f"{what}: FID {result.fid:.3f}, KID {result.kid_mean:.5f} ± {result.kid_std:.5f} "
           f"({result.n1} and {result.n2} images, KID subsets of {result.kid_subset_size})")
+
+
+def _single_process(what: str) -> None:
+    from ..runtime import launched_distributed
+
+    if launched_distributed():
+        raise UsageError(f"{what} reports on all its images at once, so it does not split across processes",
+                         hint="run it without torchrun")
 
 
 def _download_note(run: Session):
