@@ -94,3 +94,7 @@ class activity:
 
 class TrainingError(VDVAEError):
     """Training cannot go on (diverged, every update skipped, bad data)."""
+
+
+class MissingDependencyError(VDVAEError):
+    """An optional package a command needs is not installed (the hint says which extra to install)."""

@@ -896,6 +896,38 @@ def _verify_log(path: Path, label: str) -> None:
         raise CheckpointError(f"cannot read {label}: {exc.strerror or exc}") from None
     if not found:
         raise CheckpointError(f"{label} holds no hyperparameters (no 'hparam' lines); nothing was kept")
+def fetch_checked(url: str, sha256: str, *, progress: ProgressCallback | None = None,
+                  by_hand: str | None = None) -> Path:
+    """A file that a command needs besides models (e.g. a metric's network weights), fetched once
+    into ``<cache>/files/`` with :func:`fetch_url` and checked against ``sha256``: the full hex
+    digest, or the prefix of at least 8 hex digits a publisher puts in the file name."""
+    dest = cache_dir() / "files" / _url_filename(url)
+    if dest.is_file() and _sha256_matches(dest, sha256):
+        _report(progress, "done", dest.name, dest.stat().st_size, dest.stat().st_size)
+        return dest
+    if is_offline():
+        raise NetworkError(f"HF_HUB_OFFLINE is set, so {url} is not downloaded",
+                           hint=f"unset HF_HUB_OFFLINE, or put the file at {dest}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NetworkError(f"cannot create the cache folder {dest.parent}: {exc.strerror}",
+                           hint="set VDVAE_CACHE to a writable folder") from None
+    with _cache_lock(dest.parent):
+        fetch_url(url, dest, progress=progress, by_hand=by_hand or f"or download it by hand to {dest}")
+    if not _sha256_matches(dest, sha256):
+        dest.unlink(missing_ok=True)
+        raise NetworkError(f"{url} does not have the expected sha256 ({sha256}...)",
+                           hint="the file was damaged or replaced on the way; run the command again")
+    _report(progress, "done", dest.name, dest.stat().st_size, dest.stat().st_size)
+    return dest
+
+
+def _sha256_matches(path: Path, expected: str) -> bool:
+    expected = expected.strip().lower()
+    if len(expected) < 8 or any(c not in "0123456789abcdef" for c in expected):
+        raise ValueError(f"{expected!r} is not a sha256 digest or a prefix of at least 8 hex digits")
+    return _sha256_of(path).startswith(expected)
 
 
 def _url_filename(url: str) -> str:

@@ -238,6 +238,7 @@ def elbo(
     eps: Sequence[Tensor] | None = None,
     grad: bool = False,
     n_posterior: int | None = None,
+    temperatures: Temperatures = 1.0,
 ) -> ElboResult:
     """Negative ELBO of ``images`` (uint8 NHWC) in nats/dim, with its distortion/rate split.
 
@@ -246,14 +247,15 @@ def elbo(
     posterior samples (tighter than the ELBO); distortion/rate are then means over the K draws.
     ``grad=True`` keeps the autograd graph (training). ``n_posterior`` < L infers only the first
     layers and draws the rest from the prior (q = p there: KL 0, still a bound on -log p(x)); the
-    trainer's ``coarse_first`` curriculum uses it.
+    trainer's ``coarse_first`` curriculum uses it. ``temperatures`` scale the prior of the layers drawn
+    from it (1: the bound; 0: the prior mean, a score rather than a bound).
     """
     with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
-        return _elbo(model, images, samples, as_noise(noise), eps, n_posterior)
+        return _elbo(model, images, samples, as_noise(noise), eps, n_posterior, temperatures)
 
 
 def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[Tensor] | None,
-          n_posterior: int | None = None) -> ElboResult:
+          n_posterior: int | None = None, temperatures: Temperatures = 1.0) -> ElboResult:
     cfg = model.cfg
     p = _param(model)
     images = images.to(p.device)
@@ -262,7 +264,8 @@ def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[
     target = loss_target(cfg, images)
     dists, rates, kls, log_weights = [], [], [], []
     for _ in range(samples):
-        out = model.decoder(n, acts, n_posterior=n_posterior, noise=noise, eps=eps, want_kl=True, trace=samples > 1)
+        out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=_temps(cfg, temperatures), noise=noise,
+                            eps=eps, want_kl=True, trace=samples > 1)
         dist = dmol_nll(model.logits(out.px_z), target, cfg.num_mixtures, low_bit=cfg.low_bit)
         zero = dist.new_zeros(n)
         kl = torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl], dim=1) / n_dims  # type: ignore[union-attr]

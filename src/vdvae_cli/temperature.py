@@ -75,6 +75,20 @@ def parse_temperature_spec(spec: str | float, cfg: "VDVAEConfig") -> list[float]
     return temps
 
 
+def parse_layer_spec(spec: str, cfg: "VDVAEConfig", option: str = "--layers") -> list[int]:
+    """The latent layers (ascending, each once) that a comma-separated list of selectors names:
+    ``12``, ``0-20``, ``21-`` (to the last layer) or ``r32`` (every layer at that resolution), the
+    selectors of a ``--temp`` spec without ``=value``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise TemperatureSpecError(f"{option} is empty", hint="e.g. 0-5, r8, 12")
+    chosen: set[int] = set()
+    for position, raw in enumerate(spec.split(",")):
+        if not raw.strip():
+            raise TemperatureSpecError(f"{option} {spec!r}: entry {position + 1} is empty", hint="e.g. 0-5, r8, 12")
+        chosen.update(_select(raw.strip(), raw.strip(), cfg, option))
+    return sorted(chosen)
+
+
 def _number(text: str, entry: str) -> float:
     text = text.strip()
     try:
@@ -108,36 +122,36 @@ def check_temperatures(temps: "list[float]") -> "list[float]":
     return temps
 
 
-def _index(text: str, entry: str, n_layers: int) -> int:
+def _index(text: str, entry: str, n_layers: int, option: str = "--temp") -> int:
     text = text.strip()
     if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise TemperatureSpecError(
-            f"--temp entry {entry!r}: {text!r} is not a layer index (a whole number from 0)", hint=SYNTAX_HINT
+            f"{option} entry {entry!r}: {text!r} is not a layer index (a whole number from 0)", hint=SYNTAX_HINT
         )
     index = int(text)
     if index >= n_layers:
         raise TemperatureSpecError(
-            f"--temp entry {entry!r}: layer {index} does not exist; the model has {n_layers} latent layers "
+            f"{option} entry {entry!r}: layer {index} does not exist; the model has {n_layers} latent layers "
             f"(0-{n_layers - 1})",
             hint="see the layer table with: vdvae info",
         )
     return index
 
 
-def _select(selector: str, entry: str, cfg: "VDVAEConfig") -> list[int]:
+def _select(selector: str, entry: str, cfg: "VDVAEConfig", option: str = "--temp") -> list[int]:
     """The layer indices (ascending) that ``selector`` names."""
     n_layers = cfg.n_layers
     if not selector:
-        raise TemperatureSpecError(f"--temp entry {entry!r}: nothing before '='", hint=SYNTAX_HINT)
+        raise TemperatureSpecError(f"{option} entry {entry!r}: nothing before '='", hint=SYNTAX_HINT)
     if selector[0] in "rR":
         text = selector[1:].strip()
         if not (text.isascii() and text.isdigit()) or len(text) > 9:
-            raise TemperatureSpecError(f"--temp entry {entry!r}: {selector!r} is not r<resolution>", hint=SYNTAX_HINT)
+            raise TemperatureSpecError(f"{option} entry {entry!r}: {selector!r} is not r<resolution>", hint=SYNTAX_HINT)
         res = int(text)
         layers = [layer.index for layer in cfg.decoder_layers if layer.res == res]
         if not layers:
             raise TemperatureSpecError(
-                f"--temp entry {entry!r}: the model has no latent layers at resolution {res}",
+                f"{option} entry {entry!r}: the model has no latent layers at resolution {res}",
                 hint=f"its resolutions are {', '.join(map(str, cfg.resolutions))}",
             )
         return layers
@@ -145,12 +159,12 @@ def _select(selector: str, entry: str, cfg: "VDVAEConfig") -> list[int]:
         first_text, _, last_text = selector.partition("-")
         if not first_text.strip():
             raise TemperatureSpecError(
-                f"--temp entry {entry!r}: a range needs its first layer (write 0-{last_text.strip()})",
+                f"{option} entry {entry!r}: a range needs its first layer (write 0-{last_text.strip()})",
                 hint=SYNTAX_HINT,
             )
-        first = _index(first_text, entry, n_layers)
-        last = n_layers - 1 if not last_text.strip() else _index(last_text, entry, n_layers)
+        first = _index(first_text, entry, n_layers, option)
+        last = n_layers - 1 if not last_text.strip() else _index(last_text, entry, n_layers, option)
         if last < first:
-            raise TemperatureSpecError(f"--temp entry {entry!r}: the range runs backwards ({first} > {last})")
+            raise TemperatureSpecError(f"{option} entry {entry!r}: the range runs backwards ({first} > {last})")
         return list(range(first, last + 1))
-    return [_index(selector, entry, n_layers)]
+    return [_index(selector, entry, n_layers, option)]

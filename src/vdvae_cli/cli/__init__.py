@@ -8,6 +8,7 @@ from ._app import app, run
 
 # Commands are listed in --help in the order they are registered: the everyday ones first.
 from . import generate  # noqa: F401,E402  (registers commands)
+from . import latent_tools  # noqa: F401,E402
 from . import evaluate  # noqa: F401,E402
 from . import models  # noqa: F401,E402
 from . import cache  # noqa: F401,E402

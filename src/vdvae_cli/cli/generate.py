@@ -30,6 +30,11 @@ class Posterior(str, Enum):
     mean = "mean"
 
 
+class LatentFormat(str, Enum):
+    safetensors = "safetensors"
+    npz = "npz"
+
+
 TempOpt = Annotated[str, typer.Option(
     "--temp", "-t", metavar="T|SPEC",
     help="Prior temperature of the free layers (0 to 10): one number, or a spec such as "
@@ -306,20 +311,28 @@ def mix(
         "Tensors are named layer.00, layer.01, ... in decoder order, as `vdvae info` numbers the layers. The "
         "metadata holds the model's identity, the image names and the posterior kind, so `vdvae decode` can "
         "check that the file belongs to its model. Edit the tensors with any tool (keep the metadata); a "
-        "deleted layer is sampled from the prior when decoding."
+        "deleted layer is sampled from the prior when decoding.\n\n"
+        "--format npz (the default for -o FILE.npz) writes one flat (N, D) float32 array of the kept layers "
+        "instead, with the layer shapes and the model's fingerprint, for tools that want one vector per image."
     ),
     epilog="Examples:\n\n"
     "  vdvae encode a.png b.png -o latents.safetensors\n\n"
     "  vdvae encode photos/ --posterior sample --seed 3 -o photos.safetensors\n\n"
     "  vdvae encode face.png -o - | vdvae decode - --keep-layers 20 -o face2.png\n\n"
+    "  vdvae encode stimuli/ --model imagenet64 --keep-layers 31 --posterior sample --seed 0 -o train.npz\n\n"
     "  python -c \"from safetensors.torch import load_file; print(load_file('latents.safetensors').keys())\"",
 )
 def encode(
     images: Annotated[list[str], typer.Argument(
         metavar="IMG", help="Image files, folders, or - for an image on stdin.", show_default=False)],
     output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", metavar="FILE|-", help="Latents file (.safetensors), or - for stdout. Default: stdout when it is not a terminal.",
-        show_default=False)] = None,
+        "--output", "-o", metavar="FILE|-", help="Latents file (.safetensors or .npz), or - for stdout. Default: stdout "
+        "when it is not a terminal.", show_default=False)] = None,
+    fmt: Annotated[Optional[LatentFormat], typer.Option(
+        "--format", help="safetensors (one tensor per layer) or npz (one flat (N, D) array). Default: from the -o "
+        "suffix, else safetensors.", show_default=False)] = None,
+    keep_layers: KeepLayersOpt = None,
+    keep_res: KeepResOpt = None,
     posterior: PosteriorOpt = Posterior.mean,
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
@@ -336,14 +349,21 @@ def encode(
     import torch
 
     from ..latents import latents_bytes
+    from ..latents_npz import npz_bytes
     from .. import ops
 
     check_batch_size(batch_size)
+    check_keep_args(keep_layers, keep_res)
     refuse_distributed("encode")
     sources = collect_inputs(images)
     target = _latents_target(output, force, json_out)
+    if fmt is None:
+        fmt = LatentFormat.npz if target is not None and target.suffix.lower() == ".npz" else LatentFormat.safetensors
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
+    keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
+    if keep == 0:
+        raise UsageError("--keep-layers 0 would encode nothing", hint="keep at least one layer")
     mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize)
     seed = run.seed(seed) if posterior is Posterior.sample else seed
     parts: list[list[torch.Tensor]] = []
@@ -351,16 +371,19 @@ def encode(
 
     def encode_batch(indices: list[int]) -> list[torch.Tensor]:
         noise = run.noise(seed, indices) if seed is not None else None
-        return [z.cpu() for z in ops.encode(vae, pixels(indices), posterior=posterior.value, noise=noise)]
+        return [z.cpu() for z in ops.encode(vae, pixels(indices), posterior=posterior.value, noise=noise, n_layers=keep)]
 
     with run.progress(len(mine), "encoding") as advance:
         for indices, zs in run.batches(mine, batch_size, encode_batch):
             parts.append(zs)
             advance(len(indices))
-    layers = [torch.cat([p[i] for p in parts]) for i in range(vae.cfg.n_layers)]
+    layers = [torch.cat([p[i] for p in parts]) for i in range(keep)]
     names = [sources[i].name for i in mine]
-    blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed, weights=vae.weights_digest,
-                         metadata={"model_ref": run.model_ref or ""})
+    if fmt is LatentFormat.npz:
+        blob = npz_bytes(layers, vae.cfg, names, posterior=posterior.value, weights=vae.weights_digest)
+    else:
+        blob = latents_bytes(layers, vae.cfg, names, posterior=posterior.value, seed=seed, weights=vae.weights_digest,
+                             metadata={"model_ref": run.model_ref or ""})
     if target is None:
         write_stdout(blob)
         where = "-"
@@ -369,10 +392,10 @@ def encode(
 
         atomic_write_bytes(target, blob, force=force)
         where = str(target)
-    run.info(f"wrote latents of {len(names)} image{'s' if len(names) != 1 else ''} ({vae.cfg.n_layers} layers, "
+    run.info(f"wrote latents of {len(names)} image{'s' if len(names) != 1 else ''} ({keep} layers, "
              f"{len(blob) / 1e6:.2f} MB) to {where}")
     if json_out:
-        run.emit({"type": "latents", "path": where, "inputs": names, "layers": vae.cfg.n_layers, "posterior": posterior.value,
+        run.emit({"type": "latents", "path": where, "inputs": names, "layers": keep, "format": fmt.value, "posterior": posterior.value,
                   "seed": seed, "model": vae.cfg.name, "bytes": len(blob),
                   "seconds": round(time.perf_counter() - run.started, 4)})
     run.finish(len(sources))
@@ -382,7 +405,8 @@ def encode(
     "decode",
     help=(
         "Decode a latents file to images: its first K layers are kept, the rest sampled at --temp.\n\n"
-        "The file must come from the same model (its fingerprint is checked). In a folder, outputs are named "
+        "The file (safetensors or npz from `vdvae encode`) must come from the same model (its fingerprint is "
+        "checked); layers it does not hold are sampled from the prior. In a folder, outputs are named "
         "after the encoded images: STEM_decoded.png."
     ),
     epilog="Examples:\n\n"
@@ -414,6 +438,7 @@ def decode(
     from .. import ops
     from ..images import derived_names
     from ..latents import load_latents
+    from ..latents_npz import is_npz, load_npz_latents
 
     check_keep_args(keep_layers, keep_res)
     check_batch_size(batch_size)
@@ -421,7 +446,8 @@ def decode(
     data, label = _read_latents_bytes(latents)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
-    content = load_latents(data, vae.cfg, label=label, weights=vae.weights_digest)
+    read = load_npz_latents if is_npz(data) else load_latents
+    content = read(data, vae.cfg, label=label, weights=vae.weights_digest)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temps = parse_temperature_spec(temp, vae.cfg)
     writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
@@ -451,7 +477,7 @@ def _latents_target(output: str | None, force: bool, json_out: bool) -> Path | N
 
     if output is None or output == "-":
         if json_out:
-            raise UsageError("--json prints results on stdout, so the latents need -o FILE.safetensors")
+            raise UsageError("--json prints results on stdout, so the latents need -o FILE.safetensors (or .npz)")
         if getattr(sys.stdout, "closed_stream", False):
             raise OutputError("cannot write to stdout: it is closed",
                               hint="redirect stdout to a file, or write to a file with -o")

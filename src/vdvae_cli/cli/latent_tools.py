@@ -1,0 +1,515 @@
+"""``vdvae interpolate | ood | fid``: what people do with a hierarchical VAE's latents besides sampling.
+
+Each command checks its options and outputs first, loads the model, then calls one library function
+per batch (:mod:`vdvae_cli.interpolate`, :mod:`vdvae_cli.ood`, :mod:`vdvae_cli.fid`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
+
+import typer
+
+from ._app import command, out
+from ._run import (
+    BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive,
+    collect_inputs, keep_count, plan_images, read_shard, refuse_distributed,
+)
+from .generate import GridOpt, OutputTempOpt, Posterior, PosteriorOpt, TempOpt
+from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
+from ..errors import UsageError
+from ..images import ImageWriter
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from ..config import VDVAEConfig
+
+ANIMATIONS = {".gif": "GIF", ".webp": "WEBP"}
+LN2 = math.log(2)
+
+
+class Method(str, Enum):
+    slerp = "slerp"
+    lerp = "lerp"
+
+
+class Rest(str, Enum):
+    held = "held"
+    resample = "resample"
+
+
+PathLayersOpt = Annotated[Optional[str], typer.Option(
+    "--keep-layers", "-k", help="Interpolate the first K latent layers (a number, or 'all').", show_default=False,
+)]
+PathResOpt = Annotated[Optional[int], typer.Option(
+    "--keep-res", help="Interpolate every latent layer at resolution <= R (a model resolution).", show_default=False,
+)]
+
+
+# --------------------------------------------------------------------------------------------------
+# interpolate
+
+
+class FramesWriter(ImageWriter):
+    """An :class:`ImageWriter` for interpolation frames: a grid has one row per segment, a .gif or
+    .webp file is an animation, and every frame can be enlarged (nearest neighbour) first."""
+
+    def __init__(self, base: ImageWriter, *, columns: int, scale: int = 1, animation: str | None = None,
+                 fps: float = 12.0):
+        super().__init__(base.kind, base.target, base.names, grid=base.grid, force=base.force, stdout=base.stdout,
+                         fmt=base.fmt)
+        self.columns, self.scale, self.animation, self.fps = columns, scale, animation, fps
+
+    def _enlarge(self, images: Sequence["np.ndarray"]) -> list["np.ndarray"]:
+        import numpy as np
+
+        s = self.scale
+        return [np.asarray(img) if s == 1 else np.asarray(img).repeat(s, axis=0).repeat(s, axis=1) for img in images]
+
+    def write(self, indices: Sequence[int], images: Sequence["np.ndarray"]) -> list[tuple[int, str]]:
+        return super().write(indices, self._enlarge(images))
+
+    def finish(self) -> list[tuple[int, str]]:
+        from ..checkpoint import atomic_write_bytes
+        from ..images import encode_image, make_grid
+
+        if not self._held or (self.animation is None and not self.grid):
+            return super().finish()
+        order = sorted(self._held)
+        frames = [self._held[i] for i in order]
+        if self.animation is not None:
+            data = encode_animation(frames, self.animation, self.fps)
+        else:
+            data = encode_image(make_grid(frames, columns=self.columns), self.fmt)
+        if self.kind == "stdout":
+            self._emit(data)
+        else:
+            atomic_write_bytes(self.target, data, force=self.force)  # type: ignore[arg-type]
+        self._held.clear()
+        return [(i, self.label) for i in order]
+
+
+def encode_animation(frames: Sequence["np.ndarray"], fmt: str, fps: float) -> bytes:
+    """Frames (uint8 (H, W, 3)) as an endlessly looping GIF or lossless WebP."""
+    import io
+
+    from PIL import Image
+
+    pictures = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    options: dict[str, Any] = {"save_all": True, "append_images": pictures[1:], "duration": round(1000 / fps),
+                               "loop": 0}
+    if fmt == "WEBP":
+        options["lossless"] = True
+    pictures[0].save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def _plan_frames(output: str | None, names: list[str], *, grid: bool, force: bool, json_out: bool, columns: int,
+                 scale: int, fps: float) -> FramesWriter:
+    from ..images import check_output_file
+
+    suffix = Path(output).suffix.lower() if output and output != "-" else ""
+    if suffix in ANIMATIONS and not grid:
+        if suffix == ".webp":
+            from PIL import features
+
+            if not features.check("webp"):
+                raise UsageError("this Pillow has no WebP support", hint="write a .gif, or install Pillow with WebP")
+        path = Path(output)  # type: ignore[arg-type]
+        check_output_file(path, force)
+        base = ImageWriter("file", path, names, grid=False, force=force, stdout=None, fmt=ANIMATIONS[suffix])
+        return FramesWriter(base, columns=columns, scale=scale, animation=ANIMATIONS[suffix], fps=fps)
+    base = plan_images(output, names, grid=grid, force=force, json_out=json_out)
+    return FramesWriter(base, columns=columns, scale=scale, fps=fps)
+
+
+def _chosen_layers(layers: str | None, keep_layers: str | None, keep_res: int | None, cfg: "VDVAEConfig") -> list[int]:
+    from ..temperature import parse_layer_spec
+
+    if layers is not None:
+        return parse_layer_spec(layers, cfg, "--layers")
+    return list(range(keep_count(keep_layers, keep_res, cfg, default=cfg.n_layers)))
+
+
+@command(
+    "interpolate",
+    help=(
+        "Interpolate between images (or prior samples) in latent space, frame by frame.\n\n"
+        "Each key is encoded (posterior mean by default); the chosen layers (--keep-layers, --keep-res or "
+        "--layers; default all) are interpolated between consecutive keys, spherically (slerp) or linearly; "
+        "the other layers are drawn from the prior at --temp, with the same noise in every frame (--rest held) "
+        "or new noise per frame (--rest resample). --steps N frames per segment, ends included; --loop returns "
+        "to the first key. With --seeds the keys are the samples `vdvae sample --seed S --temp T` draws.\n\n"
+        "Output: an animation (-o path.gif or .webp), a grid with one row per segment (--grid -o grid.png), or "
+        "one PNG per frame (-o frames/). --temp 0 --output-temp 0 is deterministic, and then the end frames are "
+        "the keys' reconstructions."
+    ),
+    epilog="Examples:\n\n"
+    "  vdvae interpolate a.png b.png --steps 16 -o morph.gif\n\n"
+    "  vdvae interpolate a.png b.png c.png --loop --keep-res 8 --temp 0.6 --scale 4 -o loop.webp\n\n"
+    "  vdvae interpolate --seeds 3 7 --temp 0.8 --steps 8 --grid -o grid.png\n\n"
+    "  vdvae interpolate a.png b.png --layers 0-5,r16 --method lerp --temp 0 --output-temp 0 -o frames/",
+)
+def interpolate(
+    keys: Annotated[list[str], typer.Argument(
+        metavar="KEY", show_default=False,
+        help="Images (files, folders, -) to pass through, in order; with --seeds, sample seeds.")],
+    seeds: Annotated[bool, typer.Option(
+        "--seeds", help="The KEYs are seeds: interpolate between the prior samples they draw at --temp.")] = False,
+    steps: Annotated[int, typer.Option("--steps", "-s", help="Frames per segment, both ends included.")] = 8,
+    loop: Annotated[bool, typer.Option("--loop", help="Go back from the last key to the first.")] = False,
+    keep_layers: PathLayersOpt = None,
+    keep_res: PathResOpt = None,
+    layers: Annotated[Optional[str], typer.Option(
+        "--layers", help="Interpolate these layers: e.g. '0-5,r16,12' (N, A-B, A-, rRES).", show_default=False)] = None,
+    method: Annotated[Method, typer.Option("--method", help="Spherical (slerp) or linear (lerp), per layer.")]
+    = Method.slerp,
+    rest: Annotated[Rest, typer.Option(
+        "--rest", help="Layers not interpolated: the same prior noise in every frame, or new noise per frame.")]
+    = Rest.held,
+    posterior: PosteriorOpt = Posterior.mean,
+    temp: TempOpt = "1.0",
+    output_temp: OutputTempOpt = 1.0,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", show_default=False,
+        help="FILE.gif or FILE.webp (animation), FILE.png with --grid, DIR/ (one PNG per frame), or -.")] = None,
+    grid: GridOpt = False,
+    fps: Annotated[float, typer.Option("--fps", help="Frames per second of an animation.")] = 12.0,
+    scale: Annotated[int, typer.Option("--scale", help="Enlarge every frame N times (nearest neighbour).")] = 1,
+    no_resize: NoResizeOpt = False,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = "auto",
+    force: ForceOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
+    compile: CompileOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    import torch
+
+    from .. import ops
+    from ..images import numbered_names
+    from ..interpolate import interpolate_latents, path, prior_latents, select_layers
+    from ..temperature import parse_temperature_spec
+
+    check_keep_args(keep_layers, keep_res)
+    if layers is not None and (keep_layers is not None or keep_res is not None):
+        raise UsageError("--layers and --keep-layers/--keep-res both choose the layers", hint="give one of them")
+    check_positive("--scale", scale)
+    if steps < 2:
+        raise UsageError(f"--steps must be at least 2 (the two ends of a segment), got {steps}")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise UsageError(f"--fps must be a positive number, got {fps}")
+    check_batch_size(batch_size)
+    check_output_temp(output_temp)
+    key_seeds: list[int] = []
+    if seeds:
+        if not all(k.lstrip("-").isdigit() for k in keys):
+            raise UsageError(f"--seeds takes whole numbers, got {' '.join(keys)}", hint="e.g. --seeds 3 7 11")
+        key_seeds = [int(k) for k in keys]
+        names = [f"seed {s}" for s in key_seeds]
+    else:
+        sources = collect_inputs(keys)
+        names = [s.name for s in sources]
+    if len(names) < 2:
+        raise UsageError(f"interpolation needs at least two keys, got {len(names)}",
+                         hint="give two images (or a folder of them), or --seeds S1 S2")
+    frames = path(len(names), steps, loop=loop)
+    writer = _plan_frames(output, numbered_names("frame", len(frames)), grid=grid, force=force, json_out=json_out,
+                          columns=steps - 1 if loop else steps, scale=scale, fps=fps)
+    run = Session(quiet=quiet, json_out=json_out)
+    vae = run.load_model(model, device, dtype, compile=compile)
+    cfg = vae.cfg
+    chosen = _chosen_layers(layers, keep_layers, keep_res, cfg)
+    temps = parse_temperature_spec(temp, cfg)
+    seed = run.seed(seed)
+    depth = max(chosen, default=-1) + 1  # keys are needed only up to the last chosen layer
+    if seeds:
+        parts = [prior_latents(vae, 1, temperatures=temps, noise=run.noise(s, [0]), n_layers=depth) for s in key_seeds]
+        key_latents = [torch.cat([p[i] for p in parts]) for i in range(depth)]
+    else:
+        import numpy as np
+
+        from ..images import read_image
+
+        # every process needs every key (the frames are what torchrun shares out); keys are few
+        pixels = torch.from_numpy(np.stack([read_image(src, cfg.image_size, resize=not no_resize, notify=run.info)
+                                            for src in sources]))
+        key_latents = ops.encode(vae, pixels, posterior=posterior.value, n_layers=depth,
+                                 noise=run.noise(seed, [-1 - i for i in range(len(names))]))
+    frame_latents = interpolate_latents(select_layers(key_latents, chosen, cfg.n_layers), frames, method.value)
+
+    def make(indices: list[int]):
+        given = [None if z is None else z[indices] for z in frame_latents]
+        frame_noise = run.noise(seed, [0] * len(indices) if rest is Rest.held else indices)
+        return ops.decode(vae, given, n=len(indices), temperatures=temps, output_temperature=output_temp,
+                          noise=frame_noise)
+
+    def record(i: int) -> dict:
+        a, b, t = frames[i]
+        return {"index": i, "a": names[a], "b": names[b], "t": t, "layers": chosen, "method": method.value,
+                "rest": rest.value, "posterior": None if seeds else posterior.value, "seed": seed, "model": cfg.name,
+                "temp": temp, "temperatures": temps, "output_temp": output_temp}
+
+    run.generate(writer, len(frames), batch_size, make, record, "interpolating")
+
+
+# --------------------------------------------------------------------------------------------------
+# ood
+
+
+@command(
+    "ood",
+    help=(
+        "Out-of-distribution scores: the likelihood ratio LLR>k of Havtorn et al. 2021.\n\n"
+        "score = L - L>k, where L is the ELBO and L>k the looser bound with the k latent layers nearest the "
+        "pixels (the last k in `vdvae info`, the finest resolutions) drawn from their conditional prior instead "
+        "of the posterior. Low-level statistics that make the plain likelihood rank some foreign images as "
+        "*more* likely cancel in the ratio; higher scores mean more likely out of distribution. Values are in "
+        "bits/dim; with --samples S > 1 both bounds are importance-weighted. The ELBO is the bound `vdvae eval` "
+        "reports for the same --seed and --samples.\n\n"
+        "--in DIR --out DIR also reports AUROC, AUPRC and the false-positive rate at 80% true positives for the "
+        "score and, for comparison, for the plain negative ELBO (out-of-distribution images are the positives)."
+    ),
+    epilog="Examples:\n\n"
+    "  vdvae ood photo.png other/ --json\n\n"
+    "  vdvae ood --in test-set/ --out foreign/ --k 1 --samples 4 --seed 0\n\n"
+    "  vdvae ood --in test-set/ --out foreign/ --json | tail -1 | jq .llr",
+)
+def ood(
+    images: Annotated[Optional[list[str]], typer.Argument(
+        metavar="IMG", show_default=False, help="Image files, folders, or - for an image on stdin.")] = None,
+    in_dir: Annotated[Optional[list[str]], typer.Option(
+        "--in", show_default=False, help="In-distribution images (files or folders; repeatable).")] = None,
+    out_dir: Annotated[Optional[list[str]], typer.Option(
+        "--out", show_default=False, help="Out-of-distribution images (files or folders; repeatable).")] = None,
+    k: Annotated[int, typer.Option(
+        "--k", help="How many of the finest latent layers the looser bound draws from the prior (the paper's k).")]
+    = 1,
+    samples: Annotated[int, typer.Option("--samples", "-s", help="Importance samples for the ELBO.")] = 1,
+    samples_k: Annotated[Optional[int], typer.Option(
+        "--samples-k", help="Importance samples for L>k (default: --samples).", show_default=False)] = None,
+    prior_temp: Annotated[float, typer.Option(
+        "--prior-temp", help="Temperature of the k prior layers: 1 is the paper's bound, 0 their mean (as the "
+        "authors' script does).")] = 1.0,
+    no_resize: NoResizeOpt = False,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = "auto",
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
+    compile: CompileOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    import torch
+
+    from ..ood import detection_metrics, llr_scores
+
+    _single_process("ood")
+    sets = bool(in_dir) or bool(out_dir)
+    if sets and images:
+        raise UsageError("give images, or --in and --out, not both")
+    if sets and not (in_dir and out_dir):
+        raise UsageError("--in and --out go together (in- and out-of-distribution images)")
+    if not sets and not images:
+        raise UsageError("no images given", hint="pass images, or --in DIR --out DIR for detection metrics")
+    check_positive("--samples", samples)
+    if samples_k is not None:
+        check_positive("--samples-k", samples_k)
+    if not (prior_temp >= 0 and math.isfinite(prior_temp)):
+        raise UsageError(f"--prior-temp must be a finite number >= 0, got {prior_temp}")
+    check_batch_size(batch_size)
+    refuse_distributed("ood")  # the metrics need every score in one process
+    if sets:
+        in_sources, out_sources = collect_inputs(in_dir or []), collect_inputs(out_dir or [])
+        sources, is_out = [*in_sources, *out_sources], [False] * len(in_sources) + [True] * len(out_sources)
+    else:
+        sources = collect_inputs(images or [])
+        is_out = [False] * len(sources)
+    run = Session(quiet=quiet, json_out=json_out)
+    vae = run.load_model(model, device, dtype, compile=compile)
+    cfg = vae.cfg
+    if not 1 <= k <= cfg.n_layers:
+        raise UsageError(f"--k {k} but model {cfg.name} has {cfg.n_layers} latent layers", hint=f"use 1 to {cfg.n_layers}")
+    mine, pixels = read_shard(run, sources, cfg.image_size, no_resize)
+    seed = run.seed(seed)
+    rows: list[dict[str, Any]] = []
+    run.announce()
+
+    def score_batch(indices: list[int]):
+        return llr_scores(vae, pixels(indices), k=k, samples=samples, samples_k=samples_k,
+                          prior_temperature=prior_temp, noise=run.noise(seed, indices))
+
+    with run.progress(len(mine), "scoring") as advance:
+        for indices, result in run.batches(mine, batch_size, score_batch):
+            for j, i in enumerate(indices):
+                row = {"type": "image", "index": i, "input": sources[i].name, "score": float(result.score[j]) / LN2,
+                       "elbo_bits_per_dim": float(result.elbo[j]) / LN2,
+                       "looser_bits_per_dim": float(result.looser[j]) / LN2, "k": k, "samples": samples,
+                       "samples_k": samples_k or samples, "prior_temp": prior_temp, "seed": seed, "model": cfg.name}
+                if sets:
+                    row["set"] = "out" if is_out[i] else "in"
+                rows.append(row)
+                if json_out:
+                    run.emit(row)
+            advance(len(indices))
+    if not sets:
+        if not json_out:
+            width = max(5, *(len(r["input"]) for r in rows))
+            out(f"{cfg.name}: LLR>{k} (bits/dim; higher = more likely out of distribution)")
+            out(f"{'image':<{width}}  {'score':>9}  {'-ELBO':>9}  {f'-L>{k}':>9}")
+            for r in rows:
+                out(f"{r['input']:<{width}}  {r['score']:>9.4f}  {r['elbo_bits_per_dim']:>9.4f}  "
+                      f"{r['looser_bits_per_dim']:>9.4f}")
+        return
+    pick = lambda key, out: torch.tensor([r[key] for r in rows if (r["set"] == "out") == out])  # noqa: E731
+    llr = detection_metrics(pick("score", False), pick("score", True))
+    plain = detection_metrics(pick("elbo_bits_per_dim", False), pick("elbo_bits_per_dim", True))
+    summary = {"type": "summary", "n_in": is_out.count(False), "n_out": is_out.count(True), "llr": llr.as_dict(),
+               "elbo": plain.as_dict(), "k": k, "samples": samples, "samples_k": samples_k or samples,
+               "prior_temp": prior_temp, "seed": seed, "model": cfg.name,
+               "seconds": round(time.perf_counter() - run.started, 4)}
+    if json_out:
+        run.emit(summary)
+        return
+    out(f"{cfg.name}: {summary['n_in']} in-distribution, {summary['n_out']} out-of-distribution images")
+    out(f"{'score':<12}  {'AUROC':>6}  {'AUPRC':>6}  {'FPR80':>6}")
+    for label, m in ((f"LLR>{k}", llr), ("-ELBO", plain)):
+        out(f"{label:<12}  {m.auroc:>6.3f}  {m.auprc:>6.3f}  {m.fpr80:>6.3f}")
+
+
+# --------------------------------------------------------------------------------------------------
+# fid
+
+
+@command(
+    "fid",
+    help=(
+        "FID and KID between two folders of images, or between model samples and a folder.\n\n"
+        "Computed by torch-fidelity (the standard TensorFlow-compatible Inception features): install it with "
+        "pip install 'vdvae-cli[fid]'. Its Inception weights are downloaded once into the cache (VDVAE_CACHE) "
+        "and checked against their published hash. With -n N, N samples are drawn from --model at --temp "
+        "(image i depends only on (--seed, i)) and compared with the one folder given."
+    ),
+    epilog="Examples:\n\n"
+    "  vdvae fid samples/ reference/\n\n"
+    "  vdvae fid reference/ --model digits32 -n 1000 --temp 0.8 --seed 0 --json",
+)
+def fid(
+    folders: Annotated[list[str], typer.Argument(
+        metavar="SAMPLES REFERENCE", show_default=False,
+        help="Two folders of PNG/JPEG images; with -n, only the reference folder.")],
+    num: Annotated[Optional[int], typer.Option(
+        "--num", "-n", show_default=False, help="Draw this many samples from --model instead of a SAMPLES folder.")]
+    = None,
+    temp: TempOpt = "1.0",
+    output_temp: OutputTempOpt = 1.0,
+    kid_subset: Annotated[int, typer.Option("--kid-subset", help="KID subset size (lowered to the smaller set).")]
+    = 1000,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = "auto",
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
+    compile: CompileOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from ..fid import count_folder, fid_kid, inception_weights, require_torch_fidelity
+
+    _single_process("fid")
+    if num is None and len(folders) != 2:
+        raise UsageError(f"fid compares two folders, got {len(folders)} argument(s)",
+                         hint="vdvae fid SAMPLES REFERENCE, or vdvae fid REFERENCE --model M -n N")
+    if num is not None and len(folders) != 1:
+        raise UsageError("with -n the samples come from the model, so give only the REFERENCE folder")
+    if num is not None and num < 2:
+        raise UsageError(f"-n must be at least 2 for FID, got {num}")
+    check_positive("--kid-subset", kid_subset)
+    check_batch_size(batch_size)
+    check_output_temp(output_temp)
+    for folder in folders:
+        count_folder(Path(folder))
+    require_torch_fidelity()
+    run = Session(quiet=quiet, json_out=json_out)
+    weights = inception_weights(progress=_download_note(run))
+    first: "str | torch.Tensor" = folders[0]
+    what = f"{folders[0]} vs {folders[-1]}"
+    if num is not None:
+        first, seed = _draw_samples(run, num, temp, output_temp, seed, batch_size, model, device, dtype, compile)
+        what = f"{num} samples of {run.model.cfg.name} vs {folders[-1]}"  # type: ignore[union-attr]
+    run.announce()
+    if run.model is None:
+        from ..runtime import pick_device
+
+        where = str(pick_device(device))
+    else:
+        where = str(run.device)
+    result = fid_kid(first, folders[-1], weights=weights, device=where, kid_subset_size=kid_subset)
+    out = {**result.as_dict(), "samples": folders[0] if num is None else None, "reference": folders[-1],
+           "seconds": round(time.perf_counter() - run.started, 4)}
+    if num is not None:
+        out.update(model=run.model.cfg.name, temp=temp, output_temp=output_temp, seed=seed)  # type: ignore[union-attr]
+    if json_out:
+        run.emit(out)
+        return
+    out(f"{what}: FID {result.fid:.3f}, KID {result.kid_mean:.5f} ± {result.kid_std:.5f} "
+          f"({result.n1} and {result.n2} images, KID subsets of {result.kid_subset_size})")
+
+
+def _single_process(what: str) -> None:
+    from ..runtime import launched_distributed
+
+    if launched_distributed():
+        raise UsageError(f"{what} reports on all its images at once, so it does not split across processes",
+                         hint="run it without torchrun")
+
+
+def _download_note(run: Session):
+    """Progress of the Inception download, as one line on stderr when it starts and when it ends."""
+    said: set[str] = set()
+
+    def report(p) -> None:
+        if p.stage == "download" and "start" not in said:
+            said.add("start")
+            size = f" ({p.total / 1e6:.0f} MB)" if p.total else ""
+            run.info(f"downloading the Inception weights{size} once into the cache...")
+        elif p.stage == "done" and "start" in said:
+            run.info(f"saved {p.filename}")
+
+    return report
+
+
+def _draw_samples(run: Session, num: int, temp: str, output_temp: float, seed: int | None, batch_size: str,
+                  model: str | None, device: str, dtype: str, compile: bool) -> "tuple[torch.Tensor, int]":
+    """``num`` samples (uint8 NHWC, on the CPU) and the seed they were drawn with."""
+    import torch
+
+    from .. import ops
+    from ..temperature import parse_temperature_spec
+
+    vae = run.load_model(model, device, dtype, compile=compile)
+    temps = parse_temperature_spec(temp, vae.cfg)
+    seed = run.seed(seed)
+    run.announce()
+    parts = []
+
+    def make(indices: list[int]):
+        return ops.sample(vae, len(indices), temperatures=temps, output_temperature=output_temp,
+                          noise=run.noise(seed, indices)).cpu()
+
+    with run.progress(num, "sampling") as advance:
+        for indices, images in run.batches(range(num), batch_size, make):
+            parts.append(images)
+            advance(len(indices))
+    return torch.cat(parts), seed
