@@ -21,6 +21,7 @@ import torch
 
 from .config import VDVAEConfig, official_config
 from .errors import CheckpointError, ConfigError, OutputError, VDVAEError
+from .family import family_of
 from .model import VAE
 
 FORMAT = "vdvae-cli"
@@ -266,10 +267,12 @@ def build_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> VAE:
-    """A VAE in eval mode holding ``state``, built without a throwaway random init."""
+    """A model of ``cfg``'s family in eval mode holding ``state``, built without a throwaway random
+    init (integer buffers, e.g. BatchNorm counters, keep their dtype)."""
     with torch.device("meta"):
-        model = VAE(cfg)
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
+        model = family_of(cfg).network(cfg)
+    state = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 
