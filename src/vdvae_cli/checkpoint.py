@@ -21,7 +21,7 @@ import torch
 
 from .config import VDVAEConfig, official_config
 from .errors import CheckpointError, ConfigError, OutputError, VDVAEError
-from .family import family_of
+from .family import family_named, family_of
 from .model import VAE
 
 FORMAT = "vdvae-cli"
@@ -62,7 +62,7 @@ class KeyReport:
 def expected_shapes(cfg: VDVAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
     """Every state_dict key of ``cfg``'s network with its shape, in state_dict order (no memory)."""
     with torch.device("meta"):
-        model = VAE(cfg)
+        model = family_of(cfg).network(cfg)
     return OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
 
@@ -126,15 +126,18 @@ def save_checkpoint(
     """Write ``state`` (a state_dict or a model) as a self-describing safetensors file, atomically."""
     from safetensors.torch import save
 
-    if isinstance(state, VAE):
+    if isinstance(state, torch.nn.Module):
         state = state.state_dict()
     report = compare_keys({k: tuple(v.shape) for k, v in state.items()}, cfg)
     if not report.ok:
         raise CheckpointError(f"state does not match the config: {report.summary()}")
     target = DTYPES[dtype] if isinstance(dtype, str) else dtype
     tensors = {k: (v.detach().to("cpu", target) if target else v.detach().cpu()).contiguous() for k, v in state.items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "vdvae_config": cfg.to_json(),
+    family = family_of(cfg)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, family.config_key: cfg.to_json(),
             "weights_sha256": weights_digest(tensors)}
+    if family.name != "vdvae":  # files without a family are VDVAE (every file written before NVAE)
+        meta["family"] = family.name
     meta.update(metadata or {})
     blob = save(tensors, metadata=meta)
     path = Path(path)
@@ -224,14 +227,15 @@ def read_header(path: str | Path) -> dict[str, Any]:
 def config_of(path: str | Path) -> VDVAEConfig:
     """The config stored in a checkpoint's metadata."""
     meta = read_header(path).get("__metadata__") or {}
-    text = meta.get("vdvae_config")
+    family = family_named(meta.get("family", "vdvae"))
+    text = meta.get(family.config_key)
     if text is None:
         raise CheckpointError(
-            f"{path} has no vdvae_config metadata, so it does not say which model it holds",
+            f"{path} has no {family.config_key} metadata, so it does not say which model it holds",
             hint="convert raw weights with: vdvae convert FILE --config NAME -o model.safetensors",
         )
     try:
-        return VDVAEConfig.from_dict(json.loads(text))
+        return family.config_from_dict(json.loads(text))
     except (json.JSONDecodeError, TypeError) as exc:
         raise CheckpointError(f"{path} has unreadable vdvae_config metadata: {exc}") from None
     except ConfigError as exc:

@@ -164,7 +164,8 @@ def info(
                "latent_shape": list(l.latent_shape)} for l in cfg.decoder_layers]
     if json_out:
         Session(quiet=quiet).emit({
-            "model": cfg.name, "path": str(path), "source": resolved.source, "fingerprint": fingerprint,
+            "model": cfg.name, "family": getattr(cfg, "family", "vdvae"), "path": str(path),
+            "source": resolved.source, "fingerprint": fingerprint,
             "image_size": cfg.image_size, "dataset": cfg.dataset, "n_layers": cfg.n_layers,
             "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims, "parameters": parameters,
             "layers_up_to_res": {str(r): k for r, k in keep_res.items()}, "layers": layers,
@@ -172,6 +173,7 @@ def info(
         })
         return
     print(f"model        {cfg.name}")
+    print(f"family       {getattr(cfg, 'family', 'vdvae').upper()}")
     print(f"file         {path} ({resolved.source})")
     print(f"fingerprint  {fingerprint}")
     print(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")

@@ -82,6 +82,7 @@ class LatentGroup:
     zdim: int
     width: int  # decoder channels at this scale
     enc_width: int  # encoder channels at this scale
+    mixin: int | None  # the first group of a finer scale: the resolution its up cell doubles
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -163,9 +164,9 @@ class NVAEConfig:
             s = S - 1 - j
             mult = 2 ** (P + s)
             res = self.input_size // mult
-            for _ in range(self.groups_per_scale[s]):
-                out.append(LatentGroup(len(out), j, res, self.num_latent_per_group,
-                                       self.num_channels_dec * mult, self.num_channels_enc * mult))
+            for g in range(self.groups_per_scale[s]):
+                out.append(LatentGroup(len(out), j, res, self.num_latent_per_group, self.num_channels_dec * mult,
+                                       self.num_channels_enc * mult, res // 2 if g == 0 and j > 0 else None))
         return tuple(out)
 
     # -- derived facts ------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def config_from_args(args: Any, *, name: str | None = None) -> NVAEConfig:
         raise ConfigError(f"the checkpoint's args lack {', '.join(missing)}")
     kwargs = {k: data[k] for k in _ARG_FIELDS}
     dataset = kwargs["dataset"]
-    return NVAEConfig(**kwargs, name=name or (dataset if isinstance(dataset, str) else "nvae"))
+    return NVAEConfig(**kwargs, name=name or (f"nvae-{dataset}" if isinstance(dataset, str) else "nvae"))
 
 
 # The README training commands of the released models (spec §2.1): what their files' ``args`` say,

@@ -12,17 +12,20 @@ must equal their ``<conv>.weight``), and dropped.
 from __future__ import annotations
 
 import argparse
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from ..checkpoint import KeyReport, compare_keys, save_checkpoint
 from ..errors import CheckpointError, ConfigError
 from .config import NVAEConfig, config_from_args
 
 Tensor = torch.Tensor
 ALIAS_SUFFIX = ".weight_normalized"
+LICENSE = "NVIDIA Source Code License for NVAE (non-commercial: research or evaluation only)"
 
 
 def load_pickle(path: str | Path) -> Any:
@@ -79,3 +82,51 @@ def read_official(path: str | Path, *, name: str | None = None) -> tuple[NVAECon
         if isinstance(obj.get(key), int):
             info[key] = obj[key]
     return cfg, state, info
+
+
+def looks_official(path: str | Path) -> bool:
+    """A cheap first look, reading no tensors and running nothing: whether the pickle of a torch file
+    names ``argparse.Namespace`` (what NVAE's checkpoints hold and VDVAE's do not)."""
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(names[0]) if names else b""
+        else:
+            with open(path, "rb") as f:
+                data = f.read(1 << 20)  # a legacy file pickles the object before its storages
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return b"argparse" in data and b"Namespace" in data
+
+
+def check_official(path: str | Path) -> tuple[NVAEConfig, KeyReport, dict[str, tuple[int, ...]]]:
+    """The config an official file describes, and how its state differs from that config's network."""
+    cfg, state, _ = read_official(path)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    return cfg, compare_keys(shapes, cfg), shapes
+
+
+def convert_official(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    dtype: str | None = None,
+    force: bool = False,
+    name: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> tuple[Path, NVAEConfig]:
+    """Convert an official NVAE ``checkpoint.pt`` to a self-describing safetensors file (family
+    ``nvae``, the full config, BatchNorm statistics included; optimizer state dropped)."""
+    cfg, state, info = read_official(src, name=name)
+    report = compare_keys({k: tuple(v.shape) for k, v in state.items()}, cfg)
+    if not report.ok:
+        raise CheckpointError(
+            f"{src} does not match the network its own args describe: {report.summary()}",
+            hint=f"list every difference with: vdvae convert {src} --check",
+        )
+    meta = {"source_file": Path(src).name, "source_format": "NVlabs/NVAE checkpoint.pt", "license": LICENSE}
+    meta.update({k: str(v) for k, v in info.items()})
+    meta.update(metadata or {})
+    return save_checkpoint(state, cfg, dst, dtype=dtype, metadata=meta, force=force), cfg
