@@ -264,3 +264,25 @@ def test_saving_a_loaded_nvae_roundtrips(converted, tmp_path):
     assert metadata_of(path)["family"] == "nvae"
     again = load_file_model(path)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_download_prints_the_manual_steps_and_the_converted_file_is_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("VDVAE_CACHE", str(tmp_path / "cache"))
+    result = vdvae("download", "nvae-mnist", ok=False)
+    assert result.exit_code == 1
+    dest = tmp_path / "cache" / "nvae-mnist.safetensors"
+    assert "drive.google.com/drive/folders/" in result.stderr and "NVIDIA Source Code License" in result.stderr
+    assert f"vdvae convert checkpoint.pt -o {dest}" in result.stderr.replace("\n", "")
+    (tmp_path / "cache").mkdir()
+    vdvae("convert", DATA / "tiny-nvae-mnist.pt", "-o", dest)  # what the steps say, with the tiny file
+    info = json.loads(vdvae("info", "-m", "nvae-mnist", "--json").stdout)
+    assert info["family"] == "nvae" and info["path"] == str(dest)
+    listed = {m["name"]: m for m in map(json.loads, vdvae("models", "--json").stdout.splitlines())}
+    assert listed["nvae-ffhq256"]["family"] == "nvae" and "non-commercial" in listed["nvae-ffhq256"]["license"]
+
+
+def test_a_shipped_nvae_file_is_described_from_its_header(converted, tmp_path, monkeypatch):
+    from vdvae_cli.registry import describe_file
+
+    entry = describe_file(converted["mnist"])
+    assert (entry.family, entry.resolution, entry.latent_layers, entry.title) == ("nvae", 28, 6, "nvae-mnist")

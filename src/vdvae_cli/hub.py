@@ -586,6 +586,10 @@ def download_official(
     """
     entry = name if isinstance(name, RegistryEntry) else registry.official_entry(name)
     url = entry.checkpoint_url
+    if entry.manual and not url:
+        raise ModelNotFoundError(f"{entry.name!r} is published in a folder vdvae-cli cannot download from; "
+                                 f"licence: {entry.license_text}",
+                                 hint=entry.manual_steps(official_cache_path(entry.name)))
     if entry.kind != "official" or not url:
         raise ModelNotFoundError(f"{entry.name!r} has no official download")
     dest = official_cache_path(entry.name)
