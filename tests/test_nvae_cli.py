@@ -286,3 +286,28 @@ def test_a_shipped_nvae_file_is_described_from_its_header(converted, tmp_path, m
 
     entry = describe_file(converted["mnist"])
     assert (entry.family, entry.resolution, entry.latent_layers, entry.title) == ("nvae", 28, 6, "nvae-mnist")
+
+
+def test_readjust_bn_is_cached_by_temperature(converted, tmp_path, monkeypatch):
+    monkeypatch.setenv("VDVAE_CACHE", str(tmp_path / "cache"))
+    args = ("sample", "-m", converted["cifar"], "-n", 2, "--seed", 3, "--readjust-bn", "--readjust-iters", 3)
+    first = vdvae(*args, "--temp", 0.7, "-o", tmp_path / "a.png", "--grid")
+    assert "re-adjusted (3 prior passes of 16)" in first.stderr
+    cached = list((tmp_path / "cache" / "bn").iterdir())
+    assert len(cached) == 1
+    second = vdvae(*args, "--temp", 0.7, "-o", tmp_path / "b.png", "--grid")
+    assert "loaded from" in second.stderr
+    assert np.array_equal(png(tmp_path / "a.png"), png(tmp_path / "b.png"))
+    plain = vdvae("sample", "-m", converted["cifar"], "-n", 2, "--seed", 3, "--temp", 0.7, "-o", tmp_path / "c.png", "--grid")
+    assert "BatchNorm" not in plain.stderr
+    assert not np.array_equal(png(tmp_path / "a.png"), png(tmp_path / "c.png"))  # the statistics matter
+    vdvae(*args, "--temp", 0.5, "-o", tmp_path / "d.png", "--grid")
+    assert len(list((tmp_path / "cache" / "bn").iterdir())) == 2  # one file per temperature
+    stats = load_file(str(cached[0]))
+    assert int(stats["dec_tower.1._ops.0.conv.0.bn.num_batches_tracked"]) == 4 + 3  # calibration + 3 passes
+    assert int(stats["enc_tower.0._ops.0.bn_act.num_batches_tracked"]) == 4  # the encoder is untouched
+
+
+def test_readjust_bn_is_refused_for_vdvae(tiny_ckpt, tmp_path):
+    result = vdvae("sample", "-m", tiny_ckpt, "--readjust-bn", "-o", tmp_path / "x.png", ok=False)
+    assert result.exit_code == 2 and "a VDVAE has no BatchNorm" in result.stderr

@@ -14,6 +14,7 @@ are VDVAE.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -92,6 +93,10 @@ class Family(Protocol):
     def log_ratio(self, model: Any, out: "DecoderOutput") -> Tensor:
         """Sum over posterior layers of ``log p(z) - log q(z | x)`` of a traced pass, (N,)."""
         ...
+    def readjust_bn(self, model: Any, temperatures: Sequence[float], cache_dir: Path, *, iters: int) -> str:
+        """Fit normalisation statistics to sampling at ``temperatures`` (kept in ``cache_dir``);
+        returns a line saying what was done."""
+        ...
 
 
 class VDVAEFamily:
@@ -136,6 +141,12 @@ class VDVAEFamily:
             for t in out.trace
             if "qm" in t  # layers drawn from the prior have q = p: ratio 1
         )
+
+    def readjust_bn(self, model: Any, temperatures: Sequence[float], cache_dir: Path, *, iters: int) -> str:
+        from .errors import UsageError
+
+        raise UsageError("--readjust-bn re-estimates BatchNorm statistics, and a VDVAE has no BatchNorm",
+                         hint="it is for NVAE models")
 
 
 def _families() -> dict[str, Family]:

@@ -20,7 +20,8 @@ Floats in [-1, 1] become 8-bit pixels by truncating ``(x + 1) * 127.5``, as for 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -109,3 +110,11 @@ class NVAEFamily:
         return sum(  # type: ignore[return-value]
             (t["log_p"].float() - t["log_q"].float()).sum(dim=(1, 2, 3)) for t in out.trace if "log_q" in t
         )
+
+    def readjust_bn(self, model: Any, temperatures: Sequence[float], cache_dir: Path, *, iters: int) -> str:
+        from .batchnorm import readjust_cached
+
+        loaded, path = readjust_cached(model, temperatures, cache_dir, iters=iters)
+        if loaded:
+            return f"BatchNorm statistics for these temperatures loaded from {path}"
+        return f"BatchNorm statistics re-adjusted ({iters} prior passes of 16), kept in {path}"
