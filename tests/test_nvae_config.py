@@ -78,3 +78,26 @@ def test_config_from_args_applies_evaluate_patches_and_ignores_bookkeeping():
 def test_invalid_configs_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):
         NVAEConfig(**{**README_ARGS["cifar10"], **change})
+
+
+def test_folded_weight_norm_is_exact_and_follows_weight_changes():
+    from vdvae_cli.nvae.network import ARConv2d, WNConv2d
+
+    g = torch.Generator().manual_seed(0)
+    for conv in (WNConv2d(4, 6, 3, padding=1), ARConv2d(4, 24, 3, zero_diag=True, mirror=True)):
+        x = torch.randn(2, 4, 5, 5, generator=g)
+        with torch.no_grad():
+            folded = conv(x)
+            assert conv._folded is not None
+            conv.weight.mul_(-0.5)  # an in-place update must not be served from the stale fold
+            changed = conv(x)
+        conv.fold = False
+        with torch.no_grad():
+            assert torch.equal(changed, conv(x))
+        assert not torch.allclose(folded, changed)
+        conv.fold = True
+        with torch.inference_mode():
+            assert torch.equal(conv(x), changed)
+        y = conv(x)  # with gradients: recomputed, so they reach log_weight_norm
+        y.sum().backward()
+        assert conv.log_weight_norm.grad is not None and conv.log_weight_norm.grad.abs().sum() > 0

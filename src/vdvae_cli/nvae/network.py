@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributions import BatchNoise, Noise
-from ..model import DecoderOutput
+from ..model import DecoderOutput, decode_options
 from .config import NVAEConfig
 from .distributions import normal_kl, normal_log_p, normal_params
 
@@ -39,7 +39,11 @@ WN_EPS = 1e-5
 
 class WNConv2d(nn.Conv2d):
     """Weight-normalised conv: ``W_eff = exp(log_weight_norm) * W / (||W|| + 1e-5)`` per output
-    channel, recomputed on every call (so a fine-tune stays exact)."""
+    channel. With gradients on (training) it is recomputed on every call; without, it is computed
+    once and kept until the weights change (same arithmetic, no per-pass cost; ``fold = False``
+    recomputes always, as the official code does)."""
+
+    fold = True
 
     def __init__(self, cin: int, cout: int, kernel: int, *, stride: int = 1, padding: int = 0,
                  dilation: int = 1, groups: int = 1, bias: bool = True):
@@ -47,6 +51,7 @@ class WNConv2d(nn.Conv2d):
         self.log_weight_norm = nn.Parameter(torch.zeros(cout, 1, 1, 1))
         with torch.no_grad():
             self.log_weight_norm.copy_(torch.log(self._norm(self.weight) + 1e-2))
+        self._folded: tuple[tuple, Tensor] | None = None
 
     @staticmethod
     def _norm(w: Tensor) -> Tensor:
@@ -59,8 +64,18 @@ class WNConv2d(nn.Conv2d):
         w = self.raw_weight()
         return torch.exp(self.log_weight_norm) * w / (self._norm(w) + WN_EPS)
 
+    def inference_weight(self) -> Tensor:
+        if torch.is_grad_enabled() or not self.fold:
+            return self.effective_weight()
+        w, g = self.weight, self.log_weight_norm
+        key = (w.data_ptr(), w._version, g.data_ptr(), g._version, w.dtype, w.device, w.stride(),
+               torch.is_inference_mode_enabled())
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, self.effective_weight())
+        return self._folded[1]
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.effective_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, self.inference_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def ar_mask(cout: int, cin_per_group: int, kernel: int, *, zero_diag: bool, mirror: bool, depthwise: bool) -> Tensor:
@@ -455,15 +470,7 @@ class NVAE(nn.Module):
         """
         cfg = self.cfg
         G = cfg.n_layers
-        temps = [float(temperatures)] * G if isinstance(temperatures, (int, float)) else [float(t) for t in temperatures]
-        if len(temps) != G:
-            raise ValueError(f"{len(temps)} temperatures for {G} latent groups")
-        if len(latents) > G:
-            raise ValueError(f"{len(latents)} latents for {G} latent groups")
-        if activations is None:
-            n_posterior = 0
-        elif n_posterior is None:
-            n_posterior = G
+        temps, n_posterior = decode_options(G, temperatures, latents, activations is not None, n_posterior)
         noise = noise or BatchNoise()
         ref = self.prior_ftr0
         out = DecoderOutput(px_z=ref, latents=[] if want_latents else None, kl=[] if want_kl else None)
