@@ -311,3 +311,10 @@ def test_readjust_bn_is_cached_by_temperature(converted, tmp_path, monkeypatch):
 def test_readjust_bn_is_refused_for_vdvae(tiny_ckpt, tmp_path):
     result = vdvae("sample", "-m", tiny_ckpt, "--readjust-bn", "-o", tmp_path / "x.png", ok=False)
     assert result.exit_code == 2 and "a VDVAE has no BatchNorm" in result.stderr
+
+
+def test_training_an_nvae_is_refused_cleanly(converted, tmp_path):
+    data = tmp_path / "d.npy"
+    np.save(data, np.zeros((4, 28, 28, 3), np.uint8))
+    result = vdvae("train", data, "--init", converted["mnist"], "-o", tmp_path / "run", ok=False)
+    assert result.exit_code == 2 and "trains VDVAEs only" in result.stderr

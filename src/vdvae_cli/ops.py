@@ -1,4 +1,7 @@
-"""What you do with a VDVAE: plain functions over (model, tensors, options).
+"""What you do with a VDVAE or an NVAE: plain functions over (model, tensors, options).
+
+Both families satisfy :class:`vdvae_cli.family.LatentModel`; what differs (network input,
+likelihood, output pixels, importance weights) is asked of the model's family object.
 
 Images cross this boundary as uint8 NHWC tensors (the reference's convention); latents as a list
 with one (N, Z, r, r) tensor per latent layer, in decoder order (lowest resolution first).

@@ -49,6 +49,8 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
         from ..hub import resolve_model
 
         cfg, state = read_checkpoint(Path(os.fspath(resolve_model(init))))
+        if getattr(cfg, "family", "vdvae") != "vdvae":
+            raise UsageError(f"--init {init} is an {cfg.family.upper()} model; vdvae train trains VDVAEs only so far")
         return cfg, state, load_images(data, cfg.image_size)
     if config is not None:
         cfg = official_config(config)
