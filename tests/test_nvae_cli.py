@@ -256,6 +256,7 @@ def test_info_names_the_family_and_groups(converted):
     assert info["family"] == "nvae" and info["n_layers"] == 5 and info["resolutions"] == [8, 16]
     assert [l["res"] for l in info["layers"]] == [8, 8, 16, 16, 16]
     assert info["layers_up_to_res"] == {"8": 2, "16": 5}
+    assert info["parameters"] == 301_080  # the official count (BatchNorm statistics are not parameters)
 
 
 def test_saving_a_loaded_nvae_roundtrips(converted, tmp_path):

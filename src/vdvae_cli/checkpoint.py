@@ -66,6 +66,13 @@ def expected_shapes(cfg: VDVAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
     return OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
 
+def parameter_count(cfg: VDVAEConfig) -> int:
+    """Trainable parameters of ``cfg``'s network (buffers such as BatchNorm statistics excluded)."""
+    with torch.device("meta"):
+        model = family_of(cfg).network(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
 def compare_keys(shapes: Mapping[str, tuple[int, ...]], cfg: VDVAEConfig) -> KeyReport:
     expected = expected_shapes(cfg)
     report = KeyReport()

@@ -150,7 +150,7 @@ def info(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from ..checkpoint import config_of, expected_shapes, stored_digest
+    from ..checkpoint import config_of, parameter_count, stored_digest
     from ..hub import resolve_model
     from ..latents import model_fingerprint
 
@@ -158,7 +158,7 @@ def info(
     path = resolved.path
     cfg = config_of(path)
     fingerprint = model_fingerprint(cfg, stored_digest(path))
-    parameters = sum(math.prod(shape) for shape in expected_shapes(cfg).values())
+    parameters = parameter_count(cfg)
     keep_res = {r: cfg.layers_up_to_res(r) for r in cfg.resolutions}
     layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.zdim, "mixin": l.mixin,
                "latent_shape": list(l.latent_shape)} for l in cfg.decoder_layers]

@@ -397,13 +397,11 @@ class NVAE(nn.Module):
         self.nf_cells = nn.ModuleList(PairedCellAR(L) for _ in groups for _ in range(cfg.num_nf))
 
         dec: list[nn.Module] = []
-        self._dec_combiner_index: list[int] = []
         for g in groups:
             if g.index > 0:
                 if groups[g.index - 1].scale != g.scale:
                     dec.append(Cell(groups[g.index - 1].width, "up_dec", ops["up_dec"], se))
                 dec += [Cell(g.width, "normal_dec", ops["normal_dec"], se) for _ in range(cfg.num_cell_per_cond_dec)]
-            self._dec_combiner_index.append(len(dec))
             dec.append(DecCombinerCell(g.width, L))
         self.dec_tower = nn.ModuleList(dec)
 
