@@ -248,7 +248,7 @@ def test_pixel_temperature_fixes_official_bug(golden):
 @torch.no_grad()
 def test_bn_readjustment(golden):
     kind, cfg, state, model, cases, derived = golden
-    fresh = build_model(cfg, state)
+    fresh = build_model(cfg, {k: v.clone() for k, v in state.items()})  # the model would share the tensors
     iters, batch, t = int(cases["bnfix.iters"]), int(cases["bnfix.batch"]), float(cases["bnfix.t"])
     noise = StoredNoise(cases[f"bnfix.{i:02d}.{g}.eps"] for i in range(iters) for g in groups(cases, "bnfix.00"))
     readjust_bn(fresh, t, iters=iters, batch=batch, noise=noise)

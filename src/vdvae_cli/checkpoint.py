@@ -279,7 +279,8 @@ def build_model(
     dtype: torch.dtype = torch.float32,
 ) -> VAE:
     """A model of ``cfg``'s family in eval mode holding ``state``, built without a throwaway random
-    init (integer buffers, e.g. BatchNorm counters, keep their dtype)."""
+    init (integer buffers, e.g. BatchNorm counters, keep their dtype). Tensors already on ``device``
+    in ``dtype`` are used as they are, not copied: the model shares them with ``state``."""
     with torch.device("meta"):
         model = family_of(cfg).network(cfg)
     state = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
