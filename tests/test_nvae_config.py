@@ -4,6 +4,7 @@ official one exactly (tests/data/keys-nvae-*.txt, made by instantiating NVIDIA's
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -101,3 +102,25 @@ def test_folded_weight_norm_is_exact_and_follows_weight_changes():
         y = conv(x)  # with gradients: recomputed, so they reach log_weight_norm
         y.sum().backward()
         assert conv.log_weight_norm.grad is not None and conv.log_weight_norm.grad.abs().sum() > 0
+
+
+def test_normal_decoder_honours_the_output_temperature():
+    """num_mixture_dec = 1 gives NVAE's Normal pixel decoder (6 channels); unlike NVAE's (PR #55) its
+    samples scale their noise by the output temperature, and t = 0 is the clamped mean."""
+    from vdvae_cli.distributions import BatchNoise
+    from vdvae_cli.nvae.distributions import normal_params
+    from vdvae_cli.nvae.family import output_unit, recon_log_prob
+
+    cfg = NVAEConfig(**{**README_ARGS["cifar10"], "num_mixture_dec": 1})
+    assert (cfg.likelihood, cfg.output_channels) == ("normal", 6)
+    logits = torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(0))
+    mu, sigma = normal_params(logits[:, :3], logits[:, 3:])
+    draw = {t: output_unit(cfg, logits, BatchNoise(torch.Generator().manual_seed(1)), t) for t in (0.0, 0.5, 1.0)}
+    assert torch.equal(draw[0.0], torch.clamp(mu, -1, 1).permute(0, 2, 3, 1))
+    inside = (draw[1.0].abs() < 1) & (draw[0.5].abs() < 1) & (draw[0.0].abs() < 1)
+    half = (draw[0.5] - draw[0.0])[inside]
+    full = (draw[1.0] - draw[0.0])[inside]
+    torch.testing.assert_close(half, 0.5 * full, atol=1e-6, rtol=1e-5)
+    x = torch.rand(2, 3, 4, 4)
+    want = (-0.5 * ((2 * x - 1 - mu) / sigma) ** 2 - 0.5 * math.log(2 * math.pi) - torch.log(sigma)).sum((1, 2, 3))
+    torch.testing.assert_close(recon_log_prob(cfg, logits, x), want)
