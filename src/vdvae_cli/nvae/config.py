@@ -12,11 +12,10 @@ the decoder walks the scales coarsest first, and its groups are the latent layer
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..configbase import LatentStackConfig
 from ..errors import ConfigError
 
 # Ops of every cell type per ``arch_instance`` (official ``get_arch_cells``), for the instances whose
@@ -90,7 +89,7 @@ class LatentGroup:
 
 
 @dataclass(frozen=True)
-class NVAEConfig:
+class NVAEConfig(LatentStackConfig):
     """Architecture and likelihood of one NVAE (official ``args`` field names)."""
 
     dataset: str
@@ -213,23 +212,6 @@ class NVAEConfig:
                 "normal_pre": pre, "down_pre": pre, "normal_post": post, "up_post": post}
 
     @property
-    def n_layers(self) -> int:
-        """Number of latent groups (the latent layers, in decoder order)."""
-        return len(self.decoder_layers)
-
-    @property
-    def resolutions(self) -> tuple[int, ...]:
-        return tuple(sorted({g.res for g in self.decoder_layers}))
-
-    @property
-    def latent_shapes(self) -> tuple[tuple[int, int, int], ...]:
-        return tuple(g.latent_shape for g in self.decoder_layers)
-
-    @property
-    def latent_dims(self) -> int:
-        return sum(math.prod(s) for s in self.latent_shapes)
-
-    @property
     def n_dims(self) -> int:
         """Data dimensions per image for bits/dim: 28*28 for MNIST-style data (the likelihood is
         cropped to the digit), else C*H*W."""
@@ -237,36 +219,6 @@ class NVAEConfig:
             return self.image_size**2
         return self.image_channels * self.image_size**2
 
-    def layers_up_to_res(self, res: int) -> int:
-        """How many leading groups have resolution <= ``res`` (a decoder resolution)."""
-        if res not in self.resolutions:
-            raise ConfigError(
-                f"resolution {res} is not a latent resolution of this model",
-                hint=f"choose one of {', '.join(map(str, self.resolutions))}",
-            )
-        return sum(1 for g in self.decoder_layers if g.res <= res)
-
-    # -- serialisation -----------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "NVAEConfig":
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown NVAE config field(s): {', '.join(sorted(unknown))}")
-        try:
-            return cls(**dict(data))
-        except TypeError as exc:
-            raise ConfigError(f"incomplete NVAE config: {exc}") from None
-
-    def replace(self, **changes: Any) -> "NVAEConfig":
-        return replace(self, **changes)
 
 
 def config_from_args(args: Any, *, name: str | None = None) -> NVAEConfig:
