@@ -319,3 +319,9 @@ def test_training_an_nvae_is_refused_cleanly(converted, tmp_path):
     np.save(data, np.zeros((4, 28, 28, 3), np.uint8))
     result = vdvae("train", data, "--init", converted["mnist"], "-o", tmp_path / "run", ok=False)
     assert result.exit_code == 2 and "trains VDVAEs only" in result.stderr
+
+
+def test_an_official_nvae_pickle_as_model_says_how_to_convert_it():
+    result = vdvae("info", "-m", DATA / "tiny-nvae.pt", ok=False)
+    assert result.exit_code == 1
+    assert f"vdvae convert {DATA / 'tiny-nvae.pt'} -o tiny-nvae.safetensors" in result.stderr.replace("\n", "")

@@ -124,3 +124,19 @@ def test_normal_decoder_honours_the_output_temperature():
     x = torch.rand(2, 3, 4, 4)
     want = (-0.5 * ((2 * x - 1 - mu) / sigma) ** 2 - 0.5 * math.log(2 * math.pi) - torch.log(sigma)).sum((1, 2, 3))
     torch.testing.assert_close(recon_log_prob(cfg, logits, x), want)
+
+
+def test_both_families_satisfy_the_one_interface(golden_cfg):
+    from vdvae_cli.configbase import LatentStackConfig
+    from vdvae_cli.family import LatentModel, family_of
+    from vdvae_cli.model import VAE
+
+    nvae_cfg = readme_config("mnist")
+    with torch.device("meta"):
+        models = [VAE(golden_cfg), NVAE(nvae_cfg)]
+    for model, name in zip(models, ("vdvae", "nvae")):
+        assert isinstance(model, LatentModel) and isinstance(model.cfg, LatentStackConfig)
+        assert family_of(model).name == name and family_of(model.cfg).name == name
+        layers = model.cfg.decoder_layers
+        assert [l.index for l in layers] == list(range(model.cfg.n_layers))
+        assert all(len(l.latent_shape) == 3 and l.latent_shape[1] == l.res for l in layers)

@@ -314,9 +314,12 @@ def _resolve_path(ref: str) -> ResolvedModel:
         else:
             raise ModelNotFoundError(f"{path} is a folder, not a .safetensors file")
     if _is_pickle(path):
+        from .nvae.official import looks_official
+
+        how = "" if looks_official(path) else " --config NAME"  # an NVAE checkpoint.pt names its layout
         raise CheckpointError(
             f"{path} is a PyTorch pickle, not a vdvae-cli .safetensors file",
-            hint=f"convert it once: vdvae convert {path} --config NAME -o {path.with_suffix('.safetensors').name}",
+            hint=f"convert it once: vdvae convert {path}{how} -o {path.with_suffix('.safetensors').name}",
         )
     return ResolvedModel(path, path.stem, "file", str(path))
 
