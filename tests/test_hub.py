@@ -419,7 +419,7 @@ def test_cli_download_success_and_errors(official, server):
     result = runner.invoke(app, ["download", "cifar100"])
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        "error: unknown model 'cifar100' (did you mean cifar10? `vdvae models` lists them all)"
+        "error: unknown model 'cifar100' (did you mean cifar10 or nvae-cifar10? `vdvae models` lists them all)"
     ]
 
     result = runner.invoke(app, ["download", "hf://nope"])

@@ -1,4 +1,4 @@
-"""vdvae-cli: use Very Deep VAEs from Python and from the shell.
+"""vdvae-cli: use Very Deep VAEs (and NVAEs) from Python and from the shell.
 
 The public API (imported lazily so that ``vdvae --help`` starts without importing torch)::
 
@@ -33,6 +33,9 @@ _LAZY = {
     "VDVAEConfig": ("vdvae_cli.config", "VDVAEConfig"),
     "official_config": ("vdvae_cli.config", "official_config"),
     "VAE": ("vdvae_cli.model", "VAE"),
+    "NVAEConfig": ("vdvae_cli.nvae.config", "NVAEConfig"),
+    "NVAE": ("vdvae_cli.nvae.network", "NVAE"),
+    "family_of": ("vdvae_cli.family", "family_of"),
     "save_checkpoint": ("vdvae_cli.checkpoint", "save_checkpoint"),
 }
 

@@ -21,6 +21,7 @@ import torch
 
 from .config import VDVAEConfig, official_config
 from .errors import CheckpointError, ConfigError, OutputError, VDVAEError
+from .family import family_named, family_of
 from .model import VAE
 
 FORMAT = "vdvae-cli"
@@ -59,12 +60,16 @@ class KeyReport:
 
 
 def expected_shapes(cfg: VDVAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
-    """Every state_dict key of ``cfg``'s network with its shape, in state_dict order.
+    """Every state_dict key of ``cfg``'s network with its shape, in state_dict order, computed
+    without allocating: a hostile config is compared with the tensors of its file before anything
+    is built for it (each family knows its own network: :meth:`vdvae_cli.family.Family.state_shapes`).
+    ``tests/test_hostile.py`` checks it against the built network for every official set."""
+    return family_of(cfg).state_shapes(cfg)
 
-    Computed from the config alone (no module is built, not even on the meta device), so that a
-    hostile config is compared with the tensors of its file before anything is allocated for it.
-    ``tests/test_hostile.py`` checks it against ``VAE(cfg).state_dict()`` for every official set.
-    """
+
+def vdvae_state_shapes(cfg: VDVAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
+    """:func:`expected_shapes` of a VDVAE, from the config alone (no module is built, not even on
+    the meta device)."""
     out: "OrderedDict[str, tuple[int, ...]]" = OrderedDict()
 
     def block(prefix: str, cin: int, mid: int, cout: int, k: int) -> None:
@@ -93,12 +98,14 @@ def expected_shapes(cfg: VDVAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
     return out
 
 
-def parameter_count(cfg: VDVAEConfig) -> int:
-    """Parameters of ``cfg``'s network, from the config alone."""
-    return sum(math.prod(shape) for shape in expected_shapes(cfg).values())
+def activation_bytes(cfg: Any, itemsize: int = 4, *, encoder: bool = True) -> int:
+    """A generous estimate of the working memory one image needs in a forward pass (bytes), from the
+    config alone (each family knows its own: :meth:`vdvae_cli.family.Family.activation_bytes`).
+    Used to refuse a model that cannot run here before building it."""
+    return family_of(cfg).activation_bytes(cfg, itemsize, encoder=encoder)
 
 
-def activation_bytes(cfg: VDVAEConfig, itemsize: int = 4, *, encoder: bool = True) -> int:
+def vdvae_activation_bytes(cfg: VDVAEConfig, itemsize: int = 4, *, encoder: bool = True) -> int:
     """A generous estimate of the working memory one image needs in a forward pass (bytes), from the
     config alone: the encoder's kept activations, the decoder's states, a block's temporaries and
     the output head. Used to refuse a model that cannot run here before building it."""
@@ -109,6 +116,15 @@ def activation_bytes(cfg: VDVAEConfig, itemsize: int = 4, *, encoder: bool = Tru
     biggest = max(per_res.values())
     head = 10 * cfg.num_mixtures * cfg.image_size ** 2 * 4  # DMoL parameters, float32
     return ((2 if encoder else 1) * states + 6 * biggest) * itemsize + 3 * head
+
+
+_BN_BUFFERS = (".running_mean", ".running_var", ".num_batches_tracked")
+
+
+def parameter_count(cfg: VDVAEConfig) -> int:
+    """Trainable parameters of ``cfg``'s network, from :func:`expected_shapes` (BatchNorm
+    statistics, the only buffers either family's state holds, are not parameters)."""
+    return sum(math.prod(shape) for key, shape in expected_shapes(cfg).items() if not key.endswith(_BN_BUFFERS))
 
 
 def compare_keys(shapes: Mapping[str, tuple[int, ...]], cfg: VDVAEConfig) -> KeyReport:
@@ -248,15 +264,18 @@ def save_checkpoint(
     """Write ``state`` (a state_dict or a model) as a self-describing safetensors file, atomically."""
     from safetensors.torch import save
 
-    if isinstance(state, VAE):
+    if isinstance(state, torch.nn.Module):
         state = state.state_dict()
     report = compare_keys({k: tuple(v.shape) for k, v in state.items()}, cfg)
     if not report.ok:
         raise CheckpointError(f"state does not match the config: {report.summary()}")
     target = DTYPES[dtype] if isinstance(dtype, str) else dtype
     tensors = {k: (v.detach().to("cpu", target) if target else v.detach().cpu()).contiguous() for k, v in state.items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "vdvae_config": cfg.to_json(),
+    family = family_of(cfg)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, family.config_key: cfg.to_json(),
             "weights_sha256": weights_digest(tensors)}
+    if family.name != "vdvae":  # files without a family are VDVAE (every file written before NVAE)
+        meta["family"] = family.name
     meta.update(metadata or {})
     blob = save(tensors, metadata=meta)
     path = Path(path)
@@ -320,6 +339,12 @@ def file_kind(path: Path) -> str:
     except UnicodeDecodeError:
         return "binary data of an unknown kind"
     return "a text file"
+
+
+def _step_counter(key: str, dtype: str, shape: list[int]) -> bool:
+    """BatchNorm's ``num_batches_tracked``: the one integer tensor a network's state holds (NVAE's,
+    a scalar I64), allowed beside the floating-point weights."""
+    return key.endswith(".num_batches_tracked") and dtype == "I64" and shape == []
 
 
 def parse_header(
@@ -388,7 +413,7 @@ def parse_header(
         if offsets[1] - offsets[0] != nbytes:
             raise bad(f"tensor {name}: data_offsets hold {offsets[1] - offsets[0]} bytes, "
                       f"its {dtype} shape {tuple(shape)} needs {nbytes}")
-        if dtypes is not None and dtype not in dtypes:
+        if dtypes is not None and dtype not in dtypes and not _step_counter(key, dtype, shape):
             raise error(f"{label}: tensor {name} is {dtype}, but a {kind} holds floating-point tensors "
                         f"({', '.join(dtypes)})", hint=hint)
         spans.append((offsets[0], offsets[1], name))
@@ -454,16 +479,20 @@ def _config_from_header(header: Mapping[str, Any], path: str | Path) -> VDVAECon
             f"{label} is a latents file (images encoded by model {model_name}), not a model",
             hint=f"decode it with: vdvae decode {label} --model MODEL",
         )
-    text = meta.get("vdvae_config")
+    family_name = meta.get("family", "vdvae")
+    if not isinstance(family_name, str):
+        raise CheckpointError(f"{label} has a family field that is not a name")
+    family = family_named(family_name)
+    text = meta.get(family.config_key)
     if text is None:
         raise CheckpointError(
-            f"{label} has no vdvae_config metadata, so it does not say which model it holds",
+            f"{label} has no {family.config_key} metadata, so it does not say which model it holds",
             hint="convert raw weights with: vdvae convert FILE --config NAME -o model.safetensors",
         )
     try:
-        return VDVAEConfig.from_dict(loads(text))
+        return family.config_from_dict(loads(text))
     except (JSONLimitError, ValueError) as exc:
-        raise CheckpointError(f"{label} has unreadable vdvae_config metadata: {exc}") from None
+        raise CheckpointError(f"{label} has unreadable {family.config_key} metadata: {exc}") from None
     except ConfigError as exc:
         raise CheckpointError(f"{label} describes an invalid model: {exc}") from None
 
@@ -552,10 +581,13 @@ def build_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> VAE:
-    """A VAE in eval mode holding ``state``, built without a throwaway random init."""
+    """A model of ``cfg``'s family in eval mode holding ``state``, built without a throwaway random
+    init (integer buffers, e.g. BatchNorm counters, keep their dtype). Tensors already on ``device``
+    in ``dtype`` are used as they are, not copied: the model shares them with ``state``."""
     with torch.device("meta"):
-        model = VAE(cfg)
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
+        model = family_of(cfg).network(cfg)
+    state = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 
@@ -590,12 +622,11 @@ def stored_digest(path: str | Path) -> str | None:
 # Converting official pickles
 
 
-def load_reference_state(path: str | Path) -> "OrderedDict[str, Tensor]":
-    """Load an official ``*-model.th`` / ``*-model-ema.th`` safely (``weights_only=True``).
-
-    A training file with ``module.`` prefixes is accepted; a dict wrapping the state under
-    ``state_dict``/``model`` is unwrapped. Tensors land on the CPU whatever device saved them.
-    """
+def load_pickle(path: str | Path, *, allowed: tuple[type, ...] = (), hint: str = "give an official *-model-ema.th file") -> Any:
+    """``torch.load`` of an official checkpoint with ``weights_only=True`` (no pickled code runs;
+    ``allowed`` names the only extra classes it may rebuild, e.g. ``argparse.Namespace``), after
+    checking that the file is a PyTorch file at all. Every failure is one CheckpointError that says
+    what the file is, and never repeats PyTorch's advice to load with ``weights_only=False``."""
     from .errors import activity
     from .safety import first_line
 
@@ -612,11 +643,10 @@ def load_reference_state(path: str | Path) -> "OrderedDict[str, Tensor]":
     if kind == "safetensors":
         raise CheckpointError(f"{label} is already safetensors", hint="load it directly with --model")
     if kind in ("html", "gzip", "other"):
-        raise CheckpointError(f"{label} is not a PyTorch checkpoint: it looks like {file_kind(path)}",
-                              hint="give an official *-model-ema.th file")
+        raise CheckpointError(f"{label} is not a PyTorch checkpoint: it looks like {file_kind(path)}", hint=hint)
     try:
-        with activity(f"loading {label}"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with activity(f"loading {label}"), torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except VDVAEError:
         raise
     except Exception as exc:
@@ -626,6 +656,16 @@ def load_reference_state(path: str | Path) -> "OrderedDict[str, Tensor]":
                 hint="save the weights alone (torch.save(model.state_dict(), 'model.th')) and convert that",
             ) from None
         raise CheckpointError(f"{label} is not a loadable PyTorch weights file: {first_line(exc)}") from None
+
+
+def load_reference_state(path: str | Path) -> "OrderedDict[str, Tensor]":
+    """Load an official ``*-model.th`` / ``*-model-ema.th`` safely (``weights_only=True``).
+
+    A training file with ``module.`` prefixes is accepted; a dict wrapping the state under
+    ``state_dict``/``model`` is unwrapped. Tensors land on the CPU whatever device saved them.
+    """
+    label = _label(path)
+    obj = load_pickle(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping):

@@ -11,12 +11,12 @@ preprocessing constants come from the reference ``data.py``.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .configbase import LatentStackConfig
 from .errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def parse_width_string(text: str) -> dict[int, int]:
 
 
 @dataclass(frozen=True)
-class VDVAEConfig:
+class VDVAEConfig(LatentStackConfig):
     """Architecture and data constants of one VDVAE.
 
     ``input_shift``/``input_scale`` map pixels to network inputs: ``x_in = (x * pixel_scale + shift) * scale``
@@ -284,66 +284,14 @@ class VDVAEConfig:
         return parse_width_string(self.custom_width_str).get(res, self.width)
 
     @property
-    def n_layers(self) -> int:
-        """Number of latent layers (= decoder blocks)."""
-        return len(self.decoder_layers)
-
-    @property
-    def resolutions(self) -> tuple[int, ...]:
-        """Decoder resolutions, ascending."""
-        return tuple(sorted({layer.res for layer in self.decoder_layers}))
-
-    @property
     def bias_resolutions(self) -> tuple[int, ...]:
         """Resolutions with a learned start tensor ``decoder.bias_xs.j`` (ascending)."""
         return tuple(r for r in self.resolutions if r <= self.no_bias_above)
 
     @property
-    def latent_shapes(self) -> tuple[tuple[int, int, int], ...]:
-        return tuple(layer.latent_shape for layer in self.decoder_layers)
-
-    @property
-    def latent_dims(self) -> int:
-        return sum(math.prod(s) for s in self.latent_shapes)
-
-    @property
     def n_dims(self) -> int:
         """Data dimensions per image (H * W * C): the divisor of nats/dim."""
         return self.image_size * self.image_size * self.image_channels
-
-    def layers_up_to_res(self, res: int) -> int:
-        """How many leading latent layers have resolution <= ``res`` (a decoder resolution)."""
-        if res not in self.resolutions:
-            raise ConfigError(
-                f"resolution {res} is not a decoder resolution of this model",
-                hint=f"choose one of {', '.join(map(str, self.resolutions))}",
-            )
-        return sum(1 for layer in self.decoder_layers if layer.res <= res)
-
-    # -- serialisation -----------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "VDVAEConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(data) - known
-        if unknown:
-            shown = ", ".join(sorted(repr(str(k))[1:-1] for k in unknown)[:8])
-            raise ConfigError(f"unknown config field(s): {shown}")
-        try:
-            return cls(**dict(data))
-        except TypeError as exc:  # missing required field
-            raise ConfigError(f"incomplete config: {exc}") from None
-
-    def replace(self, **changes: Any) -> "VDVAEConfig":
-        return replace(self, **changes)
 
 
 # --------------------------------------------------------------------------------------------------

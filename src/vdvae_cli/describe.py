@@ -5,7 +5,6 @@ named model (``vdvae info`` answers in a fraction of a second).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +55,12 @@ def _from_entry(entry: registry.RegistryEntry) -> ModelFacts:
 
 
 def _from_file(path: Path, name: str, source: str) -> ModelFacts:
-    from .checkpoint import checked_config, read_header
+    from .checkpoint import checked_config, parameter_count, read_header
 
     header = read_header(path)  # strict: a hostile header is refused here
     meta = header.get("__metadata__") or {}
     cfg = checked_config(path, header)  # the config must describe the file's tensors (nothing is built)
-    params = sum(math.prod(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict))
+    params = parameter_count(cfg)  # trainable parameters (BatchNorm statistics are not parameters)
     digest = meta.get("weights_sha256")
     digest = digest if isinstance(digest, str) and len(digest) == 64 else None
     return ModelFacts(name, source, path, cfg, params, model_fingerprint(cfg, digest))

@@ -126,6 +126,19 @@ def dmol_nll(logits: Tensor, target: Tensor, num_mixtures: int, *, low_bit: bool
     ``logits`` (N,H,W,10M), ``target`` (N,H,W,3) in [-1, 1]. ``low_bit`` uses 5-bit bins (half-width
     1/31) as the reference's ffhq_256 loss does. Computed in float32.
     """
+    per_pixel = dmol_log_prob(logits, target, num_mixtures, bits=5 if low_bit else 8)  # (N,H,W)
+    n_dims = target.shape[1] * target.shape[2] * target.shape[3]
+    return -per_pixel.sum(dim=(1, 2)) / n_dims
+
+
+def dmol_log_prob(
+    logits: Tensor, target: Tensor, num_mixtures: int, *, bits: int = 8, upper_edge: float = 0.999
+) -> Tensor:
+    """Per-pixel DMoL log-likelihood (N,H,W) in nats, summed over colours, in float32.
+
+    Bins have half-width ``1 / (2^bits - 1)``; targets below -0.999 take the lower tail, targets above
+    ``upper_edge`` the upper tail (VDVAE 0.999; NVAE 0.99, so its 8-bit value 254 is a tail too).
+    """
     logits, target = logits.float(), target.float()
     pi, means, log_scales, coeffs = _split_dmol(logits, num_mixtures)
     x = target.unsqueeze(-1)  # (N,H,W,3,1)
@@ -135,7 +148,8 @@ def dmol_nll(logits: Tensor, target: Tensor, num_mixtures: int, *, low_bit: bool
     mean_b = means[..., 2, :] + coeffs[..., 1, :] * r + coeffs[..., 2, :] * g
     centred = x - torch.stack([mean_r, mean_g, mean_b], dim=-2)  # (N,H,W,3,M)
     inv_scale = torch.exp(-log_scales)
-    half = 1.0 / 31.0 if low_bit else 1.0 / 255.0
+    levels = 2**bits - 1
+    half = 1.0 / levels
     plus = inv_scale * (centred + half)
     minus = inv_scale * (centred - half)
     log_cdf_plus = plus - F.softplus(plus)
@@ -143,20 +157,18 @@ def dmol_nll(logits: Tensor, target: Tensor, num_mixtures: int, *, low_bit: bool
     delta = torch.sigmoid(plus) - torch.sigmoid(minus)
     mid = inv_scale * centred
     log_pdf_mid = mid - log_scales - 2.0 * F.softplus(mid)
-    log_bin_width = math.log(15.5) if low_bit else math.log(127.5)
+    log_bin_width = math.log(levels / 2)
     log_probs = torch.where(
         x < -0.999,
         log_cdf_plus,
         torch.where(
-            x > 0.999,
+            x > upper_edge,
             log_one_minus_cdf_minus,
             torch.where(delta > 1e-5, torch.log(torch.clamp(delta, min=1e-12)), log_pdf_mid - log_bin_width),
         ),
     )
     log_probs = log_probs.sum(dim=3) + torch.log_softmax(pi, dim=-1)  # (N,H,W,M)
-    per_pixel = torch.logsumexp(log_probs, dim=-1)  # (N,H,W)
-    n_dims = target.shape[1] * target.shape[2] * target.shape[3]
-    return -per_pixel.sum(dim=(1, 2)) / n_dims
+    return torch.logsumexp(log_probs, dim=-1)  # (N,H,W)
 
 
 def dmol_sample(

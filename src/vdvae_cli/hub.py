@@ -392,9 +392,12 @@ def _resolve_path_checked(ref: str) -> ResolvedModel:
         else:
             raise ModelNotFoundError(f"{path} is a folder, not a .safetensors file")
     if _is_pickle(path):
+        from .nvae.official import looks_official
+
+        how = "" if looks_official(path) else " --config NAME"  # an NVAE checkpoint.pt names its layout
         raise CheckpointError(
             f"{path} is a PyTorch pickle, not a vdvae-cli .safetensors file",
-            hint=f"convert it once: vdvae convert {path} --config NAME -o {path.with_suffix('.safetensors').name}",
+            hint=f"convert it once: vdvae convert {path}{how} -o {path.with_suffix('.safetensors').name}",
         )
     return ResolvedModel(path, path.stem, "file", str(path))
 
@@ -983,6 +986,10 @@ def download_official(
     """
     entry = name if isinstance(name, RegistryEntry) else registry.official_entry(name)
     url = entry.checkpoint_url
+    if entry.manual and not url:
+        raise ModelNotFoundError(f"{entry.name!r} is published in a folder vdvae-cli cannot download from; "
+                                 f"licence: {entry.license_text}",
+                                 hint=entry.manual_steps(official_cache_path(entry.name)))
     if entry.kind != "official" or not url:
         raise ModelNotFoundError(f"{entry.name!r} has no official download")
     dest = official_cache_path(entry.name)

@@ -119,6 +119,23 @@ class DecBlock(nn.Module):
         return self.resnet(x + self.z_proj(z.to(x.dtype)))
 
 
+def decode_options(n_layers: int, temperatures: Sequence[float] | float, latents: Sequence[object],
+                   posterior: bool, n_posterior: int | None) -> tuple[list[float], int]:
+    """A decode pass's per-layer temperatures and its number of posterior layers (all when encoder
+    activations are given and ``n_posterior`` is None, none without activations), checked."""
+    if isinstance(temperatures, (int, float)):
+        temps = [float(temperatures)] * n_layers
+    else:
+        temps = [float(t) for t in temperatures]
+        if len(temps) != n_layers:
+            raise ValueError(f"{len(temps)} temperatures for {n_layers} latent layers")
+    if len(latents) > n_layers:
+        raise ValueError(f"{len(latents)} latents for {n_layers} latent layers")
+    if not posterior:
+        return temps, 0
+    return temps, n_layers if n_posterior is None else n_posterior
+
+
 @dataclass
 class DecoderOutput:
     """What a decoder pass returns. Lists are per latent layer (decoder order); optional parts are
@@ -183,19 +200,7 @@ class Decoder(nn.Module):
         layer's noise. ``stop_after`` ends the pass after that many layers (``px_z`` is then None).
         """
         cfg = self.cfg
-        L = cfg.n_layers
-        if isinstance(temperatures, (int, float)):
-            temps = [float(temperatures)] * L
-        else:
-            temps = [float(t) for t in temperatures]
-            if len(temps) != L:
-                raise ValueError(f"{len(temps)} temperatures for {L} latent layers")
-        if len(latents) > L:
-            raise ValueError(f"{len(latents)} latents for {L} latent layers")
-        if activations is None:
-            n_posterior = 0
-        elif n_posterior is None:
-            n_posterior = L
+        temps, n_posterior = decode_options(cfg.n_layers, temperatures, latents, activations is not None, n_posterior)
         noise = noise or BatchNoise()
         like = self.bias_xs[0]
         xs = self.start_states(n)

@@ -1,4 +1,7 @@
-"""What you do with a VDVAE: plain functions over (model, tensors, options).
+"""What you do with a VDVAE or an NVAE: plain functions over (model, tensors, options).
+
+Both families satisfy :class:`vdvae_cli.family.LatentModel`; what differs (network input,
+likelihood, output pixels, importance weights) is asked of the model's family object.
 
 Images cross this boundary as uint8 NHWC tensors (the reference's convention); latents as a list
 with one (N, Z, r, r) tensor per latent layer, in decoder order (lowest resolution first).
@@ -16,7 +19,8 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from .config import VDVAEConfig
-from .distributions import Noise, as_noise, dmol_nll, dmol_sample, gaussian_log_prob, to_uint8
+from .distributions import Noise, as_noise
+from .family import family_of, first_parameter
 from .model import VAE
 
 Tensor = torch.Tensor
@@ -62,7 +66,12 @@ def check_finite(t: Tensor, what: str) -> None:
 
 
 def _param(model: VAE) -> Tensor:
-    return model.decoder.gain
+    return first_parameter(model)
+
+
+def _input(model: VAE, images: Tensor, dtype: torch.dtype) -> Tensor:
+    """The encoder's input for uint8 NHWC ``images`` (the model's family decides)."""
+    return family_of(model).model_input(model, images, dtype)
 
 
 def _pixels(model: VAE, px_z: Tensor, noise: Noise, output_temperature: float) -> Tensor:
@@ -74,7 +83,7 @@ def _pixels(model: VAE, px_z: Tensor, noise: Noise, output_temperature: float) -
         raise TemperatureSpecError(f"output temperature {output_temperature!r} is not a number from 0 to {MAX_TEMPERATURE:g}")
     logits = model.logits(px_z)
     check_finite(logits, "the model's output")
-    return to_uint8(dmol_sample(logits, model.cfg.num_mixtures, noise=noise, temperature=output_temperature))
+    return family_of(model).pixels(model, logits, noise, output_temperature)
 
 
 def _temps(cfg: VDVAEConfig, temperatures: Temperatures) -> list[float]:
@@ -103,7 +112,7 @@ def encode(
     n_layers = model.cfg.n_layers if n_layers is None else n_layers
     if n_layers == 0:
         return []
-    acts = model.encoder(model_input(model.cfg, images.to(p.device), p.dtype))
+    acts = model.encoder(_input(model, images.to(p.device), p.dtype))
     out = model.decoder(images.shape[0], acts, posterior_mean=posterior == "mean", noise=as_noise(noise),
                         want_latents=True, stop_after=n_layers)
     return [z.float() for z in out.latents]  # type: ignore[union-attr]
@@ -166,7 +175,7 @@ def reconstruct(
         raise ValueError(f"keep_layers={keep} but the model has {cfg.n_layers} latent layers")
     p = _param(model)
     src = as_noise(noise)
-    acts = model.encoder(model_input(cfg, images.to(p.device), p.dtype)) if keep else None
+    acts = model.encoder(_input(model, images.to(p.device), p.dtype)) if keep else None
     out = model.decoder(images.shape[0], acts, n_posterior=keep, posterior_mean=posterior == "mean",
                         temperatures=_temps(cfg, temperatures), noise=src)
     return _pixels(model, out.px_z, src, output_temperature)
@@ -202,7 +211,7 @@ def mix(
     latents = [z.to(device=p.device, dtype=p.dtype).expand(n, -1, -1, -1) for z in prefix]
     acts = None
     if rest_images is not None:
-        acts = model.encoder(model_input(cfg, rest_images.to(p.device), p.dtype))
+        acts = model.encoder(_input(model, rest_images.to(p.device), p.dtype))
     out = model.decoder(n, acts, latents=latents, posterior_mean=posterior == "mean",
                         temperatures=_temps(cfg, temperatures), noise=src)
     return _pixels(model, out.px_z, src, output_temperature)
@@ -260,25 +269,20 @@ def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[
     p = _param(model)
     images = images.to(p.device)
     n, n_dims = images.shape[0], cfg.n_dims
-    acts = model.encoder(model_input(cfg, images, p.dtype))
-    target = loss_target(cfg, images)
+    acts = model.encoder(_input(model, images, p.dtype))
+    family = family_of(model)
     dists, rates, kls, log_weights = [], [], [], []
     for _ in range(samples):
         out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=_temps(cfg, temperatures), noise=noise,
                             eps=eps, want_kl=True, trace=samples > 1)
-        dist = dmol_nll(model.logits(out.px_z), target, cfg.num_mixtures, low_bit=cfg.low_bit)
+        dist = family.nll(model, model.logits(out.px_z), images)
         zero = dist.new_zeros(n)
         kl = torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl], dim=1) / n_dims  # type: ignore[union-attr]
         dists.append(dist)
         kls.append(kl)
         rates.append(kl.sum(dim=1))
         if samples > 1:
-            log_ratio = sum(
-                (gaussian_log_prob(t["z"].float(), t["pm"].float(), t["pv"].float())
-                 - gaussian_log_prob(t["z"].float(), t["qm"].float(), t["qv"].float())).sum(dim=(1, 2, 3))
-                for t in out.trace
-                if "qm" in t  # layers drawn from the prior have q = p: ratio 1
-            )
+            log_ratio = family.log_ratio(model, out)  # layers drawn from the prior have q = p: ratio 1
             log_weights.append(-dist * n_dims + log_ratio)
     distortion = torch.stack(dists).mean(0)
     rate = torch.stack(rates).mean(0)

@@ -72,6 +72,8 @@ class RegistryEntry:
     checkpoint_sha256: str | None = None
     log_size: int | None = None
     log_sha256: str | None = None
+    family: str = "vdvae"
+    manual: str | None = None  # published where we cannot download from (a folder link): steps are printed
 
     @property
     def checkpoint_url(self) -> str | None:
@@ -98,7 +100,12 @@ class RegistryEntry:
         if self.hf_repo:
             rev = f"@{self.hf_revision}" if self.hf_revision else ""
             return f"hf://{self.hf_repo}/{self.hf_filename or 'model.safetensors'}{rev}"
-        return self.checkpoint_url or "?"
+        return self.checkpoint_url or (f"by hand: {self.manual}" if self.manual else "?")
+
+    def manual_steps(self, dest: Path) -> str:
+        """What to do by hand for an entry published only as a folder link."""
+        return (f"download its checkpoint.pt by hand from {self.manual} (a browser, or gdown --folder), "
+                f"then convert it once: vdvae convert checkpoint.pt -o {dest}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (URLs resolved against the current base URL)."""
@@ -124,6 +131,8 @@ class RegistryEntry:
             "checkpoint_sha256": self.checkpoint_sha256,
             "log_size": self.log_size,
             "log_sha256": self.log_sha256,
+            "family": self.family,
+            "manual_url": self.manual,
         }
 
 
@@ -185,12 +194,38 @@ OFFICIAL: dict[str, RegistryEntry] = {
     )
 }
 
+# NVlabs/NVAE's released checkpoints (README of NVlabs/NVAE): one Google Drive folder, which has no
+# stable per-file URLs, so `vdvae download` prints the manual steps. Figures are those of the README's
+# training commands (spec §2.3); each file's own args are authoritative (the folder also holds a
+# second, multiscale CIFAR-10 model whose command is not published).
+NVAE_FOLDER = "https://drive.google.com/drive/folders/1KVpw12AzdVjvbfEYM_6_3sxTy93wWkbe"
+NVAE_LICENSE = "NVIDIA Source Code License for NVAE (non-commercial: research or evaluation only)"
+NVAE_OFFICIAL: dict[str, RegistryEntry] = {
+    e.name: e
+    for e in (
+        RegistryEntry(name="nvae-mnist", title="NVAE MNIST 28x28 (binarised)", resolution=28, latent_layers=15,
+                      parameters=33_363_134, approximate=True, data_license="MNIST: no licence stated"),
+        RegistryEntry(name="nvae-cifar10", title="NVAE CIFAR-10 32x32", resolution=32, latent_layers=30,
+                      parameters=130_852_480, approximate=True, data_license="CIFAR-10 dataset: no licence stated",
+                      note="the folder also holds a multiscale CIFAR-10 model; convert either file"),
+        RegistryEntry(name="nvae-celeba64", title="NVAE CelebA 64x64", resolution=64, latent_layers=35,
+                      parameters=153_281_364, approximate=True,
+                      data_license="CelebA: non-commercial research purposes only"),
+        RegistryEntry(name="nvae-celebahq256", title="NVAE CelebA-HQ 256x256 (5-bit)", resolution=256,
+                      latent_layers=36, parameters=330_798_664, approximate=True,
+                      data_license="CelebA-HQ (from CelebA): non-commercial research purposes only"),
+        RegistryEntry(name="nvae-ffhq256", title="NVAE FFHQ 256x256 (5-bit)", resolution=256, latent_layers=36,
+                      parameters=330_798_664, approximate=True, data_license=FFHQ_LICENSE),
+    )
+    for e in [replace(e, family="nvae", manual=NVAE_FOLDER, license=NVAE_LICENSE)]
+}
+
 _EXTRA: dict[str, RegistryEntry] = {}
 
 
 def register_entry(entry: RegistryEntry, *, replace_existing: bool = False) -> RegistryEntry:
     """Add a model to the registry for this process (a mirror, a private model, a test stand-in)."""
-    if not replace_existing and (entry.name in _EXTRA or entry.name in OFFICIAL):
+    if not replace_existing and (entry.name in _EXTRA or entry.name in OFFICIAL or entry.name in NVAE_OFFICIAL):
         raise ValueError(f"registry entry {entry.name!r} already exists")
     _EXTRA[entry.name] = entry
     return entry
@@ -247,13 +282,20 @@ def describe_file(path: Path, *, name: str | None = None, kind: Kind = "shipped"
     params = sum(_numel(v.get("shape")) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict))
     changes: dict[str, Any] = {"parameters": params or None}
     try:
-        from .config import VDVAEConfig
         from .safety import loads
 
-        parsed = VDVAEConfig.from_dict(loads(meta["vdvae_config"]))
+        if meta.get("family") == "nvae":
+            from .nvae.config import NVAEConfig
+
+            parsed: Any = NVAEConfig.from_dict(loads(meta["nvae_config"]))
+            changes["family"] = "nvae"
+        else:
+            from .config import VDVAEConfig
+
+            parsed = VDVAEConfig.from_dict(loads(meta["vdvae_config"]))
         changes.update(resolution=parsed.image_size, latent_layers=parsed.n_layers, title=parsed.name or path.stem)
     except Exception:  # no or bad metadata: still listed; loading reports the exact problem
-        changes["note"] = "no vdvae_config metadata"
+        changes["note"] = "no model config metadata"
     for key, field_name in (("license", "license"), ("description", "note")):
         value = meta.get(key)
         if isinstance(value, str) and value:
@@ -303,7 +345,7 @@ def all_entries() -> list[RegistryEntry]:
     """Shipped models first, then official and registered ones (a shipped name hides an official one)."""
     entries = shipped_entries()
     seen = {e.name for e in entries}
-    for e in (*OFFICIAL.values(), *_EXTRA.values()):
+    for e in (*OFFICIAL.values(), *NVAE_OFFICIAL.values(), *_EXTRA.values()):
         if e.name not in seen:
             entries.append(_EXTRA.get(e.name, e))
             seen.add(e.name)
@@ -318,7 +360,7 @@ def find_entry(name: str) -> RegistryEntry | None:
     for e in shipped_entries():
         if e.name == name:
             return e
-    return _EXTRA.get(name) or OFFICIAL.get(name)
+    return _EXTRA.get(name) or OFFICIAL.get(name) or NVAE_OFFICIAL.get(name)
 
 
 def get_entry(name: str) -> RegistryEntry:

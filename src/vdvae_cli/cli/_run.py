@@ -99,6 +99,7 @@ class Session:
 
     def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32", *, compile: bool = False,
                    offline: bool = False) -> "VAE":
+        from ..family import first_parameter
         from ..hub import load_model
         from ..runtime import configure_backends, init_distributed, launched_distributed, prepare_for_inference
 
@@ -110,10 +111,10 @@ class Session:
         self.model_ref = resolved.name if resolved.source in ("shipped", "official") else (
             resolved.detail if resolved.source == "hub" else str(resolved.path.resolve()))
         model = prepare_for_inference(load_model(resolved, device=where, dtype=dtype), compile=compile)
-        configure_backends(model.decoder.gain.device, model.decoder.gain.dtype)
+        param = first_parameter(model)
+        configure_backends(param.device, param.dtype)
         self.model = model
         cfg = model.cfg
-        param = model.decoder.gain
         processes = f", {self.shard.world} processes" if self.shard.world > 1 else ""
         self._notes.append(f"model {cfg.name}: {cfg.image_size}x{cfg.image_size}, {cfg.n_layers} latent layers, "
                            f"on {param.device} in {str(param.dtype).removeprefix('torch.')}{processes} "
@@ -145,8 +146,10 @@ class Session:
 
     @property
     def device(self) -> "torch.device":
+        from ..family import first_parameter
+
         assert self.model is not None
-        return self.model.decoder.gain.device
+        return first_parameter(self.model).device
 
     def seed(self, seed: int | None) -> int:
         """The run's seed: the one given, or a fresh one that is reported so the run can be repeated."""
@@ -189,6 +192,7 @@ class Session:
 
     def batch_size(self, spec: str) -> int | None:
         """``--batch-size``: a number, or None for auto on a GPU; auto on a CPU is fixed from memory."""
+        from ..family import first_parameter
         from ..runtime import cpu_batch_size
 
         if str(spec).strip().lower() != "auto":
@@ -197,7 +201,7 @@ class Session:
             return None
         assert self.model is not None
         cfg = self.model.cfg
-        itemsize = self.model.decoder.gain.element_size()
+        itemsize = first_parameter(self.model).element_size()
         biggest = max(layer.width * layer.res**2 for layer in cfg.decoder_layers)
         return cpu_batch_size(12 * biggest * itemsize)
 

@@ -17,7 +17,8 @@ from ..errors import UsageError
     epilog="Examples:\n\n"
     "  vdvae convert ffhq256-iter-1700000-model-ema.th --config ffhq256 -o ffhq256.safetensors\n\n"
     "  vdvae convert ffhq1024-iter-1700000-model-ema.th --hparams ffhq1024-iter-1700000-log.jsonl -o ffhq1024.safetensors\n\n"
-    "  vdvae convert run/latest-model.th --config infer -o mine.safetensors --dtype bf16",
+    "  vdvae convert run/latest-model.th --config infer -o mine.safetensors --dtype bf16\n\n"
+    "  vdvae convert nvae-cifar10/checkpoint.pt -o nvae-cifar10.safetensors   (NVAE: its args say the layout)",
 )
 def convert(
     src: Annotated[Path, typer.Argument(help="Official *-model-ema.th or *-model.th (module.-prefixed keys are fine).")],
@@ -30,20 +31,31 @@ def convert(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Convert an official openai/vdvae checkpoint to a safetensors file that describes itself.
+    """Convert an official openai/vdvae or NVlabs/NVAE checkpoint to a safetensors file that describes itself.
 
-    The pickle is loaded with weights_only=True (no pickled code runs). Every missing, unexpected or
-    mis-shaped key is reported by name. The output is written atomically.
+    The pickle is loaded with weights_only=True (no pickled code runs; NVAE files may also hold
+    argparse.Namespace, nothing else). An NVAE checkpoint.pt is recognised by its stored args, which
+    give the layout. Every missing, unexpected or mis-shaped key is reported by name. The output is
+    written atomically.
     """
     from ..checkpoint import DTYPES, compare_keys, convert_reference, infer_config, load_reference_state
     from ..config import load_config_arg
 
+    from ..nvae.official import check_official, convert_official, looks_official
+
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    cfg = None if config == "infer" and hparams is None else load_config_arg(config, hparams)
+    nvae = src.is_file() and looks_official(src)
+    if nvae and (config is not None or hparams is not None):
+        raise UsageError(f"{src} is an NVAE checkpoint: its stored args give the layout",
+                         hint="drop --config/--hparams")
+    cfg = None if nvae or (config == "infer" and hparams is None) else load_config_arg(config, hparams)
     if check:
-        shapes = {k: tuple(v.shape) for k, v in load_reference_state(src).items()}
-        report = compare_keys(shapes, cfg or infer_config(shapes))
+        if nvae:
+            _, report, shapes = check_official(src)
+        else:
+            shapes = {k: tuple(v.shape) for k, v in load_reference_state(src).items()}
+            report = compare_keys(shapes, cfg or infer_config(shapes))
         result = {"ok": report.ok, "missing": report.missing, "unexpected": report.unexpected,
                   "mismatched": [{"key": k, "shape": list(got), "expected": list(exp)} for k, got, exp in report.mismatched]}
         if json_out:
@@ -60,8 +72,12 @@ def convert(
     if output is None:
         raise UsageError("missing -o FILE.safetensors (where to write the converted model)",
                          hint="or pass --check to only compare the keys")
-    path, cfg = convert_reference(src, output, cfg, dtype=dtype, force=force)
-    info = {"output": str(path), "config": cfg.name, "layers": cfg.n_layers, "bytes": path.stat().st_size}
+    if nvae:
+        path, cfg = convert_official(src, output, dtype=dtype, force=force)
+    else:
+        path, cfg = convert_reference(src, output, cfg, dtype=dtype, force=force)
+    info = {"output": str(path), "config": cfg.name, "family": getattr(cfg, "family", "vdvae"),
+            "layers": cfg.n_layers, "bytes": path.stat().st_size}
     if json_out:
         emit_json(info)
     else:

@@ -202,7 +202,8 @@ def info(
                "latent_shape": list(l.latent_shape)} for l in cfg.decoder_layers]
     if json_out:
         emit_json({
-            "model": cfg.name, "path": str(facts.path) if facts.path else None, "source": facts.source,
+            "model": cfg.name, "family": getattr(cfg, "family", "vdvae"),
+            "path": str(facts.path) if facts.path else None, "source": facts.source,
             "fingerprint": facts.fingerprint, "image_size": cfg.image_size, "dataset": cfg.dataset,
             "n_layers": cfg.n_layers, "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims,
             "parameters": facts.parameters, "layers_up_to_res": {str(r): k for r, k in keep_res.items()},
@@ -210,6 +211,7 @@ def info(
         })
         return
     out(f"model        {cfg.name}")
+    out(f"family       {getattr(cfg, 'family', 'vdvae').upper()}")
     out(f"file         {where}")
     out(f"fingerprint  {facts.fingerprint or '(known once downloaded)'}")
     out(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")

@@ -57,6 +57,15 @@ KeepLayersOpt = Annotated[Optional[str], typer.Option(
 KeepResOpt = Annotated[Optional[int], typer.Option(
     "--keep-res", metavar="R", help="Keep every latent layer at resolution <= R (a model resolution).", show_default=False,
 )]
+ReadjustOpt = Annotated[bool, typer.Option(
+    "--readjust-bn",
+    help="NVAE: before sampling, fit BatchNorm statistics to prior samples at --temp (train-mode passes "
+    "of 16, as the official sampler does); kept in the cache, so a later run with the same model and "
+    "temperatures starts at once.",
+)]
+ReadjustItersOpt = Annotated[int, typer.Option(
+    "--readjust-iters", help="Passes for --readjust-bn (the official sampler uses 500).", min=1, max=100_000,
+)]
 PosteriorOpt = Annotated[Posterior, typer.Option(
     "--posterior", help="Take kept latents as the posterior mean (deterministic) or a posterior sample.",
 )]
@@ -88,6 +97,8 @@ def sample(
     grid: GridOpt = False,
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
+    readjust_bn: ReadjustOpt = False,
+    readjust_iters: ReadjustItersOpt = 500,
     force: ForceOpt = False,
     skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
@@ -99,6 +110,8 @@ def sample(
     quiet: QuietOpt = False,
 ) -> None:
     from .. import ops
+    from ..family import family_of
+    from ..hub import cache_dir
     from ..images import numbered_names
 
     check_positive("-n", num)
@@ -109,6 +122,8 @@ def sample(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     temps = parse_temperature_spec(temp, vae.cfg)
+    if readjust_bn:
+        run.info(family_of(vae).readjust_bn(vae, temps, cache_dir(), iters=readjust_iters))
     seed = run.seed(seed)
 
     def make(indices: list[int]):

@@ -59,6 +59,8 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
 
         with download_progress(False) as progress:  # a named model downloads on first use
             cfg, state = read_checkpoint(fetch_model(init, progress=progress).path)
+        if getattr(cfg, "family", "vdvae") != "vdvae":
+            raise UsageError(f"--init {init} is an {cfg.family.upper()} model; vdvae train trains VDVAEs only so far")
         # a fine-tuned model is a new model: it takes the run's name, not its parent's
         return cfg.replace(name=run_name), state, load_images(data, cfg.image_size, skipped=skipped)
     if is_preset(config):
