@@ -29,10 +29,10 @@ from vdvae_cli.runtime import configure_backends, prepare_for_inference  # noqa:
 
 VARIANTS = {  # name: (dtype, channels_last, fold)
     "baseline fp32 (eager NCHW, WN per call)": (torch.float32, False, False),
-    "fp32 (WN folded, NCHW)": (torch.float32, False, True),
-    "fp32 (WN folded, channels-last)": (torch.float32, True, True),
-    "bf16 (WN folded, NCHW)": (torch.bfloat16, False, True),
-    "bf16 (WN folded, channels-last)": (torch.bfloat16, True, True),
+    "fp32 channels-last": (torch.float32, True, False),
+    "fp32 channels-last, WN folded": (torch.float32, True, True),
+    "bf16 channels-last": (torch.bfloat16, True, False),
+    "bf16 channels-last, WN folded": (torch.bfloat16, True, True),
 }
 
 

@@ -325,3 +325,12 @@ def test_an_official_nvae_pickle_as_model_says_how_to_convert_it():
     result = vdvae("info", "-m", DATA / "tiny-nvae.pt", ok=False)
     assert result.exit_code == 1
     assert f"vdvae convert {DATA / 'tiny-nvae.pt'} -o tiny-nvae.safetensors" in result.stderr.replace("\n", "")
+
+
+def test_bf16_eval_is_close_to_fp32(converted, pics):
+    rows = {}
+    for dtype in ("fp32", "bf16"):
+        out = vdvae("eval", "-m", converted["cifar"], *pics["cifar"], "--seed", 1, "--dtype", dtype, "--json").stdout
+        rows[dtype] = json.loads(out.splitlines()[-1])
+    assert rows["bf16"]["bits_per_dim"] == pytest.approx(rows["fp32"]["bits_per_dim"], rel=0.02)
+    assert rows["bf16"]["bits_per_dim"] != rows["fp32"]["bits_per_dim"]  # it did run in bf16

@@ -512,10 +512,11 @@ class NVAE(nn.Module):
                     if trace:
                         rec[f"z_flow.{n_f}.half"], rec[f"z_flow.{n_f}"] = half, z
                 p_mu, p_sigma = normal_params(mu_p_raw, ls_p_raw)
-                if want_kl or trace:
-                    log_q = normal_log_p(z_pre, q_mu, q_sigma)
-                    log_p = normal_log_p(z, p_mu, p_sigma)
-                    kl = log_q - log_p if cfg.num_nf > 0 else normal_kl(q_mu, q_sigma, p_mu, p_sigma)
+                if want_kl or trace:  # densities in float32 whatever the network dtype
+                    qm, qs, pm, ps = q_mu.float(), q_sigma.float(), p_mu.float(), p_sigma.float()
+                    log_q = normal_log_p(z_pre.float(), qm, qs)
+                    log_p = normal_log_p(z.float(), pm, ps)
+                    kl = log_q - log_p if cfg.num_nf > 0 else normal_kl(qm, qs, pm, ps)
                 if trace:
                     rec.update(enc_feat=enc, ftr=ftr, mu_q_raw=mu_q_raw, log_sig_q_raw=ls_q_raw, q_mu=q_mu,
                                q_sigma=q_sigma, p_mu=p_mu, p_sigma=p_sigma, z_pre=z_pre, log_q=log_q, log_p=log_p,
