@@ -62,7 +62,8 @@ class Session:
     def input_failed(self, name: str, exc: Exception) -> None:
         """One input could not be read: say so on one line now (even with --quiet), go on with the
         others, and fail at the end (:meth:`finish`)."""
-        print(f"error: {exc}" + (f" ({exc.hint})" if getattr(exc, "hint", None) else ""), file=sys.stderr, flush=True)
+        hint = getattr(exc, "hint", None)
+        say(f"error: {exc}" + (f" ({hint})" if hint else ""))
         self.failed.append(name)
 
     def finish(self, total: int) -> None:
@@ -73,7 +74,7 @@ class Session:
             shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
             done = f"; the other {total - len(failed)} were processed" if total > len(failed) else ""
             if self.shard.main:
-                print(f"error: {len(failed)} of {total} inputs could not be read: {shown}{done}", file=sys.stderr)
+                say(f"error: {len(failed)} of {total} inputs could not be read: {shown}{done}")
             raise typer.Exit(1)
 
     def emit(self, obj: dict[str, Any]) -> None:

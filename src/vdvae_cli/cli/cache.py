@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
 
-from ._app import command, emit_json
+from ._app import command, emit_json, out, say
 from .options import JsonOpt, QuietOpt
 
 
@@ -42,9 +41,9 @@ def cache(
             if json_out:
                 emit_json({**c.to_dict(), "removed": True})
             elif not quiet:
-                print(f"removed {c.name} ({human_size(c.size)}, {c.path})", file=sys.stderr)
+                say(f"removed {c.name} ({human_size(c.size)}, {c.path})")
         if not gone and not quiet and not json_out:
-            print(f"the cache ({cache_dir()}) is empty", file=sys.stderr)
+            say(f"the cache ({cache_dir()}) is empty")
         return
     entries = cached_models()
     if json_out:
@@ -53,12 +52,12 @@ def cache(
         return
     if not entries:
         if not quiet:
-            print(f"the cache ({cache_dir()}) is empty; `vdvae models` lists what can be downloaded", file=sys.stderr)
+            say(f"the cache ({cache_dir()}) is empty; `vdvae models` lists what can be downloaded")
         return
     width = max(4, *(len(c.name) for c in entries))
-    print(f"{'name':<{width}}  {'kind':<7}  {'size':>8}  where")
+    out(f"{'name':<{width}}  {'kind':<7}  {'size':>8}  where")
     for c in entries:
-        print(f"{c.name:<{width}}  {c.kind:<7}  {human_size(c.size):>8}  {c.path}")
+        out(f"{c.name:<{width}}  {c.kind:<7}  {human_size(c.size):>8}  {c.path}")
     total = sum(c.size for c in entries)
     if not quiet:
-        print(f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'}, {human_size(total)} in all", file=sys.stderr)
+        say(f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'}, {human_size(total)} in all")

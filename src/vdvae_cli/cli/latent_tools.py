@@ -456,15 +456,15 @@ def fid(
     else:
         where = str(run.device)
     result = fid_kid(first, folders[-1], weights=weights, device=where, kid_subset_size=kid_subset)
-    out = {**result.as_dict(), "samples": folders[0] if num is None else None, "reference": folders[-1],
-           "seconds": round(time.perf_counter() - run.started, 4)}
+    record = {**result.as_dict(), "samples": folders[0] if num is None else None, "reference": folders[-1],
+              "seconds": round(time.perf_counter() - run.started, 4)}
     if num is not None:
-        out.update(model=run.model.cfg.name, temp=temp, output_temp=output_temp, seed=seed)  # type: ignore[union-attr]
+        record.update(model=run.model.cfg.name, temp=temp, output_temp=output_temp, seed=seed)  # type: ignore[union-attr]
     if json_out:
-        run.emit(out)
+        run.emit(record)
         return
     out(f"{what}: FID {result.fid:.3f}, KID {result.kid_mean:.5f} ± {result.kid_std:.5f} "
-          f"({result.n1} and {result.n2} images, KID subsets of {result.kid_subset_size})")
+        f"({result.n1} and {result.n2} images, KID subsets of {result.kid_subset_size})")
 
 
 def _single_process(what: str) -> None:
