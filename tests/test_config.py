@@ -114,7 +114,9 @@ def test_config_roundtrip_is_exact(golden_cfg):
 
 
 def test_config_is_frozen(golden_cfg):
-    with pytest.raises(Exception):
+    from dataclasses import FrozenInstanceError
+
+    with pytest.raises(FrozenInstanceError):
         golden_cfg.width = 3  # type: ignore[misc]
 
 

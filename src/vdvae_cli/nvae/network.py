@@ -474,7 +474,7 @@ class NVAE(nn.Module):
         out = DecoderOutput(px_z=ref, latents=[] if want_latents else None, kl=[] if want_kl else None)
         s = ref.unsqueeze(0).expand(n, -1, -1, -1)  # (N, C_top, r0, r0)
         k = 0
-        for i, cell in enumerate(self.dec_tower):
+        for cell in self.dec_tower:
             if not isinstance(cell, DecCombinerCell):
                 s = cell(s)
                 continue
