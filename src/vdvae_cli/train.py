@@ -96,6 +96,13 @@ class TrainConfig:
     # before finer layers can take it over locally. 0 = off (the reference recipe).
     coarse_res: int | None = None
     coarse_steps: int = 0
+    # Against posterior collapse (both 0 = off, the reference recipe). They change the objective the
+    # gradient follows, never the reported loss (always the negative ELBO). kl_warmup: the KL term's
+    # weight rises linearly from 0 to 1 over this many steps (Bowman et al. 2016; Sonderby et al.
+    # 2016). free_bits: each latent layer's batch-mean KL counts as at least this many bits per
+    # image, so a layer below the floor is not pushed further towards the prior (Kingma et al. 2016).
+    kl_warmup: int = 0
+    free_bits: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -125,6 +132,8 @@ class TrainConfig:
             raise UsageError("a held-out split is required (holdout > 0)")
         if self.coarse_steps < 0 or (self.coarse_steps > 0 and self.coarse_res is None):
             raise UsageError("coarse_steps needs coarse_res (the highest resolution inferred meanwhile)")
+        if self.kl_warmup < 0 or not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
+            raise UsageError("kl_warmup must be >= 0 steps and free_bits a finite number >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -167,6 +176,20 @@ def lr_at(tc: TrainConfig, step: int, total: int) -> float:
     return tc.lr * scale
 
 
+def kl_weight(tc: TrainConfig, step: int) -> float:
+    """Weight of the KL term in the objective at step ``step`` (0-based): 1 without KL warm-up."""
+    return min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
+
+
+def objective(tc: TrainConfig, step: int, distortion: Tensor, kl_per_layer: Tensor, n_dims: int) -> Tensor:
+    """The scalar the gradient follows: the mean negative ELBO (nats/dim), its KL term weighted by
+    :func:`kl_weight` and each layer's batch-mean KL floored at ``free_bits`` bits per image."""
+    kl = kl_per_layer.mean(0)  # (L,) nats/dim
+    if tc.free_bits:
+        kl = kl.clamp(min=tc.free_bits * LN2 / n_dims)
+    return distortion.mean() + kl_weight(tc, step) * kl.sum()
+
+
 # --------------------------------------------------------------------------------------------------
 # Pieces
 
@@ -184,9 +207,9 @@ class ElboLoss(nn.Module):
         self.noise: BatchNoise | None = None
         self.n_posterior: int | None = None  # None: every layer inferred
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:  # images (N, H, W, C) uint8
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # images (N, H, W, C) uint8
         out = elbo(self.model, images, noise=self.noise, grad=True, n_posterior=self.n_posterior)
-        return out.distortion, out.rate  # (N,), (N,) nats/dim, float32
+        return out.distortion, out.rate, out.kl_per_layer  # (N,), (N,), (N, L) nats/dim, float32
 
 
 @dataclass
@@ -256,13 +279,15 @@ def evaluate_heldout(
     part = images[shard_range(len(images), rank, world)] if distributed else images
     p = model.decoder.gain
     g = torch.Generator(device=p.device).manual_seed(seed)
-    sums = torch.zeros(4, dtype=torch.float64, device=p.device)  # elbo, distortion, rate, count
+    n_layers = model.cfg.n_layers
+    sums = torch.zeros(4 + n_layers, dtype=torch.float64, device=p.device)  # elbo, distortion, rate, count, KL per layer
     for start in range(0, len(part), batch_size):
         batch = part[start : start + batch_size]
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = elbo(model, batch, noise=g)
         d, r = out.distortion.double(), out.rate.double()
-        sums += torch.stack([(d + r).sum(), d.sum(), r.sum(), torch.tensor(float(len(batch)), device=p.device, dtype=torch.float64)])
+        sums += torch.cat([torch.stack([(d + r).sum(), d.sum(), r.sum(), d.new_tensor(float(len(batch)))]),
+                           out.kl_per_layer.double().sum(0)])
     if distributed:
         import torch.distributed as dist
 
@@ -273,6 +298,8 @@ def evaluate_heldout(
         "distortion_bpd": float(sums[1]) / count / LN2,
         "rate_bpd": float(sums[2]) / count / LN2,
         "heldout_images": int(sums[3]),
+        # each latent layer's KL in bits per image: a layer near 0 carries nothing (collapse)
+        "layer_bits": [round(float(v) / count / LN2 * model.cfg.n_dims, 2) for v in sums[4:]],
     }
 
 
@@ -517,9 +544,12 @@ def train(
             group["lr"] = lr_at(tc, step, total)
         inner.n_posterior = coarse_layers if step < tc.coarse_steps else None  # type: ignore[union-attr]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            distortion, rate = loss_fn(batch)
-        loss = (distortion + rate).mean()
-        loss.backward()
+            distortion, rate, kl_layers = loss_fn(batch)
+        loss = (distortion + rate).mean()  # the negative ELBO: what is reported
+        if tc.kl_warmup or tc.free_bits:
+            objective(tc, step, distortion, kl_layers, model_cfg.n_dims).backward()
+        else:
+            loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))
         over_time = float(tc.time_limit is not None and elapsed() >= tc.time_limit)
         stats = torch.stack([loss.detach().float(), distortion.detach().mean(), rate.detach().mean(),
