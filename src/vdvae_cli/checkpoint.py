@@ -278,7 +278,18 @@ def load_file_model(path: str | Path, *, device: str | torch.device = "cpu", dty
     digest = stored_digest(path) or weights_digest(state)
     model = build_model(cfg, state, device=device, dtype=dtype)
     model.weights_digest = digest
+    model.default_temperature = default_temperature(path)
     return model
+
+
+DEFAULT_TEMPERATURE_KEY = "default_temperature"
+
+
+def default_temperature(path: str | Path) -> str | None:
+    """The prior temperature a checkpoint recommends for sampling (a ``--temp`` spec kept in its
+    metadata as ``default_temperature``), or None when it names none."""
+    value = metadata_of(path).get(DEFAULT_TEMPERATURE_KEY, "").strip()
+    return value or None
 
 
 def weights_digest(state: Mapping[str, Tensor]) -> str:

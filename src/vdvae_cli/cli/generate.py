@@ -21,7 +21,7 @@ from ._run import (
     keep_count, plan_images, read_pixels, read_shard, refuse_distributed, stdout_is_tty,
 )
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
-from ..errors import LatentsError, OutputError, UsageError
+from ..errors import CheckpointError, LatentsError, OutputError, UsageError
 from ..temperature import parse_temperature_spec
 
 
@@ -30,12 +30,27 @@ class Posterior(str, Enum):
     mean = "mean"
 
 
-TempOpt = Annotated[str, typer.Option(
+TempOpt = Annotated[Optional[str], typer.Option(
     "--temp", "-t",
     help="Prior temperature of the free layers: one number, or a spec such as "
     "'0.8,0-5=1.0,r32=0.5,12=0.3' (layer N, range A-B or A-, rN = every layer at resolution N, "
-    "A-B=t0:t1 a linear ramp; later entries win). Layer numbers as in `vdvae info`.",
+    "A-B=t0:t1 a linear ramp; later entries win). Layer numbers as in `vdvae info`. "
+    "Default: the temperature the model file recommends (`vdvae info` shows it), else 1.0.",
+    show_default=False,
 )]
+
+
+def resolve_temperature(temp: str | None, vae) -> tuple[str, list[float]]:
+    """(the --temp spec in force, its per-layer temperatures): ``temp`` when given, else the model
+    file's recommended temperature, else 1.0."""
+    if temp is not None:
+        return temp, parse_temperature_spec(temp, vae.cfg)
+    spec = vae.default_temperature or "1.0"
+    try:
+        return spec, parse_temperature_spec(spec, vae.cfg)
+    except UsageError as exc:
+        raise CheckpointError(f"the model's recommended temperature {spec!r} is unusable: {exc}",
+                              hint="pass --temp") from None
 OutputTempOpt = Annotated[float, typer.Option(
     "--output-temp", help="Pixel (DMoL) sampling temperature: 1 as the model samples, 0 the most likely pixels.",
 )]
@@ -77,7 +92,7 @@ PosteriorOpt = Annotated[Posterior, typer.Option(
 )
 def sample(
     num: Annotated[int, typer.Option("--num", "-n", help="How many images.")] = 1,
-    temp: TempOpt = "1.0",
+    temp: TempOpt = None,
     output_temp: OutputTempOpt = 1.0,
     output: OutOpt = None,
     grid: GridOpt = False,
@@ -100,7 +115,7 @@ def sample(
     writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile)
-    temps = parse_temperature_spec(temp, vae.cfg)
+    temp, temps = resolve_temperature(temp, vae)
     seed = run.seed(seed)
 
     def make(indices: list[int]):
@@ -139,7 +154,7 @@ def reconstruct(
     keep_layers: KeepLayersOpt = None,
     keep_res: KeepResOpt = None,
     posterior: PosteriorOpt = Posterior.mean,
-    temp: TempOpt = "1.0",
+    temp: TempOpt = None,
     output_temp: OutputTempOpt = 1.0,
     output: OutOpt = None,
     grid: GridOpt = False,
@@ -166,7 +181,7 @@ def reconstruct(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
-    temps = parse_temperature_spec(temp, vae.cfg)
+    temp, temps = resolve_temperature(temp, vae)
     mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize)
     seed = run.seed(seed)
 
@@ -211,7 +226,7 @@ def mix(
     n_variations: Annotated[int, typer.Option(
         "--n-variations", "-n", help="Without B: how many completions of A's prefix to draw.")] = 1,
     posterior: PosteriorOpt = Posterior.mean,
-    temp: TempOpt = "1.0",
+    temp: TempOpt = None,
     output_temp: OutputTempOpt = 1.0,
     output: OutOpt = None,
     grid: GridOpt = False,
@@ -253,7 +268,7 @@ def mix(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
-    temps = parse_temperature_spec(temp, vae.cfg)
+    temp, temps = resolve_temperature(temp, vae)
     pixels_a = read_pixels(run, [source_a], vae.cfg.image_size, no_resize)
     total = len(b_sources) or n_variations
     mine, pixels_b = read_shard(run, b_sources, vae.cfg.image_size, no_resize) if b_sources else (None, None)
@@ -373,7 +388,7 @@ def decode(
         metavar="LATENTS", help="A latents file from `vdvae encode`, or - for stdin.", show_default=False)],
     keep_layers: KeepLayersOpt = None,
     keep_res: KeepResOpt = None,
-    temp: TempOpt = "1.0",
+    temp: TempOpt = None,
     output_temp: OutputTempOpt = 1.0,
     output: OutOpt = None,
     grid: GridOpt = False,
@@ -399,7 +414,7 @@ def decode(
     vae = run.load_model(model, device, dtype, compile=compile)
     content = load_latents(data, vae.cfg, label=label, weights=vae.weights_digest)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
-    temps = parse_temperature_spec(temp, vae.cfg)
+    temp, temps = resolve_temperature(temp, vae)
     writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
                          grid=grid, force=force, json_out=json_out)
     layers = [z if i < keep else None for i, z in enumerate(content.layers)]
