@@ -7,23 +7,12 @@ import math
 
 import pytest
 import torch
-from test_train import TINY_HPS, fast, synthetic_images
+from test_train import TINY_HPS, fast, images, synthetic_images, tiny_cfg  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
 from vdvae_cli.cli import app
-from vdvae_cli.config import config_from_reference
 from vdvae_cli.errors import UsageError
 from vdvae_cli.train import TrainConfig, kl_weight, objective, train
-
-
-@pytest.fixture(scope="module")
-def tiny_cfg():
-    return config_from_reference(TINY_HPS, name="tiny8")
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.from_numpy(synthetic_images())
 
 
 def test_defaults_leave_the_reference_objective():
