@@ -9,7 +9,7 @@
    the G and B copies free (a baseline that knows the images are grey).
 2. Sample quality, judged by a small CNN classifier trained on the training split (trained once,
    then cached beside the data as ``classifier.pt``): for N samples at the model's default
-   temperature, and for the first N real test images, the share the classifier is >= 90% sure of,
+   temperatures (prior and pixel, as ``vdvae sample`` uses them), and for the first N real test images, the share the classifier is >= 90% sure of,
    how many of the ten classes appear, the entropy of the class histogram (log2 10 = 3.32 bits when
    every class is equally common), and the Fréchet distance between the classifier's penultimate
    features of those images and of the rest of the test split (the images from N on, so the real
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--classifier", type=Path, help="cached classifier weights [DATA/classifier.pt]")
     ap.add_argument("-n", "--samples", type=int, default=1000)
     ap.add_argument("--temp", help="prior temperature of the samples [the model's default, else 1.0]")
+    ap.add_argument("--output-temp", type=float, help="pixel temperature of the samples [the model's default, else 1.0]")
     ap.add_argument("--n-test", type=int, default=10_000, help="test images for the likelihood figures")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid", type=Path, help="also write 64 of the samples as a PNG grid (2x) here")
@@ -145,8 +146,9 @@ def main() -> None:
     x_tr, y_tr, x_te, y_te = train["images"], train["labels"], test["images"], test["labels"]
     model = load_file_model(args.model)
     temp = args.temp or model.default_temperature or "1.0"
+    output_temp = args.output_temp if args.output_temp is not None else float(model.default_output_temperature or 1.0)
     out: dict = {"model": str(args.model), "parameters": sum(p.numel() for p in model.parameters()),
-                 "latent_layers": model.cfg.n_layers, "temperature": temp}
+                 "latent_layers": model.cfg.n_layers, "temperature": temp, "output_temperature": output_temp}
 
     # 1. likelihood on the test split ---------------------------------------------------------------
     held = torch.from_numpy(x_te[: args.n_test])
@@ -172,7 +174,7 @@ def main() -> None:
     net = load_classifier(args.classifier or args.data / "classifier.pt", x_tr, y_tr)
     probs, ref_feats = classify(net, x_te)
     m = args.samples
-    samples = sample(model, m, temperatures=parse_temperature_spec(temp, model.cfg),
+    samples = sample(model, m, temperatures=parse_temperature_spec(temp, model.cfg), output_temperature=output_temp,
                      noise=torch.Generator().manual_seed(args.seed)).numpy()
     out["classifier"] = {"test_accuracy": round(float((probs.argmax(1) == y_te).mean()), 4),
                          "reference": f"features of test images {m}..{len(x_te) - 1}"}

@@ -1,12 +1,13 @@
 """Copy a run's EMA model into weights/ with its model card's facts in the metadata.
 
     python scripts/export_shipped.py fashion32 RUN_DIR/model.safetensors weights/fashion32.safetensors \
-        --wall-time-min 80 --default-temp 0.8
+        --wall-time-min 80 --default-temp 0.8 --default-output-temp 0.5
 
 The tensors are copied unchanged (fp32); the metadata gains ``license``, ``description`` and
 ``data_source`` (``vdvae models`` shows the first two), the wall time and hardware, and with
-``--default-temp`` the ``default_temperature`` that ``vdvae sample`` uses without ``--temp`` (and
-``vdvae info`` shows). The trainer's facts (steps, held-out bits/dim, seed) are kept.
+``--default-temp`` / ``--default-output-temp`` the ``default_temperature`` and
+``default_output_temperature`` that ``vdvae sample`` uses without ``--temp`` / ``--output-temp``
+(``vdvae info`` shows them). The trainer's facts (steps, held-out bits/dim, seed) are kept.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vdvae_cli.checkpoint import DEFAULT_TEMPERATURE_KEY, metadata_of, read_checkpoint, save_checkpoint
+from vdvae_cli.checkpoint import (
+    DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, metadata_of, read_checkpoint, save_checkpoint,
+)
 from vdvae_cli.temperature import parse_temperature_spec
 
 CARDS = {
@@ -43,6 +46,7 @@ def main() -> None:
     ap.add_argument("--wall-time-min", type=float, required=True)
     ap.add_argument("--hardware", default="2-core CPU, 1 thread")
     ap.add_argument("--default-temp", help="recommended --temp spec for sampling (e.g. 0.8)")
+    ap.add_argument("--default-output-temp", type=float, help="recommended --output-temp (pixel temperature, >= 0)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     cfg, state = read_checkpoint(args.src)
@@ -51,6 +55,10 @@ def main() -> None:
     if args.default_temp is not None:
         parse_temperature_spec(args.default_temp, cfg)  # refuse a spec sample would refuse
         meta[DEFAULT_TEMPERATURE_KEY] = args.default_temp
+    if args.default_output_temp is not None:
+        if not 0 <= args.default_output_temp < float("inf"):
+            ap.error("--default-output-temp must be a finite number >= 0")
+        meta[DEFAULT_OUTPUT_TEMPERATURE_KEY] = repr(args.default_output_temp)
     path = save_checkpoint(state, cfg, args.dst, metadata=meta, force=args.force)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 

@@ -255,7 +255,10 @@ def check_positive(name: str, value: int) -> None:
         raise UsageError(f"{name} must be at least 1, got {value}")
 
 
-def check_output_temp(value: float) -> None:
+def check_output_temp(value: float | None) -> None:
+    """--output-temp, when given (None: the model's recommendation, checked once it is loaded)."""
+    if value is None:
+        return
     if not value >= 0 or value == float("inf"):
         raise UsageError(f"--output-temp must be a finite number >= 0, got {value}",
                          hint="1 samples pixels as the model does, 0 takes the most likely value")

@@ -150,7 +150,7 @@ def info(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from ..checkpoint import config_of, default_temperature, expected_shapes, stored_digest
+    from ..checkpoint import config_of, default_temperatures, expected_shapes, stored_digest
     from ..hub import resolve_model
     from ..latents import model_fingerprint
 
@@ -158,7 +158,7 @@ def info(
     path = resolved.path
     cfg = config_of(path)
     fingerprint = model_fingerprint(cfg, stored_digest(path))
-    temperature = default_temperature(path)
+    temperature, output_temperature = default_temperatures(path)
     parameters = sum(math.prod(shape) for shape in expected_shapes(cfg).values())
     keep_res = {r: cfg.layers_up_to_res(r) for r in cfg.resolutions}
     layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.zdim, "mixin": l.mixin,
@@ -169,7 +169,7 @@ def info(
             "image_size": cfg.image_size, "dataset": cfg.dataset, "n_layers": cfg.n_layers,
             "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims, "parameters": parameters,
             "layers_up_to_res": {str(r): k for r, k in keep_res.items()}, "layers": layers,
-            "default_temperature": temperature,
+            "default_temperature": temperature, "default_output_temperature": output_temperature,
             "config": cfg.to_dict(),
         })
         return
@@ -179,7 +179,8 @@ def info(
     print(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")
     print(f"latents      {cfg.n_layers} layers, {cfg.latent_dims:,} dims per image")
     print(f"parameters   {parameters:,}")
-    print(f"temperature  {temperature or '1.0'} (what sample, reconstruct, mix and decode use without --temp)")
+    print(f"temperature  {temperature or '1.0'}, output {output_temperature or '1.0'} "
+          "(what sample, reconstruct, mix and decode use without --temp, --output-temp)")
     print("--keep-res   " + ", ".join(f"{r} -> {k} layers" for r, k in keep_res.items()))
     print()
     print(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")

@@ -40,19 +40,34 @@ TempOpt = Annotated[Optional[str], typer.Option(
 )]
 
 
-def resolve_temperature(temp: str | None, vae) -> tuple[str, list[float]]:
-    """(the --temp spec in force, its per-layer temperatures): ``temp`` when given, else the model
-    file's recommended temperature, else 1.0."""
-    if temp is not None:
-        return temp, parse_temperature_spec(temp, vae.cfg)
-    spec = vae.default_temperature or "1.0"
+def resolve_temperatures(temp: str | None, output_temp: float | None, vae) -> tuple[str, list[float], float]:
+    """(the --temp spec in force, its per-layer temperatures, the --output-temp in force): each as
+    given, else as the model file recommends, else 1.0 (the model's own distributions)."""
+    spec = temp if temp is not None else (vae.default_temperature or "1.0")
     try:
-        return spec, parse_temperature_spec(spec, vae.cfg)
+        temps = parse_temperature_spec(spec, vae.cfg)
     except UsageError as exc:
-        raise CheckpointError(f"the model's recommended temperature {spec!r} is unusable: {exc}",
-                              hint="pass --temp") from None
-OutputTempOpt = Annotated[float, typer.Option(
-    "--output-temp", help="Pixel (DMoL) sampling temperature: 1 as the model samples, 0 the most likely pixels.",
+        if temp is not None:
+            raise
+        raise _unusable("temperature", spec, exc, "--temp") from None
+    if output_temp is not None or vae.default_output_temperature is None:
+        return spec, temps, 1.0 if output_temp is None else output_temp
+    try:
+        pixel = float(vae.default_output_temperature)
+        check_output_temp(pixel)
+    except (UsageError, ValueError) as exc:
+        raise _unusable("output temperature", vae.default_output_temperature, exc, "--output-temp") from None
+    return spec, temps, pixel
+
+
+def _unusable(what: str, value: str, exc: Exception, option: str) -> CheckpointError:
+    return CheckpointError(f"the model's recommended {what} {value!r} is unusable: {exc}", hint=f"pass {option}")
+
+
+OutputTempOpt = Annotated[Optional[float], typer.Option(
+    "--output-temp", help="Pixel (DMoL) sampling temperature: 1 as the model samples, 0 the most likely pixels. "
+    "Default: what the model file recommends (`vdvae info` shows it), else 1.0.",
+    show_default=False,
 )]
 OutOpt = Annotated[Optional[str], typer.Option(
     "--output", "-o",
@@ -93,7 +108,7 @@ PosteriorOpt = Annotated[Posterior, typer.Option(
 def sample(
     num: Annotated[int, typer.Option("--num", "-n", help="How many images.")] = 1,
     temp: TempOpt = None,
-    output_temp: OutputTempOpt = 1.0,
+    output_temp: OutputTempOpt = None,
     output: OutOpt = None,
     grid: GridOpt = False,
     seed: SeedOpt = None,
@@ -115,7 +130,7 @@ def sample(
     writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile)
-    temp, temps = resolve_temperature(temp, vae)
+    temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     seed = run.seed(seed)
 
     def make(indices: list[int]):
@@ -155,7 +170,7 @@ def reconstruct(
     keep_res: KeepResOpt = None,
     posterior: PosteriorOpt = Posterior.mean,
     temp: TempOpt = None,
-    output_temp: OutputTempOpt = 1.0,
+    output_temp: OutputTempOpt = None,
     output: OutOpt = None,
     grid: GridOpt = False,
     no_resize: NoResizeOpt = False,
@@ -181,7 +196,7 @@ def reconstruct(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
-    temp, temps = resolve_temperature(temp, vae)
+    temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize)
     seed = run.seed(seed)
 
@@ -227,7 +242,7 @@ def mix(
         "--n-variations", "-n", help="Without B: how many completions of A's prefix to draw.")] = 1,
     posterior: PosteriorOpt = Posterior.mean,
     temp: TempOpt = None,
-    output_temp: OutputTempOpt = 1.0,
+    output_temp: OutputTempOpt = None,
     output: OutOpt = None,
     grid: GridOpt = False,
     no_resize: NoResizeOpt = False,
@@ -268,7 +283,7 @@ def mix(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
-    temp, temps = resolve_temperature(temp, vae)
+    temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     pixels_a = read_pixels(run, [source_a], vae.cfg.image_size, no_resize)
     total = len(b_sources) or n_variations
     mine, pixels_b = read_shard(run, b_sources, vae.cfg.image_size, no_resize) if b_sources else (None, None)
@@ -389,7 +404,7 @@ def decode(
     keep_layers: KeepLayersOpt = None,
     keep_res: KeepResOpt = None,
     temp: TempOpt = None,
-    output_temp: OutputTempOpt = 1.0,
+    output_temp: OutputTempOpt = None,
     output: OutOpt = None,
     grid: GridOpt = False,
     seed: SeedOpt = None,
@@ -414,7 +429,7 @@ def decode(
     vae = run.load_model(model, device, dtype, compile=compile)
     content = load_latents(data, vae.cfg, label=label, weights=vae.weights_digest)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
-    temp, temps = resolve_temperature(temp, vae)
+    temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
                          grid=grid, force=force, json_out=json_out)
     layers = [z if i < keep else None for i, z in enumerate(content.layers)]
