@@ -596,7 +596,22 @@ def load_file_model(path: str | Path, *, device: str | torch.device = "cpu", dty
     digest = stored_digest(path) or weights_digest(state)
     model = build_model(cfg, state, device=device, dtype=dtype)
     model.weights_digest = digest
+    model.default_temperature, model.default_output_temperature = default_temperatures(path)
     return model
+
+
+DEFAULT_TEMPERATURE_KEY = "default_temperature"
+DEFAULT_OUTPUT_TEMPERATURE_KEY = "default_output_temperature"
+
+
+def default_temperatures(path: str | Path) -> tuple[str | None, str | None]:
+    """The temperatures a checkpoint recommends for sampling, as its metadata spells them: the prior's
+    (a ``--temp`` spec, key ``default_temperature``) and the pixels' (``--output-temp``, key
+    ``default_output_temperature``); None for each it does not name. Checked where they are used."""
+    meta = metadata_of(path)
+    found = (meta.get(key, "").strip() for key in (DEFAULT_TEMPERATURE_KEY, DEFAULT_OUTPUT_TEMPERATURE_KEY))
+    prior, output = (value or None for value in found)
+    return prior, output
 
 
 def weights_digest(state: Mapping[str, Tensor]) -> str:

@@ -262,6 +262,8 @@ class VAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.weights_digest: str | None = None  # set by the checkpoint loader: which weights these are
+        self.default_temperature: str | None = None  # set by the checkpoint loader: the --temp its file recommends
+        self.default_output_temperature: str | None = None  # and the --output-temp
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         for m in self.modules():

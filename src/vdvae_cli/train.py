@@ -18,6 +18,7 @@ rank 0 write or report.
 from __future__ import annotations
 
 import json
+import math
 import time
 from copy import deepcopy
 from dataclasses import asdict, dataclass, fields, replace
@@ -35,12 +36,12 @@ from .training.curves import Curves
 from .training.evaluation import evaluate_heldout, save_grid, visualise
 from .training.rundir import RunDir, read_run
 from .training.schedule import lr_at
-from .training.step import ElboLoss, Updater
+from .training.step import ElboLoss, Updater, kl_weight, objective
 
 Tensor = torch.Tensor
 Callback = Callable[[dict[str, Any]], None]
 
-__all__ = ["TrainConfig", "TrainResult", "train", "read_run", "reference_recipe", "lr_at", "ElboLoss",
+__all__ = ["TrainConfig", "TrainResult", "train", "read_run", "reference_recipe", "lr_at", "ElboLoss", "kl_weight", "objective",
            "evaluate_heldout", "save_grid", "visualise"]
 
 # --------------------------------------------------------------------------------------------------
@@ -87,6 +88,13 @@ class TrainConfig:
     eval_seconds: float | None = None  # also evaluate every this many seconds (runs ended by time_limit)
     eval_at_start: bool = False  # evaluate the initial model too (step 0 on the curves)
     channels_last: bool = True  # memory layout of the network (faster convolutions, same maths)
+    # Against posterior collapse (both 0 = off, the reference recipe). They change the objective the
+    # gradient follows, never the reported loss (always the negative ELBO). kl_warmup: the KL term's
+    # weight rises linearly from 0 to 1 over this many steps (Bowman et al. 2016; Sonderby et al.
+    # 2016). free_bits: each latent layer's batch-mean KL counts as at least this many bits per
+    # image, so a layer below the floor is not pushed further towards the prior (Kingma et al. 2016).
+    kl_warmup: int = 0
+    free_bits: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -120,6 +128,8 @@ class TrainConfig:
             raise UsageError(f"the time limit must be > 0, got {self.time_limit!r}")
         if self.coarse_steps < 0 or (self.coarse_steps > 0 and self.coarse_res is None):
             raise UsageError("coarse_steps needs coarse_res (the highest resolution inferred meanwhile)")
+        if self.kl_warmup < 0 or not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
+            raise UsageError("kl_warmup must be >= 0 steps and free_bits a finite number >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -321,9 +321,12 @@ def check_positive(name: str, value: int) -> None:
         raise UsageError(f"{name} must be at least 1, got {value}")
 
 
-def check_output_temp(value: float) -> None:
+def check_output_temp(value: float | None) -> None:
+    """--output-temp, when given (None: the model's recommendation, checked once it is loaded)."""
     from ..safety import MAX_TEMPERATURE
 
+    if value is None:
+        return
     if not 0 <= value <= MAX_TEMPERATURE:
         raise UsageError(f"--output-temp must be a number from 0 to {MAX_TEMPERATURE:g}, got {value}",
                          hint="1 samples pixels as the model does, 0 takes the most likely value")

@@ -184,6 +184,7 @@ def info(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
+    from ..checkpoint import default_temperatures
     from ..describe import describe_model
 
     facts = describe_model(default_model(model), offline=offline)
@@ -197,6 +198,7 @@ def info(
             out(f"model        {facts.name}")
             out(f"file         {where}")
         return
+    temperature, output_temperature = default_temperatures(facts.path) if facts.path else (None, None)
     keep_res = {r: cfg.layers_up_to_res(r) for r in cfg.resolutions}
     layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.zdim, "mixin": l.mixin,
                "latent_shape": list(l.latent_shape)} for l in cfg.decoder_layers]
@@ -207,7 +209,8 @@ def info(
             "fingerprint": facts.fingerprint, "image_size": cfg.image_size, "dataset": cfg.dataset,
             "n_layers": cfg.n_layers, "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims,
             "parameters": facts.parameters, "layers_up_to_res": {str(r): k for r, k in keep_res.items()},
-            "layers": layers, "config": cfg.to_dict(),
+            "layers": layers, "default_temperature": temperature, "default_output_temperature": output_temperature,
+            "config": cfg.to_dict(),
         })
         return
     out(f"model        {cfg.name}")
@@ -217,6 +220,8 @@ def info(
     out(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")
     out(f"latents      {cfg.n_layers} layers, {cfg.latent_dims:,} dims per image")
     out(f"parameters   {facts.parameters:,}" if facts.parameters else "parameters   ?")
+    out(f"temperature  {temperature or '1.0'}, output {output_temperature or '1.0'} "
+        "(what sample, reconstruct, mix and decode use without --temp, --output-temp)")
     out("--keep-res   " + ", ".join(f"{r} -> {k} layers" for r, k in keep_res.items()))
     out()
     out(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")

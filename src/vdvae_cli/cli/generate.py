@@ -21,7 +21,7 @@ from ._run import (
     SkipExistingOpt, keep_count, plan_images, read_shard, refuse_distributed, stdout_is_tty,
 )
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
-from ..errors import LatentsError, OutputError, UsageError
+from ..errors import CheckpointError, LatentsError, OutputError, UsageError
 from ..temperature import parse_temperature_spec
 
 
@@ -35,14 +35,45 @@ class LatentFormat(str, Enum):
     npz = "npz"
 
 
-TempOpt = Annotated[str, typer.Option(
+TempOpt = Annotated[Optional[str], typer.Option(
     "--temp", "-t", metavar="T|SPEC",
     help="Prior temperature of the free layers (0 to 10): one number, or a spec such as "
     "'0.8,0-5=1.0,r32=0.5,12=0.3' (layer N, range A-B or A-, rN = every layer at resolution N, "
-    "A-B=t0:t1 a linear ramp; later entries win). Layer numbers as in `vdvae info`.",
+    "A-B=t0:t1 a linear ramp; later entries win). Layer numbers as in `vdvae info`. "
+    "Default: the temperature the model file recommends (`vdvae info` shows it), else 1.0.",
+    show_default=False,
 )]
-OutputTempOpt = Annotated[float, typer.Option(
-    "--output-temp", metavar="T", help="Pixel (DMoL) sampling temperature (0 to 10): 1 as the model samples, 0 the most likely pixels.",
+
+
+def resolve_temperatures(temp: str | None, output_temp: float | None, vae) -> tuple[str, list[float], float]:
+    """(the --temp spec in force, its per-layer temperatures, the --output-temp in force): each as
+    given, else as the model file recommends, else 1.0 (the model's own distributions)."""
+    spec = temp if temp is not None else (vae.default_temperature or "1.0")
+    try:
+        temps = parse_temperature_spec(spec, vae.cfg)
+    except UsageError as exc:
+        if temp is not None:
+            raise
+        raise _unusable("temperature", spec, exc, "--temp") from None
+    if output_temp is not None or vae.default_output_temperature is None:
+        return spec, temps, 1.0 if output_temp is None else output_temp
+    try:
+        pixel = float(vae.default_output_temperature)
+        check_output_temp(pixel)
+    except (UsageError, ValueError) as exc:
+        raise _unusable("output temperature", vae.default_output_temperature, exc, "--output-temp") from None
+    return spec, temps, pixel
+
+
+def _unusable(what: str, value: str, exc: Exception, option: str) -> CheckpointError:
+    return CheckpointError(f"the model's recommended {what} {value!r} is unusable: {exc}", hint=f"pass {option}")
+
+
+OutputTempOpt = Annotated[Optional[float], typer.Option(
+    "--output-temp", metavar="T", help="Pixel (DMoL) sampling temperature (0 to 10): 1 as the model samples, 0 the "
+    "most likely pixels. "
+    "Default: what the model file recommends (`vdvae info` shows it), else 1.0.",
+    show_default=False,
 )]
 OutOpt = Annotated[Optional[str], typer.Option(
     "--output", "-o", metavar="FILE|DIR/|-",
@@ -91,8 +122,8 @@ PosteriorOpt = Annotated[Posterior, typer.Option(
 )
 def sample(
     num: Annotated[int, typer.Option("--num", "-n", metavar="N", help="How many images.")] = 1,
-    temp: TempOpt = "1.0",
-    output_temp: OutputTempOpt = 1.0,
+    temp: TempOpt = None,
+    output_temp: OutputTempOpt = None,
     output: OutOpt = None,
     grid: GridOpt = False,
     seed: SeedOpt = None,
@@ -121,7 +152,7 @@ def sample(
                          skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
-    temps = parse_temperature_spec(temp, vae.cfg)
+    temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     if readjust_bn:
         run.info(family_of(vae).readjust_bn(vae, temps, cache_dir(), iters=readjust_iters))
     seed = run.seed(seed)
@@ -162,8 +193,8 @@ def reconstruct(
     keep_layers: KeepLayersOpt = None,
     keep_res: KeepResOpt = None,
     posterior: PosteriorOpt = Posterior.mean,
-    temp: TempOpt = "1.0",
-    output_temp: OutputTempOpt = 1.0,
+    temp: TempOpt = None,
+    output_temp: OutputTempOpt = None,
     output: OutOpt = None,
     grid: GridOpt = False,
     no_resize: NoResizeOpt = False,
@@ -191,7 +222,7 @@ def reconstruct(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
-    temps = parse_temperature_spec(temp, vae.cfg)
+    temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize, skip=writer.existing)
     seed = run.seed(seed)
     if grid:  # each input beside its reconstruction
@@ -239,8 +270,8 @@ def mix(
         "--num", "-n", "--n-variations", metavar="N",
         help="Without B: how many completions of A's prefix to draw (-n as in sample).")] = 1,
     posterior: PosteriorOpt = Posterior.mean,
-    temp: TempOpt = "1.0",
-    output_temp: OutputTempOpt = 1.0,
+    temp: TempOpt = None,
+    output_temp: OutputTempOpt = None,
     output: OutOpt = None,
     grid: GridOpt = False,
     no_resize: NoResizeOpt = False,
@@ -285,7 +316,7 @@ def mix(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
-    temps = parse_temperature_spec(temp, vae.cfg)
+    temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     size, resize = vae.cfg.image_size, not no_resize
     image_a = read_image(source_a, size, resize=resize, notify=run.info)
     pixels_a = torch.from_numpy(image_a[None].copy())
@@ -434,8 +465,8 @@ def decode(
         metavar="LATENTS", help="A latents file from `vdvae encode`, or - for stdin.", show_default=False)],
     keep_layers: KeepLayersOpt = None,
     keep_res: KeepResOpt = None,
-    temp: TempOpt = "1.0",
-    output_temp: OutputTempOpt = 1.0,
+    temp: TempOpt = None,
+    output_temp: OutputTempOpt = None,
     output: OutOpt = None,
     grid: GridOpt = False,
     seed: SeedOpt = None,
@@ -464,7 +495,7 @@ def decode(
     read = load_npz_latents if is_npz(data) else load_latents
     content = read(data, vae.cfg, label=label, weights=vae.weights_digest)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
-    temps = parse_temperature_spec(temp, vae.cfg)
+    temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
                          grid=grid, force=force, json_out=json_out, skip_existing=skip_existing)
     layers = [z if i < keep else None for i, z in enumerate(content.layers)]

@@ -134,6 +134,8 @@ def train_cmd(
     max_eval: Annotated[Optional[int], typer.Option("--max-eval", help="Evaluate on at most this many held-out images.", show_default=False)] = None,
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="MINUTES", help="Train for this long (from now, also when resuming), then checkpoint and stop; --resume continues.", show_default=False)] = None,
     coarse_first: Annotated[Optional[str], typer.Option("--coarse-first", metavar="RES:STEPS", help="Curriculum: for the first STEPS steps infer only the latent layers at resolution <= RES (the rest come from the prior), so the coarse layers learn the global content first. Off by default (the reference recipe).", show_default=False)] = None,
+    kl_warmup: Annotated[Optional[int], typer.Option("--kl-warmup", metavar="STEPS", help="Against posterior collapse: raise the KL term's weight in the objective linearly from 0 to 1 over STEPS steps (the reported loss stays the ELBO). Off by default.", show_default=False)] = None,
+    free_bits: Annotated[Optional[float], typer.Option("--free-bits", metavar="BITS", help="Against posterior collapse: count each latent layer's batch-mean KL as at least BITS bits per image in the objective. Off by default.", show_default=False)] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="With --hparams lacking image_size: resize/crop to this.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation, data order and training noise [0].", show_default=False)] = None,
     device: DeviceOpt = "auto",
@@ -159,6 +161,7 @@ def train_cmd(
             lr_schedule=lr_schedule, grad_clip=grad_clip, skip_threshold=skip_threshold, max_skips=max_skips,
             ema_rate=ema_rate, holdout=holdout, eval_every=eval_every, sample_every=sample_every,
             ckpt_every=ckpt_every, keep_every=keep_every, max_eval=max_eval, seed=seed,
+            kl_warmup=kl_warmup, free_bits=free_bits,
             time_limit=None if time_limit is None else time_limit * 60.0,
         ).items() if v is not None
     }

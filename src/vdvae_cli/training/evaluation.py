@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,20 +27,23 @@ def _dist() -> tuple[bool, int, int]:
 @torch.no_grad()
 def evaluate_heldout(
     model: VAE, images: Tensor, *, batch_size: int = 64, seed: int = 0, autocast: bool = False
-) -> dict[str, float]:
-    """Mean negative ELBO of ``images`` in bits/dim (with its distortion/rate split), summed over
+) -> dict[str, Any]:
+    """Mean negative ELBO of ``images`` in bits/dim (with its distortion/rate split and each latent
+    layer's KL in bits per image), summed over
     this process's part when ``torch.distributed`` is initialised and reduced over all ranks."""
     distributed, rank, world = _dist()
     part = images[shard_range(len(images), rank, world)] if distributed else images
     p = model.decoder.gain
     g = torch.Generator(device=p.device).manual_seed(seed)
-    sums = torch.zeros(4, dtype=torch.float64, device=p.device)  # elbo, distortion, rate, count
+    n_layers = model.cfg.n_layers
+    sums = torch.zeros(4 + n_layers, dtype=torch.float64, device=p.device)  # elbo, distortion, rate, count, KLs
     for start in range(0, len(part), batch_size):
         batch = part[start : start + batch_size]
         with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = elbo(model, batch, noise=g)
         d, r = out.distortion.double(), out.rate.double()
-        sums += torch.stack([(d + r).sum(), d.sum(), r.sum(), torch.tensor(float(len(batch)), device=p.device, dtype=torch.float64)])
+        sums += torch.cat([torch.stack([(d + r).sum(), d.sum(), r.sum(), d.new_tensor(float(len(batch)))]),
+                           out.kl_per_layer.double().sum(0)])
     if distributed:
         import torch.distributed as dist
 
@@ -50,6 +54,8 @@ def evaluate_heldout(
         "distortion_bpd": float(sums[1]) / count / LN2,
         "rate_bpd": float(sums[2]) / count / LN2,
         "heldout_images": int(sums[3]),
+        # each latent layer's KL in bits per image: a layer near 0 carries nothing (collapse)
+        "layer_bits": [round(float(v) / count / LN2 * model.cfg.n_dims, 2) for v in sums[4:]],
     }
 
 

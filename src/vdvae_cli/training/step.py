@@ -38,15 +38,25 @@ class ElboLoss(nn.Module):
         self.noise: BatchNoise | None = None
         self.n_posterior: int | None = None  # None: every layer inferred
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:  # images (N, H, W, C) uint8
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # images (N, H, W, C) uint8
         out = elbo(self.model, images, noise=self.noise, grad=True, n_posterior=self.n_posterior)
-        return out.distortion, out.rate  # (N,), (N,) nats/dim, float32
+        return out.distortion, out.rate, out.kl_per_layer  # (N,), (N,), (N, L) nats/dim, float32
 
 
-def objective(distortion: Tensor, rate: Tensor, tc, step: int) -> Tensor:
-    """The loss one step minimises: the mean negative ELBO (nats/dim). Variants of the objective
-    (a weight on the rate, free bits) belong here."""
-    return (distortion + rate).mean()
+def kl_weight(tc, step: int) -> float:
+    """Weight of the KL term in the objective at step ``step`` (0-based): 1 without KL warm-up."""
+    return min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
+
+
+def objective(tc, step: int, distortion: Tensor, kl_per_layer: Tensor, n_dims: int) -> Tensor:
+    """The scalar the gradient follows (nats/dim): the mean negative ELBO, unless the run asks for
+    help against posterior collapse: the KL term weighted by :func:`kl_weight` (``kl_warmup``) and
+    each layer's batch-mean KL floored at ``free_bits`` bits per image. The reported loss is always
+    the negative ELBO."""
+    kl = kl_per_layer.mean(0)  # (L,)
+    if tc.free_bits:
+        kl = kl.clamp(min=tc.free_bits * LN2 / n_dims)
+    return distortion.mean() + kl_weight(tc, step) * kl.sum()
 
 
 @dataclass(frozen=True)
@@ -81,9 +91,12 @@ class Updater:
         self.inner.n_posterior = self.coarse_layers if step < tc.coarse_steps else None
         device = batch.device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast):
-            distortion, rate = self.loss_fn(batch)
-        loss = objective(distortion, rate, tc, step)
-        loss.backward()
+            distortion, rate, kl_layers = self.loss_fn(batch)
+        loss = (distortion + rate).mean()  # the negative ELBO: what is reported
+        if tc.kl_warmup or tc.free_bits:
+            objective(tc, step, distortion, kl_layers, self.model.cfg.n_dims).backward()
+        else:
+            loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip))
         stats = torch.tensor([float(loss.detach()), float(distortion.detach().mean()), float(rate.detach().mean()),
                               *map(float, flags)], dtype=torch.float64, device=batch.device)
