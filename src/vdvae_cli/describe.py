@@ -55,7 +55,7 @@ def _from_entry(entry: registry.RegistryEntry) -> ModelFacts:
 
 
 def _from_file(path: Path, name: str, source: str) -> ModelFacts:
-    from .checkpoint import checked_config, parameter_count, read_header
+    from .header import checked_config, parameter_count, read_header
 
     header = read_header(path)  # strict: a hostile header is refused here
     meta = header.get("__metadata__") or {}

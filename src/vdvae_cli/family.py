@@ -18,13 +18,12 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a network is built or run, not to read a file's header
+    import torch
+    from torch import Tensor
 
-if TYPE_CHECKING:
     from .distributions import Noise
     from .model import DecoderOutput
-
-Tensor = torch.Tensor
 
 
 class LatentLayer(Protocol):
@@ -123,12 +122,12 @@ class VDVAEFamily:
         return VAE(cfg)
 
     def state_shapes(self, cfg: Any) -> "OrderedDict[str, tuple[int, ...]]":
-        from .checkpoint import vdvae_state_shapes
+        from .header import vdvae_state_shapes
 
         return vdvae_state_shapes(cfg)  # from the config alone: not even a meta-device module
 
     def activation_bytes(self, cfg: Any, itemsize: int = 4, *, encoder: bool = True) -> int:
-        from .checkpoint import vdvae_activation_bytes
+        from .header import vdvae_activation_bytes
 
         return vdvae_activation_bytes(cfg, itemsize, encoder=encoder)
 
@@ -166,22 +165,20 @@ class VDVAEFamily:
                          hint="it is for NVAE models")
 
 
-def _families() -> dict[str, Family]:
-    from .nvae.family import NVAEFamily
-
-    return {"vdvae": VDVAEFamily(), "nvae": NVAEFamily()}
-
-
 FAMILY_NAMES = ("vdvae", "nvae")
 
 
 def family_named(name: str) -> Family:
+    """The family object for a name (as a checkpoint's metadata spells it)."""
     from .errors import CheckpointError
 
-    families = _families()
-    if name not in families:
-        raise CheckpointError(f"unknown model family {name!r}", hint=f"this version knows {', '.join(FAMILY_NAMES)}")
-    return families[name]
+    if name == "vdvae":
+        return VDVAEFamily()
+    if name == "nvae":
+        from .nvae.family import NVAEFamily  # imports torch: only for NVAE files
+
+        return NVAEFamily()
+    raise CheckpointError(f"unknown model family {name!r}", hint=f"this version knows {', '.join(FAMILY_NAMES)}")
 
 
 def family_of(obj: Any) -> Family:

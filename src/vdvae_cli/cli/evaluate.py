@@ -184,7 +184,7 @@ def info(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from ..checkpoint import default_temperatures
+    from ..header import default_temperatures
     from ..describe import describe_model
 
     facts = describe_model(default_model(model), offline=offline)
