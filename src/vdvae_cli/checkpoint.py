@@ -30,6 +30,7 @@ from .header import (  # noqa: F401  (re-exported: the checkpoint API reads head
     compare_keys,
     sniff,
     sniff_bytes,
+    sniff_file,
     DTYPE_SIZES,
     FLOAT_DTYPES,
     MAX_TENSORS,
@@ -364,12 +365,7 @@ def load_pickle(path: str | Path, *, allowed: tuple[type, ...] = (), hint: str =
 
     path = Path(path)
     label = _label(path)
-    try:
-        if not path.is_file():
-            raise CheckpointError(f"{label} is not a file")
-        kind = sniff(path)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {label}: {exc.strerror or exc}") from None
+    kind = sniff_file(path)
     if kind == "lfs":
         raise CheckpointError(f"{label} is a git-lfs pointer, not the weights", hint="fetch the real file first")
     if kind == "safetensors":

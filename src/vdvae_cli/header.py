@@ -282,24 +282,33 @@ def _label(path: Path | str) -> str:
     return clean(str(path))
 
 
-def read_header(path: str | Path) -> dict[str, Any]:
-    """The parsed, checked safetensors header of ``path`` (with ``__metadata__``), with clear errors."""
-    path = Path(path)
+def sniff_file(path: Path) -> str:
+    """:func:`sniff` of a file the user named: a missing or unreadable one is one CheckpointError."""
     label = _label(path)
     try:
         if not path.is_file():
             raise CheckpointError(f"{label} is not a file")
-        kind = sniff(path)
-        if kind == "lfs":
-            raise CheckpointError(
-                f"{label} is a git-lfs pointer, not the weights",
-                hint="run 'git lfs pull' in that repository, or download the file itself",
-            )
-        if kind in ("torch-zip", "torch-pickle"):
-            raise CheckpointError(
-                f"{label} is a PyTorch pickle, not safetensors",
-                hint=f"convert it first: vdvae convert {label} --config NAME -o model.safetensors",
-            )
+        return sniff(path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {label}: {exc.strerror or exc}") from None
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The parsed, checked safetensors header of ``path`` (with ``__metadata__``), with clear errors."""
+    path = Path(path)
+    label = _label(path)
+    kind = sniff_file(path)
+    if kind == "lfs":
+        raise CheckpointError(
+            f"{label} is a git-lfs pointer, not the weights",
+            hint="run 'git lfs pull' in that repository, or download the file itself",
+        )
+    if kind in ("torch-zip", "torch-pickle"):
+        raise CheckpointError(
+            f"{label} is a PyTorch pickle, not safetensors",
+            hint=f"convert it first: vdvae convert {label} --config NAME -o model.safetensors",
+        )
+    try:
         with open(path, "rb") as f:
 
             def read(offset: int, n: int) -> bytes:
