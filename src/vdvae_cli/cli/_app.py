@@ -20,7 +20,7 @@ from ..errors import DeviceError, VDVAEError, is_out_of_memory
 
 app = typer.Typer(
     name="vdvae",
-    help="Very Deep VAEs from the command line: sample, reconstruct, mix, encode, decode, evaluate, train.",
+    help="Very Deep VAEs and NVAE from the command line: sample, reconstruct, mix, interpolate, encode, decode, evaluate, train.",
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_show_locals=False,
@@ -269,7 +269,7 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    """Very Deep VAEs from the command line."""
+    """Very Deep VAEs and NVAE from the command line."""
 
 
 def _parser_error(exc: BaseException) -> int | None:
