@@ -465,20 +465,24 @@ class ImageWriter:
         if not self._held:
             return []
         order = sorted(self._held)
-        images = [self._held[i] for i in order]
-        if self.grid and self._beside is not None:
-            groups = [[*self._beside(i), img] for i, img in zip(order, images)]
-            per_row = math.ceil(math.sqrt(len(groups)))
-            image = make_grid(self._lead + [t for g in groups for t in g], columns=per_row * len(groups[0]))
-        else:
-            image = make_grid(self._lead + images) if self.grid else images[0]
-        data = encode_image(image, self.fmt)
+        data = self._encode_held(order, [self._held[i] for i in order])
         if self.kind == "stdout":
             self._emit(data)
         else:
             _write_file(self.target, data, force=self.force)  # type: ignore[arg-type]
         self._held.clear()
         return [(i, self.label) for i in order]
+
+    def _encode_held(self, order: list[int], images: list["np.ndarray"]) -> bytes:
+        """The one file the held images make: the grid (inputs beside outputs where shown), or the
+        single image."""
+        if self.grid and self._beside is not None:
+            groups = [[*self._beside(i), img] for i, img in zip(order, images)]
+            per_row = math.ceil(math.sqrt(len(groups)))
+            image = make_grid(self._lead + [t for g in groups for t in g], columns=per_row * len(groups[0]))
+        else:
+            image = make_grid(self._lead + images) if self.grid else images[0]
+        return encode_image(image, self.fmt)
 
     def _emit(self, data: bytes) -> None:
         if self.stdout is None:

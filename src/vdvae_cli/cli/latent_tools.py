@@ -75,24 +75,14 @@ class FramesWriter(ImageWriter):
     def write(self, indices: Sequence[int], images: Sequence["np.ndarray"]) -> list[tuple[int, str]]:
         return super().write(indices, self._enlarge(images))
 
-    def finish(self) -> list[tuple[int, str]]:
-        from ..checkpoint import atomic_write_bytes
+    def _encode_held(self, order: list[int], images: list["np.ndarray"]) -> bytes:
         from ..images import encode_image, make_grid
 
-        if not self._held or (self.animation is None and not self.grid):
-            return super().finish()
-        order = sorted(self._held)
-        frames = [self._held[i] for i in order]
         if self.animation is not None:
-            data = encode_animation(frames, self.animation, self.fps)
-        else:
-            data = encode_image(make_grid(frames, columns=self.columns), self.fmt)
-        if self.kind == "stdout":
-            self._emit(data)
-        else:
-            atomic_write_bytes(self.target, data, force=self.force)  # type: ignore[arg-type]
-        self._held.clear()
-        return [(i, self.label) for i in order]
+            return encode_animation(images, self.animation, self.fps)
+        if self.grid:
+            return encode_image(make_grid(images, columns=self.columns), self.fmt)
+        return super()._encode_held(order, images)
 
 
 def encode_animation(frames: Sequence["np.ndarray"], fmt: str, fps: float) -> bytes:
