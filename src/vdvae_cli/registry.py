@@ -282,17 +282,10 @@ def describe_file(path: Path, *, name: str | None = None, kind: Kind = "shipped"
     params = sum(_numel(v.get("shape")) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict))
     changes: dict[str, Any] = {"parameters": params or None}
     try:
-        from .safety import loads
+        from .header import _config_from_header
 
-        if meta.get("family") == "nvae":
-            from .nvae.config import NVAEConfig
-
-            parsed: Any = NVAEConfig.from_dict(loads(meta["nvae_config"]))
-            changes["family"] = "nvae"
-        else:
-            from .config import VDVAEConfig
-
-            parsed = VDVAEConfig.from_dict(loads(meta["vdvae_config"]))
+        parsed = _config_from_header(header, path)  # the family's config, read as loading reads it
+        changes["family"] = getattr(parsed, "family", "vdvae")
         changes.update(resolution=parsed.image_size, latent_layers=parsed.n_layers, title=parsed.name or path.stem)
     except Exception:  # no or bad metadata: still listed; loading reports the exact problem
         changes["note"] = "no model config metadata"
