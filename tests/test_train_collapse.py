@@ -40,6 +40,50 @@ def test_kl_warmup_and_free_bits_by_hand():
             TrainConfig(steps=10, **bad)
 
 
+def test_the_floor_and_the_warmup_hold_back_the_posterior_only():
+    """With the prior's side of the KL given separately, a layer under the floor (and every layer
+    during warm-up) still pulls its prior towards the posterior at full weight; the objective's value
+    is unchanged."""
+    tc = TrainConfig(steps=10, kl_warmup=2, free_bits=0.5 / math.log(2))
+    d = torch.tensor([1.0, 3.0])
+    q_side = torch.tensor([[0.1, 0.0], [0.3, 0.02]], requires_grad=True)
+    p_side = q_side.detach().clone().requires_grad_(True)
+    obj = objective(tc, 0, d, q_side, 10, p_side)
+    assert float(obj.detach()) == pytest.approx(2.0 + 0.5 * (0.2 + 0.05))
+    obj.backward()
+    assert q_side.grad.flatten().tolist() == pytest.approx([0.25, 0.0, 0.25, 0.0])  # warm-up weight, floor
+    assert p_side.grad.flatten().tolist() == pytest.approx([0.5] * 4)  # full weight, every layer
+
+
+def test_split_kl_sends_each_side_its_own_gradient(tiny_cfg):
+    """ops.elbo(split_kl=True): both KL tensors hold the same values; in the last layer (whose state
+    feeds no later KL) the posterior's side reaches only the posterior's own block and the prior's
+    side only the prior's."""
+    from vdvae_cli.model import VAE
+    from vdvae_cli.ops import elbo
+
+    torch.manual_seed(0)
+    model = VAE(tiny_cfg)
+    with torch.no_grad():  # a prior that is not the fresh model's zero output
+        for p in model.decoder.dec_blocks[-1].prior.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randint(0, 256, (2, tiny_cfg.image_size, tiny_cfg.image_size, 3), dtype=torch.uint8)
+    out = elbo(model, x, noise=torch.Generator().manual_seed(1), grad=True, split_kl=True)
+    assert torch.equal(out.kl_per_layer, out.kl_prior_per_layer)
+    last = model.decoder.dec_blocks[-1]
+    q_params, p_params = list(last.enc.parameters()), list(last.prior.parameters())
+
+    def norms(kl):
+        gs = torch.autograd.grad(kl[:, -1].sum(), q_params + p_params, allow_unused=True, retain_graph=True)
+        total = [0.0 if g is None else float(g.abs().sum()) for g in gs]
+        return sum(total[:len(q_params)]), sum(total[len(q_params):])
+
+    q_q, q_p = norms(out.kl_per_layer)
+    p_q, p_p = norms(out.kl_prior_per_layer)
+    assert q_q > 0 and q_p == 0
+    assert p_q == 0 and p_p > 0
+
+
 def test_free_bits_keep_the_latents_in_use(tmp_path, tiny_cfg, images):
     """With a floor far above what the layers carry the KL term has no gradient at all, so the
     latents carry more than under the plain ELBO; the reported loss is still the ELBO."""

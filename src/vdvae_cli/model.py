@@ -144,6 +144,9 @@ class DecoderOutput:
     px_z: Tensor  # (N, width, H, W): after the final gain/bias
     latents: list[Tensor] | None = None  # z used at each layer (N, Z, r, r)
     kl: list[Tensor | None] | None = None  # per-element KL for posterior layers, None elsewhere
+    # With want_kl="split": kl carries gradients to the posterior only (the prior detached) and
+    # kl_prior the same values with gradients to the prior only (the posterior detached).
+    kl_prior: list[Tensor | None] | None = None
     trace: list[dict[str, Tensor]] = field(default_factory=list)  # pm, pv, qm, qv, eps, z per layer
 
 
@@ -186,7 +189,7 @@ class Decoder(nn.Module):
         noise: Noise | None = None,
         eps: Sequence[Tensor | None] | None = None,
         want_latents: bool = False,
-        want_kl: bool = False,
+        want_kl: bool | str = False,
         trace: bool = False,
         stop_after: int | None = None,
     ) -> DecoderOutput:
@@ -198,13 +201,17 @@ class Decoder(nn.Module):
         the standard-normal noise of layer ``i``; otherwise it comes from ``noise``, which is drawn
         once per layer whether the layer uses it or not, so one layer's settings never shift another
         layer's noise. ``stop_after`` ends the pass after that many layers (``px_z`` is then None).
+        ``want_kl="split"`` also fills ``kl_prior`` (see :class:`DecoderOutput`), for an objective
+        that treats the posterior's and the prior's side of each layer's KL differently.
         """
         cfg = self.cfg
         temps, n_posterior = decode_options(cfg.n_layers, temperatures, latents, activations is not None, n_posterior)
         noise = noise or BatchNoise()
         like = self.bias_xs[0]
         xs = self.start_states(n)
-        out = DecoderOutput(px_z=like, latents=[] if want_latents else None, kl=[] if want_kl else None)
+        split = want_kl == "split"
+        out = DecoderOutput(px_z=like, latents=[] if want_latents else None, kl=[] if want_kl else None,
+                            kl_prior=[] if split else None)
 
         for i, block in enumerate(self.dec_blocks):
             x_in = block.input_state(xs, n, like)
@@ -214,13 +221,17 @@ class Decoder(nn.Module):
             if e is None:
                 e = noise.normal((n, *cfg.decoder_layers[i].latent_shape), device=x.device)
             rec: dict[str, Tensor] = {"pm": pm, "pv": pv, "eps": e} if trace else {}
-            kl = None
+            kl = kl_prior = None
             if given is not None:
                 z = given.to(device=x.device).expand(n, -1, -1, -1)
             elif i < n_posterior:
                 qm, qv = block.posterior_params(x_in, activations[block.res])  # type: ignore[index]
                 z = qm if posterior_mean else qm + torch.exp(qv) * e.to(qm.dtype)
-                if want_kl:
+                if split:
+                    q32, p32 = (qm.float(), qv.float()), (pm.float(), pv.float())
+                    kl = gaussian_kl(*q32, *(t.detach() for t in p32))
+                    kl_prior = gaussian_kl(*(t.detach() for t in q32), *p32)
+                elif want_kl:
                     kl = gaussian_kl(qm.float(), qv.float(), pm.float(), pv.float())
                 if trace:
                     rec.update(qm=qm, qv=qv)
@@ -234,6 +245,8 @@ class Decoder(nn.Module):
                 out.latents.append(z.detach())  # type: ignore[union-attr]
             if want_kl:
                 out.kl.append(kl)  # type: ignore[union-attr]
+            if split:
+                out.kl_prior.append(kl_prior)  # type: ignore[union-attr]
             if trace:
                 rec["z"] = z
                 out.trace.append(rec)

@@ -229,6 +229,9 @@ class ElboResult:
     rate: Tensor  # (N,)
     kl_per_layer: Tensor  # (N, L): each layer's KL / n_dims
     nll_bound: Tensor  # (N,): distortion + rate, or the importance-weighted bound when samples > 1
+    # (N, L), only with split_kl: the same values as kl_per_layer, but gradients reach the prior
+    # only (kl_per_layer's then reach the posterior only)
+    kl_prior_per_layer: Tensor | None = None
 
     @property
     def elbo(self) -> Tensor:
@@ -248,6 +251,7 @@ def elbo(
     grad: bool = False,
     n_posterior: int | None = None,
     temperatures: Temperatures = 1.0,
+    split_kl: bool = False,
 ) -> ElboResult:
     """Negative ELBO of ``images`` (uint8 NHWC) in nats/dim, with its distortion/rate split.
 
@@ -257,27 +261,31 @@ def elbo(
     ``grad=True`` keeps the autograd graph (training). ``n_posterior`` < L infers only the first
     layers and draws the rest from the prior (q = p there: KL 0, still a bound on -log p(x)); the
     trainer's ``coarse_first`` curriculum uses it. ``temperatures`` scale the prior of the layers drawn
-    from it (1: the bound; 0: the prior mean, a score rather than a bound).
+    from it (1: the bound; 0: the prior mean, a score rather than a bound). ``split_kl`` (training)
+    also returns ``kl_prior_per_layer``: see :class:`ElboResult`.
     """
     with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
-        return _elbo(model, images, samples, as_noise(noise), eps, n_posterior, temperatures)
+        return _elbo(model, images, samples, as_noise(noise), eps, n_posterior, temperatures, split_kl)
 
 
 def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[Tensor] | None,
-          n_posterior: int | None = None, temperatures: Temperatures = 1.0) -> ElboResult:
+          n_posterior: int | None = None, temperatures: Temperatures = 1.0, split_kl: bool = False) -> ElboResult:
     cfg = model.cfg
     p = _param(model)
     images = images.to(p.device)
     n, n_dims = images.shape[0], cfg.n_dims
     acts = model.encoder(_input(model, images, p.dtype))
     family = family_of(model)
-    dists, rates, kls, log_weights = [], [], [], []
+    dists, rates, kls, prior_kls, log_weights = [], [], [], [], []
     for _ in range(samples):
         out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=_temps(cfg, temperatures), noise=noise,
-                            eps=eps, want_kl=True, trace=samples > 1)
+                            eps=eps, want_kl="split" if split_kl else True, trace=samples > 1)
         dist = family.nll(model, model.logits(out.px_z), images)
         zero = dist.new_zeros(n)
         kl = torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl], dim=1) / n_dims  # type: ignore[union-attr]
+        if split_kl:
+            prior_kls.append(torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl_prior],  # type: ignore[union-attr]
+                                         dim=1) / n_dims)
         dists.append(dist)
         kls.append(kl)
         rates.append(kl.sum(dim=1))
@@ -291,4 +299,5 @@ def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[
         bound = -(torch.logsumexp(torch.stack(log_weights), dim=0) - math.log(samples)) / n_dims
     else:
         bound = distortion + rate
-    return ElboResult(distortion, rate, kl_per_layer, bound)
+    kl_prior = torch.stack(prior_kls).mean(0) if split_kl else None
+    return ElboResult(distortion, rate, kl_per_layer, bound, kl_prior)

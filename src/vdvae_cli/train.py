@@ -93,6 +93,8 @@ class TrainConfig:
     # weight rises linearly from 0 to 1 over this many steps (Bowman et al. 2016; Sonderby et al.
     # 2016). free_bits: each latent layer's batch-mean KL counts as at least this many bits per
     # image, so a layer below the floor is not pushed further towards the prior (Kingma et al. 2016).
+    # Both act on the posterior's side of the KL only; the prior always follows the full KL
+    # (training.step.objective).
     kl_warmup: int = 0
     free_bits: float = 0.0
 

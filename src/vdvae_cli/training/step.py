@@ -37,10 +37,13 @@ class ElboLoss(nn.Module):
         self.model = model
         self.noise: BatchNoise | None = None
         self.n_posterior: int | None = None  # None: every layer inferred
+        self.split_kl = False  # also return each layer's KL with gradients to the prior only
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # images (N, H, W, C) uint8
-        out = elbo(self.model, images, noise=self.noise, grad=True, n_posterior=self.n_posterior)
-        return out.distortion, out.rate, out.kl_per_layer  # (N,), (N,), (N, L) nats/dim, float32
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # images (N, H, W, C) uint8
+        out = elbo(self.model, images, noise=self.noise, grad=True, n_posterior=self.n_posterior,
+                   split_kl=self.split_kl)
+        kl_prior = out.kl_prior_per_layer if out.kl_prior_per_layer is not None else out.kl_per_layer
+        return out.distortion, out.rate, out.kl_per_layer, kl_prior  # (N,), (N,), (N, L), (N, L) nats/dim
 
 
 def kl_weight(tc, step: int) -> float:
@@ -48,15 +51,27 @@ def kl_weight(tc, step: int) -> float:
     return min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
 
 
-def objective(tc, step: int, distortion: Tensor, kl_per_layer: Tensor, n_dims: int) -> Tensor:
+def objective(tc, step: int, distortion: Tensor, kl_per_layer: Tensor, n_dims: int,
+              kl_prior_per_layer: Tensor | None = None) -> Tensor:
     """The scalar the gradient follows (nats/dim): the mean negative ELBO, unless the run asks for
     help against posterior collapse: the KL term weighted by :func:`kl_weight` (``kl_warmup``) and
     each layer's batch-mean KL floored at ``free_bits`` bits per image. The reported loss is always
-    the negative ELBO."""
+    the negative ELBO.
+
+    Given ``kl_prior_per_layer`` (the same KL values with gradients to the prior only, while
+    ``kl_per_layer``'s reach the posterior only), the warm-up weight and the floor hold back the
+    *posterior* alone: the prior still follows the full KL of every layer. Floored on both sides, a
+    layer under the floor gives its prior no gradient at all, so the prior never learns what the
+    posterior encodes there and samples drawn from it miss the content that reconstructions have.
+    """
     kl = kl_per_layer.mean(0)  # (L,)
     if tc.free_bits:
         kl = kl.clamp(min=tc.free_bits * LN2 / n_dims)
-    return distortion.mean() + kl_weight(tc, step) * kl.sum()
+    total = distortion.mean() + kl_weight(tc, step) * kl.sum()
+    if kl_prior_per_layer is not None:
+        prior_side = kl_prior_per_layer.mean(0).sum()
+        total = total + (prior_side - prior_side.detach())  # gradient only: the value stays the objective's
+    return total
 
 
 @dataclass(frozen=True)
@@ -89,12 +104,14 @@ class Updater:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(tc, step, self.total)
         self.inner.n_posterior = self.coarse_layers if step < tc.coarse_steps else None
+        shaped = bool(tc.kl_warmup or tc.free_bits)
+        self.inner.split_kl = shaped
         device = batch.device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast):
-            distortion, rate, kl_layers = self.loss_fn(batch)
+            distortion, rate, kl_layers, kl_prior = self.loss_fn(batch)
         loss = (distortion + rate).mean()  # the negative ELBO: what is reported
-        if tc.kl_warmup or tc.free_bits:
-            objective(tc, step, distortion, kl_layers, self.model.cfg.n_dims).backward()
+        if shaped:
+            objective(tc, step, distortion, kl_layers, self.model.cfg.n_dims, kl_prior).backward()
         else:
             loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip))
