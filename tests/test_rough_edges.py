@@ -283,6 +283,22 @@ def test_11_reconstruct_and_mix_grids_show_inputs(tmp_path, tiny_ckpt, pics):
     assert grid.shape == (2 * 34 + 2, 2 * 34 + 2, 3) and np.array_equal(grid[2:34, 2:34], a)  # A, then 3 variations
 
 
+def test_10_help_uses_the_conventional_notation():
+    """Arguments read IMG... / [IMG]... (not Typer's {IMG}...), with no Python type labels; options
+    without their own metavar get Click's (INTEGER, PATH, ...)."""
+    import re
+
+    commands = ["sample", "reconstruct", "mix", "encode", "decode", "interpolate", "ood", "fid", "eval", "info",
+                "download", "models", "cache", "convert", "train"]
+    for cmd in commands:
+        text = ok(cmd, "--help").stdout
+        assert not re.search(r"\{[A-Za-z ]+\}|<(list|int|str|float|path)", text), (cmd, text)
+    assert "reconstruct [OPTIONS] IMG..." in ok("reconstruct", "--help").stdout
+    assert "mix [OPTIONS] A [B]..." in ok("mix", "--help").stdout
+    ood = ok("ood", "--help").stdout
+    assert "ood [OPTIONS] [IMG]..." in ood and "--in PATH" in ood and re.search(r"--k INTEGER", ood)
+
+
 # 12. shell completion ----------------------------------------------------------------------------
 
 

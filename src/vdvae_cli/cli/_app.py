@@ -17,7 +17,9 @@ import typer
 
 from .. import __version__
 from ..errors import DeviceError, VDVAEError, is_out_of_memory
+from . import _help
 
+_help.install()
 app = typer.Typer(
     name="vdvae",
     help="Very Deep VAEs and NVAE from the command line: sample, reconstruct, mix, interpolate, encode, decode, evaluate, train.",

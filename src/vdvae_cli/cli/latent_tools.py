@@ -279,9 +279,9 @@ def ood(
     images: Annotated[Optional[list[str]], typer.Argument(
         metavar="IMG", show_default=False, help="Image files, folders, or - for an image on stdin.")] = None,
     in_dir: Annotated[Optional[list[str]], typer.Option(
-        "--in", show_default=False, help="In-distribution images (files or folders; repeatable).")] = None,
+        "--in", metavar="PATH", show_default=False, help="In-distribution images (files or folders; repeatable).")] = None,
     out_dir: Annotated[Optional[list[str]], typer.Option(
-        "--out", show_default=False, help="Out-of-distribution images (files or folders; repeatable).")] = None,
+        "--out", metavar="PATH", show_default=False, help="Out-of-distribution images (files or folders; repeatable).")] = None,
     k: Annotated[int, typer.Option(
         "--k", help="How many of the finest latent layers the looser bound draws from the prior (the paper's k).")]
     = 1,
