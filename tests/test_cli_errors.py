@@ -174,3 +174,19 @@ def test_never_writes_binary_to_a_terminal(scene):
     )
     code, err = _run_with_tty_stdout(["encode", scene.good, "-m", scene.ckpt])
     assert code == 2 and err.strip().startswith("error: no -o given and stdout is a terminal")
+
+
+def test_binary_output_to_a_text_only_stdout_is_an_error(monkeypatch):
+    """A stand-in stdout without .buffer (a notebook's, an embedding program's) got bytes written to it:
+    a TypeError traceback instead of one error."""
+    import io
+
+    from vdvae_cli.cli._app import write_stdout
+    from vdvae_cli.errors import OutputError
+
+    text = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", text)
+    write_stdout("a line\n")
+    with pytest.raises(OutputError, match="stdout takes only text here"):
+        write_stdout(b"\x89PNG")
+    assert text.getvalue() == "a line\n"

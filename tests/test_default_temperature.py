@@ -109,3 +109,36 @@ def test_export_script_writes_and_checks_it(models, tmp_path):
     assert refused.returncode != 0
     assert export("--default-output-temp", "-0.5", "--force").returncode != 0
     assert default_temperatures(tmp_path / "out.safetensors") == ("0.75", "0.5")
+
+
+def test_interpolate_uses_it_too(models, tmp_path):
+    """interpolate's --temp/--output-temp say "Default: what the model file recommends"; it used 1.0."""
+    def frames(*extra: str) -> tuple[list[dict], list[bytes]]:
+        out = tmp_path / f"frames{len(extra)}"
+        res = runner.invoke(app, ["interpolate", "-m", str(models["cool"]), "--seeds", "3", "7", "--steps", "3", "--seed", "1",
+                                  "--json", "-q", "-o", f"{out}/", *extra])
+        assert res.exit_code == 0, res.stderr
+        return [json.loads(line) for line in res.stdout.splitlines()], [p.read_bytes() for p in sorted(out.iterdir())]
+
+    records, pictures = frames()
+    assert {(r["temp"], r["output_temp"]) for r in records} == {("0.3", 0.25)}
+    assert all(t == 0.3 for r in records for t in r["temperatures"])
+    assert frames("--temp", "0.3", "--output-temp", "0.25")[1] == pictures
+
+
+def test_fid_samples_use_it_too(models):
+    """``vdvae fid -n`` draws the samples ``vdvae sample`` draws (torch-fidelity not needed for that part)."""
+    import torch
+
+    from vdvae_cli.cli._run import Session
+    from vdvae_cli.cli.latent_tools import _draw_samples
+
+    images, drawn = _draw_samples(Session(quiet=True), 2, None, None, 3, "auto", str(models["cool"]), "cpu", "fp32", False)
+    assert drawn == {"model": "tiny", "temp": "0.3", "output_temp": 0.25, "seed": 3}
+    out = models["cool"].with_name("fid-samples")
+    res = runner.invoke(app, ["sample", "-m", str(models["cool"]), "-n", "2", "--seed", "3", "-q", "-o", f"{out}/"])
+    assert res.exit_code == 0, res.stderr
+    from vdvae_cli.images import read_image
+
+    expected = torch.from_numpy(np.stack([read_image(p, 32) for p in sorted(out.iterdir())]))
+    assert torch.equal(images, expected)

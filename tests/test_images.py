@@ -190,6 +190,14 @@ def test_numbered_names_sort_in_order():
     assert numbered_names("s", 123456)[-1] == "s_123455.png"
 
 
+def test_numbered_names_are_a_sequence_of_str():
+    """Its length once lived in ``.count``, hiding ``Sequence.count(value)`` (calling it raised TypeError)."""
+    names = numbered_names("sample", 10**12)
+    assert names.count("sample_000000000007.png") == 1 and names.count("sample_7.png") == 0
+    assert names.count(7) == 0 and len(names) == 10**12
+    assert names[2:5] == ["sample_000000000002.png", "sample_000000000003.png", "sample_000000000004.png"]
+
+
 def test_derived_names_keep_stems_when_they_sort():
     assert derived_names(["a", "b", "c"], "recon") == ["a_recon.png", "b_recon.png", "c_recon.png"]
     out = derived_names(["c", "a"], "recon")

@@ -13,11 +13,12 @@ import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import torch
 
 from .config import VDVAEConfig, official_config
+from .configbase import LatentStackConfig
 from .errors import CheckpointError, OutputError, VDVAEError
 from .family import family_of
 from .header import (  # noqa: F401  (re-exported: the checkpoint API reads headers too)
@@ -193,8 +194,8 @@ def atomic_write_with(path: Path, write, *, force: bool = True) -> None:
 
 
 def save_checkpoint(
-    state: Mapping[str, Tensor] | VAE,
-    cfg: VDVAEConfig,
+    state: Mapping[str, Tensor] | torch.nn.Module,
+    cfg: LatentStackConfig,
     path: str | Path,
     *,
     dtype: str | torch.dtype | None = None,
@@ -308,7 +309,7 @@ def read_checkpoint(path: str | Path, *, itemsize: int = 4) -> tuple[VDVAEConfig
 
 
 def build_model(
-    cfg: VDVAEConfig,
+    cfg: LatentStackConfig,
     state: Mapping[str, Tensor],
     *,
     device: str | torch.device = "cpu",
@@ -321,7 +322,8 @@ def build_model(
         model = family_of(cfg).network(cfg)
     state = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    # VAE is the model type of the whole API; an NVAE network offers the same surface (family.LatentModel)
+    return cast(VAE, model.eval().requires_grad_(False))
 
 
 def load_file_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VAE:

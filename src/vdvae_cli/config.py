@@ -464,12 +464,12 @@ def _number(value: Any, what: str) -> float:
 
 def load_config_arg(config: str | None, hparams: str | Path | None) -> VDVAEConfig:
     """Resolve the ``--config NAME`` / ``--hparams FILE`` pair that several commands take."""
-    if (config is None) == (hparams is None):
-        raise ConfigError("give exactly one of --config NAME or --hparams FILE.json")
-    if config is not None:
+    if config is not None and hparams is None:
         return official_config(config)
-    hps = read_hparams_file(hparams)  # type: ignore[arg-type]
-    return config_from_reference(hps, name=hps.get("name") or Path(str(hparams)).stem[:MAX_NAME])
+    if hparams is not None and config is None:
+        hps = read_hparams_file(hparams)
+        return config_from_reference(hps, name=hps.get("name") or Path(str(hparams)).stem[:MAX_NAME])
+    raise ConfigError("give exactly one of --config NAME or --hparams FILE.json")
 
 
 def _show(value: Any) -> str:

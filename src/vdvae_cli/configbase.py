@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import fields, replace
-from typing import Any, Mapping, TypeVar
+from dataclasses import Field, fields, replace
+from typing import Any, ClassVar, Mapping, TypeVar
 
 from .errors import ConfigError
 
@@ -18,6 +18,10 @@ C = TypeVar("C", bound="LatentStackConfig")
 
 
 class LatentStackConfig:
+    # Set by @dataclass on every family's config; declared here so that dataclasses.fields and
+    # replace accept this base (it is what their type hints look for).
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
     decoder_layers: tuple[Any, ...]
 
     @property
@@ -48,7 +52,7 @@ class LatentStackConfig:
         return sum(1 for layer in self.decoder_layers if layer.res <= res)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -57,7 +61,7 @@ class LatentStackConfig:
     def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         if not isinstance(data, Mapping):
             raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
+        known = {f.name for f in fields(cls) if f.init}
         unknown = set(data) - known
         if unknown:  # names from a file: shown escaped, and only a few
             shown = ", ".join(sorted(repr(str(k))[1:-1] for k in unknown)[:8])
@@ -68,4 +72,4 @@ class LatentStackConfig:
             raise ConfigError(f"incomplete config: {exc}") from None
 
     def replace(self: C, **changes: Any) -> C:
-        return replace(self, **changes)  # type: ignore[type-var]
+        return replace(self, **changes)

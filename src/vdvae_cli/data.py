@@ -116,7 +116,7 @@ def _read_exactly(f, shape: tuple[int, ...], fortran: bool, nbytes: int, label: 
 
     with activity(f"reading {label} ({nbytes:,} bytes)"):
         arr = np.empty(shape[::-1] if fortran else shape, dtype=np.uint8)
-    view = memoryview(arr.reshape(-1))
+    view = arr.reshape(-1).data  # a writable memoryview of the new array
     got = 0
     while got < nbytes:
         n = f.readinto(view[got:])

@@ -85,11 +85,10 @@ class activity:
     def __enter__(self) -> "activity":
         return self
 
-    def __exit__(self, kind, exc, tb) -> bool:
+    def __exit__(self, kind, exc, tb) -> None:  # other exceptions pass through
         if exc is not None and not isinstance(exc, VDVAEError) and is_out_of_memory(exc):
             raise DeviceError(f"out of memory {self.what}",
                               hint=self.hint or "use a smaller --batch-size, --dtype bf16, or smaller inputs") from None
-        return False
 
 
 class TrainingError(VDVAEError):

@@ -66,6 +66,7 @@ def _pointwise_add(x: Tensor, other: Tensor, weight: Tensor, bias: Tensor | None
 
 
 def _geometry(conv: nn.Conv2d) -> Geometry:
+    # padding is typed str | tuple: the string forms ("same", "valid") are never used by this package's convs
     return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups  # type: ignore[arg-type]
 
 
@@ -126,7 +127,8 @@ def _finish(block: DecBlock, plain: Callable[[Tensor, Tensor], Tensor]) -> Calla
     return finish
 
 
-def _prior_params(block: DecBlock, plain: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]):
+def _prior_params(block: DecBlock, plain: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+                  ) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
     """The prior with its last (1x1) conv split in two: (pm, pv) alone, and the state channels added
     to ``x`` in the same kernel (``x + xpp`` without a separate pass over the state)."""
     c4, z = block.prior.c4, block.zdim
@@ -153,10 +155,12 @@ def fuse_blocks(model: nn.Module) -> bool:
     params = list(model.parameters())
     if not params or params[0].device.type != "cpu" or not available(params[0].dtype):
         return False
+    # Each block's methods are replaced on the instance, on purpose; mypy objects to any assignment
+    # to a method and compares the new callable with the unbound one (self included).
     for module in model.modules():
         if isinstance(module, Block):
-            module.forward = _block_forward(module, module.forward)  # type: ignore[method-assign]
+            module.forward = _block_forward(module, module.forward)  # type: ignore[method-assign,assignment]
         elif isinstance(module, DecBlock):
-            module.finish = _finish(module, module.finish)  # type: ignore[method-assign]
-            module.prior_params = _prior_params(module, module.prior_params)  # type: ignore[method-assign]
+            module.finish = _finish(module, module.finish)  # type: ignore[method-assign,assignment]
+            module.prior_params = _prior_params(module, module.prior_params)  # type: ignore[method-assign,assignment]
     return True

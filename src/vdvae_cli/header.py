@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .config import VDVAEConfig
+from .config import DecoderLayer, EncoderLayer, VDVAEConfig
+from .configbase import LatentStackConfig
 from .errors import CheckpointError, ConfigError, VDVAEError
 from .family import family_named, family_of
 
@@ -46,7 +47,7 @@ class KeyReport:
         return "; ".join(parts)
 
 
-def expected_shapes(cfg: VDVAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
+def expected_shapes(cfg: LatentStackConfig) -> "OrderedDict[str, tuple[int, ...]]":
     """Every state_dict key of ``cfg``'s network with its shape, in state_dict order, computed
     without allocating: a hostile config is compared with the tensors of its file before anything
     is built for it (each family knows its own network: :meth:`vdvae_cli.family.Family.state_shapes`).
@@ -67,8 +68,8 @@ def vdvae_state_shapes(cfg: VDVAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
 
     out["encoder.in_conv.weight"] = (cfg.width, cfg.image_channels, 3, 3)
     out["encoder.in_conv.bias"] = (cfg.width,)
-    for i, l in enumerate(cfg.encoder_layers):
-        block(f"encoder.enc_blocks.{i}", l.width, l.middle, l.width, l.kernel)
+    for i, e in enumerate(cfg.encoder_layers):
+        block(f"encoder.enc_blocks.{i}", e.width, e.middle, e.width, e.kernel)
     out["decoder.gain"] = (1, cfg.width, 1, 1)
     out["decoder.bias"] = (1, cfg.width, 1, 1)
     for i, l in enumerate(cfg.decoder_layers):
@@ -97,7 +98,8 @@ def vdvae_activation_bytes(cfg: VDVAEConfig, itemsize: int = 4, *, encoder: bool
     config alone: the encoder's kept activations, the decoder's states, a block's temporaries and
     the output head. Used to refuse a model that cannot run here before building it."""
     per_res: dict[int, int] = {}
-    for l in (*cfg.encoder_layers, *cfg.decoder_layers):
+    layers: tuple[EncoderLayer | DecoderLayer, ...] = (*cfg.encoder_layers, *cfg.decoder_layers)
+    for l in layers:
         per_res[l.res] = max(per_res.get(l.res, 0), l.width * l.res * l.res)
     states = sum(per_res.values())
     biggest = max(per_res.values())
@@ -108,13 +110,13 @@ def vdvae_activation_bytes(cfg: VDVAEConfig, itemsize: int = 4, *, encoder: bool
 _BN_BUFFERS = (".running_mean", ".running_var", ".num_batches_tracked")
 
 
-def parameter_count(cfg: VDVAEConfig) -> int:
+def parameter_count(cfg: LatentStackConfig) -> int:
     """Trainable parameters of ``cfg``'s network, from :func:`expected_shapes` (BatchNorm
     statistics, the only buffers either family's state holds, are not parameters)."""
     return sum(math.prod(shape) for key, shape in expected_shapes(cfg).items() if not key.endswith(_BN_BUFFERS))
 
 
-def compare_keys(shapes: Mapping[str, tuple[int, ...]], cfg: VDVAEConfig) -> KeyReport:
+def compare_keys(shapes: Mapping[str, tuple[int, ...]], cfg: LatentStackConfig) -> KeyReport:
     expected = expected_shapes(cfg)
     report = KeyReport()
     report.missing = [k for k in expected if k not in shapes]

@@ -33,6 +33,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -228,29 +229,30 @@ def _quiet_hub() -> Iterator[None]:
     import huggingface_hub.errors  # noqa: F401
     import huggingface_hub.file_download  # noqa: F401
 
-    http = None
-    base = None
+    hub_http: ModuleType | None = None
     try:
-        from huggingface_hub.utils import _http as http  # type: ignore[no-redef]
+        from huggingface_hub.utils import _http
 
-        base = getattr(http, "_http_backoff_base", None)
+        hub_http = _http
     except ImportError:
         pass
+    base = getattr(hub_http, "_http_backoff_base", None)
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
     logger.setLevel(logging.CRITICAL + 1)
-    if base is not None:
+    if hub_http is not None and base is not None:
         def fewer_retries(*args: Any, **kwargs: Any) -> Any:
             kwargs["max_retries"] = min(int(kwargs.get("max_retries", 5)), HUB_RETRIES)
             return base(*args, **kwargs)
 
-        http._http_backoff_base = fewer_retries  # type: ignore[union-attr]
+        # (monkeypatching huggingface_hub's private function, on purpose and undone below)
+        hub_http._http_backoff_base = fewer_retries  # type: ignore[attr-defined]
     try:
         yield
     finally:
         logger.setLevel(level)
-        if base is not None:
-            http._http_backoff_base = base  # type: ignore[union-attr]
+        if hub_http is not None and base is not None:
+            hub_http._http_backoff_base = base  # type: ignore[attr-defined]  # restored
 
 
 def _forget_hub_file(path: Path) -> None:
@@ -575,12 +577,13 @@ def _opener(watch: _Sockets) -> urllib.request.OpenerDirector:
             watch.add(self.sock)
 
     class Plain(urllib.request.HTTPHandler):
-        def http_open(self, req):  # type: ignore[override]
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
             return self.do_open(Conn, req)
 
     class TLS(urllib.request.HTTPSHandler):
-        def https_open(self, req):  # type: ignore[override]
-            return self.do_open(TLSConn, req, context=self._context)
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            # _context: the SSL context HTTPSHandler keeps (private, so not in typeshed)
+            return self.do_open(TLSConn, req, context=self._context)  # type: ignore[attr-defined]
 
     class Redirects(urllib.request.HTTPRedirectHandler):
         max_redirections = 8
@@ -659,9 +662,9 @@ def _stream(url: str, part: Path, label: str, expected: int | None, progress: Pr
         _discard(part, meta)
         offset = 0
     headers = {"User-Agent": f"vdvae-cli/{__version__}", "Accept-Encoding": "identity"}
-    if offset:
+    if offset and validator is not None:  # (always together: a part without a validator was discarded)
         headers["Range"] = f"bytes={offset}-"
-        headers["If-Range"] = validator  # type: ignore[assignment]
+        headers["If-Range"] = validator
     watch = _Sockets()
     try:
         response = _open(url, headers, watch)
@@ -699,8 +702,8 @@ def _stream(url: str, part: Path, label: str, expected: int | None, progress: Pr
                                hint="a login page or a captive portal? check the address and the network")
         if offset and response.status == 206:
             start, total = _content_range_total(response.headers.get("Content-Range"))
-            now = _validator(response.headers)
-            if start != offset or (now is not None and now != validator):
+            current = _validator(response.headers)
+            if start != offset or (current is not None and current != validator):
                 _discard(part, meta)
                 raise _Interrupted(0, total, f"the server resumed at byte {start}, not {offset}" if start != offset
                                    else "the file changed on the server since the partial download")

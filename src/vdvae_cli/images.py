@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, overload
 
 import numpy as np
 
@@ -168,7 +168,8 @@ def split_png_stream(data: bytes) -> list[bytes]:
     """Split concatenated PNG files; anything that does not start as a PNG is one image."""
     if not data.startswith(PNG_SIGNATURE):
         return [data]
-    pieces, start = [], 0
+    pieces: list[bytes] = []
+    start = 0
     while start < len(data):
         if not data.startswith(PNG_SIGNATURE, start):
             raise ImageError(f"stdin: {len(data) - start} unexpected bytes after PNG image {len(pieces)}",
@@ -336,40 +337,48 @@ def make_grid(images: Sequence[np.ndarray], columns: int | None = None, pad: int
 MAX_STEM_BYTES = 180  # a name's stem, so that index, suffix and temporary-file affixes stay under 255 bytes
 
 
-class NumberedNames(Sequence):
+class NumberedNames(Sequence[str]):
     """``prefix_00000.png``, ``prefix_00001.png``...: zero-padded so they sort in order. Computed
     when asked for, so ``sample -n 1000000000000 -o dir/`` does not build a trillion strings."""
 
     def __init__(self, prefix: str, count: int):
-        self.prefix, self.count = _safe(prefix), count
+        self.prefix, self.size = _safe(prefix), count  # (not .count: that is Sequence.count(value))
         self.width = max(5, len(str(count - 1)))
         self._pattern = re.compile(re.escape(self.prefix) + r"_(\d{%d,})\.png" % self.width)
 
     def __len__(self) -> int:
-        return self.count
+        return self.size
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.count))]
-        if not -self.count <= i < self.count:
+            return [self[j] for j in range(*i.indices(self.size))]
+        if not -self.size <= i < self.size:
             raise IndexError(i)
-        return f"{self.prefix}_{i % self.count:0{self.width}d}.png"
+        return f"{self.prefix}_{i % self.size:0{self.width}d}.png"
+
+    def count(self, value: object) -> int:
+        """How often ``value`` is one of the names: 0 or 1, found without listing them."""
+        return int(isinstance(value, str) and self.index_of(value) is not None)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, NumberedNames):
-            return (self.prefix, self.count) == (other.prefix, other.count)
+            return (self.prefix, self.size) == (other.prefix, other.size)
         if isinstance(other, (list, tuple)):
-            return len(other) == self.count and all(a == b for a, b in zip(self, other))
+            return len(other) == self.size and all(a == b for a, b in zip(self, other))
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as a list (typeshed declares __hash__ a method)
 
     def index_of(self, name: str) -> int | None:
         m = self._pattern.fullmatch(name)
         if not m or (len(m.group(1)) > self.width and m.group(1).startswith("0")):
             return None
         i = int(m.group(1))
-        return i if i < self.count else None
+        return i if i < self.size else None
 
 
 def numbered_names(prefix: str, count: int) -> NumberedNames:
@@ -441,9 +450,14 @@ class ImageWriter:
             return "-"
         return f"{self.target}{os.sep}" if self.kind == "dir" else str(self.target)
 
+    def _path(self) -> Path:
+        """The folder (kind "dir") or file (kind "file") written to; stdout has none."""
+        assert self.target is not None, f"an ImageWriter of kind {self.kind!r} has no path"
+        return self.target
+
     def path_of(self, index: int) -> str:
         if self.kind == "dir":
-            return str(self.target / self.names[index])  # type: ignore[operator]
+            return str(self._path() / self.names[index])
         return self.label
 
     def write(self, indices: Sequence[int], images: Sequence[np.ndarray]) -> list[tuple[int, str]]:
@@ -452,10 +466,10 @@ class ImageWriter:
             return []
         done = []
         if self.kind == "dir":
-            _make_dir(self.target)  # type: ignore[arg-type]
+            _make_dir(self._path())
         for i, img in zip(indices, images):
             if self.kind == "dir":
-                _write_file(self.target / self.names[i], encode_image(img), force=self.force)  # type: ignore[operator]
+                _write_file(self._path() / self.names[i], encode_image(img), force=self.force)
             else:
                 self._emit(encode_image(img))
             done.append((int(i), self.path_of(int(i))))
@@ -469,7 +483,7 @@ class ImageWriter:
         if self.kind == "stdout":
             self._emit(data)
         else:
-            _write_file(self.target, data, force=self.force)  # type: ignore[arg-type]
+            _write_file(self._path(), data, force=self.force)
         self._held.clear()
         return [(i, self.label) for i in order]
 

@@ -98,7 +98,7 @@ def prior_latents(model: VAE, n: int, *, temperatures: ops.Temperatures = 1.0,
         return []
     out = model.decoder(n, temperatures=temperatures, noise=as_noise(noise), want_latents=True,
                         stop_after=n_layers)
-    return [z.float() for z in out.latents]  # type: ignore[union-attr]
+    return [z.float() for z in out.latents]
 
 
 def interpolate(

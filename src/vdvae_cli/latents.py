@@ -111,10 +111,10 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents", weigh
                            hint="keep the original metadata when editing the file")
     if fingerprint != mine:
         other = meta.get("model_name", "?")
-        layers = ""
+        their_layers = ""
         try:
             other_cfg = VDVAEConfig.from_dict(loads(meta["vdvae_config"]))
-            layers = f", {other_cfg.n_layers} latent layers"
+            their_layers = f", {other_cfg.n_layers} latent layers"
         except (ValueError, VDVAEError, KeyError):  # the stored config is informative only
             pass
         ref = meta.get("model_ref")
@@ -125,7 +125,7 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents", weigh
                 f"{label} was made by model {other!r} with other weights ({fingerprint}), not by these "
                 f"({mine})", hint=hint)
         raise LatentsError(
-            f"{label} was made by model {other!r} ({fingerprint}{layers}), not by {cfg.name!r} "
+            f"{label} was made by model {other!r} ({fingerprint}{their_layers}), not by {cfg.name!r} "
             f"({mine}, {cfg.n_layers} latent layers)", hint=hint)
     n_rows = None
     found: dict[int, str] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +55,11 @@ class Encoder(nn.Module):
         super().__init__()
         self.widths = {layer.out_res: cfg.width_at(layer.out_res) for layer in cfg.encoder_layers}
         self.in_conv = nn.Conv2d(cfg.image_channels, cfg.width, 3, padding=1)
-        self.enc_blocks = nn.ModuleList(
-            Block(l.width, l.middle, l.width, l.kernel, residual=True, down_rate=l.down_rate)
-            for l in cfg.encoder_layers
-        )
-        for block in self.enc_blocks:
-            block.c4.weight.data.mul_(math.sqrt(1 / len(self.enc_blocks)))
+        blocks = [Block(l.width, l.middle, l.width, l.kernel, residual=True, down_rate=l.down_rate)
+                  for l in cfg.encoder_layers]
+        for block in blocks:
+            block.c4.weight.data.mul_(math.sqrt(1 / len(blocks)))
+        self.enc_blocks = nn.ModuleList(blocks)
 
     def forward(self, x: Tensor) -> dict[int, Tensor]:
         """``x`` (N, C, H, W) network input -> {resolution: last activation at that resolution}."""
@@ -102,7 +101,9 @@ class DecBlock(nn.Module):
             if up is not None:
                 return up  # 0 + up, without a pass over a tensor of zeros
             layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            return torch.zeros(n, width, self.res, self.res, dtype=like.dtype, device=like.device, memory_format=layout)
+            # (torch.zeros takes no memory_format: an empty tensor in the layout, zeroed)
+            return torch.empty(n, width, self.res, self.res, dtype=like.dtype, device=like.device,
+                               memory_format=layout).zero_()
         return x if up is None else x + up  # (N, W, r, r)
 
     def prior_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,7 +142,7 @@ class DecoderOutput:
     """What a decoder pass returns. Lists are per latent layer (decoder order); optional parts are
     filled only when asked for, so plain sampling keeps nothing but ``px_z``."""
 
-    px_z: Tensor  # (N, width, H, W): after the final gain/bias
+    px_z: Tensor | None  # (N, width, H, W): after the final gain/bias; None when stop_after cut the pass short
     latents: list[Tensor] | None = None  # z used at each layer (N, Z, r, r)
     kl: list[Tensor | None] | None = None  # per-element KL for posterior layers, None elsewhere
     # With want_kl="split": kl carries gradients to the posterior only (the prior detached) and
@@ -210,10 +211,12 @@ class Decoder(nn.Module):
         like = self.bias_xs[0]
         xs = self.start_states(n)
         split = want_kl == "split"
-        out = DecoderOutput(px_z=like, latents=[] if want_latents else None, kl=[] if want_kl else None,
-                            kl_prior=[] if split else None)
+        kept: list[Tensor] | None = [] if want_latents else None
+        kls: list[Tensor | None] | None = [] if want_kl else None
+        prior_kls: list[Tensor | None] | None = [] if split else None
+        out = DecoderOutput(px_z=None, latents=kept, kl=kls, kl_prior=prior_kls)
 
-        for i, block in enumerate(self.dec_blocks):
+        for i, block in enumerate(cast("Sequence[DecBlock]", self.dec_blocks)):  # nn.ModuleList is not generic
             x_in = block.input_state(xs, n, like)
             pm, pv, x = block.prior_params(x_in)  # x = x_in + the prior's state channels
             given = latents[i] if i < len(latents) else None
@@ -225,12 +228,13 @@ class Decoder(nn.Module):
             if given is not None:
                 z = given.to(device=x.device).expand(n, -1, -1, -1)
             elif i < n_posterior:
+                # (decode_options gives posterior layers only when activations are given)
                 qm, qv = block.posterior_params(x_in, activations[block.res])  # type: ignore[index]
                 z = qm if posterior_mean else qm + torch.exp(qv) * e.to(qm.dtype)
                 if split:
                     q32, p32 = (qm.float(), qv.float()), (pm.float(), pv.float())
-                    kl = gaussian_kl(*q32, *(t.detach() for t in p32))
-                    kl_prior = gaussian_kl(*(t.detach() for t in q32), *p32)
+                    kl = gaussian_kl(*q32, p32[0].detach(), p32[1].detach())
+                    kl_prior = gaussian_kl(q32[0].detach(), q32[1].detach(), *p32)
                 elif want_kl:
                     kl = gaussian_kl(qm.float(), qv.float(), pm.float(), pv.float())
                 if trace:
@@ -241,18 +245,17 @@ class Decoder(nn.Module):
             xs[block.res] = x
             for res in self._drop_after.get(i, ()):
                 xs.pop(res, None)
-            if want_latents:
-                out.latents.append(z.detach())  # type: ignore[union-attr]
-            if want_kl:
-                out.kl.append(kl)  # type: ignore[union-attr]
-            if split:
-                out.kl_prior.append(kl_prior)  # type: ignore[union-attr]
+            if kept is not None:
+                kept.append(z.detach())
+            if kls is not None:
+                kls.append(kl)
+            if prior_kls is not None:
+                prior_kls.append(kl_prior)
             if trace:
                 rec["z"] = z
                 out.trace.append(rec)
             if stop_after is not None and i + 1 >= stop_after:
-                out.px_z = None  # type: ignore[assignment]
-                return out
+                return out  # px_z stays None
         out.px_z = xs[cfg.image_size] * self.gain + self.bias
         return out
 
@@ -286,4 +289,5 @@ class VAE(nn.Module):
     def logits(self, px_z: Tensor) -> Tensor:
         """DMoL parameters (N, H, W, 10M), computed in float32."""
         conv = self.decoder.out_net.out_conv
-        return F.conv2d(px_z.float(), conv.weight.float(), conv.bias.float()).permute(0, 2, 3, 1)
+        bias = None if conv.bias is None else conv.bias.float()
+        return F.conv2d(px_z.float(), conv.weight.float(), bias).permute(0, 2, 3, 1)

@@ -115,7 +115,7 @@ def encode(
     acts = model.encoder(_input(model, images.to(p.device), p.dtype))
     out = model.decoder(images.shape[0], acts, posterior_mean=posterior == "mean", noise=as_noise(noise),
                         want_latents=True, stop_after=n_layers)
-    return [z.float() for z in out.latents]  # type: ignore[union-attr]
+    return [z.float() for z in out.latents]
 
 
 @torch.inference_mode()
@@ -282,9 +282,9 @@ def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[
                             eps=eps, want_kl="split" if split_kl else True, trace=samples > 1)
         dist = family.nll(model, model.logits(out.px_z), images)
         zero = dist.new_zeros(n)
-        kl = torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl], dim=1) / n_dims  # type: ignore[union-attr]
+        kl = torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl], dim=1) / n_dims
         if split_kl:
-            prior_kls.append(torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl_prior],  # type: ignore[union-attr]
+            prior_kls.append(torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl_prior],
                                          dim=1) / n_dims)
         dists.append(dist)
         kls.append(kl)

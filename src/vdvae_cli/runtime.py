@@ -128,7 +128,7 @@ def prepare_for_inference(model, *, channels_last: bool | None = None, compile: 
             if isinstance(module, Block):
                 # dynamic=None: a second batch size (--batch-size auto grows it) recompiles once with
                 # a symbolic batch dimension instead of once per size.
-                module.forward = torch.compile(module.forward)
+                module.forward = torch.compile(module.forward)  # type: ignore[method-assign]  # on purpose, per instance
     return model
 
 

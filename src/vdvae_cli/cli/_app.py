@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import typer
 
 from .. import __version__
-from ..errors import DeviceError, VDVAEError, is_out_of_memory
+from ..errors import DeviceError, OutputError, VDVAEError, is_out_of_memory
 from . import _help
 
 _help.install()
@@ -89,7 +89,7 @@ def guard_std_streams() -> None:
     if 2 in closed or sys.stderr is None:
         sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")
     if 1 in closed or sys.stdout is None:
-        sys.stdout = _ClosedStream("stdout")  # type: ignore[assignment]
+        sys.stdout = _ClosedStream("stdout")
     if 0 in closed or sys.stdin is None:
         sys.stdin = open(0, "r", closefd=False)
 
@@ -116,7 +116,10 @@ def write_stdout(data: bytes | str) -> None:
             sys.stdout.write(data)
             sys.stdout.flush()
         else:
-            stream = getattr(sys.stdout, "buffer", sys.stdout)
+            stream: BinaryIO | None = getattr(sys.stdout, "buffer", None)
+            if stream is None:  # a text-only stand-in for stdout (a notebook's, an embedding program's)
+                raise OutputError("stdout takes only text here, not image or file data",
+                                  hint="write to a file with -o FILE")
             stream.write(data)
             stream.flush()
     except BrokenPipeError:

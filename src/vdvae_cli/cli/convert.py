@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ._app import command, emit_json, out, say
 from .options import ForceOpt, JsonOpt
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..config import VDVAEConfig
+    from ..nvae.config import NVAEConfig
 
 
 @command(
@@ -72,13 +76,15 @@ def convert(
     if output is None:
         raise UsageError("missing -o FILE.safetensors (where to write the converted model)",
                          hint="or pass --check to only compare the keys")
+    written: VDVAEConfig | NVAEConfig
     if nvae:
-        path, cfg = convert_official(src, output, dtype=dtype, force=force)
+        path, written = convert_official(src, output, dtype=dtype, force=force)
     else:
-        path, cfg = convert_reference(src, output, cfg, dtype=dtype, force=force)
-    info = {"output": str(path), "config": cfg.name, "family": getattr(cfg, "family", "vdvae"),
-            "layers": cfg.n_layers, "bytes": path.stat().st_size}
+        path, written = convert_reference(src, output, cfg, dtype=dtype, force=force)
+    size = path.stat().st_size
+    info = {"output": str(path), "config": written.name, "family": getattr(written, "family", "vdvae"),
+            "layers": written.n_layers, "bytes": size}
     if json_out:
         emit_json(info)
     else:
-        say(f"wrote {path} ({cfg.name}, {cfg.n_layers} latent layers, {info['bytes'] / 1e6:.1f} MB)")
+        say(f"wrote {path} ({written.name}, {written.n_layers} latent layers, {size / 1e6:.1f} MB)")

@@ -160,7 +160,7 @@ def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> N
     for layer, bits in zip(cfg.decoder_layers, kl):
         bar = "#" * round(20 * bits / top)
         out(f"{layer.index:>5}  {layer.res:>4}  {bits:>10.2f}  {100 * bits / total:>5.1f}%  {bar}")
-    by_res = {}
+    by_res: dict[int, float] = {}
     for layer, bits in zip(cfg.decoder_layers, kl):
         by_res[layer.res] = by_res.get(layer.res, 0.0) + bits
     out("by resolution: " + ", ".join(f"{r}: {100 * b / total:.1f}%" for r, b in by_res.items()))

@@ -11,7 +11,7 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Sequence
 
 import typer
 
@@ -308,6 +308,7 @@ def mix(
         raise UsageError(f"A must be one image, but {a} holds {len(a_sources)}", hint="give one file as A")
     source_a = a_sources[0]
     b_sources = collect_inputs(b) if b else []
+    names: Sequence[str]
     if b_sources:
         names = derived_names([f"{source_a.stem}_{s.stem}" for s in b_sources], "mix")
     else:

@@ -19,7 +19,7 @@ from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive,
     collect_inputs, keep_count, plan_images, read_shard, refuse_distributed,
 )
-from .generate import GridOpt, OutputTempOpt, Posterior, PosteriorOpt, TempOpt
+from .generate import GridOpt, OutputTempOpt, Posterior, PosteriorOpt, TempOpt, resolve_temperatures
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
 from ..errors import UsageError
 from ..images import ImageWriter
@@ -101,18 +101,18 @@ def encode_animation(frames: Sequence["np.ndarray"], fmt: str, fps: float) -> by
     return buf.getvalue()
 
 
-def _plan_frames(output: str | None, names: list[str], *, grid: bool, force: bool, json_out: bool, columns: int,
+def _plan_frames(output: str | None, names: Sequence[str], *, grid: bool, force: bool, json_out: bool, columns: int,
                  scale: int, fps: float) -> FramesWriter:
     from ..images import check_output_file
 
     suffix = Path(output).suffix.lower() if output and output != "-" else ""
-    if suffix in ANIMATIONS and not grid:
+    if output and suffix in ANIMATIONS and not grid:
         if suffix == ".webp":
             from PIL import features
 
             if not features.check("webp"):
                 raise UsageError("this Pillow has no WebP support", hint="write a .gif, or install Pillow with WebP")
-        path = Path(output)  # type: ignore[arg-type]
+        path = Path(output)
         check_output_file(path, force)
         base = ImageWriter("file", path, names, grid=False, force=force, stdout=None, fmt=ANIMATIONS[suffix])
         return FramesWriter(base, columns=columns, scale=scale, animation=ANIMATIONS[suffix], fps=fps)
@@ -165,8 +165,8 @@ def interpolate(
         "--rest", help="Layers not interpolated: the same prior noise in every frame, or new noise per frame.")]
     = Rest.held,
     posterior: PosteriorOpt = Posterior.mean,
-    temp: TempOpt = "1.0",
-    output_temp: OutputTempOpt = 1.0,
+    temp: TempOpt = None,
+    output_temp: OutputTempOpt = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", show_default=False,
         help="FILE.gif or FILE.webp (animation), FILE.png with --grid, DIR/ (one PNG per frame), or -.")] = None,
@@ -189,7 +189,6 @@ def interpolate(
     from .. import ops
     from ..images import numbered_names
     from ..interpolate import interpolate_latents, path, prior_latents, select_layers
-    from ..temperature import parse_temperature_spec
 
     check_keep_args(keep_layers, keep_res)
     if layers is not None and (keep_layers is not None or keep_res is not None):
@@ -220,7 +219,7 @@ def interpolate(
     vae = run.load_model(model, device, dtype, compile=compile)
     cfg = vae.cfg
     chosen = _chosen_layers(layers, keep_layers, keep_res, cfg)
-    temps = parse_temperature_spec(temp, cfg)
+    spec, temps, pixel_temp = resolve_temperatures(temp, output_temp, vae)
     seed = run.seed(seed)
     depth = max(chosen, default=-1) + 1  # keys are needed only up to the last chosen layer
     if seeds:
@@ -241,14 +240,14 @@ def interpolate(
     def make(indices: list[int]):
         given = [None if z is None else z[indices] for z in frame_latents]
         frame_noise = run.noise(seed, [0] * len(indices) if rest is Rest.held else indices)
-        return ops.decode(vae, given, n=len(indices), temperatures=temps, output_temperature=output_temp,
+        return ops.decode(vae, given, n=len(indices), temperatures=temps, output_temperature=pixel_temp,
                           noise=frame_noise)
 
     def record(i: int) -> dict:
         a, b, t = frames[i]
         return {"index": i, "a": names[a], "b": names[b], "t": t, "layers": chosen, "method": method.value,
                 "rest": rest.value, "posterior": None if seeds else posterior.value, "seed": seed, "model": cfg.name,
-                "temp": temp, "temperatures": temps, "output_temp": output_temp}
+                "temp": spec, "temperatures": temps, "output_temp": pixel_temp}
 
     run.generate(writer, len(frames), batch_size, make, record, "interpolating")
 
@@ -402,8 +401,8 @@ def fid(
     num: Annotated[Optional[int], typer.Option(
         "--num", "-n", show_default=False, help="Draw this many samples from --model instead of a SAMPLES folder.")]
     = None,
-    temp: TempOpt = "1.0",
-    output_temp: OutputTempOpt = 1.0,
+    temp: TempOpt = None,
+    output_temp: OutputTempOpt = None,
     kid_subset: Annotated[int, typer.Option("--kid-subset", help="KID subset size (lowered to the smaller set).")]
     = 1000,
     seed: SeedOpt = None,
@@ -435,9 +434,10 @@ def fid(
     weights = inception_weights(progress=_download_note(run))
     first: "str | torch.Tensor" = folders[0]
     what = f"{folders[0]} vs {folders[-1]}"
+    drawn: dict[str, Any] = {}  # what the samples were drawn with (with -n)
     if num is not None:
-        first, seed = _draw_samples(run, num, temp, output_temp, seed, batch_size, model, device, dtype, compile)
-        what = f"{num} samples of {run.model.cfg.name} vs {folders[-1]}"  # type: ignore[union-attr]
+        first, drawn = _draw_samples(run, num, temp, output_temp, seed, batch_size, model, device, dtype, compile)
+        what = f"{num} samples of {drawn['model']} vs {folders[-1]}"
     run.announce()
     if run.model is None:
         from ..runtime import pick_device
@@ -448,8 +448,7 @@ def fid(
     result = fid_kid(first, folders[-1], weights=weights, device=where, kid_subset_size=kid_subset)
     record = {**result.as_dict(), "samples": folders[0] if num is None else None, "reference": folders[-1],
               "seconds": round(time.perf_counter() - run.started, 4)}
-    if num is not None:
-        record.update(model=run.model.cfg.name, temp=temp, output_temp=output_temp, seed=seed)  # type: ignore[union-attr]
+    record.update(drawn)
     if json_out:
         run.emit(record)
         return
@@ -480,26 +479,26 @@ def _download_note(run: Session):
     return report
 
 
-def _draw_samples(run: Session, num: int, temp: str, output_temp: float, seed: int | None, batch_size: str,
-                  model: str | None, device: str, dtype: str, compile: bool) -> "tuple[torch.Tensor, int]":
-    """``num`` samples (uint8 NHWC, on the CPU) and the seed they were drawn with."""
+def _draw_samples(run: Session, num: int, temp: str | None, output_temp: float | None, seed: int | None,
+                  batch_size: str, model: str | None, device: str, dtype: str,
+                  compile: bool) -> "tuple[torch.Tensor, dict[str, Any]]":
+    """``num`` samples (uint8 NHWC, on the CPU), and the model, temperatures and seed they were drawn with."""
     import torch
 
     from .. import ops
-    from ..temperature import parse_temperature_spec
 
     vae = run.load_model(model, device, dtype, compile=compile)
-    temps = parse_temperature_spec(temp, vae.cfg)
+    spec, temps, pixel_temp = resolve_temperatures(temp, output_temp, vae)
     seed = run.seed(seed)
     run.announce()
     parts = []
 
     def make(indices: list[int]):
-        return ops.sample(vae, len(indices), temperatures=temps, output_temperature=output_temp,
+        return ops.sample(vae, len(indices), temperatures=temps, output_temperature=pixel_temp,
                           noise=run.noise(seed, indices)).cpu()
 
     with run.progress(num, "sampling") as advance:
         for indices, images in run.batches(range(num), batch_size, make):
             parts.append(images)
             advance(len(indices))
-    return torch.cat(parts), seed
+    return torch.cat(parts), {"model": vae.cfg.name, "temp": spec, "output_temp": pixel_temp, "seed": seed}

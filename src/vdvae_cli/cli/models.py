@@ -40,13 +40,13 @@ def download_progress(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
         return
 
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
+    from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TaskID, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        tasks: dict[tuple[str, str], int] = {}
+        tasks: dict[tuple[str, str], TaskID] = {}
 
         def rich_cb(event: "DownloadProgress") -> None:
             key = (event.stage, event.filename)
