@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -249,6 +250,11 @@ def test_encode_decode_roundtrip_and_foreign_latents(converted, pics, tmp_path):
     assert np.abs(png(tmp_path / "d.png").astype(int) - png(tmp_path / "r.png").astype(int)).max() <= 1
     result = vdvae("decode", "-m", converted["mnist"], z, "-o", tmp_path / "x.png", ok=False)
     assert result.exit_code != 0 and "was made by model 'nvae-cifar10'" in result.stderr
+    assert "5 latent layers" in result.stderr  # read from the file's own (NVAE) config
+    with safe_open(str(z), "pt") as f:  # the config under the family's key, as in model files
+        meta = f.metadata()
+    assert meta["family"] == "nvae" and "vdvae_config" not in meta
+    assert json.loads(meta["nvae_config"]) == load_file_model(converted["cifar"]).cfg.to_dict()
 
 
 def test_info_names_the_family_and_groups(converted):

@@ -10,7 +10,8 @@ A latents file is a safetensors file that other tools can open and edit::
       model_ref           what --model can name to load that model again: its registry name, the
                           absolute path of its file, or its hf:// reference (when known)
       model_fingerprint   sha256 of the model's config JSON, name and weights digest (16 hex digits)
-      vdvae_config        the config JSON itself (shapes can be read without the model)
+      vdvae_config        the config JSON itself (shapes can be read without the model); an NVAE
+                          model's is under nvae_config, with family = "nvae" (as in model files)
       image_names         JSON list of N names, one per row
       posterior           "sample" or "mean"
       seed                the seed of the posterior draws (when sampled)
@@ -32,6 +33,7 @@ import torch
 from . import __version__
 from .config import VDVAEConfig, model_fingerprint
 from .errors import LatentsError, VDVAEError, activity
+from .family import family_named, family_of
 from .safety import first_line, loads
 
 FORMAT = "vdvae-latents"
@@ -79,16 +81,19 @@ def latents_bytes(
         if tuple(z.shape) != expected:
             raise ValueError(f"layer {i} has shape {tuple(z.shape)}, expected {expected}")
         tensors[layer_key(i, cfg.n_layers)] = z.detach().to("cpu", torch.float32).contiguous()
+    family = family_of(cfg)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_name": cfg.name,
         "model_fingerprint": model_fingerprint(cfg, weights),
-        "vdvae_config": cfg.to_json(),
+        family.config_key: cfg.to_json(),
         "image_names": json.dumps(list(names)),
         "posterior": posterior,
         "created_by": f"vdvae-cli {__version__}",
     }
+    if family.name != "vdvae":  # as in model files: no family means VDVAE
+        meta["family"] = family.name
     if seed is not None:
         meta["seed"] = str(seed)
     meta.update(metadata or {})
@@ -101,7 +106,8 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents", weigh
     header = _header(data, label)
     meta = header.pop("__metadata__", None) or {}
     if meta.get("format") != FORMAT:
-        what = "a model checkpoint, not a latents file" if "vdvae_config" in meta else "not a latents file"
+        is_model = any(key in meta for key in ("vdvae_config", "nvae_config"))
+        what = "a model checkpoint, not a latents file" if is_model else "not a latents file"
         raise LatentsError(f"{label} is {what} (no format={FORMAT!r} metadata)",
                            hint="make latents with: vdvae encode IMG -o latents.safetensors")
     fingerprint = meta.get("model_fingerprint")
@@ -111,16 +117,18 @@ def load_latents(data: bytes, cfg: VDVAEConfig, *, label: str = "latents", weigh
                            hint="keep the original metadata when editing the file")
     if fingerprint != mine:
         other = meta.get("model_name", "?")
-        their_layers = ""
+        their_layers, their_text = "", None
         try:
-            other_cfg = VDVAEConfig.from_dict(loads(meta["vdvae_config"]))
+            their_family = family_named(str(meta.get("family", "vdvae")))
+            their_text = meta[their_family.config_key]
+            other_cfg = their_family.config_from_dict(loads(their_text))
             their_layers = f", {other_cfg.n_layers} latent layers"
         except (ValueError, VDVAEError, KeyError):  # the stored config is informative only
             pass
         ref = meta.get("model_ref")
         hint = (f"decode it with --model {ref}, the model that encoded it" if ref
                 else "decode it with the model file that encoded it")
-        if other == cfg.name and meta.get("vdvae_config") == cfg.to_json():  # same architecture
+        if other == cfg.name and their_text == cfg.to_json():  # same architecture
             raise LatentsError(
                 f"{label} was made by model {other!r} with other weights ({fingerprint}), not by these "
                 f"({mine})", hint=hint)
