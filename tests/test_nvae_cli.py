@@ -315,6 +315,30 @@ def test_readjust_bn_is_cached_by_temperature(converted, tmp_path, monkeypatch):
     assert int(stats["enc_tower.0._ops.0.bn_act.num_batches_tracked"]) == 4  # the encoder is untouched
 
 
+def test_readjust_bn_on_every_decoding_command(converted, pics, tmp_path, monkeypatch):
+    """decode, reconstruct, mix and interpolate take --readjust-bn too, sharing sample's cache: the
+    prior layers of a decode with kept latents then use the statistics a sample at that
+    temperature uses."""
+    monkeypatch.setenv("VDVAE_CACHE", str(tmp_path / "cache"))
+    m, img = converted["cifar"], pics["cifar"][0]
+    rb = ("--readjust-bn", "--readjust-iters", 3, "--temp", 0.7, "--seed", 1)
+    first = vdvae("sample", "-m", m, "-n", 1, *rb, "-o", tmp_path / "s.png")
+    assert "re-adjusted" in first.stderr
+    z = tmp_path / "z.safetensors"
+    vdvae("encode", "-m", m, img, "--keep-layers", 2, "--posterior", "mean", "-o", z)
+    runs = {
+        "decode": ("decode", "-m", m, z),
+        "reconstruct": ("reconstruct", "-m", m, img, "--keep-layers", 2, "--posterior", "mean"),
+        "mix": ("mix", "-m", m, img, "--keep-layers", 2, "--posterior", "mean"),
+        "interpolate": ("interpolate", "-m", m, img, img, "--steps", 2, "--keep-layers", 2),
+    }
+    for name, args in runs.items():
+        adjusted = vdvae(*args, *rb, "--output-temp", 0, "-o", tmp_path / f"{name}.png", "--grid")
+        assert "loaded from" in adjusted.stderr, name  # the statistics sample fitted, from the cache
+        plain = vdvae(*args, "--temp", 0.7, "--seed", 1, "--output-temp", 0, "-o", tmp_path / f"{name}-plain.png", "--grid")
+        assert not np.array_equal(png(tmp_path / f"{name}.png"), png(tmp_path / f"{name}-plain.png")), name
+
+
 def test_readjust_bn_is_refused_for_vdvae(tiny_ckpt, tmp_path):
     result = vdvae("sample", "-m", tiny_ckpt, "--readjust-bn", "-o", tmp_path / "x.png", ok=False)
     assert result.exit_code == 2 and "a VDVAE has no BatchNorm" in result.stderr

@@ -102,6 +102,15 @@ PosteriorOpt = Annotated[Posterior, typer.Option(
 )]
 
 
+def readjust_if_asked(run: Session, vae, temps: list[float], enabled: bool, iters: int) -> None:
+    """--readjust-bn: fit the model's BatchNorm statistics to prior passes at ``temps`` (NVAE)."""
+    if enabled:
+        from ..family import family_of
+        from ..hub import cache_dir
+
+        run.info(family_of(vae).readjust_bn(vae, temps, cache_dir(), iters=iters))
+
+
 # --------------------------------------------------------------------------------------------------
 # sample
 
@@ -141,8 +150,6 @@ def sample(
     quiet: QuietOpt = False,
 ) -> None:
     from .. import ops
-    from ..family import family_of
-    from ..hub import cache_dir
     from ..images import numbered_names
 
     check_positive("-n", num)
@@ -153,8 +160,7 @@ def sample(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
-    if readjust_bn:
-        run.info(family_of(vae).readjust_bn(vae, temps, cache_dir(), iters=readjust_iters))
+    readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
     seed = run.seed(seed)
 
     def make(indices: list[int]):
@@ -200,6 +206,8 @@ def reconstruct(
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
+    readjust_bn: ReadjustOpt = False,
+    readjust_iters: ReadjustItersOpt = 500,
     force: ForceOpt = False,
     skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
@@ -223,6 +231,7 @@ def reconstruct(
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
+    readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
     mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize, skip=writer.existing)
     seed = run.seed(seed)
     if grid:  # each input beside its reconstruction
@@ -277,6 +286,8 @@ def mix(
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
+    readjust_bn: ReadjustOpt = False,
+    readjust_iters: ReadjustItersOpt = 500,
     force: ForceOpt = False,
     skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
@@ -318,6 +329,7 @@ def mix(
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
+    readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
     size, resize = vae.cfg.image_size, not no_resize
     image_a = read_image(source_a, size, resize=resize, notify=run.info)
     pixels_a = torch.from_numpy(image_a[None].copy())
@@ -472,6 +484,8 @@ def decode(
     grid: GridOpt = False,
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
+    readjust_bn: ReadjustOpt = False,
+    readjust_iters: ReadjustItersOpt = 500,
     force: ForceOpt = False,
     skip_existing: SkipExistingOpt = False,
     model: ModelOpt = None,
@@ -497,6 +511,7 @@ def decode(
     content = read(data, vae.cfg, label=label, weights=vae.weights_digest)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
+    readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
     writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
                          grid=grid, force=force, json_out=json_out, skip_existing=skip_existing)
     layers = [z if i < keep else None for i, z in enumerate(content.layers)]

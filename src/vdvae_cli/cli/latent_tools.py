@@ -19,7 +19,10 @@ from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive,
     collect_inputs, keep_count, plan_images, read_shard, refuse_distributed,
 )
-from .generate import GridOpt, OutputTempOpt, Posterior, PosteriorOpt, TempOpt, resolve_temperatures
+from .generate import (
+    GridOpt, OutputTempOpt, Posterior, PosteriorOpt, ReadjustItersOpt, ReadjustOpt, TempOpt, readjust_if_asked,
+    resolve_temperatures,
+)
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
 from ..errors import UsageError
 from ..images import ImageWriter
@@ -176,6 +179,8 @@ def interpolate(
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
+    readjust_bn: ReadjustOpt = False,
+    readjust_iters: ReadjustItersOpt = 500,
     force: ForceOpt = False,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -220,6 +225,7 @@ def interpolate(
     cfg = vae.cfg
     chosen = _chosen_layers(layers, keep_layers, keep_res, cfg)
     spec, temps, pixel_temp = resolve_temperatures(temp, output_temp, vae)
+    readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
     seed = run.seed(seed)
     depth = max(chosen, default=-1) + 1  # keys are needed only up to the last chosen layer
     if seeds:
