@@ -335,7 +335,7 @@ def test_readjust_bn_on_every_decoding_command(converted, pics, tmp_path, monkey
     for name, args in runs.items():
         adjusted = vdvae(*args, *rb, "--output-temp", 0, "-o", tmp_path / f"{name}.png", "--grid")
         assert "loaded from" in adjusted.stderr, name  # the statistics sample fitted, from the cache
-        plain = vdvae(*args, "--temp", 0.7, "--seed", 1, "--output-temp", 0, "-o", tmp_path / f"{name}-plain.png", "--grid")
+        vdvae(*args, "--temp", 0.7, "--seed", 1, "--output-temp", 0, "-o", tmp_path / f"{name}-plain.png", "--grid")
         assert not np.array_equal(png(tmp_path / f"{name}.png"), png(tmp_path / f"{name}-plain.png")), name
 
 
