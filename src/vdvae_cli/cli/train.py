@@ -1,4 +1,4 @@
-"""``vdvae train``: train or fine-tune a VDVAE on a folder of images or a uint8 array."""
+"""``vdvae train``: train or fine-tune a VDVAE or an NVAE on a folder of images or a uint8 array."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ _EPILOG = (
     "Examples:\n\n"
     "  vdvae train photos/ -o runs/mine\n\n"
     "  vdvae train photos/ -o runs/mine --config small64 --time-limit 30\n\n"
+    "  vdvae train photos/ -o runs/nv --config nvae-small32 --steps 3000   (an NVAE, NVAE's own recipe)\n\n"
     "  vdvae train --resume runs/mine --time-limit 60\n\n"
     "  vdvae train faces.npy --init digits32 -o runs/finetune --steps 2000 --lr 5e-5\n\n"
     "  vdvae train digits.npz --hparams scripts/digits32.json -o runs/digits --steps 7500\n\n"
@@ -40,10 +41,13 @@ def _parse_coarse_first(text: str) -> dict[str, int]:
 
 def _resolve_model_config(config: str | None, hparams: Path | None, init: str | None, data: Path, image_size_hint,
                           run_name: str, skipped):
-    """(model config, init state or None, images) from the mutually exclusive model sources; none
-    given means the default CPU preset. ``skipped`` hears of image files that could not be read."""
-    from ..config import config_from_reference, official_config, read_hparams_file
+    """(model config, init state or None, images, name) from the mutually exclusive model sources;
+    none given means the default CPU preset. ``name`` is the preset or official architecture the
+    family's recipe defaults go by (None for --init and --hparams). ``skipped`` hears of image files
+    that could not be read."""
+    from ..config import OFFICIAL_NAMES, config_from_reference, official_config, read_hparams_file
     from ..data import load_images, pixel_stats
+    from ..nvae.config import readme_config
     from ..presets import DEFAULT_PRESET, is_preset, preset_config, preset_image_size
 
     given = [x for x in (config, hparams, init) if x is not None]
@@ -59,19 +63,17 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
 
         with download_progress(False) as progress:  # a named model downloads on first use
             cfg, state = read_checkpoint(fetch_model(init, progress=progress).path)
-        if getattr(cfg, "family", "vdvae") != "vdvae":
-            raise UsageError(f"--init {init} is an {cfg.family.upper()} model; vdvae train trains VDVAEs only so far")
         # a fine-tuned model is a new model: it takes the run's name, not its parent's
-        return cfg.replace(name=run_name), state, load_images(data, cfg.image_size, skipped=skipped)
+        return cfg.replace(name=run_name), state, load_images(data, cfg.image_size, skipped=skipped), None
     if is_preset(config):
         images = load_images(data, image_size_hint or preset_image_size(config), skipped=skipped)
         if images.shape[1] != preset_image_size(config):
             raise UsageError(f"--config {config} trains on {preset_image_size(config)}x{preset_image_size(config)} "
                              "images", hint="drop --image-size, or pick the preset of that size (small32, small64)")
-        return preset_config(config, images, run_name=run_name), None, images
+        return preset_config(config, images, run_name=run_name), None, images, config
     if config is not None:
-        cfg = official_config(config)
-        return cfg, None, load_images(data, cfg.image_size, skipped=skipped)
+        cfg = official_config(config) if config in OFFICIAL_NAMES else readme_config(config.removeprefix("nvae-"))
+        return cfg, None, load_images(data, cfg.image_size, skipped=skipped), config
     hps = dict(read_hparams_file(hparams))  # type: ignore[arg-type]
     size = hps.get("image_size") or image_size_hint
     images = load_images(data, size, skipped=skipped)
@@ -83,17 +85,23 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
         mean, std = pixel_stats(images)
         hps["preprocessing"] = {"shift": -mean, "scale": 1.0 / std}
     name = hps.get("name") or hparams.stem  # type: ignore[union-attr]
-    return config_from_reference(hps, name=name), None, images
+    return config_from_reference(hps, name=name), None, images, None
+
+
+def _official_nvae_names() -> tuple[str, ...]:
+    from ..nvae.config import README_ARGS
+
+    return tuple(f"nvae-{name}" for name in README_ARGS)
 
 
 def _check_config_name(config: str | None) -> None:
     from ..config import OFFICIAL_NAMES
-    from ..presets import PRESETS
+    from ..presets import PRESET_NAMES
 
-    if config is not None and config not in PRESETS and config not in OFFICIAL_NAMES:
+    if config is not None and config not in PRESET_NAMES and config not in (*OFFICIAL_NAMES, *_official_nvae_names()):
         raise UsageError(f"unknown --config {config!r}",
-                         hint=f"choose {' or '.join(PRESETS)} (sized for a CPU), or an official architecture: "
-                         f"{', '.join(OFFICIAL_NAMES)}")
+                         hint=f"choose {', '.join(PRESET_NAMES)} (sized for a CPU), or an official architecture: "
+                         f"{', '.join(OFFICIAL_NAMES)} (VDVAE), {', '.join(_official_nvae_names())} (NVAE)")
 
 
 def _train_dtype(spec: str, device) -> str:
@@ -111,15 +119,15 @@ def _train_dtype(spec: str, device) -> str:
 def train_cmd(
     data: Annotated[Optional[Path], typer.Argument(help="Folder of images, or an .npy/.npz uint8 (N, H, W[, C]) array.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder to create.", show_default=False)] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="NAME", help="small32 or small64 (presets sized for a CPU; default small32), or an official architecture (cifar10, imagenet32, ...) trained with its reference recipe.", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="NAME", help="small32, small64 or nvae-small32 (presets sized for a CPU; default small32), or an official architecture (VDVAE: cifar10, imagenet32, ...; NVAE: nvae-cifar10, nvae-celeba64, ...) trained with its family's recipe.", show_default=False)] = None,
     hparams: Annotated[Optional[Path], typer.Option("--hparams", help="Architecture as reference-style JSON (or an official -log.jsonl).", show_default=False)] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="Fine-tune: start from this model (registry name or .safetensors).", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Total optimizer steps (default: 10 epochs).", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Total epochs (instead of --steps).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Images per step per process [32].", show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate [1.5e-4].", show_default=False)] = None,
-    wd: Annotated[Optional[float], typer.Option("--wd", help="Decoupled weight decay [0.01].", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate [VDVAE 1.5e-4, NVAE 1e-2].", show_default=False)] = None,
+    wd: Annotated[Optional[float], typer.Option("--wd", help="Weight decay [VDVAE: 0.01, decoupled (AdamW); NVAE: 3e-4, L2 (Adamax)].", show_default=False)] = None,
     warmup: Annotated[Optional[int], typer.Option("--warmup", help="Linear warm-up steps [100].", show_default=False)] = None,
     lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="constant (reference) or cosine.", show_default=False)] = None,
     grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm to this [200].", show_default=False)] = None,
@@ -146,14 +154,14 @@ def train_cmd(
     quiet: QuietOpt = False,
     force: ForceOpt = False,
 ) -> None:
-    """Train a VDVAE on a folder of images: `vdvae train FOLDER -o RUN` works with defaults.
+    """Train a VDVAE or an NVAE on a folder of images: `vdvae train FOLDER -o RUN` works with defaults.
 
     Reports the held-out negative ELBO in bits/dim at every evaluation (one JSON line each with
     --json), writes sample grids and resumable checkpoints, and exports the EMA weights as a
     self-describing safetensors file. Under torchrun every process trains on its own shard
     (DistributedDataParallel: NCCL on GPUs, gloo on CPU); only rank 0 writes.
     """
-    from ..train import TrainConfig, read_run, reference_recipe, train
+    from ..train import TrainConfig, read_run, train
 
     overrides: dict[str, Any] = {
         k: v for k, v in dict(
@@ -205,19 +213,19 @@ def train_cmd(
             raise UsageError("missing DATA (a folder of images or an .npy/.npz array)")
         if output is None:
             raise UsageError("missing -o RUN_DIR (the folder to write the run to)")
-        cfg, init_state, images = _resolve_model_config(config, hparams, init, data, image_size,
-                                                        output.resolve().name, skipped)
-        from ..presets import PRESET_RECIPE, is_preset
+        cfg, init_state, images, name = _resolve_model_config(config, hparams, init, data, image_size,
+                                                              output.resolve().name, skipped)
+        from ..family import family_of
         from ..training.schedule import auto_settings
 
-        preset = is_preset(config) or not any(x is not None for x in (config, hparams, init))
-        recipe: dict[str, Any] = dict(PRESET_RECIPE) if preset else reference_recipe(config) if config else {}
-        given = {**recipe, **overrides}
+        defaults = family_of(cfg).train_defaults(name)
+        given = {**defaults.settings, **overrides}
         dev, shard = init_distributed(device)
-        tc = TrainConfig(**{**given, **auto_settings(len(images), given, world=shard.world, decay=preset)},
-                         dtype=_train_dtype(dtype, dev))
+        auto = auto_settings(len(images), given, world=shard.world, decay=defaults.decay, open_ended=defaults.open_ended)
+        tc = TrainConfig(**{**given, **auto}, dtype=_train_dtype(dtype, dev))
         run_dir = output
-        data_info = {"dataset": cfg.dataset if cfg.dataset != "custom" else data.stem, "path": str(data)}
+        own_data = cfg.dataset.partition("_")[0] == "custom"  # a preset or --hparams model of one's own data
+        data_info = {"dataset": data.stem if own_data else cfg.dataset, "path": str(data)}
 
     rank = shard.rank
     callback = _Reporter(json_out=json_out, quiet=quiet) if rank == 0 else None
