@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from test_train import states_equal, synthetic_images
 from vdvae_cli.cli import app
 from vdvae_cli.errors import UsageError
 from vdvae_cli.nvae.config import NVAEConfig
+from vdvae_cli.nvae.network import NVAE
 from vdvae_cli.nvae.training import (
     NVAERecipe,
     NVAERecipeConfig,
@@ -201,6 +203,36 @@ def test_resume_continues_exactly(tmp_path, tiny_cfg, images):
     b = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
     assert a["recipe"] and states_equal(a["recipe"], b["recipe"])  # the power-iteration vectors
     assert [h["heldout_bpd"] for h in straight.history] == [h["heldout_bpd"] for h in resumed.history]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        res = train(NVAEConfig(**TINY, name="tiny-nvae"), nvae_tc(steps=4, batch_size=8, eval_every=4),
+                    torch.from_numpy(synthetic_images(96, 8)), Path(out) / "run")
+        torch.save({"params": dict(res.model.named_parameters()), "bpd": res.heldout_bpd}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_keep_nvae_replicas_identical(tmp_path):
+    """The regularisers are added outside DDP's forward, in the same backward: gradients (hence
+    weights) still agree across ranks."""
+    import torch.multiprocessing as mp
+
+    from test_train import _free_port
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert states_equal(r0["params"], r1["params"]) and r0["bpd"] == r1["bpd"]
+    torch.manual_seed(0)  # the trainer's initialisation (seed 0)
+    untrained = {k: v.detach() for k, v in NVAE(NVAEConfig(**TINY)).named_parameters()}
+    assert not states_equal(r0["params"], untrained)  # it did train
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from .config import VDVAEConfig
+    from .nvae.config import NVAEConfig
 
 _COMMON = dict(bottleneck_multiple=0.25, zdim=8, num_mixtures=5, no_bias_above=64, width=32)
 
@@ -68,7 +69,7 @@ def preset_image_size(name: str) -> int:
     return int(PRESETS[name]["image_size"])
 
 
-def preset_config(name: str, images: "torch.Tensor", *, run_name: str | None = None) -> Any:
+def preset_config(name: str, images: "torch.Tensor", *, run_name: str | None = None) -> "VDVAEConfig | NVAEConfig":
     """The preset's config; a VDVAE's input shift/scale come from ``images`` (uint8 NHWC at its size)."""
     if name in NVAE_PRESETS:
         from .nvae.config import NVAEConfig

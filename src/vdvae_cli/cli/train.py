@@ -25,7 +25,7 @@ _EPILOG = (
     "images (4-32), 30 epochs (500-20,000 steps) or until --time-limit, warm-up and 10 evaluations "
     "to match. The run folder gets run.json, state.pt (resume), model.safetensors (EMA weights for "
     "`vdvae sample --model RUN/model.safetensors`), log.jsonl, curves.png, samples/step-N.png and, "
-    "with tensorboard installed, tensorboard/. A --hparams JSON uses the reference's field names "
+    "with tensorboard installed, tensorboard/. A --hparams JSON (a VDVAE) uses the reference's field names "
     "(width, zdim, enc_blocks, dec_blocks, custom_width_str, bottleneck_multiple, num_mixtures, "
     "image_size, dataset); without a 'preprocessing' object the input shift/scale are the training "
     "pixels' mean/std."
@@ -130,10 +130,10 @@ def train_cmd(
     wd: Annotated[Optional[float], typer.Option("--wd", help="Weight decay [VDVAE: 0.01, decoupled (AdamW); NVAE: 3e-4, L2 (Adamax)].", show_default=False)] = None,
     warmup: Annotated[Optional[int], typer.Option("--warmup", help="Linear warm-up steps [100].", show_default=False)] = None,
     lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="constant (reference) or cosine.", show_default=False)] = None,
-    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm to this [200].", show_default=False)] = None,
-    skip_threshold: Annotated[Optional[float], typer.Option("--skip-threshold", help="Skip updates whose gradient norm reaches this; -1 = only non-finite ones [400].", show_default=False)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm to this; 0 = no clipping [VDVAE 200, NVAE 0].", show_default=False)] = None,
+    skip_threshold: Annotated[Optional[float], typer.Option("--skip-threshold", help="Skip updates whose gradient norm reaches this; -1 = only non-finite ones [VDVAE 400, NVAE -1].", show_default=False)] = None,
     max_skips: Annotated[Optional[int], typer.Option("--max-skips", help="Stop after this many skipped updates in a row [100].", show_default=False)] = None,
-    ema_rate: Annotated[Optional[float], typer.Option("--ema-rate", help="EMA decay of the weights [0.999].", show_default=False)] = None,
+    ema_rate: Annotated[Optional[float], typer.Option("--ema-rate", help="EMA decay of the weights; 0 = no EMA [VDVAE 0.999, NVAE 0].", show_default=False)] = None,
     holdout: Annotated[Optional[float], typer.Option("--holdout", help="Held-out images: a fraction < 1 or a count [0.1].", show_default=False)] = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Steps between held-out evaluations [one epoch].", show_default=False)] = None,
     sample_every: Annotated[Optional[int], typer.Option("--sample-every", help="Steps between sample grids [= --eval-every].", show_default=False)] = None,
@@ -157,8 +157,9 @@ def train_cmd(
     """Train a VDVAE or an NVAE on a folder of images: `vdvae train FOLDER -o RUN` works with defaults.
 
     Reports the held-out negative ELBO in bits/dim at every evaluation (one JSON line each with
-    --json), writes sample grids and resumable checkpoints, and exports the EMA weights as a
-    self-describing safetensors file. Under torchrun every process trains on its own shard
+    --json), writes sample grids and resumable checkpoints, and exports the evaluated weights (a
+    VDVAE's EMA; an NVAE's trained weights and BatchNorm statistics) as a self-describing
+    safetensors file. An NVAE (--config nvae-small32, nvae-cifar10, ...) trains with NVAE's recipe. Under torchrun every process trains on its own shard
     (DistributedDataParallel: NCCL on GPUs, gloo on CPU); only rank 0 writes.
     """
     from ..train import TrainConfig, read_run, train
