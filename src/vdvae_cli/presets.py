@@ -81,3 +81,23 @@ def preset_config(name: str, images: "torch.Tensor", *, run_name: str | None = N
     mean, std = pixel_stats(images)
     hps = dict(PRESETS[name], dataset="custom", preprocessing={"shift": -mean, "scale": 1.0 / std})
     return config_from_reference(hps, name=run_name or name)
+
+
+# --------------------------------------------------------------------------------------------------
+# The official architectures a run can start from, by name (VDVAE's hps.py sets; NVAE's README
+# training commands as ``nvae-<name>``)
+
+
+def official_names() -> tuple[str, ...]:
+    from .config import OFFICIAL_NAMES
+    from .nvae.config import README_ARGS
+
+    return (*OFFICIAL_NAMES, *(f"nvae-{name}" for name in README_ARGS))
+
+
+def official_architecture(name: str) -> "VDVAEConfig | NVAEConfig":
+    """The config of an official architecture named by :func:`official_names`."""
+    from .config import OFFICIAL_NAMES, official_config
+    from .nvae.config import readme_config
+
+    return official_config(name) if name in OFFICIAL_NAMES else readme_config(name.removeprefix("nvae-"))

@@ -45,10 +45,9 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
     none given means the default CPU preset. ``name`` is the preset or official architecture the
     family's recipe defaults go by (None for --init and --hparams). ``skipped`` hears of image files
     that could not be read."""
-    from ..config import OFFICIAL_NAMES, config_from_reference, official_config, read_hparams_file
+    from ..config import config_from_reference, read_hparams_file
     from ..data import load_images, pixel_stats
-    from ..nvae.config import readme_config
-    from ..presets import DEFAULT_PRESET, is_preset, preset_config, preset_image_size
+    from ..presets import DEFAULT_PRESET, is_preset, official_architecture, preset_config, preset_image_size
 
     given = [x for x in (config, hparams, init) if x is not None]
     if len(given) > 1:
@@ -72,7 +71,7 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
                              "images", hint="drop --image-size, or pick the preset of that size (small32, small64)")
         return preset_config(config, images, run_name=run_name), None, images, config
     if config is not None:
-        cfg = official_config(config) if config in OFFICIAL_NAMES else readme_config(config.removeprefix("nvae-"))
+        cfg = official_architecture(config)
         return cfg, None, load_images(data, cfg.image_size, skipped=skipped), config
     hps = dict(read_hparams_file(hparams))  # type: ignore[arg-type]
     size = hps.get("image_size") or image_size_hint
@@ -88,20 +87,13 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
     return config_from_reference(hps, name=name), None, images, None
 
 
-def _official_nvae_names() -> tuple[str, ...]:
-    from ..nvae.config import README_ARGS
-
-    return tuple(f"nvae-{name}" for name in README_ARGS)
-
-
 def _check_config_name(config: str | None) -> None:
-    from ..config import OFFICIAL_NAMES
-    from ..presets import PRESET_NAMES
+    from ..presets import PRESET_NAMES, official_names
 
-    if config is not None and config not in PRESET_NAMES and config not in (*OFFICIAL_NAMES, *_official_nvae_names()):
+    if config is not None and config not in PRESET_NAMES and config not in official_names():
         raise UsageError(f"unknown --config {config!r}",
                          hint=f"choose {', '.join(PRESET_NAMES)} (sized for a CPU), or an official architecture: "
-                         f"{', '.join(OFFICIAL_NAMES)} (VDVAE), {', '.join(_official_nvae_names())} (NVAE)")
+                         f"{', '.join(official_names())}")
 
 
 def _train_dtype(spec: str, device) -> str:
@@ -159,8 +151,9 @@ def train_cmd(
     Reports the held-out negative ELBO in bits/dim at every evaluation (one JSON line each with
     --json), writes sample grids and resumable checkpoints, and exports the evaluated weights (a
     VDVAE's EMA; an NVAE's trained weights and BatchNorm statistics) as a self-describing
-    safetensors file. An NVAE (--config nvae-small32, nvae-cifar10, ...) trains with NVAE's recipe. Under torchrun every process trains on its own shard
-    (DistributedDataParallel: NCCL on GPUs, gloo on CPU); only rank 0 writes.
+    safetensors file. An NVAE (--config nvae-small32, nvae-cifar10, ...) trains with NVAE's recipe.
+    Under torchrun every process trains on its own shard (DistributedDataParallel: NCCL on GPUs,
+    gloo on CPU); only rank 0 writes.
     """
     from ..train import TrainConfig, read_run, train
 
