@@ -249,13 +249,17 @@ def data32(tmp_path_factory):
 def test_cli_trains_the_nvae_preset_samples_and_fine_tunes(tmp_path, data32):
     run = tmp_path / "run"
     common = ["--steps", "4", "--batch-size", "8", "--holdout", "8", "--eval-every", "4", "--dtype", "fp32"]
-    res = runner.invoke(app, ["train", str(data32), "--config", "nvae-small32", "-o", str(run), *common, "--json", "-q"])
+    res = runner.invoke(app, ["train", str(data32), "--config", "nvae-small32", "-o", str(run), *common, "--json", "-q",
+                              "--recipe", "weight_decay_norm=0.05", "--recipe", "weight_decay_norm_anneal=true",
+                              "--recipe", "weight_decay_norm_init=1"])
     assert res.exit_code == 0, res.output
     (line,) = [json.loads(x) for x in res.stdout.splitlines()]
     assert line["step"] == 4 and len(line["layer_bits"]) == 6 and math.isfinite(line["heldout_bpd"])
     cfg, tc, info = read_run(run)
     assert cfg.name == "run" and cfg.dataset == "custom_32" and info["data"]["dataset"] == "bars"
-    assert tc.family_options["weight_decay_norm"] == 1e-2 and tc.lr == 1e-2
+    assert tc.lr == 1e-2 and tc.family_options["kl_anneal_portion"] == 0.3  # NVAE's, with the three given
+    assert (tc.family_options["weight_decay_norm"], tc.family_options["weight_decay_norm_anneal"]) == (0.05, True)
+    assert line["norm_coeff"] == pytest.approx(0.05)  # annealed from 1 to 0.05: beta is 1 by step 4
 
     png = tmp_path / "s.png"
     sampled = runner.invoke(app, ["sample", "--model", str(run / "model.safetensors"), "-n", "4", "--grid", "-o", str(png),
@@ -280,6 +284,11 @@ def test_cli_trains_the_nvae_preset_samples_and_fine_tunes(tmp_path, data32):
 @pytest.mark.parametrize("extra, message", [
     (["--coarse-first", "8:10"], "--coarse-first is a VDVAE option"),
     (["--kl-warmup", "10", "--free-bits", "0.5"], "--kl-warmup, --free-bits are VDVAE options"),
+    (["--recipe", "kl_anneal=0.5"], "unknown NVAE training option(s): kl_anneal"),
+    (["--recipe", "weight_decay_norm=-1"], "weight_decay_norm must be a finite number >= 0"),
+    (["--recipe", "weight_decay_norm"], "--recipe 'weight_decay_norm' is not KEY=VALUE"),
+    (["--recipe", "weight_decay_norm=high"], "must be a number, true or false"),
+    (["--config", "small32", "--recipe", "weight_decay_norm=0.1"], "VDVAE training has no family options"),
 ])
 def test_cli_vdvae_only_options_on_nvae_are_one_error_line(tmp_path, data32, extra, message):
     res = runner.invoke(app, ["train", str(data32), "--config", "nvae-small32", "-o", str(tmp_path / "x"),

@@ -39,6 +39,27 @@ def _parse_coarse_first(text: str) -> dict[str, int]:
     return {"coarse_res": int(res), "coarse_steps": int(steps)}
 
 
+def _parse_recipe_options(items: list[str]) -> dict[str, Any]:
+    """``--recipe KEY=VALUE`` items -> the family recipe's options (values: numbers, true or false);
+    the family's recipe checks the names and ranges when the run starts."""
+    from ..safety import loads
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--recipe {item!r} is not KEY=VALUE", hint="e.g. --recipe weight_decay_norm=0.1")
+        try:
+            value = loads(text.strip())
+        except ValueError:
+            value = None
+        if isinstance(value, bool) or isinstance(value, (int, float)):
+            out[key.strip()] = value
+        else:
+            raise UsageError(f"--recipe {item!r}: the value must be a number, true or false")
+    return out
+
+
 def _resolve_model_config(config: str | None, hparams: Path | None, init: str | None, data: Path, image_size_hint,
                           run_name: str, skipped):
     """(model config, init state or None, images, name) from the mutually exclusive model sources;
@@ -135,6 +156,7 @@ def train_cmd(
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="MINUTES", help="Train for this long (from now, also when resuming), then checkpoint and stop; --resume continues.", show_default=False)] = None,
     coarse_first: Annotated[Optional[str], typer.Option("--coarse-first", metavar="RES:STEPS", help="Curriculum: for the first STEPS steps infer only the latent layers at resolution <= RES (the rest come from the prior), so the coarse layers learn the global content first. Off by default (the reference recipe).", show_default=False)] = None,
     kl_warmup: Annotated[Optional[int], typer.Option("--kl-warmup", metavar="STEPS", help="Against posterior collapse: raise the KL term's weight in the objective linearly from 0 to 1 over STEPS steps (the reported loss stays the ELBO). Off by default.", show_default=False)] = None,
+    recipe_options: Annotated[Optional[list[str]], typer.Option("--recipe", metavar="KEY=VALUE", help="A setting of the model family's own recipe, repeatable. NVAE: kl_anneal_portion, kl_const_portion, kl_const_coeff (the KL warm-up), weight_decay_norm (the spectral/BN coefficient), weight_decay_norm_init, weight_decay_norm_anneal, power_iterations.", show_default=False)] = None,
     free_bits: Annotated[Optional[float], typer.Option("--free-bits", metavar="BITS", help="Against posterior collapse: count each latent layer's batch-mean KL as at least BITS bits per image in the posterior's objective (the prior still learns the full KL). Off by default.", show_default=False)] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="With --hparams lacking image_size: resize/crop to this.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation, data order and training noise [0].", show_default=False)] = None,
@@ -169,6 +191,7 @@ def train_cmd(
     }
     if coarse_first is not None:
         overrides.update(_parse_coarse_first(coarse_first))
+    recipe_given = _parse_recipe_options(recipe_options or [])
     if dtype not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--dtype {dtype!r} cannot train", hint="use auto, fp32, or bf16 (autocast, fp32 master weights)")
     if steps is not None and epochs is not None:
@@ -195,7 +218,8 @@ def train_cmd(
             tc = tc.replace(epochs=None)
         if "epochs" in overrides:
             tc = tc.replace(steps=None)
-        tc = tc.replace(**overrides, dtype=tc.dtype if dtype == "auto" else dtype)
+        tc = tc.replace(**overrides, dtype=tc.dtype if dtype == "auto" else dtype,
+                        family_options={**tc.family_options, **recipe_given})
         data_path = Path(data) if data is not None else Path(info["data"].get("path", ""))
         if not str(data_path) or not data_path.exists():
             raise UsageError(f"the run's data {data_path} is not there", hint="pass DATA again")
@@ -214,6 +238,8 @@ def train_cmd(
 
         defaults = family_of(cfg).train_defaults(name)
         given = {**defaults.settings, **overrides}
+        if recipe_given:
+            given["family_options"] = {**given.get("family_options", {}), **recipe_given}
         dev, shard = init_distributed(device)
         auto = auto_settings(len(images), given, world=shard.world, decay=defaults.decay, open_ended=defaults.open_ended)
         tc = TrainConfig(**{**given, **auto}, dtype=_train_dtype(dtype, dev))

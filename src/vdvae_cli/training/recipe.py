@@ -71,7 +71,8 @@ class VDVAERecipe:
 
     def __init__(self, cfg: Any, tc: "TrainConfig", total: int):
         if tc.family_options:
-            raise UsageError(f"VDVAE training has no family options (got {', '.join(sorted(tc.family_options))})")
+            raise UsageError(f"VDVAE training has no family options (got {', '.join(sorted(tc.family_options))})",
+                             hint="--recipe KEY=VALUE sets an NVAE's recipe; a VDVAE's has options of its own")
         self.cfg, self.tc = cfg, tc
         self.split_kl = bool(tc.kl_warmup or tc.free_bits)
         self.find_unused_parameters = _unused_encoder_blocks(cfg) or tc.coarse_steps > 0
