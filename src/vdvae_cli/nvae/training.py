@@ -212,14 +212,15 @@ class SpectralNorms:
         batches: dict[str, list[Tensor]] = {}
         for w in weights:
             batches.setdefault(f"{w.shape[0]}x{w.shape[1]}", []).append(w)
-        total = weights[0].new_zeros((), dtype=torch.float32)
+        total = torch.zeros((), device=weights[0].device if weights else None)
         for key, ws in batches.items():
             w = torch.stack(ws).float()  # (B, rows, cols)
             steps = self.iterations
             if key not in self.u or self.u[key].shape[0] != w.shape[0]:
                 self._start(key, w.shape, w.device)
                 steps = FIRST_ITERATIONS
-            self.u[key], self.v[key] = power_iteration(w.detach(), self.u[key], self.v[key], steps)
+            u, v = self.u[key].to(w.device), self.v[key].to(w.device)  # a resumed state comes on the CPU
+            self.u[key], self.v[key] = power_iteration(w.detach(), u, v, steps)
             sigma = torch.einsum("br,brc,bc->b", self.u[key], w, self.v[key])  # (B,)
             total = total + sigma.sum()
         return total
