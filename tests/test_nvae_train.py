@@ -31,6 +31,7 @@ from vdvae_cli.nvae.training import (
     train_defaults,
 )
 from vdvae_cli.train import TrainConfig, read_run, train
+from vdvae_cli.training.schedule import auto_settings
 
 TINY = dict(dataset="custom_8", num_channels_enc=4, num_channels_dec=4, num_latent_scales=2, num_groups_per_scale=2,
             num_latent_per_group=3, num_preprocess_blocks=1, num_preprocess_cells=1, num_postprocess_blocks=1,
@@ -145,6 +146,9 @@ def test_official_nvae_recipes_and_vdvae_only_options(tiny_cfg):
     ffhq = train_defaults("nvae-ffhq256").settings
     assert (ffhq["lr"], ffhq["batch_size"], ffhq["lr_final"]) == (8e-3, 4, pytest.approx(1e-4 / 8e-3))
     assert ffhq["family_options"]["weight_decay_norm_anneal"] and ffhq["family_options"]["weight_decay_norm"] == 0.1
+    # NVAE's schedules are fractions of the run: with a time limit the run keeps a length (30 epochs)
+    assert train_defaults("nvae-small32").open_ended is False
+    assert auto_settings(64, {"time_limit": 600.0}, open_ended=False)["steps"] == 500
     for option in (dict(kl_warmup=10), dict(free_bits=0.5), dict(coarse_res=2, coarse_steps=3)):
         with pytest.raises(UsageError, match="VDVAE option"):
             NVAERecipe(tiny_cfg, nvae_tc(**option), 8)
@@ -179,6 +183,13 @@ def test_short_run_lowers_heldout_bpd_and_exports_an_nvae(tmp_path, tiny_cfg, im
     out = sample(model, 16, temperatures=1.0, noise=torch.Generator().manual_seed(0))
     assert out.shape == (16, 8, 8, 3) and out.dtype == torch.uint8
     assert out.float().std() > 5 and len(torch.unique(out)) > 20  # not a constant or a saturated image
+
+
+def test_time_limit_stops_resumably(tmp_path, tiny_cfg, images):
+    stopped = train(tiny_cfg, nvae_tc(steps=6, time_limit=1e-9), images, tmp_path / "t")
+    assert stopped.stopped == "time limit" and stopped.step == 1 and [h["step"] for h in stopped.history] == [1]
+    done = train(tiny_cfg, nvae_tc(steps=6), images, tmp_path / "t", resume=True)
+    assert done.stopped == "done" and done.step == 6 and [h["step"] for h in done.history] == [1, 4, 6]
 
 
 class _Stop(Exception):
