@@ -1,7 +1,7 @@
 """Training speed of vdvae-cli's step (images/s) against a plain fp32 step, on this machine.
 
 Each variant runs the trainer's own optimizer step (:class:`vdvae_cli.training.step.Updater`:
-forward, backward, clipping, AdamW, EMA) on random images; weights are random too, speed does not
+forward, backward, clipping, the family's optimizer and objective, EMA) on random images; weights are random too, speed does not
 depend on them. The *plain* variant is fp32 in NCHW layout, i.e. a straightforward port of the
 reference; the others add channels-last layout and/or bf16 autocast (fp32 master weights). The
 variants are timed in interleaved rounds, so a busy neighbour slows each alike; the median round counts.
@@ -9,6 +9,7 @@ variants are timed in interleaved rounds, so a busy neighbour slows each alike; 
     python benchmarks/train_bench.py                                   # small32, batch 16, this CPU
     python benchmarks/train_bench.py --models small32 small64 --batch 32 --threads 2 --json out.json
     python benchmarks/train_bench.py --models cifar10 --batch 16 --device cuda
+    python benchmarks/train_bench.py --models nvae-small32 --variants "fp32 channels-last" --threads 1
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vdvae_cli.config import official_config  # noqa: E402
 from vdvae_cli.distributions import BatchNoise  # noqa: E402
-from vdvae_cli.model import VAE  # noqa: E402
-from vdvae_cli.presets import is_preset, preset_config, preset_image_size  # noqa: E402
+from vdvae_cli.family import family_of  # noqa: E402
+from vdvae_cli.presets import is_preset, official_architecture, preset_config, preset_image_size  # noqa: E402
 from vdvae_cli.train import TrainConfig  # noqa: E402
 from vdvae_cli.training.step import ElboLoss, Updater  # noqa: E402
 
@@ -41,21 +41,23 @@ VARIANTS = {  # name: (dtype, channels_last)
 
 
 def make_step(name: str, dtype: str, channels_last: bool, batch: int, device: torch.device):
-    size = preset_image_size(name) if is_preset(name) else official_config(name).image_size
+    size = preset_image_size(name) if is_preset(name) else official_architecture(name).image_size
     images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0)).to(device)
-    cfg = preset_config(name, images.cpu()) if is_preset(name) else official_config(name)
-    tc = TrainConfig(steps=10**6, dtype=dtype, channels_last=channels_last, skip_threshold=-1, grad_clip=1e9)
+    cfg = preset_config(name, images.cpu()) if is_preset(name) else official_architecture(name)
+    family = family_of(cfg)  # its recipe: optimizer and objective (NVAE's adds the spectral regulariser)
+    tc = TrainConfig(**{**family.train_defaults(name).settings, "steps": 10**6, "dtype": dtype,
+                        "channels_last": channels_last, "skip_threshold": -1})
+    recipe = family.training_recipe(cfg, tc, 10**6)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = VAE(cfg).to(device).train()
+        model = family.network(cfg).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = deepcopy(model).eval().requires_grad_(False)
     loss_fn = ElboLoss(model)
     loss_fn.noise = BatchNoise(torch.Generator(device=device).manual_seed(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    updater = Updater(model, ema, opt, loss_fn, tc, total=10**6, world=1, coarse_layers=None)
+    updater = Updater(model, ema, recipe.optimizer(model), loss_fn, tc, recipe, total=10**6, world=1, coarse_layers=None)
     counter = iter(range(10**9))
 
     def step() -> None:
@@ -68,7 +70,7 @@ def make_step(name: str, dtype: str, channels_last: bool, batch: int, device: to
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["small32"], help="presets (small32, small64) or official names")
+    ap.add_argument("--models", nargs="+", default=["small32"], help="presets (small32, small64, nvae-small32) or official names")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -98,9 +100,9 @@ def main() -> None:
             rows.append({"model": name, "variant": v, "device": str(device), "batch": args.batch,
                          "threads": torch.get_num_threads(), "seconds_per_step": round(sec, 4),
                          "images_per_s": round(args.batch / sec, 2), "vs_plain_fp32": round(base / sec, 3)})
-    print(f"{'model':<9} {'variant':<28} {'batch':>5} {'s/step':>8} {'images/s':>9} {'vs plain fp32':>14}")
+    print(f"{'model':<12} {'variant':<28} {'batch':>5} {'s/step':>8} {'images/s':>9} {'vs plain fp32':>14}")
     for r in rows:
-        print(f"{r['model']:<9} {r['variant']:<28} {r['batch']:>5} {r['seconds_per_step']:>8.3f} "
+        print(f"{r['model']:<12} {r['variant']:<28} {r['batch']:>5} {r['seconds_per_step']:>8.3f} "
               f"{r['images_per_s']:>9.2f} {'x' + format(r['vs_plain_fp32'], '.2f'):>14}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

@@ -344,11 +344,17 @@ def test_readjust_bn_is_refused_for_vdvae(tiny_ckpt, tmp_path):
     assert result.exit_code == 2 and "a VDVAE has no BatchNorm" in result.stderr
 
 
-def test_training_an_nvae_is_refused_cleanly(converted, tmp_path):
+def test_fine_tuning_a_converted_binary_nvae(converted, tmp_path):
+    """vdvae train --init takes an NVAE file (here MNIST-style: Bernoulli, grey 28x28) and trains it
+    with NVAE's recipe (tests/test_nvae_train.py covers the recipe)."""
     data = tmp_path / "d.npy"
-    np.save(data, np.zeros((4, 28, 28, 3), np.uint8))
-    result = vdvae("train", data, "--init", converted["mnist"], "-o", tmp_path / "run", ok=False)
-    assert result.exit_code == 2 and "trains VDVAEs only" in result.stderr
+    np.save(data, (np.random.default_rng(0).random((6, 28, 28, 3)) > 0.7).astype(np.uint8) * 255)
+    result = vdvae("train", data, "--init", converted["mnist"], "-o", tmp_path / "run", "--steps", 2,
+                   "--batch-size", 2, "--holdout", 2, "--eval-every", 2, "--json", "-q")
+    (line,) = [json.loads(x) for x in result.stdout.splitlines()]
+    assert line["step"] == 2 and np.isfinite(line["heldout_bpd"]) and len(line["layer_bits"]) == 6  # its groups
+    out = vdvae("info", "-m", tmp_path / "run" / "model.safetensors").stdout
+    assert "NVAE" in out and "28x28" in out
 
 
 def test_an_official_nvae_pickle_as_model_says_how_to_convert_it():

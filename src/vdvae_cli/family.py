@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # torch is imported where a network is built or run, not to r
 
     from .distributions import Noise
     from .model import DecoderOutput
+    from .train import TrainConfig
+    from .training.recipe import Recipe, TrainDefaults
 
 
 class LatentLayer(Protocol):
@@ -103,6 +105,14 @@ class Family(Protocol):
         """Fit normalisation statistics to sampling at ``temperatures`` (kept in ``cache_dir``);
         returns a line saying what was done."""
         ...
+    def train_defaults(self, name: str | None) -> "TrainDefaults":
+        """The recipe's run settings for a named architecture (official or CPU preset), or for
+        ``None`` (fine-tuning a file, an architecture from JSON)."""
+        ...
+    def training_recipe(self, cfg: Any, tc: "TrainConfig", total: int) -> "Recipe":
+        """The optimizer, objective and recipe state of a ``total``-step run; refuses ``tc`` settings
+        the family's recipe cannot honour (a UsageError)."""
+        ...
 
 
 class VDVAEFamily:
@@ -163,6 +173,20 @@ class VDVAEFamily:
 
         raise UsageError("--readjust-bn re-estimates BatchNorm statistics, and a VDVAE has no BatchNorm",
                          hint="it is for NVAE models")
+
+    def train_defaults(self, name: str | None) -> "TrainDefaults":
+        from .presets import PRESET_RECIPE, is_preset
+        from .train import reference_recipe
+        from .training.recipe import TrainDefaults
+
+        if is_preset(name):
+            return TrainDefaults(dict(PRESET_RECIPE), decay=True)
+        return TrainDefaults(reference_recipe(name) if name else {})
+
+    def training_recipe(self, cfg: Any, tc: "TrainConfig", total: int) -> "Recipe":
+        from .training.recipe import VDVAERecipe
+
+        return VDVAERecipe(cfg, tc, total)
 
 
 FAMILY_NAMES = ("vdvae", "nvae")

@@ -1,6 +1,10 @@
-"""Train or fine-tune a VDVAE: the reference recipe as one importable function, :func:`train`.
+"""Train or fine-tune a VDVAE or an NVAE: one importable function, :func:`train`.
 
-The recipe (openai/vdvae, see the spec's §11): negative ELBO in nats/dim as the loss; AdamW with
+What differs between the families' recipes (optimizer, objective, the recipe's own resumable state,
+defaults) comes from the model family's recipe object (:mod:`vdvae_cli.training.recipe`; NVAE's in
+:mod:`vdvae_cli.nvae.training`); the loop below is shared.
+
+VDVAE's recipe (openai/vdvae, see the spec's §11): negative ELBO in nats/dim as the loss; AdamW with
 decoupled weight decay and betas (0.9, 0.9); linear learning-rate warm-up; gradient-norm clipping
 and update skipping; an exponential moving average (EMA) of the weights, which is what evaluation,
 sample grids and the exported model use. Beyond the reference: a guard against skipping forever, an
@@ -21,17 +25,16 @@ import json
 import math
 import time
 from copy import deepcopy
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
-from .config import VDVAEConfig
 from .data import ShardedBatches, holdout_split
 from .distributions import BatchNoise
 from .errors import TrainingError, UsageError
-from .model import VAE
+from .family import family_of
 from .training.curves import Curves
 from .training.evaluation import evaluate_heldout, save_grid, visualise
 from .training.rundir import RunDir, read_run
@@ -60,7 +63,7 @@ class TrainConfig:
     warmup: int = 100  # steps of linear warm-up from lr/warmup to lr
     lr_schedule: str = "constant"  # "constant" (reference) or "cosine" (decay to lr * lr_final after warm-up)
     lr_final: float = 0.1
-    grad_clip: float = 200.0
+    grad_clip: float = 200.0  # 0: no clipping (NVAE's recipe)
     skip_threshold: float = 400.0  # skip the update when grad norm >= this; -1 never skips on size
     max_skips: int = 100  # stop when this many updates in a row were skipped
     ema_rate: float = 0.999
@@ -97,6 +100,9 @@ class TrainConfig:
     # (training.step.objective).
     kl_warmup: int = 0
     free_bits: float = 0.0
+    # Settings only the model family's recipe reads (NVAE: nvae.training.NVAERecipeConfig); checked
+    # by the recipe when the run starts.
+    family_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -105,8 +111,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise UsageError(f"{name} must be a positive whole number, got {v!r}")
-        if self.lr <= 0 or self.wd < 0 or self.grad_clip <= 0:
-            raise UsageError("lr and grad_clip must be > 0 and wd >= 0")
+        if self.lr <= 0 or self.wd < 0 or self.grad_clip < 0:
+            raise UsageError("lr must be > 0, and wd and grad_clip >= 0 (grad_clip 0: no clipping)")
         if not (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1):
             raise UsageError(f"betas must lie in [0, 1), got {self.betas}")
         if not 0 <= self.ema_rate < 1:
@@ -136,6 +142,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        d["family_options"] = dict(self.family_options)
         return d
 
     @classmethod
@@ -176,8 +183,8 @@ class TrainResult:
     skipped: int
     elapsed_s: float
     history: list[dict[str, Any]]
-    model: VAE  # the trained (non-EMA) network, in train mode
-    ema: VAE  # the EMA network: what evaluation, grids and the exported file use
+    model: Any  # the trained (non-EMA) network, in train mode (a VDVAE's VAE or an NVAE)
+    ema: Any  # the EMA network, in eval mode: what evaluation, grids and the exported file use
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +192,7 @@ class TrainResult:
 
 
 def train(
-    model_cfg: VDVAEConfig,
+    model_cfg: Any,
     tc: TrainConfig,
     images: Tensor,
     run_dir: str | Path,
@@ -197,8 +204,8 @@ def train(
     data_info: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
 ) -> TrainResult:
-    """Train ``model_cfg`` on ``images`` (uint8 NHWC, the whole data set; the held-out split is
-    drawn here) and write the run to ``run_dir``.
+    """Train ``model_cfg`` (a VDVAE or an NVAE config, with its family's recipe) on ``images``
+    (uint8 NHWC, the whole data set; the held-out split is drawn here) and write the run to ``run_dir``.
 
     ``init_state`` starts from given weights (fine-tuning); ``resume=True`` continues the run saved
     in ``run_dir`` exactly where its last checkpoint left it (``tc`` may extend ``steps``/``epochs``;
@@ -217,20 +224,22 @@ def train(
     spe = batches.steps_per_epoch
     total = tc.steps if tc.steps is not None else tc.epochs * spe  # type: ignore[operator]
     eval_every = tc.eval_every or (None if tc.eval_seconds else spe)
+    family = family_of(model_cfg)
+    recipe = family.training_recipe(model_cfg, tc, total)  # refuses options the family's recipe lacks
 
     # the run folder, and the state to resume from
     run = RunDir(run_dir, rank=rank)
     saved = run.open(resume=resume, force=force, world=world)
     _barrier(world)
-    run.create({"model_config": model_cfg.to_dict(), "train_config": tc.to_dict(), "data": dict(data_info or {}),
+    run.create({"family": family.name, "model_config": model_cfg.to_dict(), "train_config": tc.to_dict(), "data": dict(data_info or {}),
                 "n_images": len(images), "n_train": len(train_images), "n_heldout": len(heldout),
                 "world_size": world, "steps_total": total, "steps_per_epoch": spe}, fresh=not resume)
 
-    model, ema, opt, noise_gen = _build(model_cfg, tc, device, init_state, rank)
+    model, ema, opt, noise_gen = _build(model_cfg, tc, device, init_state, rank, recipe)
     step, history = 0, []
     if saved is not None:
-        step, history = _restore(saved, model, ema, opt, noise_gen, rank)
-    updater = Updater(model, ema, opt, _loss_module(model, model_cfg, tc, device, noise_gen, world), tc,
+        step, history = _restore(saved, model, ema, opt, noise_gen, recipe, rank)
+    updater = Updater(model, ema, opt, _loss_module(model, recipe, device, noise_gen, world), tc, recipe,
                       total=total, world=world, coarse_layers=coarse_layers,
                       skipped=int(saved["skipped"]) if saved else 0)
     curves = Curves(run.path, enabled=rank == 0, start_step=step)
@@ -241,7 +250,8 @@ def train(
         clock.evaluating()
         stats = evaluate_heldout(ema, heldout, batch_size=tc.eval_batch_size, seed=tc.seed, autocast=updater.autocast)
         record = {"event": "eval", "step": step, "epoch": round(step / spe, 3), **_rounded(stats), **window.take(),
-                  "lr": lr_at(tc, max(0, step - 1), total), "skipped": updater.skipped,
+                  "lr": lr_at(tc, max(0, step - 1), total), **recipe.log_values(max(0, step - 1)),
+                  "skipped": updater.skipped,
                   "elapsed_s": round(clock.elapsed(), 1)}
         history.append(record)
         run.log(record)
@@ -250,8 +260,8 @@ def train(
         emit(record)
 
     def checkpoint(kind: str) -> None:
-        state = _state(model, ema, opt, step, updater.skipped, _gather_rng(noise_gen, world), world, history,
-                       clock.elapsed())
+        state = _state(model, ema, opt, recipe, step, updater.skipped, _gather_rng(noise_gen, world), world,
+                       history, clock.elapsed())
         run.save(state, ema, model_cfg, _export_meta(data_info, step, len(train_images), len(heldout), tc, history),
                  keep=bool(tc.keep_every and step % tc.keep_every == 0))
         run.log({"event": "checkpoint", "step": step, "kind": kind})
@@ -316,7 +326,7 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _check(model_cfg: VDVAEConfig, tc: TrainConfig, images: Tensor) -> int | None:
+def _check(model_cfg: Any, tc: TrainConfig, images: Tensor) -> int | None:
     """Up-front checks; returns how many leading layers the coarse-first curriculum infers."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise TrainingError(f"training images must be uint8 (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
@@ -332,23 +342,23 @@ def _check(model_cfg: VDVAEConfig, tc: TrainConfig, images: Tensor) -> int | Non
     return model_cfg.layers_up_to_res(tc.coarse_res)
 
 
-def _build(cfg: VDVAEConfig, tc: TrainConfig, device: torch.device, init_state, rank: int):
-    """Model, EMA copy, optimizer and the training-noise generator, all from ``tc.seed``."""
+def _build(cfg: Any, tc: TrainConfig, device: torch.device, init_state, rank: int, recipe):
+    """Model, EMA copy, optimizer (the recipe's) and the training-noise generator, all from ``tc.seed``."""
     with torch.random.fork_rng(devices=[]):  # the constructor's default init draws from the global RNG
         torch.manual_seed(tc.seed)
-        model = VAE(cfg)
+        model = family_of(cfg).network(cfg)
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
     model.to(device).train()
     if tc.channels_last:
         model.to(memory_format=torch.channels_last)
     ema = deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.adam_eps, weight_decay=tc.wd)
+    opt = recipe.optimizer(model)
     noise_gen = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
     return model, ema, opt, noise_gen
 
 
-def _loss_module(model: VAE, cfg: VDVAEConfig, tc: TrainConfig, device: torch.device, noise_gen, world: int):
+def _loss_module(model: torch.nn.Module, recipe, device: torch.device, noise_gen, world: int):
     loss_fn: torch.nn.Module = ElboLoss(model)
     loss_fn.noise = BatchNoise(noise_gen)
     if world > 1:
@@ -357,27 +367,19 @@ def _loss_module(model: VAE, cfg: VDVAEConfig, tc: TrainConfig, device: torch.de
         loss_fn = DistributedDataParallel(
             loss_fn,
             device_ids=[device.index or 0] if device.type == "cuda" else None,
-            # the coarse-first phase leaves the fine layers' posterior blocks without gradients
-            find_unused_parameters=_unused_encoder_blocks(cfg) or tc.coarse_steps > 0,
+            find_unused_parameters=recipe.find_unused_parameters,
         )
     return loss_fn
 
 
-def _unused_encoder_blocks(cfg: VDVAEConfig) -> bool:
-    """Whether some encoder blocks feed no decoder resolution (DDP must then look for unused params)."""
-    used = set(cfg.resolutions)
-    last_needed = max((i for i, layer in enumerate(cfg.encoder_layers) if layer.out_res in used), default=-1)
-    return last_needed < len(cfg.encoder_layers) - 1
-
-
-def _state(model, ema, opt, step, skipped, rng, world, history, elapsed_s) -> dict[str, Any]:
+def _state(model, ema, opt, recipe, step, skipped, rng, world, history, elapsed_s) -> dict[str, Any]:
     """Everything that decides the next step, as plain tensors and strings (loaded weights_only)."""
-    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": step,
-            "skipped": skipped, "rng": rng, "world_size": world, "history": [json.dumps(h) for h in history],
-            "elapsed_s": elapsed_s}
+    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "recipe": recipe.state_dict(), "step": step, "skipped": skipped, "rng": rng, "world_size": world,
+            "history": [json.dumps(h) for h in history], "elapsed_s": elapsed_s}
 
 
-def _restore(saved, model, ema, opt, noise_gen, rank) -> tuple[int, list[dict[str, Any]]]:
+def _restore(saved, model, ema, opt, noise_gen, recipe, rank) -> tuple[int, list[dict[str, Any]]]:
     """Load a checked ``state.pt`` (:func:`.training.rundir.read_state`) into this run's objects; a
     state of another architecture or world size is one TrainingError."""
     from .safety import first_line, loads
@@ -386,6 +388,7 @@ def _restore(saved, model, ema, opt, noise_gen, rank) -> tuple[int, list[dict[st
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         opt.load_state_dict(saved["optimizer"])
+        recipe.load_state_dict(saved.get("recipe", {}))
         noise_gen.set_state(saved["rng"][rank])
         return int(saved["step"]), [loads(h) for h in saved.get("history", [])]
     except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:

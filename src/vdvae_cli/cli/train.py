@@ -1,4 +1,4 @@
-"""``vdvae train``: train or fine-tune a VDVAE on a folder of images or a uint8 array."""
+"""``vdvae train``: train or fine-tune a VDVAE or an NVAE on a folder of images or a uint8 array."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ _EPILOG = (
     "Examples:\n\n"
     "  vdvae train photos/ -o runs/mine\n\n"
     "  vdvae train photos/ -o runs/mine --config small64 --time-limit 30\n\n"
+    "  vdvae train photos/ -o runs/nv --config nvae-small32 --steps 3000   (an NVAE, NVAE's own recipe)\n\n"
     "  vdvae train --resume runs/mine --time-limit 60\n\n"
     "  vdvae train faces.npy --init digits32 -o runs/finetune --steps 2000 --lr 5e-5\n\n"
     "  vdvae train digits.npz --hparams scripts/digits32.json -o runs/digits --steps 7500\n\n"
@@ -24,7 +25,7 @@ _EPILOG = (
     "images (4-32), 30 epochs (500-20,000 steps) or until --time-limit, warm-up and 10 evaluations "
     "to match. The run folder gets run.json, state.pt (resume), model.safetensors (EMA weights for "
     "`vdvae sample --model RUN/model.safetensors`), log.jsonl, curves.png, samples/step-N.png and, "
-    "with tensorboard installed, tensorboard/. A --hparams JSON uses the reference's field names "
+    "with tensorboard installed, tensorboard/. A --hparams JSON (a VDVAE) uses the reference's field names "
     "(width, zdim, enc_blocks, dec_blocks, custom_width_str, bottleneck_multiple, num_mixtures, "
     "image_size, dataset); without a 'preprocessing' object the input shift/scale are the training "
     "pixels' mean/std."
@@ -38,13 +39,36 @@ def _parse_coarse_first(text: str) -> dict[str, int]:
     return {"coarse_res": int(res), "coarse_steps": int(steps)}
 
 
+def _parse_recipe_options(items: list[str]) -> dict[str, Any]:
+    """``--recipe KEY=VALUE`` items -> the family recipe's options (values: numbers, true or false);
+    the family's recipe checks the names and ranges when the run starts."""
+    from ..safety import loads
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--recipe {item!r} is not KEY=VALUE", hint="e.g. --recipe weight_decay_norm=0.1")
+        try:
+            value = loads(text.strip())
+        except ValueError:
+            value = None
+        if isinstance(value, bool) or isinstance(value, (int, float)):
+            out[key.strip()] = value
+        else:
+            raise UsageError(f"--recipe {item!r}: the value must be a number, true or false")
+    return out
+
+
 def _resolve_model_config(config: str | None, hparams: Path | None, init: str | None, data: Path, image_size_hint,
                           run_name: str, skipped):
-    """(model config, init state or None, images) from the mutually exclusive model sources; none
-    given means the default CPU preset. ``skipped`` hears of image files that could not be read."""
-    from ..config import config_from_reference, official_config, read_hparams_file
+    """(model config, init state or None, images, name) from the mutually exclusive model sources;
+    none given means the default CPU preset. ``name`` is the preset or official architecture the
+    family's recipe defaults go by (None for --init and --hparams). ``skipped`` hears of image files
+    that could not be read."""
+    from ..config import config_from_reference, read_hparams_file
     from ..data import load_images, pixel_stats
-    from ..presets import DEFAULT_PRESET, is_preset, preset_config, preset_image_size
+    from ..presets import DEFAULT_PRESET, is_preset, official_architecture, preset_config, preset_image_size
 
     given = [x for x in (config, hparams, init) if x is not None]
     if len(given) > 1:
@@ -59,19 +83,17 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
 
         with download_progress(False) as progress:  # a named model downloads on first use
             cfg, state = read_checkpoint(fetch_model(init, progress=progress).path)
-        if getattr(cfg, "family", "vdvae") != "vdvae":
-            raise UsageError(f"--init {init} is an {cfg.family.upper()} model; vdvae train trains VDVAEs only so far")
         # a fine-tuned model is a new model: it takes the run's name, not its parent's
-        return cfg.replace(name=run_name), state, load_images(data, cfg.image_size, skipped=skipped)
+        return cfg.replace(name=run_name), state, load_images(data, cfg.image_size, skipped=skipped), None
     if is_preset(config):
         images = load_images(data, image_size_hint or preset_image_size(config), skipped=skipped)
         if images.shape[1] != preset_image_size(config):
             raise UsageError(f"--config {config} trains on {preset_image_size(config)}x{preset_image_size(config)} "
                              "images", hint="drop --image-size, or pick the preset of that size (small32, small64)")
-        return preset_config(config, images, run_name=run_name), None, images
+        return preset_config(config, images, run_name=run_name), None, images, config
     if config is not None:
-        cfg = official_config(config)
-        return cfg, None, load_images(data, cfg.image_size, skipped=skipped)
+        cfg = official_architecture(config)
+        return cfg, None, load_images(data, cfg.image_size, skipped=skipped), config
     hps = dict(read_hparams_file(hparams))  # type: ignore[arg-type]
     size = hps.get("image_size") or image_size_hint
     images = load_images(data, size, skipped=skipped)
@@ -83,17 +105,16 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
         mean, std = pixel_stats(images)
         hps["preprocessing"] = {"shift": -mean, "scale": 1.0 / std}
     name = hps.get("name") or hparams.stem  # type: ignore[union-attr]
-    return config_from_reference(hps, name=name), None, images
+    return config_from_reference(hps, name=name), None, images, None
 
 
 def _check_config_name(config: str | None) -> None:
-    from ..config import OFFICIAL_NAMES
-    from ..presets import PRESETS
+    from ..presets import PRESET_NAMES, official_names
 
-    if config is not None and config not in PRESETS and config not in OFFICIAL_NAMES:
+    if config is not None and config not in PRESET_NAMES and config not in official_names():
         raise UsageError(f"unknown --config {config!r}",
-                         hint=f"choose {' or '.join(PRESETS)} (sized for a CPU), or an official architecture: "
-                         f"{', '.join(OFFICIAL_NAMES)}")
+                         hint=f"choose {', '.join(PRESET_NAMES)} (sized for a CPU), or an official architecture: "
+                         f"{', '.join(official_names())}")
 
 
 def _train_dtype(spec: str, device) -> str:
@@ -111,21 +132,21 @@ def _train_dtype(spec: str, device) -> str:
 def train_cmd(
     data: Annotated[Optional[Path], typer.Argument(help="Folder of images, or an .npy/.npz uint8 (N, H, W[, C]) array.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder to create.", show_default=False)] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="NAME", help="small32 or small64 (presets sized for a CPU; default small32), or an official architecture (cifar10, imagenet32, ...) trained with its reference recipe.", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="NAME", help="small32, small64 or nvae-small32 (presets sized for a CPU; default small32), or an official architecture (VDVAE: cifar10, imagenet32, ...; NVAE: nvae-cifar10, nvae-celeba64, ...) trained with its family's recipe.", show_default=False)] = None,
     hparams: Annotated[Optional[Path], typer.Option("--hparams", help="Architecture as reference-style JSON (or an official -log.jsonl).", show_default=False)] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="Fine-tune: start from this model (registry name or .safetensors).", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Total optimizer steps (default: 10 epochs).", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Total epochs (instead of --steps).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Images per step per process [32].", show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate [1.5e-4].", show_default=False)] = None,
-    wd: Annotated[Optional[float], typer.Option("--wd", help="Decoupled weight decay [0.01].", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate [VDVAE 1.5e-4, NVAE 1e-2].", show_default=False)] = None,
+    wd: Annotated[Optional[float], typer.Option("--wd", help="Weight decay [VDVAE: 0.01, decoupled (AdamW); NVAE: 3e-4, L2 (Adamax)].", show_default=False)] = None,
     warmup: Annotated[Optional[int], typer.Option("--warmup", help="Linear warm-up steps [100].", show_default=False)] = None,
     lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="constant (reference) or cosine.", show_default=False)] = None,
-    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm to this [200].", show_default=False)] = None,
-    skip_threshold: Annotated[Optional[float], typer.Option("--skip-threshold", help="Skip updates whose gradient norm reaches this; -1 = only non-finite ones [400].", show_default=False)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm to this; 0 = no clipping [VDVAE 200, NVAE 0].", show_default=False)] = None,
+    skip_threshold: Annotated[Optional[float], typer.Option("--skip-threshold", help="Skip updates whose gradient norm reaches this; -1 = only non-finite ones [VDVAE 400, NVAE -1].", show_default=False)] = None,
     max_skips: Annotated[Optional[int], typer.Option("--max-skips", help="Stop after this many skipped updates in a row [100].", show_default=False)] = None,
-    ema_rate: Annotated[Optional[float], typer.Option("--ema-rate", help="EMA decay of the weights [0.999].", show_default=False)] = None,
+    ema_rate: Annotated[Optional[float], typer.Option("--ema-rate", help="EMA decay of the weights; 0 = no EMA [VDVAE 0.999, NVAE 0].", show_default=False)] = None,
     holdout: Annotated[Optional[float], typer.Option("--holdout", help="Held-out images: a fraction < 1 or a count [0.1].", show_default=False)] = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Steps between held-out evaluations [one epoch].", show_default=False)] = None,
     sample_every: Annotated[Optional[int], typer.Option("--sample-every", help="Steps between sample grids [= --eval-every].", show_default=False)] = None,
@@ -135,6 +156,7 @@ def train_cmd(
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="MINUTES", help="Train for this long (from now, also when resuming), then checkpoint and stop; --resume continues.", show_default=False)] = None,
     coarse_first: Annotated[Optional[str], typer.Option("--coarse-first", metavar="RES:STEPS", help="Curriculum: for the first STEPS steps infer only the latent layers at resolution <= RES (the rest come from the prior), so the coarse layers learn the global content first. Off by default (the reference recipe).", show_default=False)] = None,
     kl_warmup: Annotated[Optional[int], typer.Option("--kl-warmup", metavar="STEPS", help="Against posterior collapse: raise the KL term's weight in the objective linearly from 0 to 1 over STEPS steps (the reported loss stays the ELBO). Off by default.", show_default=False)] = None,
+    recipe_options: Annotated[Optional[list[str]], typer.Option("--recipe", metavar="KEY=VALUE", help="A setting of the model family's own recipe, repeatable. NVAE: kl_anneal_portion, kl_const_portion, kl_const_coeff (the KL warm-up), weight_decay_norm (the spectral/BN coefficient), weight_decay_norm_init, weight_decay_norm_anneal, power_iterations.", show_default=False)] = None,
     free_bits: Annotated[Optional[float], typer.Option("--free-bits", metavar="BITS", help="Against posterior collapse: count each latent layer's batch-mean KL as at least BITS bits per image in the posterior's objective (the prior still learns the full KL). Off by default.", show_default=False)] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="With --hparams lacking image_size: resize/crop to this.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation, data order and training noise [0].", show_default=False)] = None,
@@ -146,14 +168,16 @@ def train_cmd(
     quiet: QuietOpt = False,
     force: ForceOpt = False,
 ) -> None:
-    """Train a VDVAE on a folder of images: `vdvae train FOLDER -o RUN` works with defaults.
+    """Train a VDVAE or an NVAE on a folder of images: `vdvae train FOLDER -o RUN` works with defaults.
 
     Reports the held-out negative ELBO in bits/dim at every evaluation (one JSON line each with
-    --json), writes sample grids and resumable checkpoints, and exports the EMA weights as a
-    self-describing safetensors file. Under torchrun every process trains on its own shard
-    (DistributedDataParallel: NCCL on GPUs, gloo on CPU); only rank 0 writes.
+    --json), writes sample grids and resumable checkpoints, and exports the evaluated weights (a
+    VDVAE's EMA; an NVAE's trained weights and BatchNorm statistics) as a self-describing
+    safetensors file. An NVAE (--config nvae-small32, nvae-cifar10, ...) trains with NVAE's recipe.
+    Under torchrun every process trains on its own shard (DistributedDataParallel: NCCL on GPUs,
+    gloo on CPU); only rank 0 writes.
     """
-    from ..train import TrainConfig, read_run, reference_recipe, train
+    from ..train import TrainConfig, read_run, train
 
     overrides: dict[str, Any] = {
         k: v for k, v in dict(
@@ -167,6 +191,7 @@ def train_cmd(
     }
     if coarse_first is not None:
         overrides.update(_parse_coarse_first(coarse_first))
+    recipe_given = _parse_recipe_options(recipe_options or [])
     if dtype not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--dtype {dtype!r} cannot train", hint="use auto, fp32, or bf16 (autocast, fp32 master weights)")
     if steps is not None and epochs is not None:
@@ -193,7 +218,8 @@ def train_cmd(
             tc = tc.replace(epochs=None)
         if "epochs" in overrides:
             tc = tc.replace(steps=None)
-        tc = tc.replace(**overrides, dtype=tc.dtype if dtype == "auto" else dtype)
+        tc = tc.replace(**overrides, dtype=tc.dtype if dtype == "auto" else dtype,
+                        family_options={**tc.family_options, **recipe_given})
         data_path = Path(data) if data is not None else Path(info["data"].get("path", ""))
         if not str(data_path) or not data_path.exists():
             raise UsageError(f"the run's data {data_path} is not there", hint="pass DATA again")
@@ -205,19 +231,21 @@ def train_cmd(
             raise UsageError("missing DATA (a folder of images or an .npy/.npz array)")
         if output is None:
             raise UsageError("missing -o RUN_DIR (the folder to write the run to)")
-        cfg, init_state, images = _resolve_model_config(config, hparams, init, data, image_size,
-                                                        output.resolve().name, skipped)
-        from ..presets import PRESET_RECIPE, is_preset
+        cfg, init_state, images, name = _resolve_model_config(config, hparams, init, data, image_size,
+                                                              output.resolve().name, skipped)
+        from ..family import family_of
         from ..training.schedule import auto_settings
 
-        preset = is_preset(config) or not any(x is not None for x in (config, hparams, init))
-        recipe: dict[str, Any] = dict(PRESET_RECIPE) if preset else reference_recipe(config) if config else {}
-        given = {**recipe, **overrides}
+        defaults = family_of(cfg).train_defaults(name)
+        given = {**defaults.settings, **overrides}
+        if recipe_given:
+            given["family_options"] = {**given.get("family_options", {}), **recipe_given}
         dev, shard = init_distributed(device)
-        tc = TrainConfig(**{**given, **auto_settings(len(images), given, world=shard.world, decay=preset)},
-                         dtype=_train_dtype(dtype, dev))
+        auto = auto_settings(len(images), given, world=shard.world, decay=defaults.decay, open_ended=defaults.open_ended)
+        tc = TrainConfig(**{**given, **auto}, dtype=_train_dtype(dtype, dev))
         run_dir = output
-        data_info = {"dataset": cfg.dataset if cfg.dataset != "custom" else data.stem, "path": str(data)}
+        own_data = cfg.dataset.partition("_")[0] == "custom"  # a preset or --hparams model of one's own data
+        data_info = {"dataset": data.stem if own_data else cfg.dataset, "path": str(data)}
 
     rank = shard.rank
     callback = _Reporter(json_out=json_out, quiet=quiet) if rank == 0 else None

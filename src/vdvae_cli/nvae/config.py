@@ -56,18 +56,19 @@ _BOUNDS: dict[str, tuple[int, int]] = {
 
 
 def image_size_of(dataset: str) -> int:
-    """Input size of the official dataset string (MNIST-style sets are padded 28 -> 32)."""
+    """Input size of the official dataset string (MNIST-style sets are padded 28 -> 32); ``custom_N``
+    names a model trained here on one's own N x N RGB images."""
     if dataset in BINARY_DATASETS or dataset == "cifar10":
         return 32
     if dataset == "ffhq":
         return 256
-    if dataset.startswith(("celeba", "imagenet", "lsun")):
+    if dataset.startswith(("celeba", "imagenet", "lsun", "custom")):
         tail = dataset.rsplit("_", 1)[-1]
         if tail.isdigit() and 1 <= int(tail) <= 4096:
             return int(tail)
     raise ConfigError(
         f"dataset {dataset!r} has no input size NVAE can build",
-        hint="one of mnist, omniglot, cifar10, ffhq, or celeba_N / imagenet_N / lsun_NAME_N",
+        hint="one of mnist, omniglot, cifar10, ffhq, or celeba_N / imagenet_N / lsun_NAME_N / custom_N (own data)",
     )
 
 

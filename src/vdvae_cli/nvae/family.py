@@ -35,6 +35,8 @@ from .distributions import bernoulli_log_prob, normal_log_p, normal_params
 if TYPE_CHECKING:
     from ..distributions import Noise
     from ..model import DecoderOutput
+    from ..train import TrainConfig
+    from ..training.recipe import Recipe, TrainDefaults
     from .network import NVAE
 
 Tensor = torch.Tensor
@@ -138,3 +140,13 @@ class NVAEFamily:
         if loaded:
             return f"BatchNorm statistics for these temperatures loaded from {path}"
         return f"BatchNorm statistics re-adjusted ({iters} prior passes of 16), kept in {path}"
+
+    def train_defaults(self, name: str | None) -> "TrainDefaults":
+        from .training import train_defaults
+
+        return train_defaults(name)
+
+    def training_recipe(self, cfg: NVAEConfig, tc: "TrainConfig", total: int) -> "Recipe":
+        from .training import NVAERecipe
+
+        return NVAERecipe(cfg, tc, total)

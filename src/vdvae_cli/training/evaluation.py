@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..data import shard_range
-from ..model import VAE
+from ..family import first_parameter
 from ..ops import elbo, reconstruct, sample
 
 Tensor = torch.Tensor
@@ -26,14 +26,14 @@ def _dist() -> tuple[bool, int, int]:
 
 @torch.no_grad()
 def evaluate_heldout(
-    model: VAE, images: Tensor, *, batch_size: int = 64, seed: int = 0, autocast: bool = False
+    model: torch.nn.Module, images: Tensor, *, batch_size: int = 64, seed: int = 0, autocast: bool = False
 ) -> dict[str, Any]:
     """Mean negative ELBO of ``images`` in bits/dim (with its distortion/rate split and each latent
     layer's KL in bits per image), summed over
     this process's part when ``torch.distributed`` is initialised and reduced over all ranks."""
     distributed, rank, world = _dist()
     part = images[shard_range(len(images), rank, world)] if distributed else images
-    p = model.decoder.gain
+    p = first_parameter(model)
     g = torch.Generator(device=p.device).manual_seed(seed)
     n_layers = model.cfg.n_layers
     sums = torch.zeros(4 + n_layers, dtype=torch.float64, device=p.device)  # elbo, distortion, rate, count, KLs
@@ -80,9 +80,9 @@ def save_grid(images: Tensor, path: Path, columns: int) -> Path:
     return path
 
 
-def visualise(model: VAE, heldout: Tensor, path: Path, *, columns: int, seed: int) -> Path:
+def visualise(model: torch.nn.Module, heldout: Tensor, path: Path, *, columns: int, seed: int) -> Path:
     """The reference-style grid: originals, posterior-mean reconstructions, samples at t=1 and t=0.8."""
-    g = torch.Generator(device=model.decoder.gain.device)
+    g = torch.Generator(device=first_parameter(model).device)
     originals = heldout[:columns]
     recon = reconstruct(model, originals, posterior="mean", noise=g.manual_seed(seed))
     rows = [originals.to(recon.device), recon]

@@ -21,9 +21,7 @@ from typing import Any, Mapping
 import torch
 
 from ..checkpoint import save_checkpoint
-from ..config import VDVAEConfig
 from ..errors import OutputError, TrainingError
-from ..model import VAE
 
 STATE_FILE = "state.pt"
 RUN_FILE = "run.json"
@@ -63,7 +61,9 @@ def read_state(state_path: Path) -> dict[str, Any]:
             raise TrainingError(f"{state_path} is not a training state: {key!r} is missing or not a {kind.__name__}")
     if saved["step"] < 0 or saved["skipped"] < 0 or not all(isinstance(r, torch.Tensor) for r in saved["rng"]):
         raise TrainingError(f"{state_path} is damaged: step, skipped or rng states are out of range")
-    for key in ("model", "ema"):
+    if not isinstance(saved.setdefault("recipe", {}), dict):  # the family recipe's own state (NVAE: spectral norms)
+        raise TrainingError(f"{state_path} is damaged: its recipe state is not a map of names to tensors")
+    for key in ("model", "ema", "recipe"):
         if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in saved[key].items()):
             raise TrainingError(f"{state_path} is damaged: {key!r} is not a map of names to tensors")
         for name, t in saved[key].items():
@@ -122,7 +122,7 @@ class RunDir:
         text = json.dumps(dict(info), indent=2) + "\n"
         atomic_write_with(self.path / RUN_FILE, lambda f: f.write(text.encode()))
 
-    def save(self, state: Mapping[str, Any], ema: VAE, cfg: VDVAEConfig, meta: Mapping[str, str], *,
+    def save(self, state: Mapping[str, Any], ema: torch.nn.Module, cfg: Any, meta: Mapping[str, str], *,
              keep: bool) -> None:
         """The resumable state (and a step-N.pt copy when ``keep``) and the exported EMA model."""
         if not self.writer:
@@ -147,8 +147,11 @@ class RunDir:
             raise _write_error(path, exc) from None
 
 
-def read_run(run_dir: str | Path) -> tuple[VDVAEConfig, Any, dict[str, Any]]:
-    """The model config, train config and run facts saved in ``run_dir/run.json``."""
+def read_run(run_dir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """The model config (of the run's family; VDVAE for runs saved before NVAE could train), train
+    config and run facts saved in ``run_dir/run.json``."""
+    from ..errors import CheckpointError, ConfigError
+    from ..family import family_named
     from ..train import TrainConfig
 
     from ..safety import first_line, loads
@@ -159,7 +162,10 @@ def read_run(run_dir: str | Path) -> tuple[VDVAEConfig, Any, dict[str, Any]]:
             info = loads(f.read(16 << 20))
         if not isinstance(info, dict) or not isinstance(info.get("data", {}), dict):
             raise TypeError("not a JSON object")
-        return VDVAEConfig.from_dict(info["model_config"]), TrainConfig.from_dict(info["train_config"]), info
+        family = family_named(str(info.get("family", "vdvae")))
+        return family.config_from_dict(info["model_config"]), TrainConfig.from_dict(info["train_config"]), info
+    except (CheckpointError, ConfigError) as exc:  # an unknown family, a config that does not hold
+        raise TrainingError(f"{run_dir / RUN_FILE} is damaged: {exc}") from None
     except FileNotFoundError:
         raise TrainingError(f"{run_dir} is not a training run (no {RUN_FILE})") from None
     except OSError as exc:

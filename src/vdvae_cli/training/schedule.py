@@ -27,13 +27,16 @@ def ema_decay(tc: "TrainConfig", step: int) -> float:
     return min(tc.ema_rate, (1.0 + step) / (10.0 + step)) if tc.ema_warmup else tc.ema_rate
 
 
-def auto_settings(n_images: int, given: Mapping[str, Any], *, world: int = 1, decay: bool = False) -> dict[str, Any]:
+def auto_settings(n_images: int, given: Mapping[str, Any], *, world: int = 1, decay: bool = False,
+                  open_ended: bool = True) -> dict[str, Any]:
     """The :class:`TrainConfig` fields that ``given`` (the user's choices) leaves open, sized to a
     data set of ``n_images`` and to ``given["time_limit"]`` (seconds, or None).
 
     * held out: 10% (at least 1 image), evaluated on at most 1,000 of them;
     * batch: a power of two near a quarter of the training images, between 4 and 32 per process;
-    * length: 30 epochs, between 500 and 20,000 steps; with a time limit, until the time is up;
+    * length: 30 epochs, between 500 and 20,000 steps; with a time limit, until the time is up
+      (unless not ``open_ended``: a recipe whose schedules are fractions of the run keeps its length
+      and the time limit only stops it early, resumably);
     * learning rate: cosine decay when ``decay`` and the length is known, else constant (a run
       that the time limit ends does not know its length in advance);
     * warm-up: 5% of the steps (10 to 100), or a tenth of the time limit at one step per second;
@@ -53,7 +56,7 @@ def auto_settings(n_images: int, given: Mapping[str, Any], *, world: int = 1, de
     steps_per_epoch = max(1, n_train // (batch * world))
     steps = given.get("steps")
     if steps is None and given.get("epochs") is None:
-        if time_limit:
+        if time_limit and open_ended:
             steps = UNTIL_TIME_LIMIT
         else:
             steps = min(20_000, max(500, 30 * steps_per_epoch))

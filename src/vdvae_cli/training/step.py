@@ -1,6 +1,7 @@
-"""One optimizer step of the reference recipe.
+"""One optimizer step, for every family: the family's recipe (:mod:`.recipe`) gives the scalar the
+gradient follows; the negative ELBO in nats/dim is what is reported.
 
-The negative ELBO in nats/dim is the loss; gradients are clipped to ``grad_clip``; an update
+Gradients are clipped to ``grad_clip`` (0: not at all); an update
 (optimizer step and EMA update) is *skipped* when the pre-clip gradient norm reaches
 ``skip_threshold`` or the loss is not finite, and the run stops with a clear message once
 ``max_skips`` updates in a row were skipped (the trap of openai/vdvae#25, where the gradient norm of
@@ -17,8 +18,8 @@ from torch import nn
 
 from ..distributions import BatchNoise
 from ..errors import TrainingError
-from ..model import VAE
 from ..ops import elbo
+from .recipe import LossTerms, Recipe
 from .schedule import ema_decay, lr_at
 
 Tensor = torch.Tensor
@@ -26,13 +27,13 @@ LN2 = math.log(2.0)
 
 
 class ElboLoss(nn.Module):
-    """Wraps a VAE so that one ``forward`` computes the per-image negative ELBO terms.
+    """Wraps a model (either family) so that one ``forward`` computes the per-image negative ELBO terms.
 
     DistributedDataParallel synchronises gradients of whatever runs inside ``forward``, so the
     training pass goes through this module rather than calling ``model.encoder``/``decoder``.
     """
 
-    def __init__(self, model: VAE):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
         self.noise: BatchNoise | None = None
@@ -90,10 +91,11 @@ class Updater:
     the EMA ``ema`` of its weights. Counts skipped updates; raises :class:`TrainingError` when the
     model has stopped learning."""
 
-    def __init__(self, model: VAE, ema: VAE, opt: torch.optim.Optimizer, loss_fn: nn.Module, tc, *, total: int,
-                 world: int, coarse_layers: int | None, skipped: int = 0):
-        self.model, self.ema, self.opt, self.loss_fn, self.tc = model, ema, opt, loss_fn, tc
+    def __init__(self, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module, tc,
+                 recipe: Recipe, *, total: int, world: int, coarse_layers: int | None, skipped: int = 0):
+        self.model, self.ema, self.opt, self.loss_fn, self.tc, self.recipe = model, ema, opt, loss_fn, tc, recipe
         self.params = list(model.parameters())
+        self.buffers = [(be, b) for be, b in zip(ema.buffers(), model.buffers())]  # BatchNorm statistics
         self.total, self.world, self.coarse_layers = total, world, coarse_layers
         self.skipped, self.consecutive = skipped, 0
         self.inner = loss_fn.module if world > 1 else loss_fn
@@ -104,17 +106,13 @@ class Updater:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(tc, step, self.total)
         self.inner.n_posterior = self.coarse_layers if step < tc.coarse_steps else None
-        shaped = bool(tc.kl_warmup or tc.free_bits)
-        self.inner.split_kl = shaped
+        self.inner.split_kl = self.recipe.split_kl
         device = batch.device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast):
             distortion, rate, kl_layers, kl_prior = self.loss_fn(batch)
         loss = (distortion + rate).mean()  # the negative ELBO: what is reported
-        if shaped:
-            objective(tc, step, distortion, kl_layers, self.model.cfg.n_dims, kl_prior).backward()
-        else:
-            loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip))
+        self.recipe.objective(self.model, step, LossTerms(loss, distortion, rate, kl_layers, kl_prior)).backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip or math.inf))
         stats = torch.tensor([float(loss.detach()), float(distortion.detach().mean()), float(rate.detach().mean()),
                               *map(float, flags)], dtype=torch.float64, device=batch.device)
         if self.world > 1:  # one collective: mean losses, and each flag raised if any rank raised it
@@ -137,6 +135,8 @@ class Updater:
             weight = 1.0 - ema_decay(self.tc, step)
             for pe, p in zip(self.ema.parameters(), self.params):
                 pe.lerp_(p, weight)
+            for be, b in self.buffers:  # running statistics are not averaged: the EMA takes the latest
+                be.copy_(b)
         return None
 
     def _skip(self, step: int, finite: bool, grad_norm: float) -> str | None:
