@@ -322,19 +322,18 @@ class CellAR(nn.Module):
     def __init__(self, zdim: int, *, mirror: bool):
         super().__init__()
         hidden = 6 * zdim
-        self.conv = nn.Module()
-        self.conv.convz = nn.Sequential(
+        # ModuleDicts give the official key names (conv.convz.*, mu.conv_0.*) with typed lookups.
+        self.conv = nn.ModuleDict({"convz": nn.Sequential(
             ARConv2d(zdim, hidden, 3, zero_diag=True, mirror=mirror),
             nn.ELU(),
             ARConv2d(hidden, hidden, 5, zero_diag=False, mirror=mirror, groups=hidden),
             nn.ELU(),
-        )
-        self.mu = nn.Module()
-        self.mu.conv_0 = ARConv2d(hidden, zdim, 1, zero_diag=False, mirror=mirror, bias=True)
+        )})
+        self.mu = nn.ModuleDict({"conv_0": ARConv2d(hidden, zdim, 1, zero_diag=False, mirror=mirror, bias=True)})
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.conv.convz(z)
-        return z - self.mu.conv_0(F.elu(h))
+        h = self.conv["convz"](z)
+        return z - self.mu["conv_0"](F.elu(h))
 
 
 class PairedCellAR(nn.Module):
@@ -397,12 +396,14 @@ class NVAE(nn.Module):
         self.nf_cells = nn.ModuleList(PairedCellAR(L) for _ in groups for _ in range(cfg.num_nf))
 
         dec: list[nn.Module] = []
-        for g in groups:
-            if g.index > 0:
-                if groups[g.index - 1].scale != g.scale:
-                    dec.append(Cell(groups[g.index - 1].width, "up_dec", ops["up_dec"], se))
-                dec += [Cell(g.width, "normal_dec", ops["normal_dec"], se) for _ in range(cfg.num_cell_per_cond_dec)]
-            dec.append(DecCombinerCell(g.width, L))
+        for group in groups:
+            if group.index > 0:
+                before = groups[group.index - 1]
+                if before.scale != group.scale:
+                    dec.append(Cell(before.width, "up_dec", ops["up_dec"], se))
+                dec += [Cell(group.width, "normal_dec", ops["normal_dec"], se)
+                        for _ in range(cfg.num_cell_per_cond_dec)]
+            dec.append(DecCombinerCell(group.width, L))
         self.dec_tower = nn.ModuleList(dec)
 
         post: list[nn.Module] = []
@@ -517,10 +518,10 @@ class NVAE(nn.Module):
                     log_q = normal_log_p(z_pre.float(), qm, qs)
                     log_p = normal_log_p(z.float(), pm, ps)
                     kl = log_q - log_p if cfg.num_nf > 0 else normal_kl(qm, qs, pm, ps)
-                if trace:
-                    rec.update(enc_feat=enc, ftr=ftr, mu_q_raw=mu_q_raw, log_sig_q_raw=ls_q_raw, q_mu=q_mu,
-                               q_sigma=q_sigma, p_mu=p_mu, p_sigma=p_sigma, z_pre=z_pre, log_q=log_q, log_p=log_p,
-                               kl=kl)
+                    if trace:
+                        rec.update(enc_feat=enc, ftr=ftr, mu_q_raw=mu_q_raw, log_sig_q_raw=ls_q_raw, q_mu=q_mu,
+                                   q_sigma=q_sigma, p_mu=p_mu, p_sigma=p_sigma, z_pre=z_pre, log_q=log_q,
+                                   log_p=log_p, kl=kl)
             else:
                 mu, sigma = normal_params(mu_p_raw, ls_p_raw, temps[k])
                 z = mu + sigma * e
@@ -536,7 +537,7 @@ class NVAE(nn.Module):
             s = cell(s, z)
             k += 1
             if stop_after is not None and k >= stop_after:
-                out.px_z = None  # type: ignore[assignment]
+                out.px_z = None
                 return out
         for cell in self.post_process:
             s = cell(s)
