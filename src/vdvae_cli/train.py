@@ -27,7 +27,7 @@ import time
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
 
 import torch
 
@@ -40,6 +40,9 @@ from .training.evaluation import evaluate_heldout, save_grid, visualise
 from .training.rundir import RunDir, read_run
 from .training.schedule import lr_at
 from .training.step import ElboLoss, Updater, kl_weight, objective
+
+if TYPE_CHECKING:
+    from .model import VAE
 
 Tensor = torch.Tensor
 Callback = Callable[[dict[str, Any]], None]
@@ -236,7 +239,8 @@ def train(
                 "world_size": world, "steps_total": total, "steps_per_epoch": spe}, fresh=not resume)
 
     model, ema, opt, noise_gen = _build(model_cfg, tc, device, init_state, rank, recipe)
-    step, history = 0, []
+    step = 0
+    history: list[dict[str, Any]] = []
     if saved is not None:
         step, history = _restore(saved, model, ema, opt, noise_gen, recipe, rank)
     updater = Updater(model, ema, opt, _loss_module(model, recipe, device, noise_gen, world), tc, recipe,
@@ -346,21 +350,23 @@ def _build(cfg: Any, tc: TrainConfig, device: torch.device, init_state, rank: in
     """Model, EMA copy, optimizer (the recipe's) and the training-noise generator, all from ``tc.seed``."""
     with torch.random.fork_rng(devices=[]):  # the constructor's default init draws from the global RNG
         torch.manual_seed(tc.seed)
-        model = family_of(cfg).network(cfg)
+        # VAE is the model type of the whole API; an NVAE network offers the same surface (family.LatentModel)
+        model = cast("VAE", family_of(cfg).network(cfg))
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
     model.to(device).train()
     if tc.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack memory_format
     ema = deepcopy(model).eval().requires_grad_(False)
     opt = recipe.optimizer(model)
     noise_gen = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
     return model, ema, opt, noise_gen
 
 
-def _loss_module(model: torch.nn.Module, recipe, device: torch.device, noise_gen, world: int):
-    loss_fn: torch.nn.Module = ElboLoss(model)
-    loss_fn.noise = BatchNoise(noise_gen)
+def _loss_module(model: VAE, recipe, device: torch.device, noise_gen, world: int) -> torch.nn.Module:
+    elbo_loss = ElboLoss(model)
+    elbo_loss.noise = BatchNoise(noise_gen)
+    loss_fn: torch.nn.Module = elbo_loss
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 

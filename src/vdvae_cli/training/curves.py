@@ -26,8 +26,8 @@ class Curves:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is not installed: the PNG is enough
-                SummaryWriter = None  # noqa: N806
-            if SummaryWriter is not None:
+                pass
+            else:
                 # purge_step: a resumed run replaces whatever an interrupted one logged after its checkpoint
                 self._tb = SummaryWriter(str(self.folder / TENSORBOARD_DIR), purge_step=start_step or None)
 

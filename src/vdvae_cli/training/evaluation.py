@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..data import shard_range
 from ..family import first_parameter
 from ..ops import elbo, reconstruct, sample
+
+if TYPE_CHECKING:
+    from ..model import VAE  # the API's model type; an NVAE offers the same surface (family.LatentModel)
 
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
@@ -26,7 +29,7 @@ def _dist() -> tuple[bool, int, int]:
 
 @torch.no_grad()
 def evaluate_heldout(
-    model: torch.nn.Module, images: Tensor, *, batch_size: int = 64, seed: int = 0, autocast: bool = False
+    model: VAE, images: Tensor, *, batch_size: int = 64, seed: int = 0, autocast: bool = False
 ) -> dict[str, Any]:
     """Mean negative ELBO of ``images`` in bits/dim (with its distortion/rate split and each latent
     layer's KL in bits per image), summed over
@@ -80,7 +83,7 @@ def save_grid(images: Tensor, path: Path, columns: int) -> Path:
     return path
 
 
-def visualise(model: torch.nn.Module, heldout: Tensor, path: Path, *, columns: int, seed: int) -> Path:
+def visualise(model: VAE, heldout: Tensor, path: Path, *, columns: int, seed: int) -> Path:
     """The reference-style grid: originals, posterior-mean reconstructions, samples at t=1 and t=0.8."""
     g = torch.Generator(device=first_parameter(model).device)
     originals = heldout[:columns]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -21,6 +22,9 @@ from ..errors import TrainingError
 from ..ops import elbo
 from .recipe import LossTerms, Recipe
 from .schedule import ema_decay, lr_at
+
+if TYPE_CHECKING:
+    from ..model import VAE
 
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
@@ -33,7 +37,7 @@ class ElboLoss(nn.Module):
     training pass goes through this module rather than calling ``model.encoder``/``decoder``.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: VAE):  # the API's model type; an NVAE offers the same surface (family.LatentModel)
         super().__init__()
         self.model = model
         self.noise: BatchNoise | None = None
@@ -98,7 +102,8 @@ class Updater:
         self.buffers = [(be, b) for be, b in zip(ema.buffers(), model.buffers())]  # BatchNorm statistics
         self.total, self.world, self.coarse_layers = total, world, coarse_layers
         self.skipped, self.consecutive = skipped, 0
-        self.inner = loss_fn.module if world > 1 else loss_fn
+        # under DDP the ElboLoss is its .module, which Module.__getattr__ types as Tensor | Module
+        self.inner = cast(ElboLoss, loss_fn.module if world > 1 else loss_fn)
         self.autocast = tc.dtype == "bf16"
 
     def __call__(self, batch: Tensor, step: int, flags: tuple[bool, ...] = ()) -> StepResult:
@@ -123,7 +128,11 @@ class Updater:
         loss_v, dist_v, rate_v, *raised = (float(s) for s in stats)
         finite = math.isfinite(loss_v) and math.isfinite(grad_norm)
         skip = not finite or (tc.skip_threshold != -1 and grad_norm >= tc.skip_threshold)
-        warning = self._skip(step, finite, grad_norm) if skip else self._update(step)
+        if skip:
+            warning = self._skip(step, finite, grad_norm)
+        else:
+            self._update(step)
+            warning = None
         self.opt.zero_grad(set_to_none=True)
         return StepResult(loss_v / LN2, dist_v / LN2, rate_v / LN2, grad_norm, skip,
                           tuple(r > 0 for r in raised), warning)
@@ -137,7 +146,6 @@ class Updater:
                 pe.lerp_(p, weight)
             for be, b in self.buffers:  # running statistics are not averaged: the EMA takes the latest
                 be.copy_(b)
-        return None
 
     def _skip(self, step: int, finite: bool, grad_norm: float) -> str | None:
         tc = self.tc
