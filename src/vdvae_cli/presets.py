@@ -18,7 +18,7 @@ own recipe (:mod:`vdvae_cli.nvae.training`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +57,7 @@ DEFAULT_PRESET = "small32"
 PRESET_RECIPE: dict[str, Any] = dict(lr=1e-3, grad_clip=400.0, skip_threshold=5000.0, ema_rate=0.995, ema_warmup=True)
 
 
-def is_preset(name: str | None) -> bool:
+def is_preset(name: str | None) -> TypeGuard[str]:
     return name in PRESETS or name in NVAE_PRESETS
 
 

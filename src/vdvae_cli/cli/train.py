@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from ._app import command, emit_json, say
 from .options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 _EPILOG = (
     "Examples:\n\n"
@@ -92,8 +95,8 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
                              "images", hint="drop --image-size, or pick the preset of that size (small32, small64)")
         return preset_config(config, images, run_name=run_name), None, images, config
     if config is not None:
-        cfg = official_architecture(config)
-        return cfg, None, load_images(data, cfg.image_size, skipped=skipped), config
+        arch = official_architecture(config)
+        return arch, None, load_images(data, arch.image_size, skipped=skipped), config
     hps = dict(read_hparams_file(hparams))  # type: ignore[arg-type]
     size = hps.get("image_size") or image_size_hint
     images = load_images(data, size, skipped=skipped)
@@ -267,8 +270,8 @@ class _Reporter:
 
     def __init__(self, *, json_out: bool, quiet: bool):
         self.json_out, self.quiet = json_out, quiet
-        self.progress = None
-        self.task = None
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
         self.last_eval = "-"
 
     def _start(self, total: int, done: int) -> None:
@@ -311,8 +314,8 @@ class _Reporter:
         if kind == "start":
             self._say_plan(event)
             self._start(event["total"], event["step"])
-        elif kind == "step" and self.progress is not None:
-            self.progress.update(self.task, completed=event["step"], loss=f"loss {event['loss_bpd']:.3f} b/d")
+        elif kind == "step":
+            self._update(completed=event["step"], loss=f"loss {event['loss_bpd']:.3f} b/d")
         elif kind == "eval":
             self.last_eval = f"{event['heldout_bpd']:.4f} b/d"
             line = (f"step {event['step']} (epoch {event['epoch']}): held-out {event['heldout_bpd']:.4f} bits/dim "
@@ -320,10 +323,13 @@ class _Reporter:
             if event.get("train_bpd") is not None:
                 line += f", train {event['train_bpd']:.4f}"
             self._print(line)
-            if self.progress is not None:
-                self.progress.update(self.task, heldout=self.last_eval)
+            self._update(heldout=self.last_eval)
         elif kind == "warning":
             self._print(f"warning: {event['message']}")
+
+    def _update(self, **fields: Any) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, **fields)
 
     def _print(self, text: str) -> None:
         if self.progress is not None:
