@@ -268,6 +268,13 @@ def elbo(
         return _elbo(model, images, samples, as_noise(noise), eps, n_posterior, temperatures, split_kl)
 
 
+def _per_layer(kls: Sequence[Tensor | None] | None, zero: Tensor, n_dims: int) -> Tensor:
+    """(N, L) each layer's KL per image in nats/dim from per-element KLs; ``zero`` (N,) where a layer
+    came from its prior (None)."""
+    assert kls is not None, "the decoder pass was not asked for KLs"
+    return torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in kls], dim=1) / n_dims
+
+
 def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[Tensor] | None,
           n_posterior: int | None = None, temperatures: Temperatures = 1.0, split_kl: bool = False) -> ElboResult:
     cfg = model.cfg
@@ -282,10 +289,9 @@ def _elbo(model: VAE, images: Tensor, samples: int, noise: Noise, eps: Sequence[
                             eps=eps, want_kl="split" if split_kl else True, trace=samples > 1)
         dist = family.nll(model, model.logits(out.px_z), images)
         zero = dist.new_zeros(n)
-        kl = torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl], dim=1) / n_dims
+        kl = _per_layer(out.kl, zero, n_dims)
         if split_kl:
-            prior_kls.append(torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in out.kl_prior],
-                                         dim=1) / n_dims)
+            prior_kls.append(_per_layer(out.kl_prior, zero, n_dims))
         dists.append(dist)
         kls.append(kl)
         rates.append(kl.sum(dim=1))
