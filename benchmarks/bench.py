@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vdvae_cli import ops  # noqa: E402
-from vdvae_cli.config import VDVAEConfig, official_config  # noqa: E402
-from vdvae_cli.model import VAE  # noqa: E402
-from vdvae_cli.runtime import configure_backends, prepare_for_inference  # noqa: E402
+from vdvae_cli.engine import ops  # noqa: E402
+from vdvae_cli.families.vdvae.config import VDVAEConfig, official_config  # noqa: E402
+from vdvae_cli.families.vdvae.model import VAE  # noqa: E402
+from vdvae_cli.engine.runtime import configure_backends, prepare_for_inference  # noqa: E402
 
 # Dense bf16/fp16 tensor-core peak, IEEE fp32 (CUDA-core, no TF32) peak, both TFLOP/s, and memory
 # bandwidth (TB/s): datasheet figures (H100 SXM bf16 at the ~790 TFLOP/s measured on random data);
@@ -266,7 +266,7 @@ def main() -> None:
           + ", ".join(f"{d} {p:.3f} TFLOP/s" if p else f"{d} ?" for d, p in peaks.items())
           + (f", {tbps:.3f} TB/s" if tbps else ""), file=sys.stderr)
 
-    from vdvae_cli.fused import available as fused_available
+    from vdvae_cli.families.vdvae.fused import available as fused_available
 
     variants = [("fp32", False, False, False)]  # the plain eager baseline: NCHW, fp32, no compile
     for d in wanted:

@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vdvae_cli import ops  # noqa: E402
-from vdvae_cli.nvae.config import readme_config  # noqa: E402
-from vdvae_cli.nvae.network import NVAE, WNConv2d  # noqa: E402
-from vdvae_cli.runtime import configure_backends, prepare_for_inference  # noqa: E402
+from vdvae_cli.engine import ops  # noqa: E402
+from vdvae_cli.families.nvae.config import readme_config  # noqa: E402
+from vdvae_cli.families.nvae.network import NVAE, WNConv2d  # noqa: E402
+from vdvae_cli.engine.runtime import configure_backends, prepare_for_inference  # noqa: E402
 
 VARIANTS = {  # name: (dtype, channels_last, fold)
     "baseline fp32 (eager NCHW, WN per call)": (torch.float32, False, False),

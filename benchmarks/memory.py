@@ -35,8 +35,8 @@ def run_one(case: str, device_name: str) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench import build
-    from vdvae_cli import ops
-    from vdvae_cli.config import official_config
+    from vdvae_cli.engine import ops
+    from vdvae_cli.families.vdvae.config import official_config
 
     name, task, dtype_name, batch_text = case.split(":")
     batch = int(batch_text)

@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vdvae_cli.distributions import BatchNoise  # noqa: E402
-from vdvae_cli.family import family_of  # noqa: E402
-from vdvae_cli.presets import is_preset, official_architecture, preset_config, preset_image_size  # noqa: E402
-from vdvae_cli.train import TrainConfig  # noqa: E402
+from vdvae_cli.engine.distributions import BatchNoise  # noqa: E402
+from vdvae_cli.engine.registry import family_of  # noqa: E402
+from vdvae_cli.families.vdvae.presets import is_preset, official_architecture, preset_config, preset_image_size  # noqa: E402
+from vdvae_cli.engine.recipe import TrainConfig  # noqa: E402
 from vdvae_cli.training.step import ElboLoss, Updater  # noqa: E402
 
 VARIANTS = {  # name: (dtype, channels_last)

@@ -39,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prepare_digits import digits32  # noqa: E402
 
-from vdvae_cli.checkpoint import load_file_model  # noqa: E402
-from vdvae_cli.data import holdout_split  # noqa: E402
-from vdvae_cli.model import VAE  # noqa: E402
-from vdvae_cli.ops import elbo, reconstruct, sample  # noqa: E402
-from vdvae_cli.train import save_grid  # noqa: E402
+from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
+from vdvae_cli.training.data import holdout_split  # noqa: E402
+from vdvae_cli.families.vdvae.model import VAE  # noqa: E402
+from vdvae_cli.engine.ops import elbo, reconstruct, sample  # noqa: E402
+from vdvae_cli.training.loop import save_grid  # noqa: E402
 
 LN2 = math.log(2.0)
 

@@ -39,10 +39,10 @@ from fashion_metrics import (  # noqa: E402
 )
 from prepare_fashion_mnist import CLASSES  # noqa: E402
 
-from vdvae_cli.checkpoint import load_file_model  # noqa: E402
-from vdvae_cli.ops import elbo, sample  # noqa: E402
-from vdvae_cli.temperature import parse_temperature_spec  # noqa: E402
-from vdvae_cli.train import save_grid  # noqa: E402
+from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
+from vdvae_cli.engine.ops import elbo, sample  # noqa: E402
+from vdvae_cli.engine.temperature import parse_temperature_spec  # noqa: E402
+from vdvae_cli.training.loop import save_grid  # noqa: E402
 
 LN2 = math.log(2.0)
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vdvae_cli.checkpoint import (
-    DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, metadata_of, read_checkpoint, save_checkpoint,
-)
-from vdvae_cli.temperature import parse_temperature_spec
+from vdvae_cli.modelfiles.header import DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, metadata_of
+from vdvae_cli.modelfiles.checkpoint import read_checkpoint, save_checkpoint
+from vdvae_cli.engine.temperature import parse_temperature_spec
 
 CARDS = {
     "digits32": dict(

@@ -34,10 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vdvae_cli import hub  # noqa: E402
-from vdvae_cli.distributions import PerImageNoise  # noqa: E402
-from vdvae_cli.ood import detection_metrics, llr_scores  # noqa: E402
-from vdvae_cli.runtime import image_generators  # noqa: E402
+from vdvae_cli.modelfiles import resolve as hub  # noqa: E402
+from vdvae_cli.engine.distributions import PerImageNoise  # noqa: E402
+from vdvae_cli.tools.ood import detection_metrics, llr_scores  # noqa: E402
+from vdvae_cli.engine.runtime import image_generators  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 LN2 = math.log(2)
@@ -86,7 +86,7 @@ def load_set(spec: str, size: int) -> np.ndarray:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             return as_rgb32(data["images"])
-    from vdvae_cli.images import collect_images, read_images
+    from vdvae_cli.base.images import collect_images, read_images
 
     return read_images(collect_images([spec]), size)
 
@@ -128,7 +128,7 @@ def main() -> None:
     size = model.cfg.image_size
     ins, outs = load_set(args.in_set, size), load_set(args.out_set, size)
     if args.in_holdout is not None:
-        from vdvae_cli.data import holdout_split
+        from vdvae_cli.training.data import holdout_split
 
         ins = ins[holdout_split(len(ins), args.in_holdout, 0)[1].numpy()]
     if args.limit:

@@ -37,7 +37,7 @@ def golden_hparams() -> dict:
 
 @pytest.fixture(scope="session")
 def golden_cfg(golden_hparams):
-    from vdvae_cli.config import config_from_reference
+    from vdvae_cli.families.vdvae.config import config_from_reference
 
     return config_from_reference(golden_hparams, name="tiny")
 
@@ -56,7 +56,7 @@ def golden_cases():
 
 @pytest.fixture()
 def golden_model(golden_cfg, golden_state):
-    from vdvae_cli.checkpoint import build_model
+    from vdvae_cli.modelfiles.checkpoint import build_model
 
     return build_model(golden_cfg, golden_state)
 
@@ -64,7 +64,7 @@ def golden_model(golden_cfg, golden_state):
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory, golden_cfg, golden_state) -> Path:
     """The golden tiny model as a vdvae-cli safetensors checkpoint (32x32, 13 latent layers)."""
-    from vdvae_cli.checkpoint import save_checkpoint
+    from vdvae_cli.modelfiles.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     return save_checkpoint(golden_state, golden_cfg, path)

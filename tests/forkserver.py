@@ -217,15 +217,15 @@ def _serve() -> None:
     import safetensors.torch  # noqa: F401
     import torch  # noqa: F401
 
-    import vdvae_cli.checkpoint  # noqa: F401
+    import vdvae_cli.modelfiles.checkpoint  # noqa: F401
     import vdvae_cli.cli  # noqa: F401
-    import vdvae_cli.data  # noqa: F401
-    import vdvae_cli.fused  # noqa: F401
-    import vdvae_cli.hub  # noqa: F401
-    import vdvae_cli.images  # noqa: F401
-    import vdvae_cli.latents  # noqa: F401
-    import vdvae_cli.ops  # noqa: F401
-    import vdvae_cli.train  # noqa: F401
+    import vdvae_cli.training.data  # noqa: F401
+    import vdvae_cli.families.vdvae.fused  # noqa: F401
+    import vdvae_cli.modelfiles.resolve  # noqa: F401
+    import vdvae_cli.base.images  # noqa: F401
+    import vdvae_cli.engine.latents  # noqa: F401
+    import vdvae_cli.engine.ops  # noqa: F401
+    import vdvae_cli.training.loop  # noqa: F401
 
     torch.set_num_threads(1)
     print("ready", flush=True)

@@ -14,9 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from test_hub import TH_URL_PATH, official, server  # noqa: F401  (fixtures: tiny-official on a local server)
-from vdvae_cli import cache, hub
+from vdvae_cli.modelfiles import cache
+from vdvae_cli.modelfiles import fetch, paths
 from vdvae_cli.cli import app
-from vdvae_cli.errors import ModelNotFoundError
+from vdvae_cli.base.errors import ModelNotFoundError
 
 runner = CliRunner()
 
@@ -27,7 +28,7 @@ def _sample(out: Path, *extra: str):
 
 
 def test_first_use_downloads_then_runs_offline(official, server, tmp_path):  # noqa: F811
-    cached = hub.official_cache_path("tiny-official")
+    cached = paths.official_cache_path("tiny-official")
     assert not cached.exists()
     first = _sample(tmp_path / "a.png")
     assert first.exit_code == 0, first.output
@@ -78,12 +79,12 @@ def test_library_load_downloads_on_first_use(official, server):  # noqa: F811
 def test_cache_lists_and_removes(official, server, tmp_path):  # noqa: F811
     empty = runner.invoke(app, ["cache"])
     assert empty.exit_code == 0 and empty.stdout == "" and "is empty" in empty.stderr
-    hub.download_official("tiny-official")
-    partial = hub.cache_dir() / "downloads" / "other.th.part"
+    fetch.download_official("tiny-official")
+    partial = paths.cache_dir() / "downloads" / "other.th.part"
     partial.write_bytes(b"x" * 1000)
     listed = runner.invoke(app, ["cache", "--json"])
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    model_file = hub.official_cache_path("tiny-official")
+    model_file = paths.official_cache_path("tiny-official")
     assert rows == [
         {"name": "tiny-official", "kind": "model", "path": str(model_file), "bytes": model_file.stat().st_size},
         {"name": "other.th.part", "kind": "partial", "path": str(partial), "bytes": 1000},
@@ -99,4 +100,4 @@ def test_cache_lists_and_removes(official, server, tmp_path):  # noqa: F811
     assert gone.stderr.startswith("removed tiny-official")
     runner.invoke(app, ["cache", "--remove-all"])
     assert not partial.exists() and cache.cached_models() == []
-    assert os.listdir(hub.cache_dir() / "downloads") == []
+    assert os.listdir(paths.cache_dir() / "downloads") == []

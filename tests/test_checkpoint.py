@@ -11,19 +11,14 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from vdvae_cli import ops
-from vdvae_cli.checkpoint import (
-    config_of,
-    convert_reference,
-    infer_config,
-    load_file_model,
-    metadata_of,
-    read_checkpoint,
-    save_checkpoint,
-)
+from vdvae_cli.families.vdvae import pixels as vdvae_pixels
+from vdvae_cli.modelfiles.header import config_of, metadata_of
+from vdvae_cli.families.vdvae.official import infer_config
+from vdvae_cli.modelfiles.convert import convert_official
+from vdvae_cli.modelfiles.checkpoint import load_file_model, read_checkpoint, save_checkpoint
 from vdvae_cli.cli import app
-from vdvae_cli.config import official_config
-from vdvae_cli.errors import CheckpointError, OutputError
+from vdvae_cli.families.vdvae.config import official_config
+from vdvae_cli.base.errors import CheckpointError, OutputError
 
 
 def test_roundtrip_rebuilds_model_from_file_alone(tiny_ckpt, golden_cfg, golden_state, golden_cases):
@@ -61,10 +56,10 @@ def hparams_file(tmp_path, golden_hparams):
 
 
 def test_convert_plain_and_module_prefixed(tmp_path, official_pickle, golden_state, golden_cfg):
-    out, cfg = convert_reference(official_pickle, tmp_path / "a.safetensors", golden_cfg)
+    out, cfg = convert_official(official_pickle, tmp_path / "a.safetensors", config=golden_cfg)
     ddp = tmp_path / "tiny-model.th"
     torch.save(OrderedDict(("module." + k, v) for k, v in golden_state.items()), ddp)
-    out2, _ = convert_reference(ddp, tmp_path / "b.safetensors", golden_cfg)
+    out2, _ = convert_official(ddp, tmp_path / "b.safetensors", config=golden_cfg)
     for path in (out, out2):
         cfg2, state = read_checkpoint(path)
         assert cfg2 == golden_cfg
@@ -72,7 +67,7 @@ def test_convert_plain_and_module_prefixed(tmp_path, official_pickle, golden_sta
 
 
 def test_convert_fp16(tmp_path, official_pickle, golden_cfg, golden_state):
-    out, _ = convert_reference(official_pickle, tmp_path / "h.safetensors", golden_cfg, dtype="fp16")
+    out, _ = convert_official(official_pickle, tmp_path / "h.safetensors", config=golden_cfg, dtype="fp16")
     _, state = read_checkpoint(out)
     assert state["decoder.gain"].dtype == torch.float16
     assert out.stat().st_size < official_pickle.stat().st_size * 0.6
@@ -86,7 +81,7 @@ def test_convert_names_every_bad_key(tmp_path, golden_state, golden_cfg):
     src = tmp_path / "bad.th"
     torch.save(bad, src)
     with pytest.raises(CheckpointError) as info:
-        convert_reference(src, tmp_path / "x.safetensors", golden_cfg)
+        convert_official(src, tmp_path / "x.safetensors", config=golden_cfg)
     msg = str(info.value)
     assert "decoder.bias_xs.2" in msg and "decoder.extra" in msg and "encoder.in_conv.weight (16, 3, 1, 1)" in msg
     assert not (tmp_path / "x.safetensors").exists()
@@ -94,7 +89,7 @@ def test_convert_names_every_bad_key(tmp_path, golden_state, golden_cfg):
 
 def test_convert_wrong_config(tmp_path, official_pickle):
     with pytest.raises(CheckpointError, match="does not match config 'cifar10'"):
-        convert_reference(official_pickle, tmp_path / "x.safetensors", official_config("cifar10"))
+        convert_official(official_pickle, tmp_path / "x.safetensors", config=official_config("cifar10"))
 
 
 def test_convert_never_runs_pickled_code(tmp_path, golden_cfg):
@@ -106,7 +101,7 @@ def test_convert_never_runs_pickled_code(tmp_path, golden_cfg):
     with open(src, "wb") as f:
         pickle.dump({"a": Evil()}, f, protocol=2)
     with pytest.raises(CheckpointError, match="holds pickled Python objects, not only tensors") as info:
-        convert_reference(src, tmp_path / "x.safetensors", golden_cfg)
+        convert_official(src, tmp_path / "x.safetensors", config=golden_cfg)
     assert not (tmp_path / "PWNED").exists()
     assert "weights_only" not in f"{info.value} {info.value.hint}"
 
@@ -144,7 +139,7 @@ def test_infer_recovers_plain_block_counts(golden_cfg):
     # layout: widths make both runs unambiguous (res 16/8 share width 32 in the encoder, so use res 32).
     truth = golden_cfg.replace(enc_blocks="32x3,32d2,16,16x1,16d2,8x2,8d2,4x2,4d4,1x2",
                                dec_blocks="1x2,4m1,4x2,8m4,8x2,16m8,16x2,32m16")
-    from vdvae_cli.checkpoint import expected_shapes
+    from vdvae_cli.modelfiles.header import expected_shapes
 
     got = infer_config(expected_shapes(truth), base=golden_cfg)
     assert expected_shapes(got) == expected_shapes(truth)
@@ -152,14 +147,14 @@ def test_infer_recovers_plain_block_counts(golden_cfg):
 
 def test_infer_refuses_to_guess_between_equal_widths(golden_cfg):
     truth = golden_cfg.replace(enc_blocks="32x2,32d2,16,16x2,16d2,8x2,8d2,4x2,4d4,1x2")  # res 16 and 8 share width 32
-    from vdvae_cli.checkpoint import expected_shapes
+    from vdvae_cli.modelfiles.header import expected_shapes
 
     with pytest.raises(CheckpointError, match="cannot be read from shapes"):
         infer_config(expected_shapes(truth), base=golden_cfg)
 
 
 def test_infer_official_ffhq1024_unchanged():
-    from vdvae_cli.checkpoint import expected_shapes
+    from vdvae_cli.modelfiles.header import expected_shapes
 
     cfg = official_config("ffhq1024")
     assert expected_shapes(infer_config(expected_shapes(cfg))) == expected_shapes(cfg)
@@ -185,7 +180,7 @@ def test_cli_convert(tmp_path, official_pickle, hparams_file, golden_cases):
     # The converted model computes what the reference computed.
     model = load_file_model(out)
     with torch.no_grad():
-        acts = model.encoder(ops.model_input(model.cfg, golden_cases["input.x_uint8"]))
+        acts = model.encoder(vdvae_pixels.model_input(model.cfg, golden_cases["input.x_uint8"]))
         px = model.decoder(2, acts, posterior_mean=True).px_z
     torch.testing.assert_close(px, golden_cases["postmean.px_z"], atol=1e-5, rtol=0)
 
@@ -215,9 +210,9 @@ def test_shapes_from_the_config_are_the_networks(name, golden_cfg):
     with its file before anything is built); it must stay equal to the network's own state_dict."""
     from collections import OrderedDict
 
-    from vdvae_cli.checkpoint import expected_shapes, parameter_count
-    from vdvae_cli.config import official_config
-    from vdvae_cli.model import VAE
+    from vdvae_cli.modelfiles.header import expected_shapes, parameter_count
+    from vdvae_cli.families.vdvae.config import official_config
+    from vdvae_cli.families.vdvae.model import VAE
 
     cfg = golden_cfg if name == "tiny" else official_config(name)
     with torch.device("meta"):

@@ -21,7 +21,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vdvae_cli.cli import app
-from vdvae_cli.errors import ImageError
+from vdvae_cli.base.errors import ImageError
 
 runner = CliRunner()
 
@@ -29,7 +29,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory, tiny_ckpt, golden_cfg, golden_state):
     """Inputs good and bad, an existing output, another model and a latents file from the tiny one."""
-    from vdvae_cli.checkpoint import save_checkpoint
+    from vdvae_cli.modelfiles.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("scene")
     good = d / "good.png"
@@ -182,7 +182,7 @@ def test_binary_output_to_a_text_only_stdout_is_an_error(monkeypatch):
     import io
 
     from vdvae_cli.cli._app import write_stdout
-    from vdvae_cli.errors import OutputError
+    from vdvae_cli.base.errors import OutputError
 
     text = io.StringIO()
     monkeypatch.setattr(sys, "stdout", text)

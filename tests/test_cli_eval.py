@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from vdvae_cli import ops
+from vdvae_cli.engine import ops
 from vdvae_cli.cli import app
-from vdvae_cli.distributions import PerImageNoise
-from vdvae_cli.runtime import image_generators
+from vdvae_cli.engine.distributions import PerImageNoise
+from vdvae_cli.engine.runtime import image_generators
 
 runner = CliRunner()
 LN2 = math.log(2)
@@ -140,8 +140,8 @@ def test_info_table(tiny_ckpt, golden_cfg, golden_hparams):
 
 
 def test_info_json(tiny_ckpt, golden_cfg, golden_hparams, golden_state):
-    from vdvae_cli.checkpoint import weights_digest
-    from vdvae_cli.latents import model_fingerprint
+    from vdvae_cli.engine.statedict import weights_digest
+    from vdvae_cli.engine.latents import model_fingerprint
 
     out = json_lines(vdvae("info", "-m", tiny_ckpt, "--json").stdout)
     assert len(out) == 1

@@ -1,5 +1,5 @@
 """``vdvae sample | reconstruct | mix | encode | decode`` through CliRunner on the tiny checkpoint,
-checked against the engine (``vdvae_cli.ops``) called with the same per-image generators."""
+checked against the engine (``vdvae_cli.engine.ops``) called with the same per-image generators."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from vdvae_cli import ops
+from vdvae_cli.engine import ops
 from vdvae_cli.cli import app
-from vdvae_cli.distributions import PerImageNoise
-from vdvae_cli.runtime import image_generators
+from vdvae_cli.engine.distributions import PerImageNoise
+from vdvae_cli.engine.runtime import image_generators
 
 runner = CliRunner()
 
@@ -144,7 +144,7 @@ def test_sample_grid_to_stdout_and_quiet(tiny_ckpt, tmp_path):
 
 
 def test_several_images_to_stdout_are_a_png_stream(tiny_ckpt):
-    from vdvae_cli.images import split_png_stream
+    from vdvae_cli.base.images import split_png_stream
 
     result = vdvae("sample", "-m", tiny_ckpt, "-n", 3, "--seed", 4, "-o", "-")
     assert len(split_png_stream(result.stdout_bytes)) == 3

@@ -8,18 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vdvae_cli.checkpoint import expected_shapes
-from vdvae_cli.config import (
-    OFFICIAL_NAMES,
-    VDVAEConfig,
-    config_from_reference,
-    load_config_arg,
-    official_config,
-    parse_block_string,
-    read_hparams_file,
-)
-from vdvae_cli.errors import ConfigError
-from vdvae_cli.model import VAE
+from vdvae_cli.modelfiles.header import expected_shapes
+from vdvae_cli.families.vdvae.config import OFFICIAL_NAMES, VDVAEConfig, config_from_reference, load_config_arg, official_config, parse_block_string, read_hparams_file
+from vdvae_cli.base.errors import ConfigError
+from vdvae_cli.families.vdvae.model import VAE
 
 DATA = Path(__file__).parent / "data"
 

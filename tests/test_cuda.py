@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from vdvae_cli import ops
-from vdvae_cli.checkpoint import build_model
+from vdvae_cli.families.vdvae import pixels as vdvae_pixels
+from vdvae_cli.engine import ops
+from vdvae_cli.modelfiles.checkpoint import build_model
 from vdvae_cli.cli import app
-from vdvae_cli.runtime import prepare_for_inference
+from vdvae_cli.engine.runtime import prepare_for_inference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CUDA = torch.device("cuda")
@@ -26,7 +27,7 @@ def vdvae(*args) -> None:
 
 @pytest.fixture(autouse=True)
 def _ieee_fp32():
-    from vdvae_cli.runtime import configure_backends
+    from vdvae_cli.engine.runtime import configure_backends
 
     configure_backends(CUDA, torch.float32)  # TF32 off: fp32 means IEEE fp32, as on the CPU
 
@@ -37,7 +38,7 @@ def test_posterior_pass_on_cuda_matches_the_reference(golden_cfg, golden_state, 
     eps = [golden_cases[f"post.eps.{i:02d}"].to(CUDA) for i in range(n)]
     x = golden_cases["input.x_uint8"]
     with torch.no_grad():
-        out = model.decoder(2, model.encoder(ops.model_input(golden_cfg, x.to(CUDA))), eps=eps, want_kl=True)
+        out = model.decoder(2, model.encoder(vdvae_pixels.model_input(golden_cfg, x.to(CUDA))), eps=eps, want_kl=True)
     torch.testing.assert_close(out.px_z.cpu(), golden_cases["post.px_z"], atol=1e-4, rtol=0)
     r = ops.elbo(model, x, eps=eps)
     torch.testing.assert_close(r.elbo.mean().cpu(), golden_cases["post.elbo"], atol=1e-4, rtol=0)

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vdvae_cli.checkpoint import (
-    DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, default_temperatures, load_file_model, save_checkpoint,
-)
+from vdvae_cli.modelfiles.header import DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, default_temperatures
+from vdvae_cli.modelfiles.checkpoint import load_file_model, save_checkpoint
 from vdvae_cli.cli import app
 
 runner = CliRunner()
@@ -138,7 +137,7 @@ def test_fid_samples_use_it_too(models):
     out = models["cool"].with_name("fid-samples")
     res = runner.invoke(app, ["sample", "-m", str(models["cool"]), "-n", "2", "--seed", "3", "-q", "-o", f"{out}/"])
     assert res.exit_code == 0, res.stderr
-    from vdvae_cli.images import read_image
+    from vdvae_cli.base.images import read_image
 
     expected = torch.from_numpy(np.stack([read_image(p, 32) for p in sorted(out.iterdir())]))
     assert torch.equal(images, expected)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vdvae_cli import ops
-from vdvae_cli.checkpoint import build_model
+from vdvae_cli.engine import ops
+from vdvae_cli.modelfiles.checkpoint import build_model
 
 # (dtype, max relative error of px_z, max absolute error of the ELBO in nats/dim)
 TOLERANCES = [(torch.bfloat16, 3e-2, 2e-2), (torch.float16, 5e-3, 2e-3)]
@@ -46,8 +46,8 @@ def _posterior_px(model, golden_cases):
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["channels_last", "channels_last+onednn_fused"])
 def test_channels_last_matches_the_reference(golden_cfg, golden_state, golden_cases, fuse):
-    from vdvae_cli.fused import available
-    from vdvae_cli.runtime import prepare_for_inference
+    from vdvae_cli.families.vdvae.fused import available
+    from vdvae_cli.engine.runtime import prepare_for_inference
 
     if fuse and not available(torch.float32):
         pytest.skip("this PyTorch build has no oneDNN fused convolutions")
@@ -63,7 +63,7 @@ def test_channels_last_matches_the_reference(golden_cfg, golden_state, golden_ca
 @pytest.mark.slow
 def test_compiled_blocks_match_the_reference(golden_cfg, golden_state, golden_cases):
     """torch.compile (inductor, here on CPU) of every block: the same numbers as eager, within 1e-5."""
-    from vdvae_cli.runtime import prepare_for_inference
+    from vdvae_cli.engine.runtime import prepare_for_inference
 
     model = prepare_for_inference(build_model(golden_cfg, golden_state), channels_last=True, compile=True)
     torch.testing.assert_close(_posterior_px(model, golden_cases), golden_cases["setall.px_z"], atol=1e-5, rtol=0)
@@ -75,8 +75,8 @@ def test_compiled_blocks_match_the_reference(golden_cfg, golden_state, golden_ca
 
 
 def test_fused_bf16_stays_within_the_bf16_tolerance(golden_cfg, golden_state, golden_cases):
-    from vdvae_cli.fused import available
-    from vdvae_cli.runtime import prepare_for_inference
+    from vdvae_cli.families.vdvae.fused import available
+    from vdvae_cli.engine.runtime import prepare_for_inference
 
     if not available(torch.bfloat16):
         pytest.skip("no oneDNN bf16 fused convolutions on this CPU")
@@ -89,9 +89,9 @@ def test_fused_bf16_stays_within_the_bf16_tolerance(golden_cfg, golden_state, go
 def test_a_fused_kernel_that_raises_falls_back_to_the_plain_path(golden_cfg, golden_state, golden_cases, monkeypatch):
     """Seen on a Xeon with PyTorch 2.11: the self-check passed, then a fused add raised 'could not
     create a memory' mid-run. The run must go on with the plain kernels (same numbers)."""
-    from vdvae_cli import fused
-    from vdvae_cli.checkpoint import build_model
-    from vdvae_cli.runtime import prepare_for_inference
+    from vdvae_cli.families.vdvae import fused
+    from vdvae_cli.modelfiles.checkpoint import build_model
+    from vdvae_cli.engine.runtime import prepare_for_inference
 
     if not fused.available(torch.float32):
         pytest.skip("this PyTorch build has no oneDNN fused convolutions")

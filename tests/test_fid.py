@@ -21,11 +21,13 @@ from httpserver import LocalServer
 from PIL import Image
 from typer.testing import CliRunner
 
-from vdvae_cli import fid, hub, ops
+from vdvae_cli.tools import fid
+from vdvae_cli.modelfiles import fetch, paths
+from vdvae_cli.engine import ops
 from vdvae_cli.cli import app
-from vdvae_cli.distributions import PerImageNoise
-from vdvae_cli.errors import NetworkError
-from vdvae_cli.runtime import image_generators
+from vdvae_cli.engine.distributions import PerImageNoise
+from vdvae_cli.base.errors import NetworkError
+from vdvae_cli.engine.runtime import image_generators
 
 runner = CliRunner()
 WEIGHTS = "/releases/weights-inception-test-0123abcd.pth"
@@ -61,30 +63,30 @@ def test_fetch_checked_downloads_once_with_progress_and_hash(server, monkeypatch
     server.put(WEIGHTS, data)
     digest = hashlib.sha256(data).hexdigest()
     seen = []
-    path = hub.fetch_checked(server.url + WEIGHTS, digest[:8], progress=seen.append)
-    assert path.read_bytes() == data and path.parent == hub.cache_dir() / "files"
+    path = fetch.fetch_checked(server.url + WEIGHTS, digest[:8], progress=seen.append)
+    assert path.read_bytes() == data and path.parent == paths.cache_dir() / "files"
     assert seen[-1].stage == "done" and any(p.stage == "download" and p.done == len(data) for p in seen)
-    assert hub.fetch_checked(server.url + WEIGHTS, digest) == path  # full digest, from the cache
+    assert fetch.fetch_checked(server.url + WEIGHTS, digest) == path  # full digest, from the cache
     assert server.count(WEIGHTS, "GET") == 1
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert hub.fetch_checked(server.url + WEIGHTS, digest) == path  # offline is fine once cached
+    assert fetch.fetch_checked(server.url + WEIGHTS, digest) == path  # offline is fine once cached
 
 
 def test_fetch_checked_refuses_a_file_with_another_hash(server):
     server.put(WEIGHTS, b"not the weights")
     with pytest.raises(NetworkError, match="expected sha256"):
-        hub.fetch_checked(server.url + WEIGHTS, "0123abcd")
-    assert not (hub.cache_dir() / "files" / Path(WEIGHTS).name).exists()
+        fetch.fetch_checked(server.url + WEIGHTS, "0123abcd")
+    assert not (paths.cache_dir() / "files" / Path(WEIGHTS).name).exists()
 
 
 def test_fetch_checked_offline_and_unreachable(server, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(NetworkError, match="HF_HUB_OFFLINE"):
-        hub.fetch_checked(server.url + WEIGHTS, "0123abcd")
+        fetch.fetch_checked(server.url + WEIGHTS, "0123abcd")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     server.stop()
     with pytest.raises(NetworkError, match="cannot reach 127.0.0.1"):
-        hub.fetch_checked(server.url + WEIGHTS, "0123abcd")
+        fetch.fetch_checked(server.url + WEIGHTS, "0123abcd")
 
 
 def test_missing_library_is_one_clear_error(tmp_path, monkeypatch):

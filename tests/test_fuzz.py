@@ -18,11 +18,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vdvae_cli.checkpoint import DTYPE_SIZES, parse_header
-from vdvae_cli.errors import CheckpointError, ImageError, LatentsError, TemperatureSpecError, VDVAEError
-from vdvae_cli.images import ImageSource, read_image
-from vdvae_cli.latents import latents_bytes, load_latents
-from vdvae_cli.temperature import parse_temperature_spec
+from vdvae_cli.base.tensorfile import DTYPE_SIZES, parse_header
+from vdvae_cli.base.errors import CheckpointError, ImageError, LatentsError, TemperatureSpecError, VDVAEError
+from vdvae_cli.base.images import ImageSource, read_image
+from vdvae_cli.engine.latents import latents_bytes, load_latents
+from vdvae_cli.engine.temperature import parse_temperature_spec
 
 FUZZ = settings(max_examples=150, deadline=2000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
@@ -135,7 +135,7 @@ def _small_checkpoint(tiny_ckpt):
 
 @pytest.fixture(scope="module")
 def latents_case(golden_cfg, golden_state):
-    from vdvae_cli.checkpoint import weights_digest
+    from vdvae_cli.engine.statedict import weights_digest
 
     g = torch.Generator().manual_seed(0)
     layers = [torch.randn(2, *shape, generator=g) for shape in golden_cfg.latent_shapes]

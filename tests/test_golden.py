@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vdvae_cli import ops
-from vdvae_cli.distributions import dmol_nll, dmol_sample, to_uint8
+from vdvae_cli.families.vdvae import pixels as vdvae_pixels
+from vdvae_cli.engine import ops
+from vdvae_cli.engine.distributions import dmol_nll, dmol_sample, to_uint8
 
 FEATURE_ATOL = 1e-5  # feature maps, logits, latents: absolute
 SCALAR_ATOL = 1e-5
@@ -22,9 +23,9 @@ def L(cases):
 
 def test_preprocessing(golden_cfg, golden_cases):
     x = golden_cases["input.x_uint8"]
-    close(ops.model_input(golden_cfg, x).permute(0, 2, 3, 1), golden_cases["input.x_in"], atol=0)
-    close(ops.loss_target(golden_cfg, x), golden_cases["input.x_target"], atol=0)
-    close(ops.loss_target(golden_cfg.replace(low_bit=True), x), golden_cases["input.x_target_lowbit"], atol=0)
+    close(vdvae_pixels.model_input(golden_cfg, x).permute(0, 2, 3, 1), golden_cases["input.x_in"], atol=0)
+    close(vdvae_pixels.loss_target(golden_cfg, x), golden_cases["input.x_target"], atol=0)
+    close(vdvae_pixels.loss_target(golden_cfg.replace(low_bit=True), x), golden_cases["input.x_target_lowbit"], atol=0)
 
 
 @pytest.fixture()
@@ -32,7 +33,7 @@ def posterior_pass(golden_model, golden_cfg, golden_cases):
     n = L(golden_cases)
     eps = [golden_cases[f"post.eps.{i:02d}"] for i in range(n)]
     with torch.no_grad():
-        acts = golden_model.encoder(ops.model_input(golden_cfg, golden_cases["input.x_uint8"]))
+        acts = golden_model.encoder(vdvae_pixels.model_input(golden_cfg, golden_cases["input.x_uint8"]))
         out = golden_model.decoder(2, acts, eps=eps, want_kl=True, want_latents=True, trace=True)
     return out, eps
 
@@ -64,7 +65,7 @@ def test_elbo_matches_reference(golden_model, golden_cases, posterior_pass):
 def test_posterior_mean_pass(golden_model, golden_cfg, golden_cases):
     x = golden_cases["input.x_uint8"]
     with torch.no_grad():
-        acts = golden_model.encoder(ops.model_input(golden_cfg, x))
+        acts = golden_model.encoder(vdvae_pixels.model_input(golden_cfg, x))
         out = golden_model.decoder(2, acts, posterior_mean=True, want_kl=True, trace=True)
         logits = golden_model.logits(out.px_z)
     for i, rec in enumerate(out.trace):
@@ -73,7 +74,7 @@ def test_posterior_mean_pass(golden_model, golden_cfg, golden_cases):
         close(out.kl[i], golden_cases[f"postmean.kl.{i:02d}"], atol=1e-5, rtol=1e-5)
     close(out.px_z, golden_cases["postmean.px_z"])
     close(logits, golden_cases["postmean.logits"])
-    nll = dmol_nll(logits, ops.loss_target(golden_cfg, x), golden_cfg.num_mixtures)
+    nll = dmol_nll(logits, vdvae_pixels.loss_target(golden_cfg, x), golden_cfg.num_mixtures)
     close(nll, golden_cases["postmean.distortion_per_image"], atol=SCALAR_ATOL)
     rate = torch.stack([k.sum((1, 2, 3)) for k in out.kl], 1).sum(1) / golden_cfg.n_dims
     close(rate, golden_cases["postmean.rate_per_image"], atol=SCALAR_ATOL)

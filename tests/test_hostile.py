@@ -33,8 +33,9 @@ from forkserver import ForkServer, Result
 from httpserver import LocalServer
 from PIL import Image
 
-from vdvae_cli.checkpoint import expected_shapes
-from vdvae_cli.config import VDVAEConfig, config_from_reference
+from vdvae_cli.modelfiles import catalog, transfer, fetch, paths
+from vdvae_cli.modelfiles.header import expected_shapes
+from vdvae_cli.families.vdvae.config import VDVAEConfig, config_from_reference
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "data" / "golden"
@@ -238,8 +239,8 @@ def s(tmp_path_factory, tiny_ckpt, golden_cfg, golden_state):
 
     edit_header(tiny_ckpt, d / "duplicate.safetensors", duplicate)
     # latents: good, NaN, int64, long names
-    from vdvae_cli.checkpoint import weights_digest
-    from vdvae_cli.latents import latents_bytes
+    from vdvae_cli.engine.statedict import weights_digest
+    from vdvae_cli.engine.latents import latents_bytes
 
     digest = weights_digest(golden_state)
     g = torch.Generator().manual_seed(1)
@@ -286,7 +287,7 @@ def s(tmp_path_factory, tiny_ckpt, golden_cfg, golden_state):
     run = d / "run-list"
     run.mkdir()
     cfg8 = config_from_reference(TINY8, name="tiny8")
-    from vdvae_cli.train import TrainConfig
+    from vdvae_cli.engine.recipe import TrainConfig
 
     (run / "run.json").write_text(json.dumps({"model_config": cfg8.to_dict(), "data": {"path": str(d / "a.npy")},
                                               "train_config": TrainConfig(steps=2, batch_size=8, holdout=4).to_dict()}))
@@ -736,83 +737,81 @@ def test_hostile_log_is_not_cached(s, fs, tmp_path):
 
 @pytest.fixture()
 def quick_hub(monkeypatch, tmp_path):
-    from vdvae_cli import hub
-
-    monkeypatch.setattr(hub, "RETRY_WAIT", 0.0)
-    monkeypatch.setattr(hub, "RATE_WINDOW", 1.0)
-    monkeypatch.setattr(hub, "MIN_RATE", 1000)
-    monkeypatch.setattr(hub, "HEADERS_TIMEOUT", 2.0)
+    monkeypatch.setattr(transfer, "RETRY_WAIT", 0.0)
+    monkeypatch.setattr(transfer, "RATE_WINDOW", 1.0)
+    monkeypatch.setattr(transfer, "MIN_RATE", 1000)
+    monkeypatch.setattr(transfer, "HEADERS_TIMEOUT", 2.0)
     with LocalServer(tmp_path / "www") as server:
         monkeypatch.setenv("VDVAE_OFFICIAL_BASE_URL", server.url + "/assets")
-        yield hub, server
+        yield transfer, server
 
 
 def test_drip_is_stopped(quick_hub):
-    from vdvae_cli.errors import NetworkError
+    from vdvae_cli.base.errors import NetworkError
 
     hub, server = quick_hub
     server.put(CIFAR_TH, GOLDEN / "tiny-ref.th")
     server.drip(CIFAR_TH, step=1, every=0.3)
     t0 = time.monotonic()
     with pytest.raises(NetworkError, match="too slow") as info:
-        hub.download_official("cifar10")
+        fetch.download_official("cifar10")
     assert time.monotonic() - t0 < 10 and "resumes" in info.value.hint
-    assert not hub.official_cache_path("cifar10").exists()
+    assert not paths.official_cache_path("cifar10").exists()
 
 
 def test_no_content_length_is_capped(quick_hub, monkeypatch):
-    from vdvae_cli.errors import NetworkError
+    from vdvae_cli.base.errors import NetworkError
 
     hub, server = quick_hub
-    monkeypatch.setattr(hub, "MAX_DOWNLOAD", 100_000)
+    monkeypatch.setattr(transfer, "MAX_DOWNLOAD", 100_000)
     server.put(CIFAR_TH, GOLDEN / "tiny-ref.th")
     server.no_length(CIFAR_TH)
     with pytest.raises(NetworkError, match="sent more than") as info:
-        hub.download_official("cifar10")
+        fetch.download_official("cifar10")
     assert "nothing was kept" in str(info.value)
-    assert [p for p in (hub.cache_dir() / "downloads").iterdir()] == []
+    assert [p for p in (paths.cache_dir() / "downloads").iterdir()] == []
 
 
 def test_announced_size_over_the_cap_is_refused_before_reading(quick_hub, monkeypatch):
-    from vdvae_cli.errors import NetworkError
+    from vdvae_cli.base.errors import NetworkError
 
     hub, server = quick_hub
-    monkeypatch.setattr(hub, "MAX_DOWNLOAD", 100_000)
+    monkeypatch.setattr(transfer, "MAX_DOWNLOAD", 100_000)
     server.put(CIFAR_TH, GOLDEN / "tiny-ref.th")
     with pytest.raises(NetworkError, match="more than the"):
-        hub.download_official("cifar10")
+        fetch.download_official("cifar10")
 
 
 def test_file_changed_on_the_server_is_not_spliced(quick_hub, tmp_path, golden_state):
     """A partial download of version 1, then version 2 on the server: If-Range makes the server send
     all of version 2, never version 1's first half with version 2's second."""
-    from vdvae_cli.errors import NetworkError
+    from vdvae_cli.base.errors import NetworkError
 
     hub, server = quick_hub
-    entry = hub.registry.RegistryEntry(name="tiny-v", title="t", checkpoint="v/tiny.th",
+    entry = catalog.RegistryEntry(name="tiny-v", title="t", checkpoint="v/tiny.th",
                                        config=config_from_reference(json.loads((GOLDEN / "tiny-hparams.json").read_text())))
-    hub.registry.register_entry(entry)
+    catalog.register_entry(entry)
     try:
         server.put("/assets/v/tiny.th", GOLDEN / "tiny-ref.th")
-        server.drop("/assets/v/tiny.th", after=100_000, times=hub.RETRIES)
+        server.drop("/assets/v/tiny.th", after=100_000, times=transfer.RETRIES)
         with pytest.raises(NetworkError, match="broke off"):
-            hub.download_official("tiny-v")
+            fetch.download_official("tiny-v")
         v2 = {k: v + 1 for k, v in golden_state.items()}
         torch.save(v2, tmp_path / "v2.th")
         server.put("/assets/v/tiny.th", tmp_path / "v2.th")
-        dest = hub.download_official("tiny-v")
+        dest = fetch.download_official("tiny-v")
         last = server.seen("/assets/v/tiny.th", "GET")[-1]
         assert "If-Range" in last.headers  # it asked to resume, and the server (rightly) sent everything
-        from vdvae_cli.checkpoint import read_checkpoint
+        from vdvae_cli.modelfiles.checkpoint import read_checkpoint
 
         _, state = read_checkpoint(dest)
         assert all(torch.equal(state[k], v2[k]) for k in v2)
     finally:
-        hub.registry.unregister_entry("tiny-v")
+        catalog.unregister_entry("tiny-v")
 
 
 def test_declared_size_and_digest_are_checked(quick_hub):
-    from vdvae_cli.errors import NetworkError
+    from vdvae_cli.base.errors import NetworkError
 
     hub, server = quick_hub
     data = (GOLDEN / "tiny-ref.th").read_bytes()
@@ -820,29 +819,29 @@ def test_declared_size_and_digest_are_checked(quick_hub):
     cfg = config_from_reference(json.loads((GOLDEN / "tiny-hparams.json").read_text()))
     for name, kw, why in (("tiny-size", {"checkpoint_size": len(data) + 1}, "expected"),
                           ("tiny-sha", {"checkpoint_sha256": "0" * 64}, "sha256")):
-        hub.registry.register_entry(hub.registry.RegistryEntry(name=name, title="t", checkpoint="x/tiny.th", config=cfg, **kw))
+        catalog.register_entry(catalog.RegistryEntry(name=name, title="t", checkpoint="x/tiny.th", config=cfg, **kw))
         try:
             with pytest.raises(NetworkError, match=why):
-                hub.download_official(name)
-            assert [p for p in (hub.cache_dir() / "downloads").iterdir() if not p.name.endswith(".json")] == []
+                fetch.download_official(name)
+            assert [p for p in (paths.cache_dir() / "downloads").iterdir() if not p.name.endswith(".json")] == []
         finally:
-            hub.registry.unregister_entry(name)
+            catalog.unregister_entry(name)
     import hashlib
 
-    hub.registry.register_entry(hub.registry.RegistryEntry(
+    catalog.register_entry(catalog.RegistryEntry(
         name="tiny-ok", title="t", checkpoint="x/tiny.th", config=cfg, checkpoint_size=len(data),
         checkpoint_sha256=hashlib.sha256(data).hexdigest()))
     try:
-        assert hub.download_official("tiny-ok").is_file()
+        assert fetch.download_official("tiny-ok").is_file()
     finally:
-        hub.registry.unregister_entry("tiny-ok")
+        catalog.unregister_entry("tiny-ok")
 
 
 def test_headers_sent_a_byte_at_a_time_time_out(quick_hub):
     """A server that accepts the connection and never finishes its headers is cut off."""
     import socket as socketlib
 
-    from vdvae_cli.errors import NetworkError
+    from vdvae_cli.base.errors import NetworkError
 
     hub, server = quick_hub
     listener = socketlib.socket()
@@ -866,10 +865,10 @@ def test_headers_sent_a_byte_at_a_time_time_out(quick_hub):
     thread = threading.Thread(target=drip, daemon=True)
     thread.start()
     t0 = time.monotonic()
-    hub.cache_dir().mkdir(parents=True, exist_ok=True)
+    paths.cache_dir().mkdir(parents=True, exist_ok=True)
     try:
         with pytest.raises(NetworkError):
-            hub.fetch_url(f"http://127.0.0.1:{port}/x.th", hub.cache_dir() / "x.th", kind="pickle")
+            transfer.fetch_url(f"http://127.0.0.1:{port}/x.th", paths.cache_dir() / "x.th", kind="pickle")
     finally:
         stop.set()
         listener.close()
@@ -880,10 +879,10 @@ def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     """A disk that fills up during an atomic write (a monkeypatched write raising ENOSPC)."""
     import errno
 
-    from vdvae_cli.checkpoint import atomic_write_bytes
-    from vdvae_cli.errors import OutputError
+    from vdvae_cli.base.atomic import atomic_write_bytes
+    from vdvae_cli.base.errors import OutputError
 
-    import vdvae_cli.checkpoint as ck
+    import vdvae_cli.base.atomic as ck
 
     def write(self, data):
         self.error = OSError(errno.ENOSPC, "No space left on device")

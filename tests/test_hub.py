@@ -17,11 +17,13 @@ import torch
 from httpserver import LocalServer
 from typer.testing import CliRunner
 
-from vdvae_cli import hub, registry
-from vdvae_cli.checkpoint import metadata_of, read_checkpoint
+from vdvae_cli.modelfiles import catalog as registry
+from vdvae_cli.modelfiles import transfer, fetch, hfhub, paths, resolve
+from vdvae_cli.modelfiles.header import metadata_of
+from vdvae_cli.modelfiles.checkpoint import read_checkpoint
 from vdvae_cli.cli import app
-from vdvae_cli.errors import CheckpointError, ModelNotFoundError, NetworkError, UsageError
-from vdvae_cli.registry import RegistryEntry
+from vdvae_cli.base.errors import CheckpointError, ModelNotFoundError, NetworkError, UsageError
+from vdvae_cli.modelfiles.catalog import RegistryEntry
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 TH = "vdvae-assets-2/tiny-iter-1-model-ema.th"
@@ -39,7 +41,7 @@ def server(tmp_path):
 def official(server, monkeypatch, golden_hparams):
     """The tiny golden pickle served as an official checkpoint, registered as ``tiny-official``."""
     monkeypatch.setenv("VDVAE_OFFICIAL_BASE_URL", server.url + "/assets")
-    monkeypatch.setattr(hub, "RETRY_WAIT", 0.0)
+    monkeypatch.setattr(transfer, "RETRY_WAIT", 0.0)
     server.put(f"assets/{TH}", GOLDEN / "tiny-ref.th")
     lines = [json.dumps({"type": "hparam", "key": k, "value": v}) for k, v in golden_hparams.items()]
     server.put(f"assets/{LOG}", ("\n".join(lines) + "\n").encode())
@@ -70,15 +72,15 @@ def _same_config(a, b) -> bool:
     ],
 )
 def test_parse_hf_ref(ref, repo, filename, revision):
-    parsed = hub.parse_hf_ref(ref)
+    parsed = hfhub.parse_hf_ref(ref)
     assert (parsed.repo_id, parsed.filename, parsed.revision) == (repo, filename, revision)
-    assert hub.parse_hf_ref(str(parsed)) == parsed
+    assert hfhub.parse_hf_ref(str(parsed)) == parsed
 
 
 @pytest.mark.parametrize("ref", ["hf://acme", "hf://acme/vdvae@", "hf:///vdvae", "hf://a b/c"])
 def test_parse_hf_ref_rejects(ref):
     with pytest.raises(UsageError):
-        hub.parse_hf_ref(ref)
+        hfhub.parse_hf_ref(ref)
 
 
 def test_hf_download_lands_in_hf_cache_then_works_offline(server, monkeypatch, tiny_ckpt, golden_state):
@@ -86,7 +88,7 @@ def test_hf_download_lands_in_hf_cache_then_works_offline(server, monkeypatch, t
     commit = server.add_hub_file("acme/tiny-vdvae", "model.safetensors", tiny_ckpt)
     url_path = "/acme/tiny-vdvae/resolve/main/model.safetensors"
 
-    resolved = hub.resolve_model("hf://acme/tiny-vdvae")
+    resolved = resolve.resolve_model("hf://acme/tiny-vdvae")
     hub_cache = Path(os.environ["HF_HUB_CACHE"])
     assert resolved.source == "hub" and resolved.detail == "hf://acme/tiny-vdvae/model.safetensors"
     assert resolved.path == hub_cache / "models--acme--tiny-vdvae" / "snapshots" / commit / "model.safetensors"
@@ -94,22 +96,22 @@ def test_hf_download_lands_in_hf_cache_then_works_offline(server, monkeypatch, t
     assert server.count(url_path, "GET") == 1
     assert (hub_cache / "models--acme--tiny-vdvae" / "refs" / "main").read_text() == commit
 
-    model = hub.load_model("hf://acme/tiny-vdvae", device="cpu")
+    model = resolve.load_model("hf://acme/tiny-vdvae", device="cpu")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in golden_state.items())
     assert server.count(url_path, "GET") == 1  # second resolution: a HEAD only, no new download
 
     server.stop()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    again = hub.resolve_model("hf://acme/tiny-vdvae")
+    again = resolve.resolve_model("hf://acme/tiny-vdvae")
     assert again.path == resolved.path
-    model = hub.load_model("hf://acme/tiny-vdvae", device="cpu", dtype="bf16")
+    model = resolve.load_model("hf://acme/tiny-vdvae", device="cpu", dtype="bf16")
     assert model.decoder.gain.dtype == torch.bfloat16
 
 
 def test_hf_subpath_and_revision(server, monkeypatch, tiny_ckpt):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     commit = server.add_hub_file("acme/tiny-vdvae", "ckpts/ema.safetensors", tiny_ckpt, revision="v2")
-    resolved = hub.resolve_model("hf://acme/tiny-vdvae/ckpts/ema.safetensors@v2")
+    resolved = resolve.resolve_model("hf://acme/tiny-vdvae/ckpts/ema.safetensors@v2")
     assert resolved.path.parts[-4:] == ("snapshots", commit, "ckpts", "ema.safetensors")
     assert server.count("/acme/tiny-vdvae/resolve/v2/ckpts/ema.safetensors", "GET") == 1
 
@@ -118,7 +120,7 @@ def test_hf_download_reports_progress(server, monkeypatch, tiny_ckpt):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     server.add_hub_file("acme/tiny-vdvae", "model.safetensors", tiny_ckpt)
     events = []
-    resolved = hub.download("hf://acme/tiny-vdvae", progress=events.append)
+    resolved = fetch.download("hf://acme/tiny-vdvae", progress=events.append)
     size = tiny_ckpt.stat().st_size
     assert resolved.path.stat().st_size == size
     assert [(e.stage, e.done, e.total) for e in events][-1] == ("done", size, size)
@@ -133,15 +135,15 @@ def test_hf_missing_repo_and_file(server, monkeypatch, tiny_ckpt):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     server.add_hub_file("acme/tiny-vdvae", "model.safetensors", tiny_ckpt)
     with pytest.raises(ModelNotFoundError, match="has no file 'other.safetensors'"):
-        hub.resolve_model("hf://acme/tiny-vdvae/other.safetensors")
+        resolve.resolve_model("hf://acme/tiny-vdvae/other.safetensors")
     with pytest.raises(ModelNotFoundError, match="no repository acme/nothing"):
-        hub.resolve_model("hf://acme/nothing")
+        resolve.resolve_model("hf://acme/nothing")
 
 
 def test_hf_offline_nothing_cached(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError) as info:
-        hub.resolve_model("hf://acme/tiny-vdvae")
+        resolve.resolve_model("hf://acme/tiny-vdvae")
     assert "HF_HUB_OFFLINE" in str(info.value)
     assert "vdvae download hf://acme/tiny-vdvae" in info.value.hint
 
@@ -154,13 +156,13 @@ def test_registry_entry_with_hub_location(server, monkeypatch, tiny_ckpt):
                                           hf_filename="tiny.safetensors", hf_revision=commit))
     try:
         entry = registry.get_entry("tiny-hub")
-        assert hub.cached_path(entry) is None
-        resolved = hub.resolve_model("tiny-hub")
+        assert fetch.cached_path(entry) is None
+        resolved = resolve.resolve_model("tiny-hub")
         assert resolved.source == "hub" and resolved.name == "tiny-hub"
-        assert hub.cached_path(entry) == resolved.path
+        assert fetch.cached_path(entry) == resolved.path
         assert server.count(f"/vdvae/tiny/resolve/{commit}/tiny.safetensors", "GET") == 1
         n = server.count()
-        assert hub.resolve_model("tiny-hub").path == resolved.path
+        assert resolve.resolve_model("tiny-hub").path == resolved.path
         assert server.count() == n  # a pinned commit already in the cache needs no request at all
     finally:
         registry.unregister_entry("tiny-hub")
@@ -172,7 +174,7 @@ def test_registry_entry_with_hub_location(server, monkeypatch, tiny_ckpt):
 
 def test_download_official_converts_once(official, server, golden_cfg, golden_state):
     events = []
-    dest = hub.download_official("tiny-official", progress=events.append)
+    dest = fetch.download_official("tiny-official", progress=events.append)
     assert dest == Path(os.environ["VDVAE_CACHE"]) / "tiny-official.safetensors"
     cfg, state = read_checkpoint(dest)
     assert cfg.name == "tiny-official" and _same_config(cfg, golden_cfg)
@@ -188,28 +190,28 @@ def test_download_official_converts_once(official, server, golden_cfg, golden_st
     assert [e.stage for e in events][-2:] == ["convert", "done"]
 
     n = server.count()
-    assert hub.download_official("tiny-official") == dest
+    assert fetch.download_official("tiny-official") == dest
     assert server.count() == n  # already converted: no network
-    resolved = hub.resolve_model("tiny-official")
+    resolved = resolve.resolve_model("tiny-official")
     assert (resolved.path, resolved.source) == (dest, "official")
-    model = hub.load_model("tiny-official", device="cpu")
+    model = resolve.load_model("tiny-official", device="cpu")
     assert torch.equal(model.decoder.out_net.out_conv.weight, golden_state["decoder.out_net.out_conv.weight"])
 
 
 def test_download_keep_original_and_force(official, server):
-    dest = hub.download_official("tiny-official", keep_original=True)
+    dest = fetch.download_official("tiny-official", keep_original=True)
     kept = dest.parent / "downloads" / Path(TH).name
     assert kept.read_bytes() == (GOLDEN / "tiny-ref.th").read_bytes()
     assert (dest.parent / "downloads" / Path(LOG).name).is_file()
     gets = server.count(TH_URL_PATH, "GET")
-    hub.download_official("tiny-official", force=True)
+    fetch.download_official("tiny-official", force=True)
     assert server.count(TH_URL_PATH, "GET") == gets + 1
     assert not kept.exists()
 
 
 def test_download_resumes_after_a_dropped_connection(official, server):
     server.drop(TH_URL_PATH, after=200_000)
-    dest = hub.download_official("tiny-official")
+    dest = fetch.download_official("tiny-official")
     gets = server.seen(TH_URL_PATH, "GET")
     assert len(gets) == 2
     assert "Range" not in gets[0].headers
@@ -219,17 +221,17 @@ def test_download_resumes_after_a_dropped_connection(official, server):
 
 
 def test_interrupted_download_resumes_on_the_next_call(official, server):
-    server.drop(TH_URL_PATH, after=100_000, times=hub.RETRIES)
+    server.drop(TH_URL_PATH, after=100_000, times=transfer.RETRIES)
     with pytest.raises(NetworkError) as info:
-        hub.download_official("tiny-official")
+        fetch.download_official("tiny-official")
     assert "broke off" in str(info.value) and "\n" not in str(info.value)
     assert "resumes" in info.value.hint
     part = Path(os.environ["VDVAE_CACHE"]) / "downloads" / (Path(TH).name + ".part")
     have = part.stat().st_size
     assert 0 < have < (GOLDEN / "tiny-ref.th").stat().st_size
-    assert not hub.official_cache_path("tiny-official").exists()
+    assert not paths.official_cache_path("tiny-official").exists()
 
-    dest = hub.download_official("tiny-official")
+    dest = fetch.download_official("tiny-official")
     last = server.seen(TH_URL_PATH, "GET")[-1]
     assert last.headers["Range"] == f"bytes={have}-"
     assert read_checkpoint(dest)[0].n_layers == 13
@@ -245,7 +247,7 @@ def test_stale_part_longer_than_remote_is_restarted(official, server):
     # with the server's validator recorded, the part is offered for resuming (and found too long)
     etag = f'"{hashlib.sha256((GOLDEN / "tiny-ref.th").read_bytes()).hexdigest()[:32]}"'
     part.with_name(part.name + ".json").write_text(json.dumps({"url": f"{server.url}{TH_URL_PATH}", "validator": etag}))
-    dest = hub.download_official("tiny-official")
+    dest = fetch.download_official("tiny-official")
     assert read_checkpoint(dest)[0].n_layers == 13
     assert [("Range" in r.headers) for r in server.seen(TH_URL_PATH, "GET")] == [True, False]
 
@@ -254,27 +256,27 @@ def test_part_without_validator_is_not_resumed(official, server):
     part = Path(os.environ["VDVAE_CACHE"]) / "downloads" / (Path(TH).name + ".part")
     part.parent.mkdir(parents=True)
     part.write_bytes(b"x" * 1000)  # from who knows which version of the file: never spliced
-    dest = hub.download_official("tiny-official")
+    dest = fetch.download_official("tiny-official")
     assert read_checkpoint(dest)[0].n_layers == 13
     assert [("Range" in r.headers) for r in server.seen(TH_URL_PATH, "GET")] == [False]
 
 
 def test_damaged_cached_file_is_fetched_again(official, server):
-    dest = hub.download_official("tiny-official")
+    dest = fetch.download_official("tiny-official")
     dest.write_bytes(dest.read_bytes()[:-100])  # e.g. a disk-full copy
     gets = server.count(TH_URL_PATH, "GET")
-    assert hub.download_official("tiny-official") == dest
+    assert fetch.download_official("tiny-official") == dest
     assert server.count(TH_URL_PATH, "GET") == gets + 1
     assert read_checkpoint(dest)[0].n_layers == 13
 
 
 def test_concurrent_download_is_refused(official):
-    downloads = hub.cache_dir() / "downloads"
+    downloads = paths.cache_dir() / "downloads"
     downloads.mkdir(parents=True)
-    with hub._cache_lock(downloads):
+    with fetch._cache_lock(downloads):
         with pytest.raises(NetworkError, match="another `vdvae download`"):
-            hub.download_official("tiny-official")
-    assert hub.download_official("tiny-official").is_file()
+            fetch.download_official("tiny-official")
+    assert fetch.download_official("tiny-official").is_file()
 
 
 def test_log_that_does_not_match_the_weights(official, server, golden_hparams):
@@ -282,24 +284,24 @@ def test_log_that_does_not_match_the_weights(official, server, golden_hparams):
     lines = [json.dumps({"type": "hparam", "key": k, "value": v}) for k, v in wrong.items()]
     server.put(f"assets/{LOG}", "\n".join(lines).encode())
     with pytest.raises(CheckpointError, match="missing key") as info:
-        hub.download_official("tiny-official")
+        fetch.download_official("tiny-official")
     assert "--force" in info.value.hint
-    assert not hub.official_cache_path("tiny-official").exists()
+    assert not paths.official_cache_path("tiny-official").exists()
 
 
 def test_size_mismatch_is_detected(official, server):
     server.announce_extra(TH_URL_PATH, 1000)
     with pytest.raises(NetworkError, match="size mismatch") as info:
-        hub.download_official("tiny-official")
+        fetch.download_official("tiny-official")
     assert "\n" not in str(info.value)
     assert not (Path(os.environ["VDVAE_CACHE"]) / "downloads" / (Path(TH).name + ".part")).exists()
-    assert not hub.official_cache_path("tiny-official").exists()
+    assert not paths.official_cache_path("tiny-official").exists()
 
 
 def test_network_down_is_one_clear_error(official, server):
     server.stop()
     with pytest.raises(NetworkError) as info:
-        hub.download_official("tiny-official")
+        fetch.download_official("tiny-official")
     text = str(info.value)
     assert text == f"cannot reach 127.0.0.1:{server.port}: connection refused"
     assert "vdvae convert" in info.value.hint
@@ -308,18 +310,18 @@ def test_network_down_is_one_clear_error(official, server):
 def test_http_404_names_the_url(official, server):
     (server.root / "assets" / TH).unlink()
     with pytest.raises(NetworkError, match=r"HTTP 404") as info:
-        hub.download_official("tiny-official")
+        fetch.download_official("tiny-official")
     assert f"{server.url}/assets/{TH}" in str(info.value)
 
 
 def test_offline_with_nothing_cached_names_the_download_command(monkeypatch):
     with pytest.raises(ModelNotFoundError, match=r"vdvae download cifar10"):
-        hub.resolve_model("cifar10")
+        resolve.resolve_model("cifar10")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match=r"HF_HUB_OFFLINE is set; run `vdvae download ffhq256`"):
-        hub.load_model("ffhq256", device="cpu")
+        resolve.load_model("ffhq256", device="cpu")
     with pytest.raises(NetworkError, match="HF_HUB_OFFLINE"):
-        hub.download_official("ffhq256")
+        fetch.download_official("ffhq256")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,30 +329,30 @@ def test_offline_with_nothing_cached_names_the_download_command(monkeypatch):
 
 
 def test_local_paths(tmp_path, tiny_ckpt, golden_state):
-    resolved = hub.resolve_model(str(tiny_ckpt))
+    resolved = resolve.resolve_model(str(tiny_ckpt))
     assert (resolved.path, resolved.source, resolved.name) == (tiny_ckpt, "file", "tiny")
     assert os.fspath(resolved) == str(tiny_ckpt)
-    model = hub.load_model(resolved, device="cpu")
+    model = resolve.load_model(resolved, device="cpu")
     assert torch.equal(model.encoder.in_conv.weight, golden_state["encoder.in_conv.weight"])
 
     with pytest.raises(ModelNotFoundError, match="no such model file"):
-        hub.resolve_model(str(tmp_path / "missing.safetensors"))
+        resolve.resolve_model(str(tmp_path / "missing.safetensors"))
     with pytest.raises(ModelNotFoundError, match="is a folder"):
-        hub.resolve_model(str(tmp_path))
+        resolve.resolve_model(str(tmp_path))
     th = tmp_path / "tiny-model-ema.th"
     shutil.copy(GOLDEN / "tiny-ref.th", th)
     with pytest.raises(CheckpointError) as info:
-        hub.resolve_model(str(th))
+        resolve.resolve_model(str(th))
     assert "vdvae convert" in info.value.hint
     renamed = tmp_path / "weights.safetensors"  # a pickle with the wrong suffix is recognised too
     shutil.copy(GOLDEN / "tiny-ref.th", renamed)
     with pytest.raises(CheckpointError, match="PyTorch pickle"):
-        hub.resolve_model(str(renamed))
+        resolve.resolve_model(str(renamed))
 
 
 def test_unknown_name_suggests_close_ones():
     with pytest.raises(ModelNotFoundError) as info:
-        hub.resolve_model("ffhq265")
+        resolve.resolve_model("ffhq265")
     assert str(info.value) == "unknown model 'ffhq265'"
     assert "ffhq256" in info.value.hint
 
@@ -360,16 +362,16 @@ def test_default_model(tmp_path, monkeypatch, tiny_ckpt):
     weights.mkdir()
     monkeypatch.setenv("VDVAE_WEIGHTS_DIR", str(weights))
     with pytest.raises(ModelNotFoundError, match="no default model"):
-        hub.resolve_model(None)
+        resolve.resolve_model(None)
     for name in ("b-model", "a-model"):
         shutil.copy(tiny_ckpt, weights / f"{name}.safetensors")
-    resolved = hub.resolve_model(None)
+    resolved = resolve.resolve_model(None)
     assert (resolved.name, resolved.source) == ("a-model", "shipped")
     (weights / "DEFAULT").write_text("b-model\n")
-    assert hub.resolve_model(None).name == "b-model"
-    assert hub.resolve_model("a-model").path == weights / "a-model.safetensors"
+    assert resolve.resolve_model(None).name == "b-model"
+    assert resolve.resolve_model("a-model").path == weights / "a-model.safetensors"
     monkeypatch.setenv("VDVAE_MODEL", str(tiny_ckpt))
-    assert hub.resolve_model(None).path == tiny_ckpt
+    assert resolve.resolve_model(None).path == tiny_ckpt
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,10 +400,10 @@ def test_cli_models_json(tmp_path, monkeypatch, tiny_ckpt):
     assert rows["cifar10"]["checkpoint_url"].endswith("/vdvae-assets-2/cifar10-seed0-iter-900000-model-ema.th")
     assert "CC BY-NC-SA 4.0" in rows["ffhq256"]["license"]
 
-    hub.cache_dir().mkdir(parents=True)
-    shutil.copy(tiny_ckpt, hub.official_cache_path("cifar10"))
+    paths.cache_dir().mkdir(parents=True)
+    shutil.copy(tiny_ckpt, paths.official_cache_path("cifar10"))
     rows = _models_json(runner)
-    assert rows["cifar10"]["cached"] and rows["cifar10"]["cached_path"] == str(hub.official_cache_path("cifar10"))
+    assert rows["cifar10"]["cached"] and rows["cifar10"]["cached_path"] == str(paths.official_cache_path("cifar10"))
 
     table = runner.invoke(app, ["models"])
     assert table.exit_code == 0
@@ -413,8 +415,8 @@ def test_cli_download_success_and_errors(official, server):
     result = runner.invoke(app, ["download", "tiny-official", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
-    assert info["path"] == str(hub.official_cache_path("tiny-official")) and info["source"] == "official"
-    assert info["bytes"] == hub.official_cache_path("tiny-official").stat().st_size
+    assert info["path"] == str(paths.official_cache_path("tiny-official")) and info["source"] == "official"
+    assert info["bytes"] == paths.official_cache_path("tiny-official").stat().st_size
 
     result = runner.invoke(app, ["download", "cifar100"])
     assert result.exit_code == 1 and result.stdout == ""

@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vdvae_cli.errors import ImageError, OutputError, UsageError
-from vdvae_cli.images import (
-    ImageSource, collect_images, derived_names, encode_image, make_grid, numbered_names, plan_output,
-    read_image, split_png_stream,
-)
+from vdvae_cli.base.errors import ImageError, OutputError, UsageError
+from vdvae_cli.base.images import ImageSource, collect_images, derived_names, encode_image, make_grid, numbered_names, plan_output, read_image, split_png_stream
 
 
 def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:

@@ -16,14 +16,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from vdvae_cli import ops
+from vdvae_cli.engine import ops
 from vdvae_cli.cli import app
-from vdvae_cli.distributions import PerImageNoise
-from vdvae_cli.errors import LatentsError
-from vdvae_cli.interpolate import interpolate, interpolate_latents, lerp, path, prior_latents, slerp
-from vdvae_cli.latents_npz import flatten, load_npz_latents, npz_bytes, unflatten
-from vdvae_cli.ood import auprc, auroc, detection_metrics, fpr_at_tpr, llr_scores
-from vdvae_cli.runtime import image_generators
+from vdvae_cli.engine.distributions import PerImageNoise
+from vdvae_cli.base.errors import LatentsError
+from vdvae_cli.tools.interpolate import interpolate, interpolate_latents, lerp, path, prior_latents, slerp
+from vdvae_cli.tools.latents_npz import flatten, load_npz_latents, npz_bytes, unflatten
+from vdvae_cli.tools.ood import auprc, auroc, detection_metrics, fpr_at_tpr, llr_scores
+from vdvae_cli.engine.runtime import image_generators
 
 runner = CliRunner()
 LN2 = math.log(2)

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load, save
 
-from vdvae_cli.errors import LatentsError
-from vdvae_cli.latents import FORMAT, latents_bytes, layer_key, load_latents, model_fingerprint
+from vdvae_cli.base.errors import LatentsError
+from vdvae_cli.engine.latents import FORMAT, latents_bytes, layer_key, load_latents, model_fingerprint
 
 
 @pytest.fixture()
@@ -113,7 +113,7 @@ def test_load_rejects_another_model(golden_cfg, layers):
 
 
 def test_load_rejects_files_that_are_not_latents(golden_cfg, golden_state, layers, tmp_path):
-    from vdvae_cli.checkpoint import save_checkpoint
+    from vdvae_cli.modelfiles.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(golden_state, golden_cfg, tmp_path / "m.safetensors").read_bytes()
     with pytest.raises(LatentsError, match="is a model checkpoint, not a latents file"):
@@ -142,7 +142,9 @@ def test_same_architecture_other_weights_is_another_model(golden_cfg, golden_sta
     """Two trainings of one architecture: the fingerprint includes the weights digest."""
     from typer.testing import CliRunner
 
-    from vdvae_cli.checkpoint import save_checkpoint, stored_digest, weights_digest
+    from vdvae_cli.modelfiles.checkpoint import save_checkpoint
+    from vdvae_cli.modelfiles.header import stored_digest
+    from vdvae_cli.engine.statedict import weights_digest
     from vdvae_cli.cli import app
 
     a = save_checkpoint(golden_state, golden_cfg, tmp_path / "a.safetensors")

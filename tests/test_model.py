@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from vdvae_cli import ops
-from vdvae_cli.config import VDVAEConfig
-from vdvae_cli.model import VAE
+from vdvae_cli.engine import ops
+from vdvae_cli.families.vdvae.config import VDVAEConfig
+from vdvae_cli.families.vdvae.model import VAE
 
 
 def test_a_resolution_without_start_tensor_or_mixin_starts_from_zeros():

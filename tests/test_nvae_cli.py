@@ -19,15 +19,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from vdvae_cli import ops
-from vdvae_cli.checkpoint import config_of, load_file_model, metadata_of, save_checkpoint
+from vdvae_cli.engine import ops
+from vdvae_cli.modelfiles.header import config_of, metadata_of
+from vdvae_cli.modelfiles.checkpoint import load_file_model, save_checkpoint
 from vdvae_cli.cli import app
-from vdvae_cli.config import VDVAEConfig
-from vdvae_cli.distributions import PerImageNoise
-from vdvae_cli.errors import CheckpointError
-from vdvae_cli.nvae.config import NVAEConfig
-from vdvae_cli.nvae.network import NVAE
-from vdvae_cli.runtime import image_generators
+from vdvae_cli.families.vdvae.config import VDVAEConfig
+from vdvae_cli.engine.distributions import PerImageNoise
+from vdvae_cli.base.errors import CheckpointError
+from vdvae_cli.families.nvae.config import NVAEConfig
+from vdvae_cli.families.nvae.network import NVAE
+from vdvae_cli.engine.runtime import image_generators
 
 DATA = Path(__file__).parent / "data" / "golden-nvae"
 LN2 = math.log(2)
@@ -289,7 +290,7 @@ def test_download_prints_the_manual_steps_and_the_converted_file_is_found(tmp_pa
 
 
 def test_a_shipped_nvae_file_is_described_from_its_header(converted, tmp_path, monkeypatch):
-    from vdvae_cli.registry import describe_file
+    from vdvae_cli.modelfiles.catalog import describe_file
 
     entry = describe_file(converted["mnist"])
     assert (entry.family, entry.resolution, entry.latent_layers, entry.title) == ("nvae", 28, 6, "nvae-mnist")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vdvae_cli.errors import ConfigError
-from vdvae_cli.nvae.config import README_ARGS, NVAEConfig, config_from_args, readme_config
-from vdvae_cli.nvae.network import NVAE, count_parameters, official_aliases, official_state_keys
+from vdvae_cli.base.errors import ConfigError
+from vdvae_cli.families.nvae.config import README_ARGS, NVAEConfig, config_from_args, readme_config
+from vdvae_cli.families.nvae.network import NVAE, count_parameters, official_aliases, official_state_keys
 
 DATA = Path(__file__).parent / "data"
 
@@ -82,7 +82,7 @@ def test_invalid_configs_are_refused(change, message):
 
 
 def test_folded_weight_norm_is_exact_and_follows_weight_changes():
-    from vdvae_cli.nvae.network import ARConv2d, WNConv2d
+    from vdvae_cli.families.nvae.network import ARConv2d, WNConv2d
 
     g = torch.Generator().manual_seed(0)
     for conv in (WNConv2d(4, 6, 3, padding=1), ARConv2d(4, 24, 3, zero_diag=True, mirror=True)):
@@ -107,9 +107,9 @@ def test_folded_weight_norm_is_exact_and_follows_weight_changes():
 def test_normal_decoder_honours_the_output_temperature():
     """num_mixture_dec = 1 gives NVAE's Normal pixel decoder (6 channels); unlike NVAE's (PR #55) its
     samples scale their noise by the output temperature, and t = 0 is the clamped mean."""
-    from vdvae_cli.distributions import BatchNoise
-    from vdvae_cli.nvae.distributions import normal_params
-    from vdvae_cli.nvae.family import output_unit, recon_log_prob
+    from vdvae_cli.engine.distributions import BatchNoise
+    from vdvae_cli.families.nvae.distributions import normal_params
+    from vdvae_cli.families.nvae.family import output_unit, recon_log_prob
 
     cfg = NVAEConfig(**{**README_ARGS["cifar10"], "num_mixture_dec": 1})
     assert (cfg.likelihood, cfg.output_channels) == ("normal", 6)
@@ -127,9 +127,10 @@ def test_normal_decoder_honours_the_output_temperature():
 
 
 def test_both_families_satisfy_the_one_interface(golden_cfg):
-    from vdvae_cli.configbase import LatentStackConfig
-    from vdvae_cli.family import LatentModel, family_of
-    from vdvae_cli.model import VAE
+    from vdvae_cli.engine.configbase import LatentStackConfig
+    from vdvae_cli.engine.interface import LatentModel
+    from vdvae_cli.engine.registry import family_of
+    from vdvae_cli.families.vdvae.model import VAE
 
     nvae_cfg = readme_config("mnist")
     with torch.device("meta"):

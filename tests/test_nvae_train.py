@@ -15,22 +15,12 @@ from typer.testing import CliRunner
 
 from test_train import states_equal, synthetic_images
 from vdvae_cli.cli import app
-from vdvae_cli.errors import UsageError
-from vdvae_cli.nvae.config import NVAEConfig
-from vdvae_cli.nvae.network import NVAE
-from vdvae_cli.nvae.training import (
-    NVAERecipe,
-    NVAERecipeConfig,
-    SpectralNorms,
-    balance_alpha,
-    balance_coefficients,
-    balanced_kl,
-    bn_term,
-    kl_coeff,
-    norm_coeff,
-    train_defaults,
-)
-from vdvae_cli.train import TrainConfig, read_run, train
+from vdvae_cli.base.errors import UsageError
+from vdvae_cli.families.nvae.config import NVAEConfig
+from vdvae_cli.families.nvae.network import NVAE
+from vdvae_cli.families.nvae.training import NVAERecipe, NVAERecipeConfig, SpectralNorms, balance_alpha, balance_coefficients, balanced_kl, bn_term, kl_coeff, norm_coeff, train_defaults
+from vdvae_cli.engine.recipe import TrainConfig
+from vdvae_cli.training.loop import read_run, train
 from vdvae_cli.training.schedule import auto_settings
 
 TINY = dict(dataset="custom_8", num_channels_enc=4, num_channels_dec=4, num_latent_scales=2, num_groups_per_scale=2,
@@ -74,7 +64,7 @@ def test_kl_warmup_beta_by_hand():
 def test_kl_balancing_coefficients_by_hand():
     # nvae-small32's layout: decoder scale 0 (8x8) has 2 groups, scale 1 (16x16) has 4:
     # alpha = 4^j / groups = [0.5, 0.5, 1, 1, 1, 1] -> over the minimum [1, 1, 2, 2, 2, 2]
-    from vdvae_cli.presets import NVAE_PRESETS
+    from vdvae_cli.families.nvae.presets import NVAE_PRESETS
 
     small = NVAEConfig(**NVAE_PRESETS["nvae-small32"])
     assert balance_alpha(small).tolist() == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
@@ -159,9 +149,10 @@ def test_official_nvae_recipes_and_vdvae_only_options(tiny_cfg):
 
 
 def test_short_run_lowers_heldout_bpd_and_exports_an_nvae(tmp_path, tiny_cfg, images):
-    from vdvae_cli.checkpoint import load_file_model, metadata_of
-    from vdvae_cli.family import family_of
-    from vdvae_cli.ops import sample
+    from vdvae_cli.modelfiles.checkpoint import load_file_model
+    from vdvae_cli.modelfiles.header import metadata_of
+    from vdvae_cli.engine.registry import family_of
+    from vdvae_cli.engine.ops import sample
 
     res = train(tiny_cfg, nvae_tc(steps=30, eval_every=15, eval_at_start=True), images, tmp_path / "run",
                 data_info={"dataset": "bars"})

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from vdvae_cli import registry
-from vdvae_cli.checkpoint import expected_shapes
-from vdvae_cli.config import official_config
-from vdvae_cli.errors import ModelNotFoundError
-from vdvae_cli.registry import RegistryEntry
+from vdvae_cli.modelfiles import catalog as registry
+from vdvae_cli.modelfiles.header import expected_shapes
+from vdvae_cli.families.vdvae.config import official_config
+from vdvae_cli.base.errors import ModelNotFoundError
+from vdvae_cli.modelfiles.catalog import RegistryEntry
 
 BASE = "https://openaipublic.blob.core.windows.net/very-deep-vaes-assets"
 REPO = Path(__file__).resolve().parent.parent

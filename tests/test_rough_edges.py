@@ -73,7 +73,7 @@ def test_1_json_record_is_one_write(monkeypatch):
 
 
 def test_2_decode_hint_names_the_model_file(tmp_path, tiny_ckpt, golden_cfg, golden_state, pics):
-    from vdvae_cli.checkpoint import save_checkpoint
+    from vdvae_cli.modelfiles.checkpoint import save_checkpoint
 
     other = save_checkpoint(golden_state, golden_cfg.replace(name="other"), tmp_path / "other.safetensors")
     lat = tmp_path / "lat.safetensors"
@@ -86,7 +86,7 @@ def test_2_decode_hint_names_the_model_file(tmp_path, tiny_ckpt, golden_cfg, gol
 
 
 def test_2_fine_tuned_model_gets_the_run_name(tmp_path, tiny_ckpt, pics):
-    from vdvae_cli.checkpoint import config_of
+    from vdvae_cli.modelfiles.header import config_of
 
     for i in range(8):  # 11 images: 1 held out, batch of 4 fits
         Image.open(pics[i % 3]).rotate(90 * (i + 1)).save(pics[0].parent / f"r{i}.png")
@@ -161,7 +161,8 @@ def test_6_convert_non_checkpoints_never_suggests_weights_only_false(tmp_path, p
 
 
 def test_7_train_reads_every_type_reconstruct_reads(tmp_path):
-    from vdvae_cli import data, images
+    from vdvae_cli.training import data
+    from vdvae_cli.base import images
 
     assert data.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
     folder = tmp_path / "imgs"

@@ -17,8 +17,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vdvae_cli.cli import app
-from vdvae_cli.errors import DeviceError
-from vdvae_cli.runtime import Shard, run_in_batches
+from vdvae_cli.base.errors import DeviceError
+from vdvae_cli.engine.runtime import Shard, run_in_batches
 
 runner = CliRunner()
 CPU = torch.device("cpu")

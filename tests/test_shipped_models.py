@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vdvae_cli import registry
-from vdvae_cli.checkpoint import load_file_model
-from vdvae_cli.header import default_temperatures, metadata_of
-from vdvae_cli.ops import sample
-from vdvae_cli.temperature import parse_temperature_spec
+from vdvae_cli.modelfiles import catalog as registry
+from vdvae_cli.modelfiles.checkpoint import load_file_model
+from vdvae_cli.modelfiles.header import default_temperatures, metadata_of
+from vdvae_cli.engine.ops import sample
+from vdvae_cli.engine.temperature import parse_temperature_spec
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED = sorted(WEIGHTS.glob("*.safetensors"))

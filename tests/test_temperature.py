@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vdvae_cli.errors import TemperatureSpecError, UsageError
-from vdvae_cli.temperature import parse_temperature_spec
+from vdvae_cli.base.errors import TemperatureSpecError, UsageError
+from vdvae_cli.engine.temperature import parse_temperature_spec
 
 
 def test_tiny_layout_is_what_these_tests_assume(golden_cfg):

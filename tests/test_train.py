@@ -13,10 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from vdvae_cli.cli import app
-from vdvae_cli.config import config_from_reference
-from vdvae_cli.data import ShardedBatches, holdout_split, load_images
-from vdvae_cli.errors import TrainingError, UsageError
-from vdvae_cli.train import TrainConfig, lr_at, read_run, train
+from vdvae_cli.families.vdvae.config import config_from_reference
+from vdvae_cli.training.data import ShardedBatches, holdout_split, load_images
+from vdvae_cli.base.errors import TrainingError, UsageError
+from vdvae_cli.engine.recipe import TrainConfig
+from vdvae_cli.training.loop import lr_at, read_run, train
 
 TINY_HPS = {
     "name": "tiny8",
@@ -123,7 +124,7 @@ def test_load_folder_npz_npy_and_fit_size(tmp_path):
     [(np.zeros((2, 8, 8, 3), np.float32), "uint8"), (np.zeros((2, 8, 8, 2), np.uint8), "expected")],
 )
 def test_bad_arrays_are_named(tmp_path, content, message):
-    from vdvae_cli.errors import ImageError
+    from vdvae_cli.base.errors import ImageError
 
     np.save(tmp_path / "bad.npy", content)
     with pytest.raises(ImageError, match=message):
@@ -158,8 +159,9 @@ def test_sharded_batches_give_ranks_disjoint_equal_shards():
 
 
 def test_loss_goes_down_and_outputs_are_written(tmp_path, tiny_cfg, images):
-    from vdvae_cli.checkpoint import load_file_model, metadata_of
-    from vdvae_cli.ops import sample
+    from vdvae_cli.modelfiles.checkpoint import load_file_model
+    from vdvae_cli.modelfiles.header import metadata_of
+    from vdvae_cli.engine.ops import sample
 
     losses = []
     events = []
@@ -227,7 +229,7 @@ def test_global_rng_is_left_alone(tmp_path, tiny_cfg, images):
 
 
 def test_existing_run_is_not_clobbered(tmp_path, tiny_cfg, images):
-    from vdvae_cli.errors import OutputError
+    from vdvae_cli.base.errors import OutputError
 
     train(tiny_cfg, fast(steps=2, eval_every=2), images, tmp_path / "r")
     with pytest.raises(OutputError, match="already holds a training run"):
@@ -251,7 +253,7 @@ def test_skipped_updates_leave_weights_alone(tmp_path, tiny_cfg, images):
     tc = fast(steps=3, skip_threshold=1e-6, max_skips=10, eval_every=3)
     res = train(tiny_cfg, tc, images, tmp_path / "k")
     torch.manual_seed(tc.seed)
-    from vdvae_cli.model import VAE
+    from vdvae_cli.families.vdvae.model import VAE
 
     fresh = VAE(tiny_cfg)
     assert res.skipped == 3 and states_equal(res.model.state_dict(), fresh.state_dict())
@@ -299,7 +301,7 @@ def test_ddp_two_gloo_processes_end_identical(tmp_path, tiny_cfg, images):
     assert states_equal(r0["model"], r1["model"]) and states_equal(r0["ema"], r1["ema"])
     assert r0["bpd"] == r1["bpd"]  # the held-out score is reduced over both ranks
     torch.manual_seed(0)
-    from vdvae_cli.model import VAE
+    from vdvae_cli.families.vdvae.model import VAE
 
     assert not states_equal(r0["model"], VAE(tiny_cfg).state_dict())  # it did train
     info = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -391,8 +393,8 @@ def test_cli_under_torchrun(tmp_path, data_files):
 
 
 def test_elbo_with_only_coarse_layers_inferred(tiny_cfg, images):
-    from vdvae_cli import ops
-    from vdvae_cli.model import VAE
+    from vdvae_cli.engine import ops
+    from vdvae_cli.families.vdvae.model import VAE
 
     torch.manual_seed(0)
     model = VAE(tiny_cfg)
@@ -407,7 +409,7 @@ def test_elbo_with_only_coarse_layers_inferred(tiny_cfg, images):
 
 def test_coarse_first_trains_fine_posteriors_only_afterwards(tmp_path, tiny_cfg, images):
     res = train(tiny_cfg, fast(steps=6, eval_every=6, coarse_res=4, coarse_steps=6), images, tmp_path / "c")
-    from vdvae_cli.model import VAE
+    from vdvae_cli.families.vdvae.model import VAE
 
     torch.manual_seed(0)  # the trainer builds its network from seed 0 like this
     init = VAE(tiny_cfg)

@@ -11,8 +11,9 @@ from test_train import TINY_HPS, fast, images, synthetic_images, tiny_cfg  # noq
 from typer.testing import CliRunner
 
 from vdvae_cli.cli import app
-from vdvae_cli.errors import UsageError
-from vdvae_cli.train import TrainConfig, kl_weight, objective, train
+from vdvae_cli.base.errors import UsageError
+from vdvae_cli.engine.recipe import TrainConfig, kl_weight, objective
+from vdvae_cli.training.loop import train
 
 
 def test_defaults_leave_the_reference_objective():
@@ -59,8 +60,8 @@ def test_split_kl_sends_each_side_its_own_gradient(tiny_cfg):
     """ops.elbo(split_kl=True): both KL tensors hold the same values; in the last layer (whose state
     feeds no later KL) the posterior's side reaches only the posterior's own block and the prior's
     side only the prior's."""
-    from vdvae_cli.model import VAE
-    from vdvae_cli.ops import elbo
+    from vdvae_cli.families.vdvae.model import VAE
+    from vdvae_cli.engine.ops import elbo
 
     torch.manual_seed(0)
     model = VAE(tiny_cfg)

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vdvae_cli.cli import app
-from vdvae_cli.train import read_run
+from vdvae_cli.training.loop import read_run
 from vdvae_cli.training.curves import plot_curves
 from vdvae_cli.training.schedule import UNTIL_TIME_LIMIT, auto_settings
 
@@ -50,7 +50,7 @@ def test_auto_settings_scale_with_data_and_time():
 
 
 def test_presets_next_to_the_official_configs(folder, tmp_path):
-    from vdvae_cli.presets import preset_config
+    from vdvae_cli.families.vdvae.presets import preset_config
 
     big = preset_config("small64", torch.zeros(2, 64, 64, 3, dtype=torch.uint8) + 100)
     assert (big.image_size, big.n_layers, big.resolutions[-1]) == (64, 16, 64)

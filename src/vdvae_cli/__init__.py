@@ -18,25 +18,25 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": ("vdvae_cli.cache", "load"),  # downloads a named model on first use
-    "fetch_model": ("vdvae_cli.cache", "fetch_model"),
-    "resolve_model": ("vdvae_cli.hub", "resolve_model"),
-    "sample": ("vdvae_cli.ops", "sample"),
-    "reconstruct": ("vdvae_cli.ops", "reconstruct"),
-    "mix": ("vdvae_cli.ops", "mix"),
-    "encode": ("vdvae_cli.ops", "encode"),
-    "decode": ("vdvae_cli.ops", "decode"),
-    "evaluate": ("vdvae_cli.ops", "elbo"),
-    "interpolate": ("vdvae_cli.interpolate", "interpolate"),
-    "ood_scores": ("vdvae_cli.ood", "llr_scores"),
-    "fid_kid": ("vdvae_cli.fid", "fid_kid"),
-    "VDVAEConfig": ("vdvae_cli.config", "VDVAEConfig"),
-    "official_config": ("vdvae_cli.config", "official_config"),
-    "VAE": ("vdvae_cli.model", "VAE"),
-    "NVAEConfig": ("vdvae_cli.nvae.config", "NVAEConfig"),
-    "NVAE": ("vdvae_cli.nvae.network", "NVAE"),
-    "family_of": ("vdvae_cli.family", "family_of"),
-    "save_checkpoint": ("vdvae_cli.checkpoint", "save_checkpoint"),
+    "load": ("vdvae_cli.modelfiles.cache", "load"),  # downloads a named model on first use
+    "fetch_model": ("vdvae_cli.modelfiles.cache", "fetch_model"),
+    "resolve_model": ("vdvae_cli.modelfiles.resolve", "resolve_model"),
+    "sample": ("vdvae_cli.engine.ops", "sample"),
+    "reconstruct": ("vdvae_cli.engine.ops", "reconstruct"),
+    "mix": ("vdvae_cli.engine.ops", "mix"),
+    "encode": ("vdvae_cli.engine.ops", "encode"),
+    "decode": ("vdvae_cli.engine.ops", "decode"),
+    "evaluate": ("vdvae_cli.engine.ops", "elbo"),
+    "interpolate": ("vdvae_cli.tools.interpolate", "interpolate"),
+    "ood_scores": ("vdvae_cli.tools.ood", "llr_scores"),
+    "fid_kid": ("vdvae_cli.tools.fid", "fid_kid"),
+    "VDVAEConfig": ("vdvae_cli.families.vdvae.config", "VDVAEConfig"),
+    "official_config": ("vdvae_cli.families.vdvae.config", "official_config"),
+    "VAE": ("vdvae_cli.families.vdvae.model", "VAE"),
+    "NVAEConfig": ("vdvae_cli.families.nvae.config", "NVAEConfig"),
+    "NVAE": ("vdvae_cli.families.nvae.network", "NVAE"),
+    "family_of": ("vdvae_cli.engine.registry", "family_of"),
+    "save_checkpoint": ("vdvae_cli.modelfiles.checkpoint", "save_checkpoint"),
 }
 
 __all__ = ["__version__", *_LAZY]

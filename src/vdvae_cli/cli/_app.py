@@ -16,10 +16,10 @@ from typing import Any, BinaryIO, Callable
 import typer
 
 from .. import __version__
-from ..errors import DeviceError, OutputError, VDVAEError, is_out_of_memory
-from . import _help
+from ..base.errors import DeviceError, OutputError, VDVAEError, is_out_of_memory
+from ._help import install as install_help_style
 
-_help.install()
+install_help_style()
 app = typer.Typer(
     name="vdvae",
     help="Very Deep VAEs and NVAE from the command line: sample, reconstruct, mix, interpolate, encode, decode, evaluate, train.",
@@ -97,7 +97,7 @@ def guard_std_streams() -> None:
 def say(line: str) -> None:
     """One message line on stderr (escaped: it may hold names from files). Never on stdout, and
     silently nothing when stderr is closed or broken."""
-    from ..safety import clean
+    from ..base.safety import clean
 
     stream = sys.stderr
     if stream is None:
@@ -125,28 +125,28 @@ def write_stdout(data: bytes | str) -> None:
     except BrokenPipeError:
         raise
     except (OSError, ValueError) as exc:  # ValueError: a closed file object
-        from ..safety import stdout_failed
+        from ..base.safety import stdout_failed
 
         raise stdout_failed(exc) from None
 
 
 def out(line: str = "") -> None:
     """A line of a human-readable report on stdout (escaped: it may hold names from files)."""
-    from ..safety import clean
+    from ..base.safety import clean
 
     write_stdout(clean(line) + "\n")
 
 
 def emit_json(obj: Any) -> None:
     """One strict JSON object on one line of stdout, in one write (torchrun ranks share the stream)."""
-    from ..safety import dumps
+    from ..base.safety import dumps
 
     write_stdout(dumps(obj) + "\n")
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
     """Print ``error: message`` (and the hint) as one line on stderr; return the Exit to raise."""
-    from ..safety import one_line
+    from ..base.safety import one_line
 
     line = f"error: {one_line(message)}"
     if hint:
@@ -207,7 +207,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
         def wrapper(*a: Any, **kw: Any) -> Any:
             import warnings
 
-            from ..safety import cleanup_temps, first_line
+            from ..base.safety import cleanup_temps, first_line
 
             restore = _install_signals()
             try:
@@ -229,7 +229,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
                 raise fail("terminated", code=128 + exc.signum) from None
             except BrokenPipeError as exc:
                 # The reader went away (e.g. `vdvae sample -o - | head -c 10`): not our failure.
-                from ..safety import stdout_failed
+                from ..base.safety import stdout_failed
 
                 stdout_failed(exc)  # only to point stdout at /dev/null for the exit flush
                 raise typer.Exit(0) from None
@@ -255,7 +255,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
                 cleanup_temps()
                 restore()
                 if "torch.distributed" in sys.modules:  # torchrun: leave the process group cleanly
-                    from ..runtime import close_distributed
+                    from ..engine.runtime import close_distributed
 
                     close_distributed()
 

@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Collection, Iterator
 
 import typer
 
-from ..errors import UsageError
+from ..base.errors import UsageError
 from ._app import emit_json, say
 from .options import default_model
 
 if TYPE_CHECKING:
     import torch
 
-    from ..config import VDVAEConfig
-    from ..distributions import PerImageNoise
-    from ..hub import ResolvedModel
-    from ..images import ImageSource, ImageWriter
-    from ..model import VAE
+    from ..engine.interface import FamilyConfig
+    from ..engine.distributions import PerImageNoise
+    from ..modelfiles.resolve import ResolvedModel
+    from ..base.images import ImageSource, ImageWriter
+    from ..engine.interface import LatentModel
 
 BatchOpt = Annotated[str, typer.Option(
     "--batch-size", "-b", metavar="N|auto",
@@ -41,12 +41,12 @@ class Session:
     """One command run: where its messages go, the model it loaded, its seed."""
 
     def __init__(self, *, quiet: bool = False, json_out: bool = False):
-        from ..runtime import Shard
+        from ..engine.runtime import Shard
 
         self.quiet = quiet
         self.json_out = json_out
         self.started = time.perf_counter()
-        self.model: VAE | None = None
+        self.model: LatentModel | None = None
         self.model_ref: str | None = None  # what --model can name to load this model again
         self.shard = Shard()  # under torchrun: this process's rank and the number of processes
         self._notes: list[str] = []  # said once the options have passed every check (see announce)
@@ -99,10 +99,10 @@ class Session:
     # -- model, seeds, noise ----------------------------------------------------------------------
 
     def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32", *, compile: bool = False,
-                   offline: bool = False) -> "VAE":
-        from ..family import first_parameter
-        from ..hub import load_model
-        from ..runtime import configure_backends, init_distributed, launched_distributed, prepare_for_inference
+                   offline: bool = False) -> "LatentModel":
+        from ..engine.interface import first_parameter
+        from ..modelfiles.resolve import load_model
+        from ..engine.runtime import configure_backends, init_distributed, launched_distributed, prepare_for_inference
 
         t0 = time.perf_counter()
         where: "str | torch.device" = device
@@ -125,8 +125,8 @@ class Session:
     def _fetch(self, ref: str | None, offline: bool) -> "ResolvedModel":
         """The model's file; a named model's first use downloads it. Under torchrun rank 0 downloads
         while the others wait, and a failure reaches every process (none is left waiting)."""
-        from ..cache import fetch_model
-        from ..errors import VDVAEError
+        from ..modelfiles.cache import fetch_model
+        from ..base.errors import VDVAEError
         from .models import download_progress
 
         if self.shard.world == 1:
@@ -147,7 +147,7 @@ class Session:
 
     @property
     def device(self) -> "torch.device":
-        from ..family import first_parameter
+        from ..engine.interface import first_parameter
 
         assert self.model is not None
         return first_parameter(self.model).device
@@ -155,7 +155,7 @@ class Session:
     def seed(self, seed: int | None) -> int:
         """The run's seed: the one given, or a fresh one that is reported so the run can be repeated."""
         if seed is None:
-            from ..runtime import fresh_seed
+            from ..engine.runtime import fresh_seed
 
             seed = self.broadcast(fresh_seed())  # every process must draw with the same seed
             self._notes.append(f"seed {seed} (repeat this run with --seed {seed})")
@@ -193,8 +193,8 @@ class Session:
 
     def batch_size(self, spec: str) -> int | None:
         """``--batch-size``: a number, or None for auto on a GPU; auto on a CPU is fixed from memory."""
-        from ..family import first_parameter
-        from ..runtime import cpu_batch_size
+        from ..engine.interface import first_parameter
+        from ..engine.runtime import cpu_batch_size
 
         if str(spec).strip().lower() != "auto":
             return parse_batch_size(spec)
@@ -209,7 +209,7 @@ class Session:
     def batches(self, indices: Sequence[int], batch_size: str,
                 fn: Callable[[list[int]], Any]) -> Iterator[tuple[list[int], Any]]:
         """``(slice, fn(slice))`` over ``indices`` at ``--batch-size`` (see :func:`runtime.run_in_batches`)."""
-        from ..runtime import run_in_batches
+        from ..engine.runtime import run_in_batches
 
         yield from run_in_batches(indices, fn, batch_size=self.batch_size(batch_size), device=self.device)
 
@@ -222,8 +222,8 @@ class Session:
 
     def noise(self, seed: int, indices: Sequence[int]) -> "PerImageNoise":
         """One generator per image index, so image ``i`` depends only on ``(seed, i)``."""
-        from ..distributions import PerImageNoise
-        from ..runtime import image_generators
+        from ..engine.distributions import PerImageNoise
+        from ..engine.runtime import image_generators
 
         return PerImageNoise(image_generators(seed, indices))
 
@@ -263,7 +263,7 @@ class Session:
                     self.emit({"type": "image", **record(i), "path": where,
                                "batch_seconds": round(batch_seconds, 4), "batch_size": batch_size})
 
-        from ..errors import activity
+        from ..base.errors import activity
 
         size = self.model.cfg.image_size
         with self.progress(len(mine), label) as advance, activity(
@@ -309,7 +309,7 @@ def check_batch_size(spec: str) -> None:
 
 def refuse_distributed(what: str) -> None:
     """For commands that write one file from all their inputs: they run as one process."""
-    from ..runtime import launched_distributed
+    from ..engine.runtime import launched_distributed
 
     if launched_distributed():
         raise UsageError(f"{what} writes one file, so it does not split across processes",
@@ -323,7 +323,7 @@ def check_positive(name: str, value: int) -> None:
 
 def check_output_temp(value: float | None) -> None:
     """--output-temp, when given (None: the model's recommendation, checked once it is loaded)."""
-    from ..safety import MAX_TEMPERATURE
+    from ..base.safety import MAX_TEMPERATURE
 
     if value is None:
         return
@@ -341,7 +341,7 @@ def check_keep_args(keep_layers: str | None, keep_res: int | None) -> None:
         raise UsageError(f"--keep-layers {keep_layers!r} is not a whole number >= 0 or 'all'")
 
 
-def keep_count(keep_layers: str | None, keep_res: int | None, cfg: "VDVAEConfig", *, default: int) -> int:
+def keep_count(keep_layers: str | None, keep_res: int | None, cfg: "FamilyConfig", *, default: int) -> int:
     """How many leading latent layers to keep, from --keep-layers K|all or --keep-res R (both already
     through :func:`check_keep_args`, before the model was loaded)."""
     if keep_res is not None:
@@ -362,7 +362,7 @@ def keep_count(keep_layers: str | None, keep_res: int | None, cfg: "VDVAEConfig"
 
 def collect_inputs(args: Sequence[str]) -> "list[ImageSource]":
     """Image sources for the command-line arguments (files, folders, ``-`` for stdin)."""
-    from ..images import collect_images
+    from ..base.images import collect_images
 
     return collect_images(args, stdin=getattr(sys.stdin, "buffer", None), stdin_is_tty=_isatty(sys.stdin))
 
@@ -375,8 +375,8 @@ SkipExistingOpt = Annotated[bool, typer.Option(
 
 def plan_images(output: str | None, names: Sequence[str], *, grid: bool = False, force: bool = False,
                 json_out: bool = False, skip_existing: bool = False) -> "ImageWriter":
-    """Where the images go (checked now, before any work): see :func:`vdvae_cli.images.plan_output`."""
-    from ..images import plan_output
+    """Where the images go (checked now, before any work): see :func:`vdvae_cli.base.images.plan_output`."""
+    from ..base.images import plan_output
 
     if skip_existing and force:
         raise UsageError("--skip-existing keeps existing outputs and --force replaces them", hint="give one of them")
@@ -393,8 +393,8 @@ def read_shard(run: Session, sources: Sequence[Any], size: int, no_resize: bool,
     import numpy as np
     import torch
 
-    from ..errors import ImageError
-    from ..images import read_image
+    from ..base.errors import ImageError
+    from ..base.images import read_image
 
     mine, rows = [], []
     for i in run.my_indices(len(sources)):

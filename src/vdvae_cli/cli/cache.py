@@ -32,8 +32,8 @@ def cache(
     ($VDVAE_CACHE, default ~/.cache/vdvae-cli); an interrupted download stays there as a partial
     file that the next download resumes. hf:// models live in the Hugging Face cache.
     """
-    from ..cache import cached_models, remove as remove_entries
-    from ..hub import cache_dir, human_size
+    from ..modelfiles.cache import cached_models, remove as remove_entries
+    from ..modelfiles.paths import cache_dir, human_size
 
     if remove or remove_all:
         gone = remove_entries(list(remove or []), everything=remove_all)

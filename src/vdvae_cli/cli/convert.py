@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from ._app import command, emit_json, out, say
 from .options import ForceOpt, JsonOpt
-from ..errors import UsageError
-
-if TYPE_CHECKING:
-    from ..config import VDVAEConfig
-    from ..nvae.config import NVAEConfig
+from ..base.errors import UsageError
 
 
 @command(
@@ -42,24 +38,19 @@ def convert(
     give the layout. Every missing, unexpected or mis-shaped key is reported by name. The output is
     written atomically.
     """
-    from ..checkpoint import DTYPES, compare_keys, convert_reference, infer_config, load_reference_state
-    from ..config import load_config_arg
-
-    from ..nvae.official import check_official, convert_official, looks_official
+    from ..base.errors import ConfigError
+    from ..modelfiles.checkpoint import DTYPES
+    from ..modelfiles.convert import convert_official, official_family
 
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    nvae = src.is_file() and looks_official(src)
-    if nvae and (config is not None or hparams is not None):
-        raise UsageError(f"{src} is an NVAE checkpoint: its stored args give the layout",
-                         hint="drop --config/--hparams")
-    cfg = None if nvae or (config == "infer" and hparams is None) else load_config_arg(config, hparams)
+    family = official_family(src)
+    layout = family.official_layout(config, hparams)
+    if layout is None and config is None and hparams is None and not (src.is_file() and family.stores_layout(src)):
+        raise ConfigError("give exactly one of --config NAME or --hparams FILE.json")
     if check:
-        if nvae:
-            _, report, shapes = check_official(src)
-        else:
-            shapes = {k: tuple(v.shape) for k, v in load_reference_state(src).items()}
-            report = compare_keys(shapes, cfg or infer_config(shapes))
+        ck = family.load_official(src, layout)
+        report, shapes = ck.report, {k: tuple(v.shape) for k, v in ck.state.items()}
         result = {"ok": report.ok, "missing": report.missing, "unexpected": report.unexpected,
                   "mismatched": [{"key": k, "shape": list(got), "expected": list(exp)} for k, got, exp in report.mismatched]}
         if json_out:
@@ -76,13 +67,9 @@ def convert(
     if output is None:
         raise UsageError("missing -o FILE.safetensors (where to write the converted model)",
                          hint="or pass --check to only compare the keys")
-    written: VDVAEConfig | NVAEConfig
-    if nvae:
-        path, written = convert_official(src, output, dtype=dtype, force=force)
-    else:
-        path, written = convert_reference(src, output, cfg, dtype=dtype, force=force)
+    path, written = convert_official(src, output, checkpoint=family.load_official(src, layout), dtype=dtype, force=force)
     size = path.stat().st_size
-    info = {"output": str(path), "config": written.name, "family": getattr(written, "family", "vdvae"),
+    info = {"output": str(path), "config": written.name, "family": family.name,
             "layers": written.n_layers, "bytes": size}
     if json_out:
         emit_json(info)

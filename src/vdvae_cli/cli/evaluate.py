@@ -47,8 +47,8 @@ def evaluate(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from .. import ops
-    from ..safety import non_finite_keys
+    from ..engine import ops
+    from ..base.safety import non_finite_keys
 
     check_positive("--samples", samples)
     check_batch_size(batch_size)
@@ -113,7 +113,7 @@ def evaluate(
 
 
 def _summary(rows: list[dict[str, Any]], n_layers: int) -> dict[str, Any]:
-    from ..safety import non_finite_keys
+    from ..base.safety import non_finite_keys
 
     n = len(rows)
     mean = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
@@ -135,7 +135,7 @@ def _num(value: float, spec: str) -> str:
 
 
 def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> None:
-    from ..safety import clean
+    from ..base.safety import clean
 
     rows = [{**r, "input": clean(r["input"])} for r in rows]
     width = max(5, *(len(r["input"]) for r in rows))
@@ -184,8 +184,9 @@ def info(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from ..header import default_temperatures
-    from ..describe import describe_model
+    from ..modelfiles.header import default_temperatures
+    from ..engine.registry import family_of
+    from ..modelfiles.describe import describe_model
 
     facts = describe_model(default_model(model), offline=offline)
     cfg = facts.cfg
@@ -200,11 +201,12 @@ def info(
         return
     temperature, output_temperature = default_temperatures(facts.path) if facts.path else (None, None)
     keep_res = {r: cfg.layers_up_to_res(r) for r in cfg.resolutions}
-    layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.zdim, "mixin": l.mixin,
-               "latent_shape": list(l.latent_shape)} for l in cfg.decoder_layers]
+    # width and mixin are VDVAE's words for a layer; another family's layer may not have a mixin
+    layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.latent_shape[0],
+               "mixin": getattr(l, "mixin", None), "latent_shape": list(l.latent_shape)} for l in cfg.decoder_layers]
     if json_out:
         emit_json({
-            "model": cfg.name, "family": getattr(cfg, "family", "vdvae"),
+            "model": cfg.name, "family": family_of(cfg).name,
             "path": str(facts.path) if facts.path else None, "source": facts.source,
             "fingerprint": facts.fingerprint, "image_size": cfg.image_size, "dataset": cfg.dataset,
             "n_layers": cfg.n_layers, "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims,
@@ -214,7 +216,7 @@ def info(
         })
         return
     out(f"model        {cfg.name}")
-    out(f"family       {getattr(cfg, 'family', 'vdvae').upper()}")
+    out(f"family       {family_of(cfg).name.upper()}")
     out(f"file         {where}")
     out(f"fingerprint  {facts.fingerprint or '(known once downloaded)'}")
     out(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")
@@ -225,5 +227,5 @@ def info(
     out("--keep-res   " + ", ".join(f"{r} -> {k} layers" for r, k in keep_res.items()))
     out()
     out(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")
-    for l in cfg.decoder_layers:
-        out(f"{l.index:>5}  {l.res:>4}  {l.width:>5}  {l.zdim:>4}  {l.mixin if l.mixin else '-':>5}")
+    for row in layers:
+        out(f"{row['index']:>5}  {row['res']:>4}  {row['width']:>5}  {row['zdim']:>4}  {row['mixin'] or '-':>5}")

@@ -21,8 +21,8 @@ from ._run import (
     SkipExistingOpt, keep_count, plan_images, read_shard, refuse_distributed, stdout_is_tty,
 )
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
-from ..errors import CheckpointError, LatentsError, OutputError, UsageError
-from ..temperature import parse_temperature_spec
+from ..base.errors import CheckpointError, LatentsError, OutputError, UsageError
+from ..engine.temperature import parse_temperature_spec
 
 
 class Posterior(str, Enum):
@@ -105,8 +105,8 @@ PosteriorOpt = Annotated[Posterior, typer.Option(
 def readjust_if_asked(run: Session, vae, temps: list[float], enabled: bool, iters: int) -> None:
     """--readjust-bn: fit the model's BatchNorm statistics to prior passes at ``temps`` (NVAE)."""
     if enabled:
-        from ..family import family_of
-        from ..hub import cache_dir
+        from ..engine.registry import family_of
+        from ..modelfiles.paths import cache_dir
 
         run.info(family_of(vae).readjust_bn(vae, temps, cache_dir(), iters=iters))
 
@@ -149,8 +149,8 @@ def sample(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from .. import ops
-    from ..images import numbered_names
+    from ..engine import ops
+    from ..base.images import numbered_names
 
     check_positive("-n", num)
     check_batch_size(batch_size)
@@ -218,8 +218,8 @@ def reconstruct(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from .. import ops
-    from ..images import derived_names, read_image
+    from ..engine import ops
+    from ..base.images import derived_names, read_image
 
     check_keep_args(keep_layers, keep_res)
     check_batch_size(batch_size)
@@ -300,8 +300,8 @@ def mix(
 ) -> None:
     import torch
 
-    from .. import ops
-    from ..images import derived_names, numbered_names, read_image
+    from ..engine import ops
+    from ..base.images import derived_names, numbered_names, read_image
 
     check_keep_args(keep_layers, keep_res)
     if keep_layers is None and keep_res is None:
@@ -407,9 +407,9 @@ def encode(
 ) -> None:
     import torch
 
-    from ..latents import latents_bytes
-    from ..latents_npz import npz_bytes
-    from .. import ops
+    from ..engine.latents import latents_bytes
+    from ..tools.latents_npz import npz_bytes
+    from ..engine import ops
 
     check_batch_size(batch_size)
     check_keep_args(keep_layers, keep_res)
@@ -447,7 +447,7 @@ def encode(
         write_stdout(blob)
         where = "-"
     else:
-        from ..checkpoint import atomic_write_bytes
+        from ..base.atomic import atomic_write_bytes
 
         atomic_write_bytes(target, blob, force=force)
         where = str(target)
@@ -496,10 +496,10 @@ def decode(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from .. import ops
-    from ..images import derived_names
-    from ..latents import load_latents
-    from ..latents_npz import is_npz, load_npz_latents
+    from ..engine import ops
+    from ..base.images import derived_names
+    from ..engine.latents import load_latents
+    from ..tools.latents_npz import is_npz, load_npz_latents
 
     check_keep_args(keep_layers, keep_res)
     check_batch_size(batch_size)
@@ -535,7 +535,7 @@ def decode(
 
 def _latents_target(output: str | None, force: bool, json_out: bool) -> Path | None:
     """The latents file to write, or None for stdout; checked before any work."""
-    from ..images import IMAGE_SUFFIXES, check_output_file
+    from ..base.images import IMAGE_SUFFIXES, check_output_file
 
     if output is None or output == "-":
         if json_out:
@@ -564,7 +564,7 @@ def _read_latents_bytes(arg: str) -> tuple[bytes, str]:
         if stream is None or sys.stdin.isatty():
             raise UsageError("'-' reads latents from stdin, but stdin is a terminal",
                              hint="pipe them in: vdvae encode img.png -o - | vdvae decode -")
-        from ..images import read_stream
+        from ..base.images import read_stream
 
         def looks(head: bytes) -> str | None:
             return None if len(head) >= 9 and head[8:9] == b"{" else "it does not start like a safetensors file"
@@ -573,7 +573,7 @@ def _read_latents_bytes(arg: str) -> tuple[bytes, str]:
         if not data:
             raise LatentsError("no latents on stdin (it was empty)")
         return data, "stdin"
-    from ..safety import MAX_STDIN_BYTES, available_memory, clean, human_bytes
+    from ..base.safety import MAX_STDIN_BYTES, available_memory, clean, human_bytes
 
     path = Path(arg)
     label = clean(arg)

@@ -1,7 +1,7 @@
 """``vdvae interpolate | ood | fid``: what people do with a hierarchical VAE's latents besides sampling.
 
 Each command checks its options and outputs first, loads the model, then calls one library function
-per batch (:mod:`vdvae_cli.interpolate`, :mod:`vdvae_cli.ood`, :mod:`vdvae_cli.fid`).
+per batch (:mod:`vdvae_cli.tools.interpolate`, :mod:`vdvae_cli.tools.ood`, :mod:`vdvae_cli.tools.fid`).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from .generate import (
     resolve_temperatures,
 )
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
-from ..errors import UsageError
-from ..images import ImageWriter
+from ..base.errors import UsageError
+from ..base.images import ImageWriter
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from ..config import VDVAEConfig
+    from ..engine.interface import FamilyConfig
 
 ANIMATIONS = {".gif": "GIF", ".webp": "WEBP"}
 LN2 = math.log(2)
@@ -79,7 +79,7 @@ class FramesWriter(ImageWriter):
         return super().write(indices, self._enlarge(images))
 
     def _encode_held(self, order: list[int], images: list["np.ndarray"]) -> bytes:
-        from ..images import encode_image, make_grid
+        from ..base.images import encode_image, make_grid
 
         if self.animation is not None:
             return encode_animation(images, self.animation, self.fps)
@@ -106,7 +106,7 @@ def encode_animation(frames: Sequence["np.ndarray"], fmt: str, fps: float) -> by
 
 def _plan_frames(output: str | None, names: Sequence[str], *, grid: bool, force: bool, json_out: bool, columns: int,
                  scale: int, fps: float) -> FramesWriter:
-    from ..images import check_output_file
+    from ..base.images import check_output_file
 
     suffix = Path(output).suffix.lower() if output and output != "-" else ""
     if output and suffix in ANIMATIONS and not grid:
@@ -123,8 +123,8 @@ def _plan_frames(output: str | None, names: Sequence[str], *, grid: bool, force:
     return FramesWriter(base, columns=columns, scale=scale, fps=fps)
 
 
-def _chosen_layers(layers: str | None, keep_layers: str | None, keep_res: int | None, cfg: "VDVAEConfig") -> list[int]:
-    from ..temperature import parse_layer_spec
+def _chosen_layers(layers: str | None, keep_layers: str | None, keep_res: int | None, cfg: "FamilyConfig") -> list[int]:
+    from ..engine.temperature import parse_layer_spec
 
     if layers is not None:
         return parse_layer_spec(layers, cfg, "--layers")
@@ -191,9 +191,9 @@ def interpolate(
 ) -> None:
     import torch
 
-    from .. import ops
-    from ..images import numbered_names
-    from ..interpolate import interpolate_latents, path, prior_latents, select_layers
+    from ..engine import ops
+    from ..base.images import numbered_names
+    from ..tools.interpolate import interpolate_latents, path, prior_latents, select_layers
 
     check_keep_args(keep_layers, keep_res)
     if layers is not None and (keep_layers is not None or keep_res is not None):
@@ -234,7 +234,7 @@ def interpolate(
     else:
         import numpy as np
 
-        from ..images import read_image
+        from ..base.images import read_image
 
         # every process needs every key (the frames are what torchrun shares out); keys are few
         pixels = torch.from_numpy(np.stack([read_image(src, cfg.image_size, resize=not no_resize, notify=run.info)
@@ -308,7 +308,7 @@ def ood(
 ) -> None:
     import torch
 
-    from ..ood import detection_metrics, llr_scores
+    from ..tools.ood import detection_metrics, llr_scores
 
     _single_process("ood")
     sets = bool(in_dir) or bool(out_dir)
@@ -420,7 +420,7 @@ def fid(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from ..fid import count_folder, fid_kid, inception_weights, require_torch_fidelity
+    from ..tools.fid import count_folder, fid_kid, inception_weights, require_torch_fidelity
 
     _single_process("fid")
     if num is None and len(folders) != 2:
@@ -446,7 +446,7 @@ def fid(
         what = f"{num} samples of {drawn['model']} vs {folders[-1]}"
     run.announce()
     if run.model is None:
-        from ..runtime import pick_device
+        from ..engine.runtime import pick_device
 
         where = str(pick_device(device))
     else:
@@ -463,7 +463,7 @@ def fid(
 
 
 def _single_process(what: str) -> None:
-    from ..runtime import launched_distributed
+    from ..engine.runtime import launched_distributed
 
     if launched_distributed():
         raise UsageError(f"{what} reports on all its images at once, so it does not split across processes",
@@ -491,7 +491,7 @@ def _draw_samples(run: Session, num: int, temp: str | None, output_temp: float |
     """``num`` samples (uint8 NHWC, on the CPU), and the model, temperatures and seed they were drawn with."""
     import torch
 
-    from .. import ops
+    from ..engine import ops
 
     vae = run.load_model(model, device, dtype, compile=compile)
     spec, temps, pixel_temp = resolve_temperatures(temp, output_temp, vae)

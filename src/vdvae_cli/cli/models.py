@@ -12,7 +12,7 @@ from ._app import command, emit_json, out, say
 from .options import ForceOpt, JsonOpt, QuietOpt
 
 if TYPE_CHECKING:
-    from ..hub import DownloadProgress, ProgressCallback
+    from ..modelfiles.transfer import DownloadProgress, ProgressCallback
 
 
 @contextmanager
@@ -21,7 +21,7 @@ def download_progress(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
     if quiet:
         yield None
         return
-    from ..hub import human_size
+    from ..modelfiles.paths import human_size
 
     if not sys.stderr.isatty():
         said: set[tuple[str, str]] = set()
@@ -84,8 +84,8 @@ def download(
     interruption), converted to a self-describing safetensors file in the cache ($VDVAE_CACHE, default
     ~/.cache/vdvae-cli) and the pickle is deleted. hf:// models go to the Hugging Face cache.
     """
-    from ..hub import download as fetch
-    from ..hub import human_size
+    from ..modelfiles.fetch import download as fetch
+    from ..modelfiles.paths import human_size
 
     with download_progress(quiet or json_out) as progress:
         resolved = fetch(name, force=force, keep_original=keep_original, progress=progress)
@@ -112,8 +112,9 @@ def models(
     where each is cached. The default model is marked with *. Official models are downloaded on
     their first use (or ahead of time with `vdvae download NAME`).
     """
-    from .. import registry
-    from ..hub import cache_dir, cached_path, human_size
+    from ..modelfiles import catalog as registry
+    from ..modelfiles.paths import cache_dir, human_size
+    from ..modelfiles.fetch import cached_path
 
     default = registry.default_name()
     rows = []

@@ -9,7 +9,7 @@ import typer
 
 from ._app import command, emit_json, say
 from .options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt
-from ..errors import UsageError
+from ..base.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -45,7 +45,7 @@ def _parse_coarse_first(text: str) -> dict[str, int]:
 def _parse_recipe_options(items: list[str]) -> dict[str, Any]:
     """``--recipe KEY=VALUE`` items -> the family recipe's options (values: numbers, true or false);
     the family's recipe checks the names and ranges when the run starts."""
-    from ..safety import loads
+    from ..base.safety import loads
 
     out: dict[str, Any] = {}
     for item in items:
@@ -63,15 +63,17 @@ def _parse_recipe_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
+DEFAULT_PRESET = "small32"  # the architecture of the shipped models: a VDVAE sized for a CPU
+
+
 def _resolve_model_config(config: str | None, hparams: Path | None, init: str | None, data: Path, image_size_hint,
                           run_name: str, skipped):
     """(model config, init state or None, images, name) from the mutually exclusive model sources;
     none given means the default CPU preset. ``name`` is the preset or official architecture the
     family's recipe defaults go by (None for --init and --hparams). ``skipped`` hears of image files
     that could not be read."""
-    from ..config import config_from_reference, read_hparams_file
-    from ..data import load_images, pixel_stats
-    from ..presets import DEFAULT_PRESET, is_preset, official_architecture, preset_config, preset_image_size
+    from ..engine.registry import architecture_family, family_named
+    from ..training.data import load_images
 
     given = [x for x in (config, hparams, init) if x is not None]
     if len(given) > 1:
@@ -80,44 +82,37 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
     if not given:
         config = DEFAULT_PRESET
     if init is not None:
-        from ..cache import fetch_model
-        from ..checkpoint import read_checkpoint
+        from ..modelfiles.cache import fetch_model
+        from ..modelfiles.checkpoint import read_checkpoint
         from .models import download_progress
 
         with download_progress(False) as progress:  # a named model downloads on first use
             cfg, state = read_checkpoint(fetch_model(init, progress=progress).path)
         # a fine-tuned model is a new model: it takes the run's name, not its parent's
         return cfg.replace(name=run_name), state, load_images(data, cfg.image_size, skipped=skipped), None
-    if is_preset(config):
-        images = load_images(data, image_size_hint or preset_image_size(config), skipped=skipped)
-        if images.shape[1] != preset_image_size(config):
-            raise UsageError(f"--config {config} trains on {preset_image_size(config)}x{preset_image_size(config)} "
-                             "images", hint="drop --image-size, or pick the preset of that size (small32, small64)")
-        return preset_config(config, images, run_name=run_name), None, images, config
     if config is not None:
-        arch = official_architecture(config)
+        family = architecture_family(config)
+        if config in family.preset_names():
+            size = family.preset_image_size(config)
+            images = load_images(data, image_size_hint or size, skipped=skipped)
+            if images.shape[1] != size:
+                raise UsageError(f"--config {config} trains on {size}x{size} images",
+                                 hint="drop --image-size, or pick the preset of that size (small32, small64)")
+            return family.preset_config(config, images, run_name=run_name), None, images, config
+        arch = family.official_config(config)
         return arch, None, load_images(data, arch.image_size, skipped=skipped), config
-    hps = dict(read_hparams_file(hparams))  # type: ignore[arg-type]
-    size = hps.get("image_size") or image_size_hint
-    images = load_images(data, size, skipped=skipped)
-    if not size:
-        hps["image_size"] = int(images.shape[1])
-    from ..config import _DATASETS  # the reference datasets carry their own constants
-
-    if hps.get("dataset") not in _DATASETS and "preprocessing" not in hps:
-        mean, std = pixel_stats(images)
-        hps["preprocessing"] = {"shift": -mean, "scale": 1.0 / std}
-    name = hps.get("name") or hparams.stem  # type: ignore[union-attr]
-    return config_from_reference(hps, name=name), None, images, None
+    assert hparams is not None
+    # --hparams FILE: the reference VDVAE's field names (hps.py)
+    cfg, images = family_named("vdvae").hparams_config(
+        hparams, lambda size: load_images(data, size, skipped=skipped), size_hint=image_size_hint)
+    return cfg, None, images, None
 
 
 def _check_config_name(config: str | None) -> None:
-    from ..presets import PRESET_NAMES, official_names
+    from ..engine.registry import architecture_family
 
-    if config is not None and config not in PRESET_NAMES and config not in official_names():
-        raise UsageError(f"unknown --config {config!r}",
-                         hint=f"choose {', '.join(PRESET_NAMES)} (sized for a CPU), or an official architecture: "
-                         f"{', '.join(official_names())}")
+    if config is not None:
+        architecture_family(config)  # an unknown name is one UsageError listing the known ones
 
 
 def _train_dtype(spec: str, device) -> str:
@@ -126,7 +121,7 @@ def _train_dtype(spec: str, device) -> str:
         return spec
     if spec != "auto":
         raise UsageError(f"--dtype {spec!r} cannot train", hint="use auto, fp32, or bf16 (autocast, fp32 master weights)")
-    from ..runtime import fast_bf16
+    from ..engine.runtime import fast_bf16
 
     return "bf16" if fast_bf16(device) else "fp32"
 
@@ -180,7 +175,8 @@ def train_cmd(
     Under torchrun every process trains on its own shard (DistributedDataParallel: NCCL on GPUs,
     gloo on CPU); only rank 0 writes.
     """
-    from ..train import TrainConfig, read_run, train
+    from ..engine.recipe import TrainConfig
+    from ..training.loop import read_run, train
 
     overrides: dict[str, Any] = {
         k: v for k, v in dict(
@@ -200,8 +196,8 @@ def train_cmd(
     if steps is not None and epochs is not None:
         raise UsageError("give --steps or --epochs, not both")
     _check_config_name(config)
-    from ..data import load_images
-    from ..runtime import init_distributed
+    from ..training.data import load_images
+    from ..engine.runtime import init_distributed
 
     def skipped(message: str) -> None:
         if not quiet:
@@ -236,7 +232,7 @@ def train_cmd(
             raise UsageError("missing -o RUN_DIR (the folder to write the run to)")
         cfg, init_state, images, name = _resolve_model_config(config, hparams, init, data, image_size,
                                                               output.resolve().name, skipped)
-        from ..family import family_of
+        from ..engine.registry import family_of
         from ..training.schedule import auto_settings
 
         defaults = family_of(cfg).train_defaults(name)
@@ -333,7 +329,7 @@ class _Reporter:
 
     def _print(self, text: str) -> None:
         if self.progress is not None:
-            from ..safety import clean
+            from ..base.safety import clean
 
             self.progress.console.print(clean(text), highlight=False, markup=False, soft_wrap=True)
         else:

@@ -1,4 +1,4 @@
-"""The trainer's parts, one concern per module; :func:`vdvae_cli.train.train` is the loop that uses them.
+"""The trainer's parts, one concern per module; :func:`vdvae_cli.training.loop.train` is the loop that uses them.
 
 * :mod:`.schedule`   the learning rate of each step; defaults sized to the data and the time budget
 * :mod:`.step`       one optimizer step: loss, backward, clipping, update skipping, EMA

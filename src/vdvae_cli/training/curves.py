@@ -5,9 +5,10 @@ package is installed, TensorBoard event files in ``RUN/tensorboard/``."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from ..base.atomic import atomic_write_with
 
 PLOT_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
@@ -115,7 +116,5 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Path | None
         draw.line([(lx, ly + 6), (lx + 20, ly + 6)], fill=colour, width=2)
         draw.text((lx + 26, ly), name, fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda f: img.save(f, format="PNG"))  # a registered temporary file: a signal leaves none
     return path

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data import shard_range
-from ..family import first_parameter
-from ..ops import elbo, reconstruct, sample
+from .data import shard_range
+from ..engine.interface import first_parameter
+from ..engine.ops import elbo, reconstruct, sample
 
 if TYPE_CHECKING:
-    from ..model import VAE  # the API's model type; an NVAE offers the same surface (family.LatentModel)
+    from ..engine.interface import LatentModel
 
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
@@ -29,7 +29,7 @@ def _dist() -> tuple[bool, int, int]:
 
 @torch.no_grad()
 def evaluate_heldout(
-    model: VAE, images: Tensor, *, batch_size: int = 64, seed: int = 0, autocast: bool = False
+    model: LatentModel, images: Tensor, *, batch_size: int = 64, seed: int = 0, autocast: bool = False
 ) -> dict[str, Any]:
     """Mean negative ELBO of ``images`` in bits/dim (with its distortion/rate split and each latent
     layer's KL in bits per image), summed over
@@ -73,7 +73,7 @@ def save_grid(images: Tensor, path: Path, columns: int) -> Path:
     for i, img in enumerate(images.cpu().numpy()):
         r, col = divmod(i, columns)
         canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = img
-    from ..checkpoint import _write_error, atomic_write_with
+    from ..base.atomic import _write_error, atomic_write_with
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def save_grid(images: Tensor, path: Path, columns: int) -> Path:
     return path
 
 
-def visualise(model: VAE, heldout: Tensor, path: Path, *, columns: int, seed: int) -> Path:
+def visualise(model: LatentModel, heldout: Tensor, path: Path, *, columns: int, seed: int) -> Path:
     """The reference-style grid: originals, posterior-mean reconstructions, samples at t=1 and t=0.8."""
     g = torch.Generator(device=first_parameter(model).device)
     originals = heldout[:columns]

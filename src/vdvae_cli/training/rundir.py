@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ..checkpoint import save_checkpoint
-from ..errors import OutputError, TrainingError
+from ..modelfiles.checkpoint import save_checkpoint
+from ..base.errors import OutputError, TrainingError
 
 STATE_FILE = "state.pt"
 RUN_FILE = "run.json"
@@ -32,7 +32,7 @@ LOG_FILE = "log.jsonl"
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file and a rename; a full disk is one OutputError and
     leaves no temporary file (torch reports it as a RuntimeError from its zip writer)."""
-    from ..checkpoint import atomic_write_with
+    from ..base.atomic import atomic_write_with
 
     atomic_write_with(path, lambda f: torch.save(obj, f))
 
@@ -43,8 +43,8 @@ _STATE_KEYS = {"model": dict, "ema": dict, "optimizer": dict, "step": int, "skip
 def read_state(state_path: Path) -> dict[str, Any]:
     """A run's ``state.pt``, loaded without running code (``weights_only``) and checked to be what
     the trainer wrote before anything is taken from it."""
-    from ..errors import activity
-    from ..safety import first_line
+    from ..base.errors import activity
+    from ..base.safety import first_line
 
     try:
         with activity(f"loading {state_path}"):
@@ -110,7 +110,7 @@ class RunDir:
         """Write run.json; a fresh start (``--force`` over an old run) removes the old run's files."""
         if not self.writer:
             return
-        from ..checkpoint import _write_error, atomic_write_with
+        from ..base.atomic import _write_error, atomic_write_with
 
         if fresh:
             try:
@@ -136,8 +136,8 @@ class RunDir:
         """One strict JSON line in log.jsonl (a failed write is one OutputError)."""
         if not self.writer:
             return
-        from ..checkpoint import _write_error
-        from ..safety import dumps
+        from ..base.atomic import _write_error
+        from ..base.safety import dumps
 
         path = self.path / LOG_FILE
         try:
@@ -150,11 +150,11 @@ class RunDir:
 def read_run(run_dir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     """The model config (of the run's family; VDVAE for runs saved before NVAE could train), train
     config and run facts saved in ``run_dir/run.json``."""
-    from ..errors import CheckpointError, ConfigError
-    from ..family import family_named
-    from ..train import TrainConfig
+    from ..base.errors import CheckpointError, ConfigError
+    from ..engine.registry import DEFAULT_FAMILY, family_named
+    from ..engine.recipe import TrainConfig
 
-    from ..safety import first_line, loads
+    from ..base.safety import first_line, loads
 
     run_dir = Path(run_dir)
     try:
@@ -162,7 +162,7 @@ def read_run(run_dir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
             info = loads(f.read(16 << 20))
         if not isinstance(info, dict) or not isinstance(info.get("data", {}), dict):
             raise TypeError("not a JSON object")
-        family = family_named(str(info.get("family", "vdvae")))
+        family = family_named(str(info.get("family", DEFAULT_FAMILY)))
         return family.config_from_dict(info["model_config"]), TrainConfig.from_dict(info["train_config"]), info
     except (CheckpointError, ConfigError) as exc:  # an unknown family, a config that does not hold
         raise TrainingError(f"{run_dir / RUN_FILE} is damaged: {exc}") from None

@@ -7,7 +7,7 @@ import math
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
-    from ..train import TrainConfig
+    from ..engine.recipe import TrainConfig
 
 UNTIL_TIME_LIMIT = 10_000_000  # steps of a run that the time limit ends
 

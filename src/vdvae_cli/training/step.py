@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
-from ..distributions import BatchNoise
-from ..errors import TrainingError
-from ..ops import elbo
-from .recipe import LossTerms, Recipe
+from ..engine.distributions import BatchNoise
+from ..base.errors import TrainingError
+from ..engine.ops import elbo
+from ..engine.recipe import LossTerms, Recipe
 from .schedule import ema_decay, lr_at
 
 if TYPE_CHECKING:
-    from ..model import VAE
+    from ..engine.interface import LatentModel
 
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
@@ -37,7 +37,7 @@ class ElboLoss(nn.Module):
     training pass goes through this module rather than calling ``model.encoder``/``decoder``.
     """
 
-    def __init__(self, model: VAE):  # the API's model type; an NVAE offers the same surface (family.LatentModel)
+    def __init__(self, model: LatentModel):  # the API's model type; an NVAE offers the same surface (family.LatentModel)
         super().__init__()
         self.model = model
         self.noise: BatchNoise | None = None
@@ -49,34 +49,6 @@ class ElboLoss(nn.Module):
                    split_kl=self.split_kl)
         kl_prior = out.kl_prior_per_layer if out.kl_prior_per_layer is not None else out.kl_per_layer
         return out.distortion, out.rate, out.kl_per_layer, kl_prior  # (N,), (N,), (N, L), (N, L) nats/dim
-
-
-def kl_weight(tc, step: int) -> float:
-    """Weight of the KL term in the objective at step ``step`` (0-based): 1 without KL warm-up."""
-    return min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
-
-
-def objective(tc, step: int, distortion: Tensor, kl_per_layer: Tensor, n_dims: int,
-              kl_prior_per_layer: Tensor | None = None) -> Tensor:
-    """The scalar the gradient follows (nats/dim): the mean negative ELBO, unless the run asks for
-    help against posterior collapse: the KL term weighted by :func:`kl_weight` (``kl_warmup``) and
-    each layer's batch-mean KL floored at ``free_bits`` bits per image. The reported loss is always
-    the negative ELBO.
-
-    Given ``kl_prior_per_layer`` (the same KL values with gradients to the prior only, while
-    ``kl_per_layer``'s reach the posterior only), the warm-up weight and the floor hold back the
-    *posterior* alone: the prior still follows the full KL of every layer. Floored on both sides, a
-    layer under the floor gives its prior no gradient at all, so the prior never learns what the
-    posterior encodes there and samples drawn from it miss the content that reconstructions have.
-    """
-    kl = kl_per_layer.mean(0)  # (L,)
-    if tc.free_bits:
-        kl = kl.clamp(min=tc.free_bits * LN2 / n_dims)
-    total = distortion.mean() + kl_weight(tc, step) * kl.sum()
-    if kl_prior_per_layer is not None:
-        prior_side = kl_prior_per_layer.mean(0).sum()
-        total = total + (prior_side - prior_side.detach())  # gradient only: the value stays the objective's
-    return total
 
 
 @dataclass(frozen=True)

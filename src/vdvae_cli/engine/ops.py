@@ -1,0 +1,291 @@
+"""What you do with a VDVAE or an NVAE: plain functions over (model, tensors, options).
+
+Every family's network satisfies :class:`vdvae_cli.engine.interface.LatentModel`; what differs (network input,
+likelihood, output pixels, importance weights) is asked of the model's family object.
+
+Images cross this boundary as uint8 NHWC tensors (the reference's convention); latents as a list
+with one (N, Z, r, r) tensor per latent layer, in decoder order (lowest resolution first).
+Every function runs under ``torch.inference_mode`` except :func:`elbo` with ``grad=True``
+(training). Randomness comes from ``noise``: a :class:`~vdvae_cli.engine.distributions.Noise`, a
+``torch.Generator``, or a list of per-image generators.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from .interface import FamilyConfig
+from .distributions import Noise, as_noise
+from .registry import family_of
+from .interface import first_parameter
+from .interface import LatentModel
+
+Tensor = torch.Tensor
+Temperatures = float | Sequence[float]
+NoiseLike = Noise | torch.Generator | Sequence[torch.Generator] | None
+Posterior = Literal["sample", "mean"]
+Callback = Callable[[int, int], None]  # (images done, images total)
+
+# --------------------------------------------------------------------------------------------------
+# Pixels <-> network tensors
+
+
+def check_finite(t: Tensor, what: str) -> None:
+    """Refuse NaN or infinity where a picture or a number will be made from ``t`` (rather than
+    writing a black image or a NaN and exiting 0)."""
+    if not bool(torch.isfinite(t).all()):
+        from ..base.errors import NumericalError
+
+        raise NumericalError(
+            f"{what} is not finite (NaN or infinity): the weights or latents overflow"
+            + (f" in {str(t.dtype).removeprefix('torch.')}" if t.dtype != torch.float32 else ""),
+            hint="try --dtype fp32, a lower --temp, or check the model file",
+        )
+
+
+def _param(model: LatentModel) -> Tensor:
+    return first_parameter(model)
+
+
+def _input(model: LatentModel, images: Tensor, dtype: torch.dtype) -> Tensor:
+    """The encoder's input for uint8 NHWC ``images`` (the model's family decides)."""
+    return family_of(model).model_input(model, images, dtype)
+
+
+def _pixels(model: LatentModel, px_z: Tensor, noise: Noise, output_temperature: float) -> Tensor:
+    from ..base.safety import MAX_TEMPERATURE
+
+    if not (isinstance(output_temperature, (int, float)) and 0 <= output_temperature <= MAX_TEMPERATURE):
+        from ..base.errors import TemperatureSpecError
+
+        raise TemperatureSpecError(f"output temperature {output_temperature!r} is not a number from 0 to {MAX_TEMPERATURE:g}")
+    logits = model.logits(px_z)
+    check_finite(logits, "the model's output")
+    return family_of(model).pixels(model, logits, noise, output_temperature)
+
+
+def _temps(cfg: FamilyConfig, temperatures: Temperatures) -> list[float]:
+    from .temperature import check_temperatures
+
+    if isinstance(temperatures, (int, float)):
+        return check_temperatures([float(temperatures)] * cfg.n_layers)
+    temps = [float(t) for t in temperatures]
+    if len(temps) != cfg.n_layers:
+        raise ValueError(f"{len(temps)} temperatures for a model with {cfg.n_layers} latent layers")
+    return check_temperatures(temps)
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoding and decoding
+
+
+@torch.inference_mode()
+def encode(
+    model: LatentModel, images: Tensor, *, posterior: Posterior = "sample", noise: NoiseLike = None, n_layers: int | None = None
+) -> list[Tensor]:
+    """Posterior latents of ``images`` (uint8 NHWC): one (N, Z, r, r) float32 tensor per layer.
+
+    ``n_layers`` stops after that many leading layers (a prefix costs only its own layers)."""
+    p = _param(model)
+    n_layers = model.cfg.n_layers if n_layers is None else n_layers
+    if n_layers == 0:
+        return []
+    acts = model.encoder(_input(model, images.to(p.device), p.dtype))
+    out = model.decoder(images.shape[0], acts, posterior_mean=posterior == "mean", noise=as_noise(noise),
+                        want_latents=True, stop_after=n_layers)
+    return [z.float() for z in out.latents]
+
+
+@torch.inference_mode()
+def decode(
+    model: LatentModel,
+    latents: Sequence[Tensor | None],
+    *,
+    n: int | None = None,
+    temperatures: Temperatures = 1.0,
+    output_temperature: float = 1.0,
+    noise: NoiseLike = None,
+) -> Tensor:
+    """Images (uint8 NHWC) from a latent prefix (or any subset: None entries stay free).
+
+    Layers without a latent are sampled from the prior at ``temperatures``.
+    """
+    given = [z for z in latents if z is not None]
+    if n is None:
+        if not given:
+            raise ValueError("decode needs n when no latent is given")
+        n = given[0].shape[0]
+    p = _param(model)
+    src = as_noise(noise)
+    latents = [None if z is None else z.to(device=p.device, dtype=p.dtype) for z in latents]
+    out = model.decoder(n, latents=latents, temperatures=_temps(model.cfg, temperatures), noise=src)
+    return _pixels(model, out.px_z, src, output_temperature)
+
+
+def sample(
+    model: LatentModel,
+    n: int,
+    *,
+    temperatures: Temperatures = 1.0,
+    output_temperature: float = 1.0,
+    noise: NoiseLike = None,
+) -> Tensor:
+    """``n`` unconditional samples (uint8 NHWC) at per-layer ``temperatures``."""
+    return decode(model, [], n=n, temperatures=temperatures, output_temperature=output_temperature, noise=noise)
+
+
+@torch.inference_mode()
+def reconstruct(
+    model: LatentModel,
+    images: Tensor,
+    *,
+    keep_layers: int | None = None,
+    posterior: Posterior = "sample",
+    temperatures: Temperatures = 1.0,
+    output_temperature: float = 1.0,
+    noise: NoiseLike = None,
+) -> Tensor:
+    """Keep the first ``keep_layers`` latent layers (default: all) from the posterior of ``images``
+    and sample the rest from the prior, in one decoder pass."""
+    cfg = model.cfg
+    keep = cfg.n_layers if keep_layers is None else keep_layers
+    if not 0 <= keep <= cfg.n_layers:
+        raise ValueError(f"keep_layers={keep} but the model has {cfg.n_layers} latent layers")
+    p = _param(model)
+    src = as_noise(noise)
+    acts = model.encoder(_input(model, images.to(p.device), p.dtype)) if keep else None
+    out = model.decoder(images.shape[0], acts, n_posterior=keep, posterior_mean=posterior == "mean",
+                        temperatures=_temps(cfg, temperatures), noise=src)
+    return _pixels(model, out.px_z, src, output_temperature)
+
+
+@torch.inference_mode()
+def mix(
+    model: LatentModel,
+    prefix: Sequence[Tensor],
+    rest_images: Tensor | None,
+    *,
+    n: int | None = None,
+    posterior: Posterior = "sample",
+    temperatures: Temperatures = 1.0,
+    output_temperature: float = 1.0,
+    noise: NoiseLike = None,
+) -> Tensor:
+    """Latent-prefix mixing: the given ``prefix`` latents (e.g. ``encode(model, a, n_layers=K)``) fix
+    the first K layers; the rest come from the posterior of ``rest_images`` *given that prefix*, or
+    from the prior when ``rest_images`` is None.
+
+    The rest is inferred conditionally (B's encoder activations meet the prefix's decoder state), so
+    the completion fits the prefix; an empty prefix is B's reconstruction and a full one is A's.
+    A prefix with batch 1 is shared by every row; the batch is ``n`` or the rows of ``rest_images``.
+    """
+    cfg = model.cfg
+    if len(prefix) > cfg.n_layers:
+        raise ValueError(f"a prefix of {len(prefix)} layers but the model has {cfg.n_layers} latent layers")
+    if n is None:
+        n = rest_images.shape[0] if rest_images is not None else max((z.shape[0] for z in prefix), default=1)
+    p = _param(model)
+    src = as_noise(noise)
+    latents = [z.to(device=p.device, dtype=p.dtype).expand(n, -1, -1, -1) for z in prefix]
+    acts = None
+    if rest_images is not None:
+        acts = model.encoder(_input(model, rest_images.to(p.device), p.dtype))
+    out = model.decoder(n, acts, latents=latents, posterior_mean=posterior == "mean",
+                        temperatures=_temps(cfg, temperatures), noise=src)
+    return _pixels(model, out.px_z, src, output_temperature)
+
+
+# --------------------------------------------------------------------------------------------------
+# Likelihood
+
+
+@dataclass
+class ElboResult:
+    """Per-image negative ELBO terms in nats per dimension (divide by ln 2 for bits)."""
+
+    distortion: Tensor  # (N,)
+    rate: Tensor  # (N,)
+    kl_per_layer: Tensor  # (N, L): each layer's KL / n_dims
+    nll_bound: Tensor  # (N,): distortion + rate, or the importance-weighted bound when samples > 1
+    # (N, L), only with split_kl: the same values as kl_per_layer, but gradients reach the prior
+    # only (kl_per_layer's then reach the posterior only)
+    kl_prior_per_layer: Tensor | None = None
+
+    @property
+    def elbo(self) -> Tensor:
+        return self.distortion + self.rate
+
+    def bits(self, t: Tensor) -> Tensor:
+        return t / math.log(2)
+
+
+def elbo(
+    model: LatentModel,
+    images: Tensor,
+    *,
+    samples: int = 1,
+    noise: NoiseLike = None,
+    eps: Sequence[Tensor] | None = None,
+    grad: bool = False,
+    n_posterior: int | None = None,
+    temperatures: Temperatures = 1.0,
+    split_kl: bool = False,
+) -> ElboResult:
+    """Negative ELBO of ``images`` (uint8 NHWC) in nats/dim, with its distortion/rate split.
+
+    The rate uses the analytic per-layer KL, as the reference does. With ``samples`` K > 1 the
+    ``nll_bound`` is the importance-weighted bound log(1/K sum_k p(x, z_k) / q(z_k | x)) with K
+    posterior samples (tighter than the ELBO); distortion/rate are then means over the K draws.
+    ``grad=True`` keeps the autograd graph (training). ``n_posterior`` < L infers only the first
+    layers and draws the rest from the prior (q = p there: KL 0, still a bound on -log p(x)); the
+    trainer's ``coarse_first`` curriculum uses it. ``temperatures`` scale the prior of the layers drawn
+    from it (1: the bound; 0: the prior mean, a score rather than a bound). ``split_kl`` (training)
+    also returns ``kl_prior_per_layer``: see :class:`ElboResult`.
+    """
+    with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
+        return _elbo(model, images, samples, as_noise(noise), eps, n_posterior, temperatures, split_kl)
+
+
+def _per_layer(kls: Sequence[Tensor | None] | None, zero: Tensor, n_dims: int) -> Tensor:
+    """(N, L) each layer's KL per image in nats/dim from per-element KLs; ``zero`` (N,) where a layer
+    came from its prior (None)."""
+    assert kls is not None, "the decoder pass was not asked for KLs"
+    return torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in kls], dim=1) / n_dims
+
+
+def _elbo(model: LatentModel, images: Tensor, samples: int, noise: Noise, eps: Sequence[Tensor] | None,
+          n_posterior: int | None = None, temperatures: Temperatures = 1.0, split_kl: bool = False) -> ElboResult:
+    cfg = model.cfg
+    p = _param(model)
+    images = images.to(p.device)
+    n, n_dims = images.shape[0], cfg.n_dims
+    acts = model.encoder(_input(model, images, p.dtype))
+    family = family_of(model)
+    dists, rates, kls, prior_kls, log_weights = [], [], [], [], []
+    for _ in range(samples):
+        out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=_temps(cfg, temperatures), noise=noise,
+                            eps=eps, want_kl="split" if split_kl else True, trace=samples > 1)
+        dist = family.nll(model, model.logits(out.px_z), images)
+        zero = dist.new_zeros(n)
+        kl = _per_layer(out.kl, zero, n_dims)
+        if split_kl:
+            prior_kls.append(_per_layer(out.kl_prior, zero, n_dims))
+        dists.append(dist)
+        kls.append(kl)
+        rates.append(kl.sum(dim=1))
+        if samples > 1:
+            log_ratio = family.log_ratio(model, out)  # layers drawn from the prior have q = p: ratio 1
+            log_weights.append(-dist * n_dims + log_ratio)
+    distortion = torch.stack(dists).mean(0)
+    rate = torch.stack(rates).mean(0)
+    kl_per_layer = torch.stack(kls).mean(0)
+    if samples > 1:
+        bound = -(torch.logsumexp(torch.stack(log_weights), dim=0) - math.log(samples)) / n_dims
+    else:
+        bound = distortion + rate
+    kl_prior = torch.stack(prior_kls).mean(0) if split_kl else None
+    return ElboResult(distortion, rate, kl_per_layer, bound, kl_prior)

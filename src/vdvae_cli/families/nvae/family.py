@@ -1,0 +1,204 @@
+"""NVAE behind the common interface (:class:`vdvae_cli.engine.interface.Family`).
+
+Pixels: uint8 images are divided by 255 (then reduced to ``num_x_bits`` as NVAE's ``pre_process``
+does); the network maps them to ``2x - 1`` itself. MNIST-style models take grey 28x28 images,
+padded by 2 to 32, binarised at 128 (NVAE binarises stochastically, even at test time; a fixed
+threshold makes our numbers repeatable); their likelihood covers the central 28x28.
+
+Output pixels, at output temperature ``t``:
+
+* DMoL: the component is drawn with Gumbel noise scaled by ``t`` and the logistic noise is scaled
+  by ``t`` (NVAE's ``sample(t)`` *divides* the scale by ``t``, so its ``t < 1`` is noisier: PR #54);
+  ``t = 1`` equals NVAE's ``sample()``, ``t = 0`` is the most likely component's mean (NVAE's
+  noiseless sample).
+* Bernoulli: ``t = 0`` gives the probability as a grey level (what NVAE saves), otherwise each pixel
+  is drawn (the Bernoulli has no temperature of its own: any ``t > 0`` draws from it as is).
+* Normal (``num_mixture_dec = 1``): ``mu + t * sigma * eps``, clamped (NVAE ignores ``t``: PR #55).
+
+Floats in [-1, 1] become 8-bit pixels by truncating ``(x + 1) * 127.5``, as for VDVAE.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ...engine.distributions import dmol_log_prob, dmol_sample, to_uint8
+from .config import NVAEConfig
+from .distributions import bernoulli_log_prob, normal_log_p, normal_params
+
+if TYPE_CHECKING:
+    from ...engine.distributions import Noise
+    from ...engine.interface import DecoderOutput, OfficialCheckpoint
+    from ...engine.recipe import TrainConfig
+    from ...engine.recipe import Recipe, TrainDefaults
+    from .network import NVAE
+
+Tensor = torch.Tensor
+DMOL_UPPER_EDGE = 0.99  # NVAE's threshold for the upper tail (the 8-bit value 254 is a tail too)
+
+
+def unit_images(cfg: NVAEConfig, images: Tensor) -> Tensor:
+    """uint8 NHWC -> NVAE's data tensor NCHW in [0, 1] (bit-reduced; MNIST: grey, padded, binary)."""
+    x = images.float()
+    if cfg.binary:
+        x = x.mean(dim=-1, keepdim=True) if x.shape[-1] == 3 else x[..., :1]
+        x = (x >= 128).float()
+        x = F.pad(x.permute(0, 3, 1, 2), (2, 2, 2, 2))  # (N, 1, 32, 32)
+        return x
+    x = x.permute(0, 3, 1, 2) / 255.0
+    if cfg.num_x_bits != 8:
+        x = torch.floor(x * 255.0 / 2 ** (8 - cfg.num_x_bits)) / (2**cfg.num_x_bits - 1)
+    return x
+
+
+def recon_log_prob(cfg: NVAEConfig, logits: Tensor, x: Tensor) -> Tensor:
+    """log p(x | z) per image (N,) in nats, for NVAE data ``x`` (NCHW in [0, 1]) and NCHW logits."""
+    logits, x = logits.float(), x.float()
+    if cfg.likelihood == "bernoulli":
+        return bernoulli_log_prob(logits, x)[:, :, 2:-2, 2:-2].sum(dim=(1, 2, 3))
+    if cfg.likelihood == "normal":
+        mu, sigma = normal_params(logits[:, :3], logits[:, 3:])
+        return normal_log_p(2 * x - 1, mu, sigma).sum(dim=(1, 2, 3))
+    per_pixel = dmol_log_prob(logits.permute(0, 2, 3, 1), (2 * x - 1).permute(0, 2, 3, 1), cfg.num_mixture_dec,
+                              bits=cfg.num_x_bits, upper_edge=DMOL_UPPER_EDGE)  # (N, H, W)
+    return per_pixel.sum(dim=(1, 2))
+
+
+def output_unit(cfg: NVAEConfig, logits: Tensor, noise: "Noise", t: float) -> Tensor:
+    """Pixels in [-1, 1], NHWC with the model's channels, drawn at output temperature ``t``."""
+    logits = logits.float()
+    if cfg.likelihood == "bernoulli":
+        p = torch.sigmoid(logits).permute(0, 2, 3, 1)  # (N, H, W, 1)
+        u = noise.uniform(p.shape, device=p.device)
+        x = p if t == 0 else (u < p).float()
+        return 2 * x[:, 2:-2, 2:-2] - 1
+    if cfg.likelihood == "normal":
+        mu, sigma = normal_params(logits[:, :3], logits[:, 3:], t)
+        e = noise.normal(mu.shape, device=mu.device)
+        return torch.clamp(mu + sigma * e, -1.0, 1.0).permute(0, 2, 3, 1)
+    return dmol_sample(logits.permute(0, 2, 3, 1), cfg.num_mixture_dec, noise=noise, temperature=t)
+
+
+class NVAEFamily:
+    """NVAE (Vahdat & Kautz 2020): :mod:`vdvae_cli.families.nvae`."""
+
+    name = "nvae"
+    config_key = "nvae_config"
+
+    def config_from_dict(self, data: Mapping[str, Any]) -> NVAEConfig:
+        return NVAEConfig.from_dict(data)
+
+    def network(self, cfg: NVAEConfig) -> "NVAE":
+        from .network import NVAE
+
+        return NVAE(cfg)
+
+    def state_shapes(self, cfg: NVAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
+        from .network import network_shapes
+
+        return network_shapes(cfg)
+
+    def activation_bytes(self, cfg: NVAEConfig, itemsize: int = 4, *, encoder: bool = True) -> int:
+        # Channels double as the resolution halves, so every state below the pre-processing holds
+        # about C * S^2 / 2^P values: the encoder keeps one per group for the decoder, plus a cell's
+        # temporaries at full resolution (expansion 6, a few alive) and the output head (float32).
+        size, width = cfg.image_size, max(cfg.num_channels_enc, cfg.num_channels_dec)
+        per_state = width * size * size // 2 ** cfg.num_preprocess_blocks
+        groups = sum(cfg.groups_per_scale)
+        temporaries = 12 * width * size * size
+        head = 10 * cfg.num_mixture_dec * size * size * 4
+        return ((2 if encoder else 1) * groups * per_state + temporaries) * itemsize + 3 * head
+
+    def model_input(self, model: Any, images: Tensor, dtype: torch.dtype) -> Tensor:
+        return unit_images(model.cfg, images).to(dtype)
+
+    def nll(self, model: Any, logits: Tensor, images: Tensor) -> Tensor:
+        cfg = model.cfg
+        return -recon_log_prob(cfg, logits, unit_images(cfg, images.to(logits.device))) / cfg.n_dims
+
+    def pixels(self, model: Any, logits: Tensor, noise: "Noise", output_temperature: float) -> Tensor:
+        x = output_unit(model.cfg, logits, noise, output_temperature)
+        return to_uint8(x.expand(*x.shape[:3], 3))
+
+    def log_ratio(self, model: Any, out: "DecoderOutput") -> Tensor:
+        return sum(  # type: ignore[return-value]
+            (t["log_p"].float() - t["log_q"].float()).sum(dim=(1, 2, 3)) for t in out.trace if "log_q" in t
+        )
+
+    def readjust_bn(self, model: Any, temperatures: Sequence[float], cache_dir: Path, *, iters: int) -> str:
+        from .batchnorm import readjust_cached
+
+        loaded, path = readjust_cached(model, temperatures, cache_dir, iters=iters)
+        if loaded:
+            return f"BatchNorm statistics for these temperatures loaded from {path}"
+        return f"BatchNorm statistics re-adjusted ({iters} prior passes of 16), kept in {path}"
+
+    def train_defaults(self, name: str | None) -> "TrainDefaults":
+        from .training import train_defaults
+
+        return train_defaults(name)
+
+    def training_recipe(self, cfg: NVAEConfig, tc: "TrainConfig", total: int) -> "Recipe":
+        from .training import NVAERecipe
+
+        return NVAERecipe(cfg, tc, total)
+
+    def prepare_for_inference(self, model: Any, *, fuse: bool, compile: bool) -> None:
+        return None  # the network runs as it is (channels-last is set by the caller)
+
+    def official_names(self) -> tuple[str, ...]:
+        from .config import README_ARGS
+
+        return tuple(f"nvae-{name}" for name in README_ARGS)
+
+    def official_config(self, name: str) -> NVAEConfig:
+        from .config import readme_config
+
+        return readme_config(name.removeprefix("nvae-"))
+
+    def preset_names(self) -> tuple[str, ...]:
+        from .presets import NVAE_PRESETS
+
+        return tuple(NVAE_PRESETS)
+
+    def preset_image_size(self, name: str) -> int:
+        from .config import image_size_of
+        from .presets import NVAE_PRESETS
+
+        return image_size_of(NVAE_PRESETS[name]["dataset"])
+
+    def preset_config(self, name: str, images: Tensor, *, run_name: str | None = None) -> NVAEConfig:
+        from .presets import NVAE_PRESETS
+
+        return NVAEConfig(**NVAE_PRESETS[name], name=run_name or name)
+
+    def hparams_config(self, path: Path, images_at: Any, *, size_hint: int | None = None) -> "tuple[NVAEConfig, Tensor]":
+        from ...base.errors import UsageError
+
+        raise UsageError("--hparams takes the reference VDVAE's field names", hint="an NVAE trains from --config NAME")
+
+    def stores_layout(self, path: Path) -> bool:
+        from .official import looks_official
+
+        return looks_official(path)
+
+    def official_layout(self, config: Any = None, hparams: Path | None = None, *, name: str | None = None) -> None:
+        if config is not None or hparams is not None:
+            from ...base.errors import UsageError
+
+            raise UsageError("this is an NVAE checkpoint: its stored args give the layout", hint="drop --config/--hparams")
+        return None
+
+    def load_official(self, path: Path, layout: Any = None, *, state: Any = None) -> "OfficialCheckpoint":
+        from .official import load_official
+
+        return load_official(path, layout)
+
+
+FAMILY = NVAEFamily()

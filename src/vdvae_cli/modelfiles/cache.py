@@ -1,0 +1,160 @@
+"""Models on this machine: fetch a named model on first use, offline mode, list and remove cached files.
+
+``fetch_model`` is :func:`vdvae_cli.modelfiles.resolve.resolve_model` plus first-use downloads, the way rembg and
+huggingface_hub behave: a registry name (``ffhq256``) or an ``hf://`` reference that is not on
+this machine yet is downloaded (resumable, size-checked, converted once) through
+:func:`vdvae_cli.modelfiles.fetch.download`, and later calls find it in the cache without any network.
+
+Offline mode turns every download off: ``offline=True`` (the CLI's ``--offline``), or
+``VDVAE_OFFLINE=1`` / ``HF_HUB_OFFLINE=1`` in the environment. A model that is not cached is then
+one error that names the command to run.
+
+The cache itself is :func:`vdvae_cli.modelfiles.paths.cache_dir`; ``cached_models`` lists what it holds (and
+the registry's Hub files in the Hugging Face cache), ``remove`` deletes entries. No torch here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import catalog as registry, fetch, hfhub, paths, resolve, transfer
+from ..base.errors import ModelNotFoundError, OutputError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..engine.interface import LatentModel
+
+OFFLINE_VARS = ("VDVAE_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def offline_reason(flag: bool = False) -> str | None:
+    """Why downloads are off (``--offline``, ``VDVAE_OFFLINE=1``, ``HF_HUB_OFFLINE=1``), or None."""
+    if flag:
+        return "--offline"
+    for var in OFFLINE_VARS:
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var}={os.environ[var].strip()}"
+    return None
+
+
+def _not_cached(what: str, why: str, size: str | None = None) -> ModelNotFoundError:
+    about = f" (about {size})" if size else ""
+    return ModelNotFoundError(
+        f"{what} is not downloaded yet and downloads are off ({why})",
+        hint=f"run `vdvae download {what}` once with network access{about}; it is then used offline",
+    )
+
+
+def fetch_model(
+    ref: "str | os.PathLike[str] | resolve.ResolvedModel | None" = None,
+    *,
+    offline: bool = False,
+    progress: "transfer.ProgressCallback | None" = None,
+) -> resolve.ResolvedModel:
+    """The file ``ref`` names (see :func:`vdvae_cli.modelfiles.resolve.resolve_model`), downloaded first when it is
+    a registry model or ``hf://`` file that this machine does not have yet and downloads are on."""
+    if isinstance(ref, resolve.ResolvedModel):
+        return ref
+    text = os.fspath(ref).strip() if ref is not None else ""
+    text = text or os.environ.get("VDVAE_MODEL", "").strip()
+    why = offline_reason(offline)
+    if text.startswith("hf://"):
+        hub_ref = hfhub.parse_hf_ref(text)
+        name = hub_ref.repo_id.split("/")[-1]
+        if why is None:
+            return resolve.ResolvedModel(hfhub.fetch_hub(hub_ref, progress=progress), name, "hub", str(hub_ref))
+        cached = hfhub.hub_cached_path(hub_ref)
+        if cached is None:
+            raise _not_cached(text, why)
+        return resolve.ResolvedModel(cached, name, "hub", str(hub_ref))
+    entry = registry.find_entry(text) if text else None
+    if entry is None or entry.kind == "shipped" or fetch.cached_path(entry) is not None:
+        return resolve.resolve_model(text or None)
+    if why is not None:
+        raise _not_cached(entry.name, why, paths.human_size(entry.size_bytes))
+    return fetch.download(entry.name, progress=progress)
+
+
+def load(
+    ref: "str | os.PathLike[str] | resolve.ResolvedModel | None" = None,
+    *,
+    device: "str | torch.device" = "auto",
+    dtype: "str | torch.dtype" = "fp32",
+    offline: bool = False,
+    progress: "transfer.ProgressCallback | None" = None,
+) -> "LatentModel":
+    """:func:`fetch_model`, then load it as an eval-mode model (``vdvae_cli.load``)."""
+    return resolve.load_model(fetch_model(ref, offline=offline, progress=progress), device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# What the cache holds
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """One entry of ``vdvae cache``: ``kind`` is ``model`` (a converted model in our cache),
+    ``partial`` (a download that stopped; the next download resumes it) or ``hub`` (a registry
+    model's file in the Hugging Face cache)."""
+
+    name: str
+    kind: str
+    path: Path
+    size: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "kind": self.kind, "path": str(self.path), "bytes": self.size}
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def cached_models() -> list[CachedFile]:
+    """Everything the cache holds, converted models first, by name."""
+    folder = paths.cache_dir()
+    found: list[CachedFile] = []
+    if folder.is_dir():
+        found += [CachedFile(p.stem, "model", p, _size(p)) for p in sorted(folder.glob("*.safetensors")) if p.is_file()]
+    downloads = folder / "downloads"
+    if downloads.is_dir():
+        found += [CachedFile(p.name, "partial", p, _size(p)) for p in sorted(downloads.iterdir()) if p.is_file()]
+    for entry in registry.all_entries():
+        if entry.kind == "official" and entry.hf_repo and not paths.official_cache_path(entry.name).is_file():
+            path = fetch.cached_path(entry)
+            if path is not None:
+                found.append(CachedFile(entry.name, "hub", path, _size(path)))
+    return found
+
+
+def remove(names: list[str], *, everything: bool = False) -> list[CachedFile]:
+    """Delete the named entries (a model name, or a partial download's file name), or all of them.
+    Every name is checked before anything is deleted. Returns what was removed."""
+    present = cached_models()
+    if everything:
+        chosen = [c for c in present if c.kind != "hub"]
+    else:
+        chosen = []
+        for name in names:
+            hits = [c for c in present if name in (c.name, c.path.name)]
+            if not hits:
+                known = ", ".join(sorted({c.name for c in present})) or "nothing"
+                raise ModelNotFoundError(f"nothing named {name!r} in the cache ({paths.cache_dir()})",
+                                         hint=f"it holds: {known}")
+            if any(c.kind == "hub" for c in hits):
+                raise UsageError(f"{name!r} lives in the Hugging Face cache, shared with other programs",
+                                 hint="remove it there: hf cache delete")
+            chosen += [c for c in hits if c not in chosen]
+    for c in chosen:
+        try:
+            c.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot remove {c.path}: {exc.strerror}") from None
+    return chosen

@@ -1,0 +1,358 @@
+"""Train or fine-tune a model of any family: one importable function, :func:`train`.
+
+What differs between the families' recipes (optimizer, objective, the recipe's own resumable state,
+defaults) comes from the model family's recipe object (the contract is
+:mod:`vdvae_cli.engine.recipe`); the loop below is shared.
+
+The loop: the recipe's objective on each batch, linear learning-rate warm-up and an optional cosine
+decay, gradient-norm clipping and update skipping with a guard against skipping forever, an
+exponential moving average (EMA) of the weights where the recipe keeps one (evaluation, sample grids
+and the exported model use it), a wall-clock limit, bf16 autocast with fp32 master weights,
+channels-last layout, and resumable checkpoints that hold everything that decides the next step (model, EMA,
+optimizer, step, noise-generator states), so a resumed CPU run continues bit for bit.
+
+This module holds the run's configuration and the loop; each concern the loop calls on lives in
+:mod:`vdvae_cli.training` (schedule, step, evaluation, run folder, curves). Several processes:
+launch with ``torchrun``; :func:`train` notices an initialised ``torch.distributed`` process group,
+wraps the loss in DistributedDataParallel, gives each rank its shard of every epoch, and lets only
+rank 0 write or report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
+
+import torch
+
+from .data import ShardedBatches, holdout_split
+from ..engine.distributions import BatchNoise
+from ..base.errors import TrainingError, UsageError
+from ..engine.registry import family_of
+from .curves import Curves
+from .evaluation import evaluate_heldout, save_grid, visualise
+from .rundir import RunDir, read_run
+from .schedule import lr_at
+from .step import ElboLoss, Updater
+from ..engine.recipe import TrainConfig, kl_weight, objective
+
+if TYPE_CHECKING:
+    from ..engine.interface import LatentModel
+
+Tensor = torch.Tensor
+Callback = Callable[[dict[str, Any]], None]
+
+__all__ = ["TrainConfig", "TrainResult", "train", "read_run", "lr_at", "ElboLoss", "kl_weight", "objective",
+           "evaluate_heldout", "save_grid", "visualise"]
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class TrainResult:
+    step: int
+    heldout_bpd: float | None
+    model_path: Path | None
+    stopped: str  # "done", "time limit"
+    skipped: int
+    elapsed_s: float
+    history: list[dict[str, Any]]
+    model: Any  # the trained (non-EMA) network, in train mode (any family's network)
+    ema: Any  # the EMA network, in eval mode: what evaluation, grids and the exported file use
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(
+    model_cfg: Any,
+    tc: TrainConfig,
+    images: Tensor,
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    init_state: Mapping[str, Tensor] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    data_info: Mapping[str, Any] | None = None,
+    callback: Callback | None = None,
+) -> TrainResult:
+    """Train ``model_cfg`` (a VDVAE or an NVAE config, with its family's recipe) on ``images``
+    (uint8 NHWC, the whole data set; the held-out split is drawn here) and write the run to ``run_dir``.
+
+    ``init_state`` starts from given weights (fine-tuning); ``resume=True`` continues the run saved
+    in ``run_dir`` exactly where its last checkpoint left it (``tc`` may extend ``steps``/``epochs``;
+    its ``time_limit`` counts from this call). ``callback`` receives event dicts (``event`` = start,
+    step, eval, samples, checkpoint, warning, done) on rank 0 only.
+    """
+    device = torch.device(device)
+    rank, world = _rank_world()
+    emit: Callback = callback if (callback is not None and rank == 0) else (lambda e: None)
+    coarse_layers = _check(model_cfg, tc, images)
+
+    # data: the held-out split and this rank's batches
+    train_idx, held_idx = holdout_split(len(images), tc.holdout, tc.split_seed)
+    train_images, heldout = images[train_idx], images[held_idx][: tc.max_eval]
+    batches = ShardedBatches(len(train_images), tc.batch_size, tc.seed, rank, world)
+    spe = batches.steps_per_epoch
+    total = tc.steps if tc.steps is not None else tc.epochs * spe  # type: ignore[operator]
+    eval_every = tc.eval_every or (None if tc.eval_seconds else spe)
+    family = family_of(model_cfg)
+    recipe = family.training_recipe(model_cfg, tc, total)  # refuses options the family's recipe lacks
+
+    # the run folder, and the state to resume from
+    run = RunDir(run_dir, rank=rank)
+    saved = run.open(resume=resume, force=force, world=world)
+    _barrier(world)
+    run.create({"family": family.name, "model_config": model_cfg.to_dict(), "train_config": tc.to_dict(), "data": dict(data_info or {}),
+                "n_images": len(images), "n_train": len(train_images), "n_heldout": len(heldout),
+                "world_size": world, "steps_total": total, "steps_per_epoch": spe}, fresh=not resume)
+
+    model, ema, opt, noise_gen = _build(model_cfg, tc, device, init_state, rank, recipe)
+    step = 0
+    history: list[dict[str, Any]] = []
+    if saved is not None:
+        step, history = _restore(saved, model, ema, opt, noise_gen, recipe, rank)
+    updater = Updater(model, ema, opt, _loss_module(model, recipe, device, noise_gen, world), tc, recipe,
+                      total=total, world=world, coarse_layers=coarse_layers,
+                      skipped=int(saved["skipped"]) if saved else 0)
+    curves = Curves(run.path, enabled=rank == 0, start_step=step)
+    clock = _Clock(tc, float(saved["elapsed_s"]) if saved else 0.0)
+    window = _Window()
+
+    def evaluate() -> None:
+        clock.evaluating()
+        stats = evaluate_heldout(ema, heldout, batch_size=tc.eval_batch_size, seed=tc.seed, autocast=updater.autocast)
+        record = {"event": "eval", "step": step, "epoch": round(step / spe, 3), **_rounded(stats), **window.take(),
+                  "lr": lr_at(tc, max(0, step - 1), total), **recipe.log_values(max(0, step - 1)),
+                  "skipped": updater.skipped,
+                  "elapsed_s": round(clock.elapsed(), 1)}
+        history.append(record)
+        run.log(record)
+        curves.evaluation(record, history)
+        clock.evaluated()
+        emit(record)
+
+    def checkpoint(kind: str) -> None:
+        state = _state(model, ema, opt, recipe, step, updater.skipped, _gather_rng(noise_gen, world), world,
+                       history, clock.elapsed())
+        run.save(state, ema, model_cfg, _export_meta(data_info, step, len(train_images), len(heldout), tc, history),
+                 keep=bool(tc.keep_every and step % tc.keep_every == 0))
+        run.log({"event": "checkpoint", "step": step, "kind": kind})
+        emit({"event": "checkpoint", "step": step, "path": str(run.state_path), "model": str(run.model_path)})
+
+    emit({"event": "start", "step": step, "total": total, "steps_per_epoch": spe, "n_train": len(train_images),
+          "n_heldout": len(heldout), "world_size": world, "params": sum(p.numel() for p in model.parameters()),
+          "model": model_cfg.name, "config": tc.to_dict()})
+    if tc.eval_at_start and step == 0 and not history:
+        evaluate()
+    stopped = "done"
+    while step < total:
+        result = updater(train_images[batches.indices(step)].to(device), step, clock.flags())
+        step += 1
+        window.add(result)
+        curves.step(step, result.loss_bpd, result.grad_norm)
+        if result.warning:
+            run.log({"event": "warning", "step": step - 1, "message": result.warning})
+            emit({"event": "warning", "step": step - 1, "message": result.warning})
+        emit({"event": "step", "step": step, "total": total, "loss_bpd": result.loss_bpd,
+              "distortion_bpd": result.distortion_bpd, "rate_bpd": result.rate_bpd, "grad_norm": result.grad_norm,
+              "skipped": result.skipped})
+        out_of_time, eval_due = result.flags
+        last = step >= total or out_of_time
+        evaluating = last or eval_due or _every(step, eval_every)
+        if evaluating:
+            evaluate()
+        if rank == 0 and (last or (_every(step, tc.sample_every) if tc.sample_every else evaluating)):
+            path = visualise(ema, heldout, run.path / "samples" / f"step-{step:07d}.png",
+                             columns=tc.grid_columns, seed=tc.seed)
+            emit({"event": "samples", "step": step, "path": str(path)})
+        if last or (_every(step, tc.ckpt_every) if tc.ckpt_every else evaluating):
+            checkpoint("final" if step >= total else "time limit" if out_of_time else "periodic")
+        if out_of_time and step < total:
+            stopped = "time limit"
+            break
+    curves.close()
+
+    last_bpd = history[-1]["heldout_bpd"] if history else None
+    emit({"event": "done", "step": step, "stopped": stopped, "heldout_bpd": last_bpd, "skipped": updater.skipped,
+          "elapsed_s": round(clock.elapsed(), 1), "model": str(run.model_path)})
+    return TrainResult(step, last_bpd, run.model_path if rank == 0 else None, stopped, updater.skipped,
+                       clock.elapsed(), history, model, ema)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop's helpers
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _check(model_cfg: Any, tc: TrainConfig, images: Tensor) -> int | None:
+    """Up-front checks; returns how many leading layers the coarse-first curriculum infers."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise TrainingError(f"training images must be uint8 (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+    if images.shape[1] != model_cfg.image_size or images.shape[2] != model_cfg.image_size:
+        raise TrainingError(
+            f"images are {images.shape[2]}x{images.shape[1]} but the model is {model_cfg.image_size}x{model_cfg.image_size}"
+        )
+    if not tc.coarse_steps:
+        return None
+    if tc.coarse_res not in model_cfg.resolutions:
+        raise UsageError(f"coarse resolution {tc.coarse_res} is not a resolution of this model",
+                         hint=f"choose one of {', '.join(map(str, model_cfg.resolutions))}")
+    return model_cfg.layers_up_to_res(tc.coarse_res)
+
+
+def _build(cfg: Any, tc: TrainConfig, device: torch.device, init_state, rank: int, recipe):
+    """Model, EMA copy, optimizer (the recipe's) and the training-noise generator, all from ``tc.seed``."""
+    with torch.random.fork_rng(devices=[]):  # the constructor's default init draws from the global RNG
+        torch.manual_seed(tc.seed)
+        model = cast("LatentModel", family_of(cfg).network(cfg))
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=True)
+    model.to(device).train()
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = deepcopy(model).eval().requires_grad_(False)
+    opt = recipe.optimizer(model)
+    noise_gen = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
+    return model, ema, opt, noise_gen
+
+
+def _loss_module(model: LatentModel, recipe, device: torch.device, noise_gen, world: int) -> torch.nn.Module:
+    elbo_loss = ElboLoss(model)
+    elbo_loss.noise = BatchNoise(noise_gen)
+    loss_fn: torch.nn.Module = elbo_loss
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_fn = DistributedDataParallel(
+            loss_fn,
+            device_ids=[device.index or 0] if device.type == "cuda" else None,
+            find_unused_parameters=recipe.find_unused_parameters,
+        )
+    return loss_fn
+
+
+def _state(model, ema, opt, recipe, step, skipped, rng, world, history, elapsed_s) -> dict[str, Any]:
+    """Everything that decides the next step, as plain tensors and strings (loaded weights_only)."""
+    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "recipe": recipe.state_dict(), "step": step, "skipped": skipped, "rng": rng, "world_size": world,
+            "history": [json.dumps(h) for h in history], "elapsed_s": elapsed_s}
+
+
+def _restore(saved, model, ema, opt, noise_gen, recipe, rank) -> tuple[int, list[dict[str, Any]]]:
+    """Load a checked ``state.pt`` (:func:`.training.rundir.read_state`) into this run's objects; a
+    state of another architecture or world size is one TrainingError."""
+    from ..base.safety import first_line, loads
+
+    try:
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        opt.load_state_dict(saved["optimizer"])
+        recipe.load_state_dict(saved.get("recipe", {}))
+        noise_gen.set_state(saved["rng"][rank])
+        return int(saved["step"]), [loads(h) for h in saved.get("history", [])]
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise TrainingError(f"the saved state does not fit this run: {first_line(exc)}",
+                            hint="resume from an intact run, or start a new one") from None
+
+
+def _gather_rng(noise_gen: torch.Generator, world: int) -> list[Tensor]:
+    """Every rank's noise-generator state (a collective under DDP)."""
+    if world == 1:
+        return [noise_gen.get_state()]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, noise_gen.get_state())
+    return gathered
+
+
+def _export_meta(data_info, step, n_train, n_heldout, tc, history) -> dict[str, str]:
+    last = history[-1] if history else {}
+    return {
+        "dataset": str((data_info or {}).get("dataset", "custom")),
+        "train_steps": str(step),
+        "train_images": str(n_train),
+        "heldout_images": str(n_heldout),
+        "heldout_bpd": f"{last['heldout_bpd']:.4f}" if "heldout_bpd" in last else "",
+        "ema_rate": str(tc.ema_rate),
+        "seed": str(tc.seed),
+        "trainer": "vdvae train",
+    }
+
+
+def _every(step: int, interval: int | None) -> bool:
+    return bool(interval) and step % interval == 0  # type: ignore[operator]
+
+
+def _rounded(stats: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()}
+
+
+class _Window:
+    """Means of the training loss and gradient norm over the updates since the last evaluation."""
+
+    def __init__(self) -> None:
+        self.loss = self.gnorm = 0.0
+        self.n = 0
+
+    def add(self, result) -> None:
+        if not result.skipped:
+            self.loss, self.gnorm, self.n = self.loss + result.loss_bpd, self.gnorm + result.grad_norm, self.n + 1
+
+    def take(self) -> dict[str, float | None]:
+        out = {"train_bpd": round(self.loss / self.n, 5) if self.n else None,
+               "grad_norm": round(self.gnorm / self.n, 3) if self.n else None}
+        self.loss = self.gnorm = 0.0
+        self.n = 0
+        return out
+
+
+class _Clock:
+    """This call's wall clock: the time limit counts from the start of *this* call (a resumed run
+    gets the time it is given now); ``elapsed`` adds the time of the calls before, for the record.
+    Evaluations by the clock come every ``eval_seconds``, but never take more than a fifth of the time."""
+
+    def __init__(self, tc: TrainConfig, before: float):
+        self.tc, self.before = tc, before
+        self.start = self.last_eval = self.eval_started = time.monotonic()
+        self.eval_seconds = 0.0  # how long the last evaluation took
+
+    def elapsed(self) -> float:
+        return self.before + time.monotonic() - self.start
+
+    def evaluating(self) -> None:
+        self.eval_started = time.monotonic()
+
+    def evaluated(self) -> None:
+        self.last_eval = time.monotonic()
+        self.eval_seconds = self.last_eval - self.eval_started
+
+    def flags(self) -> tuple[bool, bool]:
+        """(out of time, an evaluation is due by the clock): agreed across processes by the step."""
+        now = time.monotonic()
+        over = self.tc.time_limit is not None and now - self.start >= self.tc.time_limit
+        due = (self.tc.eval_seconds is not None
+               and now - self.last_eval >= max(self.tc.eval_seconds, 4 * self.eval_seconds))
+        return over, due
