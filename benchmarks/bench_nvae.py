@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -38,18 +39,23 @@ from vdvae_cli.families.nvae.config import readme_config  # noqa: E402
 from vdvae_cli.families.nvae.network import NVAE, WNConv2d  # noqa: E402
 from vdvae_cli.engine.runtime import configure_backends, prepare_for_inference  # noqa: E402
 
-VARIANTS = {  # name: (dtype, channels_last, cache the WN weight, fold BN + WN with fused kernels)
+VARIANTS = {  # name: (dtype, channels-last (None: the CLI's choice), cache the WN weight, fold BN + WN)
     "plain fp32 (official path: eager NCHW, BN and WN per call)": (torch.float32, False, False, False),
     "fp32 channels-last": (torch.float32, True, True, False),
-    "fp32 channels-last, folded + fused (CLI)": (torch.float32, True, True, True),
+    "fp32 folded + fused (CLI)": (torch.float32, None, True, True),
     "bf16 channels-last": (torch.bfloat16, True, True, False),
-    "bf16 channels-last, folded + fused (CLI)": (torch.bfloat16, True, True, True),
+    "bf16 folded + fused (CLI)": (torch.bfloat16, None, True, True),
+    "fp16 folded (CLI)": (torch.float16, None, True, True),
 }
+CPU_VARIANTS = [v for v in VARIANTS if not v.startswith("fp16")]  # no fp16 conv kernels worth timing on CPU
+CUDA_VARIANTS = ["plain fp32 (official path: eager NCHW, BN and WN per call)", "fp32 folded + fused (CLI)",
+                 "bf16 folded + fused (CLI)", "fp16 folded (CLI)"]
 # NVIDIA's own code on this project's CPU (seconds per batch, two runs, README: Speed), for the ratios.
-OFFICIAL_CPU = {("cifar10", 4): (1.117, 0.983)}
+OFFICIAL_CPU = {("cifar10", "sample", 4): (1.117, 0.983)}
 
 
-def build(name: str, device: torch.device, dtype: torch.dtype, channels_last: bool, fold: bool, fuse: bool) -> NVAE:
+def build(name: str, device: torch.device, dtype: torch.dtype, channels_last: bool | None, fold: bool,
+          fuse: bool) -> NVAE:
     torch.manual_seed(0)
     model = NVAE(readme_config(name)).to(device=device, dtype=dtype).eval().requires_grad_(False)
     for m in model.modules():
@@ -58,11 +64,65 @@ def build(name: str, device: torch.device, dtype: torch.dtype, channels_last: bo
     return prepare_for_inference(model, channels_last=channels_last, fuse=fuse)
 
 
+def task_fn(model: NVAE, task: str, batch: int, device: torch.device) -> Callable[[], object]:
+    g = torch.Generator(device=device).manual_seed(0)
+    if task == "sample":
+        return lambda: ops.sample(model, batch, temperatures=0.7, noise=g)
+    size = model.cfg.image_size
+    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return lambda: ops.reconstruct(model, images, noise=g)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def run_group(name: str, task: str, batch: int, device: torch.device, variants: list[str], repeats: int
+              ) -> dict[str, tuple[list[float], float | None]]:
+    """Seconds per batch of every variant (and the CUDA peak memory). CPU: interleaved rounds, the
+    first one not counted; CUDA: one variant after the other, each with its own peak."""
+    out: dict[str, tuple[list[float], float | None]] = {}
+    if device.type == "cuda":
+        for v in variants:
+            dtype = VARIANTS[v][0]
+            model = build(name, device, *VARIANTS[v])
+            configure_backends(device, dtype)
+            fn = task_fn(model, task, batch, device)
+            timed(fn, device)  # warm-up: cuDNN autotuning (its trial workspaces would swamp the peak)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            times = [timed(fn, device) for _ in range(repeats)]
+            out[v] = (times, torch.cuda.max_memory_allocated(device) / 2**30)
+            del model, fn
+            torch.cuda.empty_cache()
+        return out
+    fns = {}
+    for v in variants:
+        fns[v] = task_fn(build(name, device, *VARIANTS[v]), task, batch, device)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(repeats + 1):
+        for v, fn in fns.items():
+            configure_backends(device, VARIANTS[v][0])
+            t = timed(fn, device)
+            if r:
+                times[v].append(t)
+    return {v: (ts, None) for v, ts in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["cifar10"])
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--tasks", nargs="+", default=["sample"], choices=["sample", "reconstruct"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[4])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+                    help="default: every variant that runs on the device (the plain one first)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
@@ -70,43 +130,39 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    variants = {v: spec for v, spec in VARIANTS.items() if device.type == "cpu" or spec[0] != torch.bfloat16
-                or torch.cuda.is_bf16_supported()}
+    variants = args.variants or (CUDA_VARIANTS if device.type == "cuda" else CPU_VARIANTS)
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        variants = [v for v in variants if not v.startswith("bf16")]
     rows = []
     for name in args.models:
-        models = {v: build(name, device, *spec) for v, spec in variants.items()}
-        times: dict[str, list[float]] = {v: [] for v in variants}
-        load_before = os.getloadavg()[0]
-        for r in range(args.repeats + 1):  # the first round warms up and is not counted
-            for v, model in models.items():
-                configure_backends(device, variants[v][0])
-                g = torch.Generator(device=device).manual_seed(0)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                ops.sample(model, args.batch, temperatures=0.7, noise=g)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if r:
-                    times[v].append(time.perf_counter() - t0)
-        load_after = os.getloadavg()[0]
-        base = statistics.median(times[next(iter(variants))])
-        official = OFFICIAL_CPU.get((name, args.batch)) if device.type == "cpu" else None
-        for v, ts in times.items():
-            seconds = statistics.median(ts)
-            row = {"model": f"nvae-{name}", "device": str(device), "variant": v, "batch": args.batch,
-                   "seconds": round(seconds, 4), "seconds_all": [round(t, 4) for t in ts],
-                   "images_per_s": round(args.batch / seconds, 3), "speedup_vs_plain": round(base / seconds, 2),
-                   "threads": torch.get_num_threads(), "load_avg_before_after": [load_before, load_after]}
-            if official:
-                row["speedup_vs_official_cpu"] = [round(o / seconds, 2) for o in official]
-            rows.append(row)
-            vs = f"  vs official {'/'.join(f'x{x:.2f}' for x in row['speedup_vs_official_cpu'])}" if official else ""
-            print(f"{row['model']:18} {v:58} batch {args.batch:3} {seconds:8.3f} s {row['images_per_s']:8.3f} img/s"
-                  f"  vs plain x{row['speedup_vs_plain']:.2f}{vs}", flush=True)
-        print(f"load average {load_before:.2f} -> {load_after:.2f} on {os.cpu_count()} cores", file=sys.stderr)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        for task in args.tasks:
+            for batch in args.batch:
+                load_before = os.getloadavg()[0]
+                result = run_group(name, task, batch, device, variants, args.repeats)
+                load_after = os.getloadavg()[0]
+                base = statistics.median(result[variants[0]][0])
+                official = OFFICIAL_CPU.get((name, task, batch)) if device.type == "cpu" else None
+                for v, (ts, peak) in result.items():
+                    seconds = statistics.median(ts)
+                    row = {"model": f"nvae-{name}", "task": task, "device": str(device), "variant": v, "batch": batch,
+                           "seconds": round(seconds, 4), "seconds_all": [round(t, 4) for t in ts],
+                           "images_per_s": round(batch / seconds, 3),
+                           "speedup_vs_first": round(base / seconds, 2), "baseline": variants[0],
+                           "peak_mem_gb": None if peak is None else round(peak, 2),
+                           "threads": torch.get_num_threads(), "load_avg_before_after": [load_before, load_after]}
+                    if official:
+                        row["official_seconds"] = list(official)
+                        row["speedup_vs_official_cpu"] = [round(o / seconds, 2) for o in official]
+                    rows.append(row)
+                    vs = (f"  vs official x{'/x'.join(f'{x:.2f}' for x in row['speedup_vs_official_cpu'])}"
+                          if official else "")
+                    mem = f"  peak {peak:.2f} GB" if peak is not None else ""
+                    print(f"{row['model']:17} {task:11} {v:58} batch {batch:3} {seconds:8.3f} s "
+                          f"{row['images_per_s']:9.3f} img/s  vs first x{row['speedup_vs_first']:.2f}{vs}{mem}",
+                          flush=True)
+                print(f"load average {load_before:.2f} -> {load_after:.2f} on {os.cpu_count()} cores", file=sys.stderr)
+                if args.json:  # after every group: a run cut short by a time limit keeps what it measured
+                    args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

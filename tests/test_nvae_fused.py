@@ -164,3 +164,21 @@ def test_fused_follows_weights_and_falls_back():
     fresh.requires_grad_(True)
     _passes(fresh)[2].sum().backward()
     assert fresh.stem.weight.grad is not None
+
+
+@pytest.mark.skipif(not onednn(torch.float32), reason="no oneDNN fused kernels in this build")
+def test_a_kernel_that_raises_falls_back(monkeypatch):
+    """oneDNN's fused kernels are PyTorch internals: one that raises switches to F.conv2d (same maths)."""
+    from vdvae_cli.nvae import fused as nvae_fused
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such kernel here")
+
+    plain = _random("res_mbconv", True)
+    model = prepare_for_inference(copy.deepcopy(plain))
+    monkeypatch.setattr(nvae_fused, "_onednn_conv", broken)
+    monkeypatch.setattr(nvae_fused, "_failed", False)
+    with torch.inference_mode():
+        for a, b in zip(_passes(plain), _passes(model)):
+            close(b, a)
+    assert nvae_fused._failed

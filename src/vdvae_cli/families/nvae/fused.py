@@ -96,8 +96,8 @@ class Conv(NamedTuple):
 
     def __call__(self, x: Tensor, fast: bool) -> Tensor:
         if fast:
-            return _onednn_conv(x.contiguous(memory_format=torch.channels_last), self.weight, self.bias,
-                                self.geometry, "swish" if self.act == "swish" else "none")
+            x = x.contiguous(memory_format=torch.channels_last)
+            return _onednn_conv(x, self.weight, self.bias, self.geometry, "swish" if self.act == "swish" else "none")
         pad, stride, dil, groups = self.geometry
         y = F.conv2d(x, self.weight, self.bias, stride, pad, dil, groups)
         return F.silu(y) if self.act == "swish" else y
