@@ -41,21 +41,21 @@ OFFICIAL_CPU = {("nvae-cifar10", 4): (1.117, 0.983), ("cifar10", 8): (1.954, 1.7
 
 def model_file(name: str, workdir: Path) -> Path:
     """A model file of ``name``'s official architecture with random weights (made once)."""
-    from vdvae_cli.checkpoint import save_checkpoint
+    from vdvae_cli.modelfiles.checkpoint import save_checkpoint
 
     path = workdir / f"random-{name}.safetensors"
     if path.exists():
         return path
     torch.manual_seed(0)
     if name.startswith("nvae-"):
-        from vdvae_cli.nvae.config import readme_config
-        from vdvae_cli.nvae.network import NVAE
+        from vdvae_cli.families.nvae.config import readme_config
+        from vdvae_cli.families.nvae.network import NVAE
 
         cfg = readme_config(name.removeprefix("nvae-"))
         model: torch.nn.Module = NVAE(cfg)  # NVAE's own initialisation (weight norm, BatchNorm at identity)
     else:
-        from vdvae_cli.config import official_config
-        from vdvae_cli.model import VAE
+        from vdvae_cli.families.vdvae.config import official_config
+        from vdvae_cli.families.vdvae.model import VAE
 
         cfg = official_config(name)  # type: ignore[assignment]
         model = VAE(cfg)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ as separate passes, the weight normalisation recomputed in every conv call. On t
 CPU, when nothing else runs, it takes what NVIDIA's own code took there (about 1.0-1.1 s for a
 cifar10 batch of 4, measured outside the project: README, Speed). The other rows are what the CLI
 runs: channels-last, then BatchNorm and weight normalisation folded into the convs with oneDNN's
-fused conv + Swish / conv + add kernels (``vdvae_cli.nvae.fused``, the CLI's default), in fp32 and
+fused conv + Swish / conv + add kernels (``vdvae_cli.families.nvae.fused``, the CLI's default), in fp32 and
 bf16. Variants are timed in interleaved rounds and the median is reported, with the load average
 before and after: a neighbour using the cores slows a 2-thread run far more than its share (the
 threads wait for each other at every operator), so compare rows of one run, not runs.

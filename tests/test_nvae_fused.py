@@ -37,7 +37,8 @@ def golden_fused(request):
 
     torch.set_num_threads(1)
     cfg, state, _ = read_official(DATA / f"{request.param}.pt")
-    model = prepare_for_inference(build_model(cfg, state))
+    model = prepare_for_inference(build_model(cfg, state))  # what every command does with a loaded model
+    assert any(getattr(m, "_nvae_fused", False) for m in model.modules())
     return cfg, model, load_file(str(DATA / f"{request.param}-cases.safetensors"))
 
 
@@ -169,7 +170,7 @@ def test_fused_follows_weights_and_falls_back():
 @pytest.mark.skipif(not onednn(torch.float32), reason="no oneDNN fused kernels in this build")
 def test_a_kernel_that_raises_falls_back(monkeypatch):
     """oneDNN's fused kernels are PyTorch internals: one that raises switches to F.conv2d (same maths)."""
-    from vdvae_cli.nvae import fused as nvae_fused
+    from vdvae_cli.families.nvae import fused as nvae_fused
 
     def broken(*args, **kwargs):
         raise RuntimeError("no such kernel here")
