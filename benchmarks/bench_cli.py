@@ -11,7 +11,10 @@ ordinary model files. For every round, dtype and case the command is run twice, 
 with the start-up (imports, loading the file, first-call set-up) cancelled out. Everything the
 command does per batch counts: noise from one generator per image, the network, the pixel draw,
 writing the PNGs. Runs are interleaved (all variants in each round) and the median over rounds is
-reported with the load average, since a neighbour on the cores slows every run.
+reported with the load average and, per measurement, the cores the other processes kept busy
+meanwhile (from /proc/stat): a neighbour on a 2-core machine slows a 2-thread run far more than its
+share, because the threads wait for each other at every operator. ``--quiet-wait S`` waits up to S
+seconds before each measurement for the rest of the machine to fall below 0.3 busy cores.
 
 The ``official`` column is NVIDIA's / OpenAI's own code timed on this project's 2-core CPU
 (outside the project, same random official-size weights, temperature 1, in-process and logits only,
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -66,6 +70,32 @@ def model_file(name: str, workdir: Path) -> Path:
     return path
 
 
+def busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine so far (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def others_cores(busy0: tuple[int, int], busy1: tuple[int, int], own_cpu_s: float) -> float:
+    """Cores the rest of the machine kept busy over an interval, given our own CPU seconds in it."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total_s = (busy1[1] - busy0[1]) / hz / (os.cpu_count() or 1)  # wall seconds of the interval
+    return max(0.0, ((busy1[0] - busy0[0]) / hz - own_cpu_s) / max(total_s, 1e-9))
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.3) -> float:
+    """Wait (at most ``limit_s``) until the rest of the machine keeps fewer than ``threshold`` cores
+    busy over two seconds; returns the last such reading."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        b0 = busy_jiffies()
+        time.sleep(2.0)
+        busy = others_cores(b0, busy_jiffies(), 0.0)
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+
+
 def run_once(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | None) -> float:
     cmd = [sys.executable, "-m", "vdvae_cli", "sample", "-m", str(path), "-n", str(n), "-b", str(batch),
            "--seed", "0", "-t", "1", "--output-temp", "1", "--dtype", dtype, "--device", "cpu",
@@ -87,6 +117,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the runs")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "vdvae-bench-cli")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                    help="before each measurement wait up to S seconds for the other processes to use < 0.3 cores")
     args = ap.parse_args()
     k1, k2 = args.batches
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -94,16 +126,24 @@ def main() -> None:
     files = {name: model_file(name, args.workdir) for name, _ in cases}
     variants = [(name, batch, dtype) for name, batch in cases for dtype in args.dtypes]
     marginal: dict[tuple, list[float]] = {v: [] for v in variants}
+    others: dict[tuple, list[float]] = {v: [] for v in variants}
     loads = [os.getloadavg()[0]]
     for r in range(args.rounds):
         for v in variants:
             name, batch, dtype = v
             out = args.workdir / "out"
+            if args.quiet_wait:
+                wait_quiet(args.quiet_wait)
+            b0, c0 = busy_jiffies(), resource.getrusage(resource.RUSAGE_CHILDREN)
             t1 = run_once(files[name], k1 * batch, batch, dtype, out, args.threads)
             t2 = run_once(files[name], k2 * batch, batch, dtype, out, args.threads)
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            own = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+            others[v].append(round(others_cores(b0, busy_jiffies(), own), 2))
             marginal[v].append((t2 - t1) / (k2 - k1))
             print(f"round {r}: {name} batch {batch} {dtype}: {t1:.2f} s ({k1} batches), {t2:.2f} s ({k2}): "
-                  f"{marginal[v][-1]:.3f} s per batch", file=sys.stderr, flush=True)
+                  f"{marginal[v][-1]:.3f} s per batch; other processes used {others[v][-1]:.2f} cores",
+                  file=sys.stderr, flush=True)
         loads.append(os.getloadavg()[0])
     rows = []
     for v in variants:
@@ -111,6 +151,7 @@ def main() -> None:
         sec = statistics.median(marginal[v])
         row = {"model": name, "batch": batch, "dtype": dtype, "seconds_per_batch": round(sec, 3),
                "seconds_all": [round(t, 3) for t in marginal[v]], "batches": [k1, k2],
+               "other_processes_cores": others[v],
                "load_avg_per_round": loads, "cores": os.cpu_count(), "threads": args.threads or torch.get_num_threads()}
         official = OFFICIAL_CPU.get((name, batch))
         if official:

@@ -73,21 +73,27 @@ def task_fn(model: NVAE, task: str, batch: int, device: torch.device) -> Callabl
     return lambda: ops.reconstruct(model, images, noise=g)
 
 
+CPU_TIMES: dict[int, list[float]] = {}  # id(fn) -> process CPU seconds of each timed call
+
+
 def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call (its process CPU seconds go to CPU_TIMES: with one thread that is the
+    work itself, which a busy neighbour does not inflate the way it inflates the wall time)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
+    CPU_TIMES.setdefault(id(fn), []).append(time.process_time() - c0)
     return time.perf_counter() - t0
 
 
 def run_group(name: str, task: str, batch: int, device: torch.device, variants: list[str], repeats: int
-              ) -> dict[str, tuple[list[float], float | None]]:
+              ) -> dict[str, tuple[list[float], float | None, list[float]]]:
     """Seconds per batch of every variant (and the CUDA peak memory). CPU: interleaved rounds, the
     first one not counted; CUDA: one variant after the other, each with its own peak."""
-    out: dict[str, tuple[list[float], float | None]] = {}
+    out: dict[str, tuple[list[float], float | None, list[float]]] = {}
     if device.type == "cuda":
         for v in variants:
             dtype = VARIANTS[v][0]
@@ -98,7 +104,7 @@ def run_group(name: str, task: str, batch: int, device: torch.device, variants: 
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             times = [timed(fn, device) for _ in range(repeats)]
-            out[v] = (times, torch.cuda.max_memory_allocated(device) / 2**30)
+            out[v] = (times, torch.cuda.max_memory_allocated(device) / 2**30, CPU_TIMES[id(fn)][1:])
             del model, fn
             torch.cuda.empty_cache()
         return out
@@ -112,7 +118,7 @@ def run_group(name: str, task: str, batch: int, device: torch.device, variants: 
             t = timed(fn, device)
             if r:
                 times[v].append(t)
-    return {v: (ts, None) for v, ts in times.items()}
+    return {v: (ts, None, CPU_TIMES[id(fns[v])][1:]) for v, ts in times.items()}
 
 
 def main() -> None:
@@ -142,10 +148,11 @@ def main() -> None:
                 load_after = os.getloadavg()[0]
                 base = statistics.median(result[variants[0]][0])
                 official = OFFICIAL_CPU.get((name, task, batch)) if device.type == "cpu" else None
-                for v, (ts, peak) in result.items():
+                for v, (ts, peak, cpu) in result.items():
                     seconds = statistics.median(ts)
                     row = {"model": f"nvae-{name}", "task": task, "device": str(device), "variant": v, "batch": batch,
                            "seconds": round(seconds, 4), "seconds_all": [round(t, 4) for t in ts],
+                           "cpu_seconds": round(statistics.median(cpu), 4),
                            "images_per_s": round(batch / seconds, 3),
                            "speedup_vs_first": round(base / seconds, 2), "baseline": variants[0],
                            "peak_mem_gb": None if peak is None else round(peak, 2),
@@ -158,6 +165,7 @@ def main() -> None:
                           if official else "")
                     mem = f"  peak {peak:.2f} GB" if peak is not None else ""
                     print(f"{row['model']:17} {task:11} {v:58} batch {batch:3} {seconds:8.3f} s "
+                          f"(CPU {row['cpu_seconds']:7.3f} s) "
                           f"{row['images_per_s']:9.3f} img/s  vs first x{row['speedup_vs_first']:.2f}{vs}{mem}",
                           flush=True)
                 print(f"load average {load_before:.2f} -> {load_after:.2f} on {os.cpu_count()} cores", file=sys.stderr)

@@ -90,9 +90,16 @@ def main() -> None:
     for label, s in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"  {label:40} {calls[label]:4} calls  {s:7.3f} s  {100 * s / total:5.1f}%")
     print(f"  {'rest (noise, prior maths, pixels)':40}             {total - sum(spent.values()):7.3f} s")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         run()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
+    print("convolutions by input shape (the mbconv cell's 1x1 expand, depthwise kxk and 1x1 project, ...):")
+    convs = [e for e in prof.key_averages(group_by_input_shape=True) if "conv" in e.key]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    for e in sorted(convs, key=lambda e: -e.self_cpu_time_total)[:8]:
+        shapes = ", ".join(str(s) for s in e.input_shapes[:2] if s)
+        print(f"  {e.key:34} {e.count:4} calls  {e.self_cpu_time_total / 1e6:7.3f} s  "
+              f"{100 * e.self_cpu_time_total / total:5.1f}%  {shapes}")
 
 
 if __name__ == "__main__":
