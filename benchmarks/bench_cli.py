@@ -14,7 +14,9 @@ writing the PNGs. Runs are interleaved (all variants in each round) and the medi
 reported with the load average and, per measurement, the cores the other processes kept busy
 meanwhile (from /proc/stat): a neighbour on a 2-core machine slows a 2-thread run far more than its
 share, because the threads wait for each other at every operator. ``--quiet-wait S`` waits up to S
-seconds before each measurement for the rest of the machine to fall below 0.3 busy cores.
+seconds before each measurement for the rest of the machine to fall below 0.3 busy cores. The
+marginal CPU seconds are reported too: with ``--threads 1`` they are the work itself, which a busy
+machine inflates far less than the wall time.
 
 The ``official`` column is NVIDIA's / OpenAI's own code timed on this project's 2-core CPU
 (outside the project, same random official-size weights, temperature 1, in-process and logits only,
@@ -96,7 +98,15 @@ def wait_quiet(limit_s: float, threshold: float = 0.3) -> float:
             return busy
 
 
-def run_once(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | None) -> float:
+def run_once(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one ``vdvae sample`` run."""
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = _run(path, n, batch, dtype, out, threads)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+
+
+def _run(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | None) -> float:
     cmd = [sys.executable, "-m", "vdvae_cli", "sample", "-m", str(path), "-n", str(n), "-b", str(batch),
            "--seed", "0", "-t", "1", "--output-temp", "1", "--dtype", dtype, "--device", "cpu",
            "-o", f"{out}/", "-f", "-q"]
@@ -126,6 +136,7 @@ def main() -> None:
     files = {name: model_file(name, args.workdir) for name, _ in cases}
     variants = [(name, batch, dtype) for name, batch in cases for dtype in args.dtypes]
     marginal: dict[tuple, list[float]] = {v: [] for v in variants}
+    marginal_cpu: dict[tuple, list[float]] = {v: [] for v in variants}
     others: dict[tuple, list[float]] = {v: [] for v in variants}
     loads = [os.getloadavg()[0]]
     for r in range(args.rounds):
@@ -134,16 +145,15 @@ def main() -> None:
             out = args.workdir / "out"
             if args.quiet_wait:
                 wait_quiet(args.quiet_wait)
-            b0, c0 = busy_jiffies(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            t1 = run_once(files[name], k1 * batch, batch, dtype, out, args.threads)
-            t2 = run_once(files[name], k2 * batch, batch, dtype, out, args.threads)
-            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            own = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
-            others[v].append(round(others_cores(b0, busy_jiffies(), own), 2))
+            b0 = busy_jiffies()
+            t1, cpu1 = run_once(files[name], k1 * batch, batch, dtype, out, args.threads)
+            t2, cpu2 = run_once(files[name], k2 * batch, batch, dtype, out, args.threads)
+            others[v].append(round(others_cores(b0, busy_jiffies(), cpu1 + cpu2), 2))
             marginal[v].append((t2 - t1) / (k2 - k1))
+            marginal_cpu[v].append((cpu2 - cpu1) / (k2 - k1))
             print(f"round {r}: {name} batch {batch} {dtype}: {t1:.2f} s ({k1} batches), {t2:.2f} s ({k2}): "
-                  f"{marginal[v][-1]:.3f} s per batch; other processes used {others[v][-1]:.2f} cores",
-                  file=sys.stderr, flush=True)
+                  f"{marginal[v][-1]:.3f} s per batch (CPU {marginal_cpu[v][-1]:.3f} s); "
+                  f"other processes used {others[v][-1]:.2f} cores", file=sys.stderr, flush=True)
         loads.append(os.getloadavg()[0])
     rows = []
     for v in variants:
@@ -151,6 +161,8 @@ def main() -> None:
         sec = statistics.median(marginal[v])
         row = {"model": name, "batch": batch, "dtype": dtype, "seconds_per_batch": round(sec, 3),
                "seconds_all": [round(t, 3) for t in marginal[v]], "batches": [k1, k2],
+               "cpu_seconds_per_batch": round(statistics.median(marginal_cpu[v]), 3),
+               "cpu_seconds_all": [round(t, 3) for t in marginal_cpu[v]],
                "other_processes_cores": others[v],
                "load_avg_per_round": loads, "cores": os.cpu_count(), "threads": args.threads or torch.get_num_threads()}
         official = OFFICIAL_CPU.get((name, batch))
@@ -159,7 +171,7 @@ def main() -> None:
             row["speedup_vs_official"] = [round(o / sec, 2) for o in official]
         rows.append(row)
         vs = "/".join(f"x{x:.2f}" for x in row.get("speedup_vs_official", []))
-        print(f"{name:18} batch {batch:3} {dtype:5} {sec:7.3f} s per batch"
+        print(f"{name:18} batch {batch:3} {dtype:5} {sec:7.3f} s per batch (CPU {row['cpu_seconds_per_batch']:.3f} s)"
               + (f"   official {'/'.join(f'{o:.3f}' for o in official)} s: {vs}" if official else ""))
     print(f"load average per round: {', '.join(f'{x:.2f}' for x in loads)} ({os.cpu_count()} cores)", file=sys.stderr)
     if args.json:
