@@ -183,3 +183,40 @@ def test_a_kernel_that_raises_falls_back(monkeypatch):
         for a, b in zip(_passes(plain), _passes(model)):
             close(b, a)
     assert nvae_fused._failed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_fused_on_cuda_equals_plain():
+    """On a GPU the folded convs run as F.conv2d (no oneDNN): the plain forward's results in fp32
+    (TF32 off), and bf16 through prepare_for_inference within 5% of the output scale."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _compare_on_cuda()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _compare_on_cuda():
+    plain = _random("res_mbconv", True).cuda()
+    fused = copy.deepcopy(plain)
+    fuse_cells(fused, channels_last=False)
+    half = prepare_for_inference(copy.deepcopy(plain).to(torch.bfloat16))
+    with torch.inference_mode():
+        ref = [t.cpu() for t in _passes_on(plain, "cuda")]
+        for a, b in zip(ref, _passes_on(fused, "cuda")):
+            close(b.cpu(), a, 1e-4)
+        for a, b in zip(ref, _passes_on(half, "cuda")):
+            assert (b.float().cpu() - a).abs().max() <= 0.05 * a.abs().max()
+
+
+def _passes_on(model: NVAE, device: str):
+    """:func:`_passes` with the inputs drawn on the CPU (the same numbers) and moved to ``device``."""
+    g = torch.Generator().manual_seed(2)
+    cfg = model.cfg
+    dtype = next(model.parameters()).dtype
+    x = torch.rand(3, cfg.image_channels, cfg.image_size, cfg.image_size, generator=g).to(device, dtype)
+    eps = [torch.randn(3, *grp.latent_shape, generator=g).to(device) for grp in cfg.decoder_layers]
+    prior = model.decoder(3, temperatures=0.8, eps=eps).px_z
+    post = model.decoder(3, model.encoder(x), eps=eps).px_z
+    return prior.float(), post.float(), model.logits(post).float()
