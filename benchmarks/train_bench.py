@@ -27,8 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vdvae_cli.engine.distributions import BatchNoise  # noqa: E402
-from vdvae_cli.engine.registry import family_of  # noqa: E402
-from vdvae_cli.families.vdvae.presets import is_preset, official_architecture, preset_config, preset_image_size  # noqa: E402
+from vdvae_cli.engine.registry import architecture_family, family_of  # noqa: E402
 from vdvae_cli.engine.recipe import TrainConfig  # noqa: E402
 from vdvae_cli.training.step import ElboLoss, Updater  # noqa: E402
 
@@ -41,10 +40,12 @@ VARIANTS = {  # name: (dtype, channels_last)
 
 
 def make_step(name: str, dtype: str, channels_last: bool, batch: int, device: torch.device):
-    size = preset_image_size(name) if is_preset(name) else official_architecture(name).image_size
+    arch = architecture_family(name)  # the family with a preset or official architecture of that name
+    preset = name in arch.preset_names()
+    size = arch.preset_image_size(name) if preset else arch.official_config(name).image_size
     images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0)).to(device)
-    cfg = preset_config(name, images.cpu()) if is_preset(name) else official_architecture(name)
+    cfg = arch.preset_config(name, images.cpu()) if preset else arch.official_config(name)
     family = family_of(cfg)  # its recipe: optimizer and objective (NVAE's adds the spectral regulariser)
     tc = TrainConfig(**{**family.train_defaults(name).settings, "steps": 10**6, "dtype": dtype,
                         "channels_last": channels_last, "skip_threshold": -1})

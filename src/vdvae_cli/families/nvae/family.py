@@ -150,7 +150,12 @@ class NVAEFamily:
         return NVAERecipe(cfg, tc, total)
 
     def prepare_for_inference(self, model: Any, *, fuse: bool, compile: bool) -> None:
-        return None  # the network runs as it is (channels-last is set by the caller)
+        # BatchNorm and weight normalisation folded into the convs, oneDNN's fused kernels on CPU
+        # (fused.py); compile has nothing of its own to add for NVAE yet
+        if fuse:
+            from .fused import fuse_cells
+
+            fuse_cells(model, channels_last=True)  # the engine asks for fusion in channels-last only
 
     def official_names(self) -> tuple[str, ...]:
         from .config import README_ARGS

@@ -1,0 +1,183 @@
+"""Sampling speed through the real command, ``vdvae sample``, as the marginal cost of a batch.
+
+    python benchmarks/bench_cli.py                                   # both families, fp32 and bf16, CPU
+    python benchmarks/bench_cli.py --cases nvae-cifar10:4 --dtypes fp32 --rounds 3
+    python benchmarks/bench_cli.py --cases nvae-celebahq256:1 --dtypes fp32 bf16 --batches 1 2
+
+Each case is ``MODEL:BATCH`` (``cifar10``, ``imagenet32``, ``ffhq256``... for VDVAE, ``nvae-NAME``
+for NVAE's README architectures), run with random weights written once to ``--workdir`` as
+ordinary model files. For every round, dtype and case the command is run twice, with ``k1`` and
+``k2`` batches (``--batches``); the difference divided by ``k2 - k1`` is the cost of one batch
+with the start-up (imports, loading the file, first-call set-up) cancelled out. Everything the
+command does per batch counts: noise from one generator per image, the network, the pixel draw,
+writing the PNGs. Runs are interleaved (all variants in each round) and the median over rounds is
+reported with the load average and, per measurement, the cores the other processes kept busy
+meanwhile (from /proc/stat): a neighbour on a 2-core machine slows a 2-thread run far more than its
+share, because the threads wait for each other at every operator. ``--quiet-wait S`` waits up to S
+seconds before each measurement for the rest of the machine to fall below 0.3 busy cores. The
+marginal CPU seconds are reported too: with ``--threads 1`` they are the work itself, which a busy
+machine inflates far less than the wall time.
+
+The ``official`` column is NVIDIA's / OpenAI's own code timed on this project's 2-core CPU
+(outside the project, same random official-size weights, temperature 1, in-process and logits only,
+which favours it): the figures in the README's Speed section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+# Seconds per batch of the official code on this project's CPU (two runs each; README, Speed).
+OFFICIAL_CPU = {("nvae-cifar10", 4): (1.117, 0.983), ("cifar10", 8): (1.954, 1.792)}
+
+
+def model_file(name: str, workdir: Path) -> Path:
+    """A model file of ``name``'s official architecture with random weights (made once)."""
+    from vdvae_cli.modelfiles.checkpoint import save_checkpoint
+
+    path = workdir / f"random-{name}.safetensors"
+    if path.exists():
+        return path
+    torch.manual_seed(0)
+    if name.startswith("nvae-"):
+        from vdvae_cli.families.nvae.config import readme_config
+        from vdvae_cli.families.nvae.network import NVAE
+
+        cfg = readme_config(name.removeprefix("nvae-"))
+        model: torch.nn.Module = NVAE(cfg)  # NVAE's own initialisation (weight norm, BatchNorm at identity)
+    else:
+        from vdvae_cli.families.vdvae.config import official_config
+        from vdvae_cli.families.vdvae.model import VAE
+
+        cfg = official_config(name)  # type: ignore[assignment]
+        model = VAE(cfg)  # type: ignore[arg-type]
+        with torch.no_grad():
+            for p in model.parameters():  # small random weights keep activations finite (as bench.py)
+                p.normal_(0.0, 0.02)
+    save_checkpoint(model, cfg, path)
+    return path
+
+
+def busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine so far (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def others_cores(busy0: tuple[int, int], busy1: tuple[int, int], own_cpu_s: float) -> float:
+    """Cores the rest of the machine kept busy over an interval, given our own CPU seconds in it."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total_s = (busy1[1] - busy0[1]) / hz / (os.cpu_count() or 1)  # wall seconds of the interval
+    return max(0.0, ((busy1[0] - busy0[0]) / hz - own_cpu_s) / max(total_s, 1e-9))
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.3) -> float:
+    """Wait (at most ``limit_s``) until the rest of the machine keeps fewer than ``threshold`` cores
+    busy over two seconds; returns the last such reading."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        b0 = busy_jiffies()
+        time.sleep(2.0)
+        busy = others_cores(b0, busy_jiffies(), 0.0)
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+
+
+def run_once(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one ``vdvae sample`` run."""
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = _run(path, n, batch, dtype, out, threads)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+
+
+def _run(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | None) -> float:
+    cmd = [sys.executable, "-m", "vdvae_cli", "sample", "-m", str(path), "-n", str(n), "-b", str(batch),
+           "--seed", "0", "-t", "1", "--output-temp", "1", "--dtype", dtype, "--device", "cpu",
+           "-o", f"{out}/", "-f", "-q"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["nvae-cifar10:4", "cifar10:8"], help="MODEL:BATCH")
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--batches", type=int, nargs=2, default=[1, 4], metavar=("K1", "K2"))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the runs")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "vdvae-bench-cli")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                    help="before each measurement wait up to S seconds for the other processes to use < 0.3 cores")
+    args = ap.parse_args()
+    k1, k2 = args.batches
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases]
+    files = {name: model_file(name, args.workdir) for name, _ in cases}
+    variants = [(name, batch, dtype) for name, batch in cases for dtype in args.dtypes]
+    marginal: dict[tuple, list[float]] = {v: [] for v in variants}
+    marginal_cpu: dict[tuple, list[float]] = {v: [] for v in variants}
+    others: dict[tuple, list[float]] = {v: [] for v in variants}
+    loads = [os.getloadavg()[0]]
+    for r in range(args.rounds):
+        for v in variants:
+            name, batch, dtype = v
+            out = args.workdir / "out"
+            if args.quiet_wait:
+                wait_quiet(args.quiet_wait)
+            b0 = busy_jiffies()
+            t1, cpu1 = run_once(files[name], k1 * batch, batch, dtype, out, args.threads)
+            t2, cpu2 = run_once(files[name], k2 * batch, batch, dtype, out, args.threads)
+            others[v].append(round(others_cores(b0, busy_jiffies(), cpu1 + cpu2), 2))
+            marginal[v].append((t2 - t1) / (k2 - k1))
+            marginal_cpu[v].append((cpu2 - cpu1) / (k2 - k1))
+            print(f"round {r}: {name} batch {batch} {dtype}: {t1:.2f} s ({k1} batches), {t2:.2f} s ({k2}): "
+                  f"{marginal[v][-1]:.3f} s per batch (CPU {marginal_cpu[v][-1]:.3f} s); "
+                  f"other processes used {others[v][-1]:.2f} cores", file=sys.stderr, flush=True)
+        loads.append(os.getloadavg()[0])
+    rows = []
+    for v in variants:
+        name, batch, dtype = v
+        sec = statistics.median(marginal[v])
+        row = {"model": name, "batch": batch, "dtype": dtype, "seconds_per_batch": round(sec, 3),
+               "seconds_all": [round(t, 3) for t in marginal[v]], "batches": [k1, k2],
+               "cpu_seconds_per_batch": round(statistics.median(marginal_cpu[v]), 3),
+               "cpu_seconds_all": [round(t, 3) for t in marginal_cpu[v]],
+               "other_processes_cores": others[v],
+               "load_avg_per_round": loads, "cores": os.cpu_count(), "threads": args.threads or torch.get_num_threads()}
+        official = OFFICIAL_CPU.get((name, batch))
+        if official:
+            row["official_seconds"] = list(official)
+            row["speedup_vs_official"] = [round(o / sec, 2) for o in official]
+        rows.append(row)
+        vs = "/".join(f"x{x:.2f}" for x in row.get("speedup_vs_official", []))
+        print(f"{name:18} batch {batch:3} {dtype:5} {sec:7.3f} s per batch (CPU {row['cpu_seconds_per_batch']:.3f} s)"
+              + (f"   official {'/'.join(f'{o:.3f}' for o in official)} s: {vs}" if official else ""))
+    print(f"load average per round: {', '.join(f'{x:.2f}' for x in loads)} ({os.cpu_count()} cores)", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
+                                         "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
