@@ -84,6 +84,10 @@ class Degradation:
         """``A x - y`` flattened per image, over the observed values only: (N, m)."""
         return (self.apply(x) - y).flatten(1)
 
+    def observed_count(self, x: Tensor) -> Tensor:
+        """How many values each image's observation holds, (N,) float."""
+        return torch.full((x.shape[0],), float(self.apply(x[:1]).numel()))
+
     def initial(self, y: Tensor) -> Tensor:
         """The starting image ``x_0`` (N, 3, H, W)."""
         raise NotImplementedError
@@ -117,6 +121,9 @@ class Inpaint(Degradation):
         keep = self.keep.expand_as(x).flatten(1)
         diff = (x - y).flatten(1)
         return torch.where(keep, diff, torch.zeros_like(diff))
+
+    def observed_count(self, x: Tensor) -> Tensor:
+        return self.keep.expand_as(x).flatten(1).sum(dim=1).clamp(min=1).float()
 
     def initial(self, y: Tensor) -> Tensor:
         return fill_holes(y, self.keep)
@@ -160,8 +167,8 @@ class AreaDownsample(Degradation):
         """The nearest image to ``x`` in [0, 1] whose block averages are ``y``: within each block
         that is ``clamp(x + c, 0, 1)`` for the one shift ``c`` that makes the mean right, found by
         bisection (the mean is monotone in ``c``)."""
-        lo = torch.full_like(y, -1.0)
-        hi = torch.full_like(y, 1.0)
+        lo = -F.max_pool2d(x, self.factor)  # every pixel of the block clamps to 0: the mean is 0 <= y
+        hi = 1 + F.max_pool2d(-x, self.factor)  # every pixel clamps to 1: the mean is 1 >= y
         for _ in range(iters):
             c = (lo + hi) / 2
             too_high = self.apply((x + self._up(c)).clamp(0, 1)) > y
@@ -315,8 +322,8 @@ def autoencode(
         mean = family.pixels(model, logits, src, 0.0).float()
     else:
         draws = decoder_mean_noise(n)
-        mean = sum(family.pixels(model, logits, draws, 1.0).float() for _ in range(pixel_samples)) / pixel_samples
-    return (mean.permute(0, 3, 1, 2) / 255.0).to(x.device)  # type: ignore[union-attr]
+        mean = torch.stack([family.pixels(model, logits, draws, 1.0).float() for _ in range(pixel_samples)]).mean(0)
+    return (mean.permute(0, 3, 1, 2) / 255.0).to(x.device)
 
 
 def restore(
@@ -376,10 +383,7 @@ def fit(
     (uint8 NHWC) for the ``observed`` ones, with the negative ELBO standing in for ``-log p(x)``."""
     x, y = to_unit(restored), to_unit(observed)
     r = degradation.residual(x, y)
-    if isinstance(degradation, Inpaint):
-        counted = degradation.keep.expand_as(x).flatten(1).sum(dim=1).clamp(min=1)
-    else:
-        counted = torch.full((r.shape[0],), float(r.shape[1]))
+    counted = degradation.observed_count(x)
     sq = (r.double() ** 2).sum(dim=1)
     rmse = (sq / counted.double()).sqrt() * 255.0
     sigma = math.hypot(degradation.sigma, QUANTISATION_SIGMA)
