@@ -426,12 +426,15 @@ class ImageWriter:
         self._held: dict[int, np.ndarray] = {}
         self._beside: Callable[[int], Sequence[np.ndarray]] | None = None
         self._lead: list[np.ndarray] = []
+        self._group = 1
 
     def show_beside(self, beside: Callable[[int], Sequence[np.ndarray]] | None = None,
-                    lead: Sequence[np.ndarray] = ()) -> None:
+                    lead: Sequence[np.ndarray] = (), group: int = 1) -> None:
         """For a grid: tile ``beside(i)`` (e.g. image i's input) just before output ``i``, so each
-        output sits next to what it came from, and ``lead`` images (e.g. mix's A) first."""
-        self._beside, self._lead = beside, list(lead)
+        output sits next to what it came from, and ``lead`` images (e.g. mix's A) first. With
+        ``group`` > 1, outputs ``g * group`` to ``g * group + group - 1`` share one ``beside`` and
+        make one row of the grid (e.g. several solutions for one input)."""
+        self._beside, self._lead, self._group = beside, list(lead), max(1, group)
 
     def check_size(self, image_size: int) -> None:
         """Refuse, before any work, a grid or single image too large to hold and encode."""
@@ -490,7 +493,15 @@ class ImageWriter:
     def _encode_held(self, order: list[int], images: list["np.ndarray"]) -> bytes:
         """The one file the held images make: the grid (inputs beside outputs where shown), or the
         single image."""
-        if self.grid and self._beside is not None:
+        if self.grid and self._beside is not None and self._group > 1:
+            rows: dict[int, list[np.ndarray]] = {}
+            for i, img in zip(order, images):
+                rows.setdefault(i // self._group, [*self._beside(i)]).append(img)
+            width = max(len(r) for r in rows.values())
+            blank = np.zeros_like(images[0])
+            tiles = [t for r in rows.values() for t in r + [blank] * (width - len(r))]
+            image = make_grid(self._lead + tiles, columns=width)
+        elif self.grid and self._beside is not None:
             groups = [[*self._beside(i), img] for i, img in zip(order, images)]
             per_row = math.ceil(math.sqrt(len(groups)))
             image = make_grid(self._lead + [t for g in groups for t in g], columns=per_row * len(groups[0]))

@@ -14,6 +14,7 @@ from . import models  # noqa: F401,E402
 from . import cache  # noqa: F401,E402
 from . import convert  # noqa: F401,E402
 from . import train  # noqa: F401,E402
+from . import restore  # noqa: F401,E402
 
 
 def main() -> None:
