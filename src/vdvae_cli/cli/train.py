@@ -30,8 +30,9 @@ _EPILOG = (
     "`vdvae sample --model RUN/model.safetensors`), log.jsonl, curves.png, samples/step-N.png and, "
     "with tensorboard installed, tensorboard/. A --hparams JSON (a VDVAE) uses the reference's field names "
     "(width, zdim, enc_blocks, dec_blocks, custom_width_str, bottleneck_multiple, num_mixtures, "
-    "image_size, dataset); without a 'preprocessing' object the input shift/scale are the training "
-    "pixels' mean/std."
+    "image_size, dataset, image_channels: 1 for grey); without a 'preprocessing' object the input "
+    "shift/scale are the training pixels' mean/std. A JSON with \"family\": \"nvae\" is an NVAE in "
+    "its official args' field names (plus grey: true for one channel)."
 )
 
 
@@ -102,10 +103,26 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
         arch = family.official_config(config)
         return arch, None, load_images(data, arch.image_size, skipped=skipped), config
     assert hparams is not None
-    # --hparams FILE: the reference VDVAE's field names (hps.py)
-    cfg, images = family_named("vdvae").hparams_config(
+    # --hparams FILE: the reference VDVAE's field names (hps.py), or a family's own JSON that names
+    # it ({"family": "nvae", ...}: NVAE's official args)
+    cfg, images = family_named(_hparams_family(hparams)).hparams_config(
         hparams, lambda size: load_images(data, size, skipped=skipped), size_hint=image_size_hint)
     return cfg, None, images, None
+
+
+def _hparams_family(path: Path) -> str:
+    """The family an --hparams file names (``"family"`` in a JSON object), else VDVAE; files that are
+    not one small JSON object (an official -log.jsonl) are the reference VDVAE's."""
+    from ..base.safety import loads
+
+    try:
+        if path.stat().st_size > 1 << 20:
+            return "vdvae"
+        data = loads(path.read_bytes())
+    except (OSError, ValueError):
+        return "vdvae"  # the VDVAE reader reports what is wrong with the file
+    family = data.get("family", "vdvae") if isinstance(data, dict) else "vdvae"
+    return family if isinstance(family, str) else "vdvae"
 
 
 def _check_config_name(config: str | None) -> None:
