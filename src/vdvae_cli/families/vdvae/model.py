@@ -258,6 +258,7 @@ class VAE(nn.Module):
         self.weights_digest: str | None = None  # set by the checkpoint loader: which weights these are
         self.default_temperature: str | None = None  # set by the checkpoint loader: the --temp its file recommends
         self.default_output_temperature: str | None = None  # and the --output-temp
+        self.default_ood: dict[str, str] | None = None  # and vdvae ood's k / prior temperature (header.default_ood)
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         for m in self.modules():
