@@ -237,6 +237,8 @@ def main() -> None:
         print(json.dumps(out["overflow"]), file=sys.stderr)
     if "ood" not in skip and args.mnist.is_file():
         mnist = np.load(args.mnist)["images"]
+        if x_te.shape[-1] == 1:  # grey as stored: the digits' R plane (they are grey as RGB)
+            mnist = np.ascontiguousarray(mnist[..., :1])
         pick = torch.randperm(len(mnist), generator=torch.Generator().manual_seed(args.seed))[:2000].sort().values
         out["ood_fashion_test_vs_mnist"] = ood(model, x_te[:2000], mnist[pick.numpy()], args.seed, args.ood_k,
                                                args.ood_prior_temp)
