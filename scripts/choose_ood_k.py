@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vdvae_cli import ops
-from vdvae_cli.checkpoint import load_file_model
-from vdvae_cli.data import holdout_split
-from vdvae_cli.distributions import PerImageNoise
-from vdvae_cli.ood import auroc
-from vdvae_cli.runtime import image_generators
+from vdvae_cli.engine import ops
+from vdvae_cli.modelfiles.checkpoint import load_file_model
+from vdvae_cli.training.data import holdout_split
+from vdvae_cli.engine.distributions import PerImageNoise
+from vdvae_cli.tools.ood import auroc
+from vdvae_cli.engine.runtime import image_generators
 
 LN2 = math.log(2.0)
 

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaluate_fashion32 import classify, load_classifier, quality  # noqa: E402
 
-from vdvae_cli import ops  # noqa: E402
-from vdvae_cli.checkpoint import load_file_model  # noqa: E402
-from vdvae_cli.data import holdout_split  # noqa: E402
+from vdvae_cli.engine import ops  # noqa: E402
+from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
+from vdvae_cli.training.data import holdout_split  # noqa: E402
 
 
 def main() -> None:

@@ -44,14 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate_fashion32 import classify, load_classifier, quality  # noqa: E402
 from prepare_fashion_mnist import CLASSES  # noqa: E402
 
-from vdvae_cli import ops  # noqa: E402
-from vdvae_cli.checkpoint import load_file_model  # noqa: E402
-from vdvae_cli.distributions import PerImageNoise  # noqa: E402
-from vdvae_cli.header import ood_settings  # noqa: E402
-from vdvae_cli.ood import detection_metrics, llr_scores  # noqa: E402
-from vdvae_cli.runtime import image_generators  # noqa: E402
-from vdvae_cli.temperature import parse_temperature_spec  # noqa: E402
-from vdvae_cli.train import save_grid  # noqa: E402
+from vdvae_cli.engine import ops  # noqa: E402
+from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
+from vdvae_cli.engine.distributions import PerImageNoise  # noqa: E402
+from vdvae_cli.modelfiles.header import ood_settings  # noqa: E402
+from vdvae_cli.tools.ood import detection_metrics, llr_scores  # noqa: E402
+from vdvae_cli.engine.runtime import image_generators  # noqa: E402
+from vdvae_cli.engine.temperature import parse_temperature_spec  # noqa: E402
+from vdvae_cli.training.loop import save_grid  # noqa: E402
 
 LN2 = math.log(2.0)
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from vdvae_cli import ops
-from vdvae_cli.checkpoint import load_file_model
-from vdvae_cli.distributions import PerImageNoise
-from vdvae_cli.runtime import image_generators
-from vdvae_cli.temperature import parse_temperature_spec
+from vdvae_cli.engine import ops
+from vdvae_cli.modelfiles.checkpoint import load_file_model
+from vdvae_cli.engine.distributions import PerImageNoise
+from vdvae_cli.engine.runtime import image_generators
+from vdvae_cli.engine.temperature import parse_temperature_spec
 
 SCALE, GAP, LABEL = 3, 4, 14
 
