@@ -8,7 +8,7 @@ Out-of-distribution, for validation only: the same images turned upside down (a 
 with their grey levels inverted (255 - x): near- and far-OOD sets made from Fashion-MNIST itself,
 so the pair a card reports (Fashion-MNIST test vs MNIST) plays no part in the choice.
 
-For every k from 1 to the number of latent layers and every prior temperature in ``--temps``, the
+For every k from 1 to the number of latent layers (or those in ``--ks``) and every prior temperature in ``--temps``, the
 LLR>k score (:func:`vdvae_cli.ood.llr_scores`: ELBO minus the bound with the k finest layers drawn
 from the prior) is computed with one sample per image, per-image seeded noise; the choice is the
 (k, temperature) with the highest mean AUROC over the two OOD sets (ties: the smaller k). Prints a
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--split-seed", type=int, default=0, help="the run's held-out split seed (its --seed's split: 0)")
     ap.add_argument("-n", type=int, default=1000, help="held-out images used (the first n of the split)")
     ap.add_argument("--temps", default="1.0,0.0", help="prior temperatures to try (comma-separated)")
+    ap.add_argument("--ks", help="the k to try (comma-separated) [1 to the number of latent layers]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--output", type=Path, help="JSON output")
     args = ap.parse_args()
@@ -76,7 +77,8 @@ def main() -> None:
     temps = [float(t) for t in args.temps.split(",")]
     elbo = {name: nll_bounds(model, x, k=0, temp=1.0, seed=args.seed) for name, x in {"in": inside, **sets}.items()}
     rows = []
-    for k in range(1, model.cfg.n_layers + 1):
+    ks = [int(v) for v in args.ks.split(",")] if args.ks else range(1, model.cfg.n_layers + 1)
+    for k in ks:
         for temp in temps:
             looser = {name: nll_bounds(model, x, k=k, temp=temp, seed=args.seed) for name, x in {"in": inside, **sets}.items()}
             score = {name: looser[name] - elbo[name] for name in looser}

@@ -67,6 +67,8 @@ def main() -> None:
     draw = ImageDraw.Draw(canvas)
 
     def put(img: np.ndarray, col: int, top: int) -> None:
+        if img.shape[-1] == 1:  # grey data as stored: shown as RGB like the model's output
+            img = np.repeat(img, 3, axis=-1)
         tile = Image.fromarray(np.ascontiguousarray(img)).resize((side, side), Image.NEAREST)
         canvas.paste(tile, (GAP + col * (side + GAP), top))
 
