@@ -7,7 +7,10 @@ The tensors are copied unchanged (fp32); the metadata gains ``license``, ``descr
 ``data_source`` (``vdvae models`` shows the first two), the wall time and hardware, and with
 ``--default-temp`` / ``--default-output-temp`` the ``default_temperature`` and
 ``default_output_temperature`` that ``vdvae sample`` uses without ``--temp`` / ``--output-temp``
-(``vdvae info`` shows them). The trainer's facts (steps, held-out bits/dim, seed) are kept.
+(``vdvae info`` shows them), and with ``--ood-k`` (``--ood-prior-temp``, ``--ood-source``) the
+``default_ood_*`` settings that ``vdvae ood`` uses without ``--k`` (chosen on held-out data by
+``scripts/choose_ood_k.py``, never on the pair a card reports). The trainer's facts (steps, held-out
+bits/dim, seed) are kept.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vdvae_cli.modelfiles.header import DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, metadata_of
+from vdvae_cli.modelfiles.header import (
+    DEFAULT_OOD_K_KEY, DEFAULT_OOD_PRIOR_TEMPERATURE_KEY, DEFAULT_OOD_SOURCE_KEY, DEFAULT_OUTPUT_TEMPERATURE_KEY,
+    DEFAULT_TEMPERATURE_KEY, metadata_of, ood_settings,
+)
 from vdvae_cli.modelfiles.checkpoint import read_checkpoint, save_checkpoint
 from vdvae_cli.engine.temperature import parse_temperature_spec
 
@@ -34,6 +40,13 @@ CARDS = {
         data_source=("Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) from Debian's dataset-fashion-mnist, "
                      "training split; 28x28 padded with 2 black pixels to 32x32"),
     ),
+    "fashion": dict(
+        license="MIT (weights); trained on Fashion-MNIST, MIT, (c) Zalando SE",
+        description=("32x32 clothing (Fashion-MNIST: one grey channel, light item on black); trained on a 2-core CPU; "
+                     "see weights/README.md"),
+        data_source=("Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) from Debian's dataset-fashion-mnist, "
+                     "training split less 2,000 held out; 28x28 padded with 2 black pixels to 32x32, grey"),
+    ),
 }
 
 
@@ -46,6 +59,9 @@ def main() -> None:
     ap.add_argument("--hardware", default="2-core CPU, 1 thread")
     ap.add_argument("--default-temp", help="recommended --temp spec for sampling (e.g. 0.8)")
     ap.add_argument("--default-output-temp", type=float, help="recommended --output-temp (pixel temperature, >= 0)")
+    ap.add_argument("--ood-k", type=int, help="the k `vdvae ood` uses without --k")
+    ap.add_argument("--ood-prior-temp", type=float, help="the --prior-temp that goes with --ood-k")
+    ap.add_argument("--ood-source", help="how --ood-k was chosen (one line; `vdvae info` and `ood` show it)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     cfg, state = read_checkpoint(args.src)
@@ -58,6 +74,15 @@ def main() -> None:
         if not 0 <= args.default_output_temp < float("inf"):
             ap.error("--default-output-temp must be a finite number >= 0")
         meta[DEFAULT_OUTPUT_TEMPERATURE_KEY] = repr(args.default_output_temp)
+    if args.ood_k is not None:
+        recorded = {"k": str(args.ood_k), "prior_temperature": repr(args.ood_prior_temp if args.ood_prior_temp is not None else 1.0)}
+        ood_settings(recorded, cfg.n_layers)  # refuse what ood would refuse
+        meta[DEFAULT_OOD_K_KEY] = recorded["k"]
+        meta[DEFAULT_OOD_PRIOR_TEMPERATURE_KEY] = recorded["prior_temperature"]
+        if args.ood_source:
+            meta[DEFAULT_OOD_SOURCE_KEY] = args.ood_source
+    elif args.ood_prior_temp is not None or args.ood_source:
+        ap.error("--ood-prior-temp and --ood-source go with --ood-k")
     path = save_checkpoint(state, cfg, args.dst, metadata=meta, force=args.force)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 

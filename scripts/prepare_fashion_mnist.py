@@ -5,11 +5,12 @@ images of ten kinds of clothing. Debian ships it as the package ``dataset-fashio
 IDX files under /usr/share/datasets/fashion-mnist); this script installs the package with apt-get
 when the files are missing, reads the IDX files with a small reader that checks every header
 against the file's size, pads each image with 2 background (black) pixels to 32x32, keeps the
-data's own polarity (a light item on black) and repeats the grey over R, G, B.
+data's own polarity (a light item on black) and stores one grey channel (``--channels 3`` repeats
+it over R, G, B, as the files of the RGB-modelled ``fashion32`` were made).
 
     python scripts/prepare_fashion_mnist.py -o /work/data/fashion-mnist
 
-writes ``train.npz`` (60,000 images) and ``test.npz`` (10,000), each with ``images`` (N, 32, 32, 3)
+writes ``train.npz`` (60,000 images) and ``test.npz`` (10,000), each with ``images`` (N, 32, 32, 1)
 uint8 and ``labels`` (N,) int64: the form ``vdvae train`` reads (it takes the ``images`` array).
 Keep the output outside git: the data is never committed.
 """
@@ -68,10 +69,11 @@ def read_idx(path: Path, *, ndim: int) -> np.ndarray:
         return parse_idx(f.read(), ndim=ndim)
 
 
-def to_model_input(grey: np.ndarray, pad: int = PAD) -> np.ndarray:
-    """(N, 28, 28) grey -> (N, 28 + 2 pad, ..., 3) uint8: black border, grey repeated over R, G, B."""
+def to_model_input(grey: np.ndarray, pad: int = PAD, channels: int = 3) -> np.ndarray:
+    """(N, 28, 28) grey -> (N, 28 + 2 pad, ..., channels) uint8: black border; with 3 channels the
+    grey repeated over R, G, B, with 1 the grey alone."""
     padded = np.pad(grey, ((0, 0), (pad, pad), (pad, pad)), constant_values=0)
-    return np.ascontiguousarray(np.repeat(padded[..., None], 3, axis=-1))
+    return np.ascontiguousarray(np.repeat(padded[..., None], channels, axis=-1))
 
 
 def _find(source: Path, stem: str) -> Path | None:
@@ -94,8 +96,8 @@ def ensure_installed(source: Path) -> None:
     subprocess.run(["apt-get", "install", "-y", PACKAGE], check=True)
 
 
-def load_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 32, 32, 3) uint8, labels (N,) int64) of ``split`` ("train" or "test")."""
+def load_split(source: Path, split: str, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 32, 32, channels) uint8, labels (N,) int64) of ``split`` ("train" or "test")."""
     images_stem, labels_stem, count = SPLITS[split]
     grey = read_idx(_find(source, images_stem), ndim=3)  # type: ignore[arg-type]
     labels = read_idx(_find(source, labels_stem), ndim=1)  # type: ignore[arg-type]
@@ -103,13 +105,15 @@ def load_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise IdxError(f"{split}: expected {count} 28x28 images and labels, got {grey.shape} and {labels.shape}")
     if labels.max() >= len(CLASSES):
         raise IdxError(f"{split}: label {labels.max()} is not one of the {len(CLASSES)} classes")
-    return to_model_input(grey), labels.astype(np.int64)
+    return to_model_input(grey, channels=channels), labels.astype(np.int64)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=Path("fashion-mnist"), help="folder to write train.npz and test.npz to")
     parser.add_argument("--source", type=Path, default=SOURCE, help="folder with the IDX files")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=1,
+                        help="1: grey as stored (the default; what the grey `fashion` model reads); 3: repeated over R, G, B")
     parser.add_argument("--force", action="store_true", help="overwrite existing arrays")
     args = parser.parse_args()
     ensure_installed(args.source)
@@ -118,7 +122,7 @@ def main() -> None:
         dst = args.output / f"{split}.npz"
         if dst.exists() and not args.force:
             raise SystemExit(f"error: {dst} exists (pass --force to overwrite)")
-        images, labels = load_split(args.source, split)
+        images, labels = load_split(args.source, split, args.channels)
         tmp = dst.with_name(f".{split}.tmp.npz")
         np.savez(tmp, images=images, labels=labels)
         tmp.replace(dst)

@@ -1,6 +1,6 @@
 """The models in weights/: what a fresh install samples from without --model.
 
-The default model is fashion32 (weights/DEFAULT); every shipped file rebuilds from its own header,
+The default model is the grey fashion (weights/DEFAULT); every shipped file rebuilds from its own header,
 carries the facts of its model card, and samples finite images at the temperatures it recommends
 (fashion32's card: at --temp 1.0 about one sample in 40,000 overflows, never in 40,000 at its
 recommended 0.9; this checks the first 2,000 seeds of a run).
@@ -17,7 +17,7 @@ import torch
 
 from vdvae_cli.modelfiles import catalog as registry
 from vdvae_cli.modelfiles.checkpoint import load_file_model
-from vdvae_cli.modelfiles.header import default_temperatures, metadata_of
+from vdvae_cli.modelfiles.header import default_ood, default_temperatures, metadata_of
 from vdvae_cli.engine.ops import sample
 from vdvae_cli.engine.temperature import parse_temperature_spec
 
@@ -25,11 +25,29 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED = sorted(WEIGHTS.glob("*.safetensors"))
 
 
-def test_fashion32_is_the_default(monkeypatch):
+def test_fashion_is_the_default(monkeypatch):
     monkeypatch.delenv("VDVAE_WEIGHTS_DIR", raising=False)
-    assert (WEIGHTS / "DEFAULT").read_text().strip() == "fashion32"
-    assert registry.default_name() == "fashion32"
-    assert {p.stem for p in SHIPPED} == {"fashion32", "digits32"}
+    assert (WEIGHTS / "DEFAULT").read_text().strip() == "fashion"
+    assert registry.default_name() == "fashion"
+    assert {p.stem for p in SHIPPED} == {"fashion", "fashion32", "digits32"}
+
+
+def test_fashion_is_grey_bounded_and_records_its_ood_defaults():
+    """One channel, a bounded prior scale, and the k / prior temperature ``vdvae ood`` uses without
+    --k; its samples at the recommended temperatures are finite grey garments on black."""
+    path = WEIGHTS / "fashion.safetensors"
+    model = load_file_model(path)
+    assert model.cfg.image_channels == 1 and model.cfg.prior_logstd_max == 1.0
+    assert default_temperatures(path) == ("1.0", "0.0")
+    assert default_ood(path) is not None and default_ood(path)["k"] == "12"
+    temps = parse_temperature_spec("1.0", model.cfg)
+    with torch.inference_mode():
+        for start in range(0, 2000, 500):  # ops.sample raises NumericalError on any non-finite output
+            images = sample(model, 500, temperatures=temps, output_temperature=0.0,
+                            noise=torch.Generator().manual_seed(start))
+            assert images.shape == (500, 32, 32, 3) and torch.equal(images[..., 0], images[..., 2])
+    border = torch.cat([images[:, :2].flatten(), images[:, -2:].flatten()]).float()
+    assert float(border.mean()) < 10
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)

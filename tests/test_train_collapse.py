@@ -115,3 +115,40 @@ def test_cli_options_reach_the_run_and_bad_values_are_one_line(tmp_path):
     res = CliRunner().invoke(app, base + ["-o", str(tmp_path / "bad"), "--free-bits", "-1"])
     assert res.exit_code == 2 and res.stderr.startswith("error:") and "free_bits" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_free_bits_per_resolution_floor_only_their_layers():
+    """--free-bits-res RES=BITS: the layers at RES get that floor, the others --free-bits."""
+    from vdvae_cli.engine.recipe import LN2, free_bits_floors
+
+    tc = TrainConfig(steps=10, free_bits=1.0, free_bits_res={"8": 100.0})
+    floors = free_bits_floors(tc, [1, 8, 8], 64)
+    assert torch.allclose(floors, torch.tensor([1.0, 100.0, 100.0]) * LN2 / 64)
+    assert free_bits_floors(TrainConfig(steps=10), [1, 8], 64) is None
+    kl = torch.tensor([[0.5, 200.0, 1.0]]) * LN2 / 64  # bits -> nats/dim
+    kl.requires_grad_(True)
+    total = objective(tc, 5, torch.zeros(1), kl, 64, floors=floors)
+    assert float(total.detach()) == pytest.approx((1.0 + 200.0 + 100.0) * LN2 / 64)
+    total.backward()
+    assert kl.grad.tolist()[0] == [0.0, 1.0, 0.0]  # only the layer above its floor is pushed down
+    again = TrainConfig.from_dict(tc.to_dict())
+    assert dict(again.free_bits_res) == {"8": 100.0}
+    with pytest.raises(UsageError):
+        TrainConfig(steps=10, free_bits_res={"x": 1.0})
+
+
+def test_cli_free_bits_res_reaches_the_run_and_is_checked(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "data.npy", synthetic_images())
+    hps = {k: v for k, v in TINY_HPS.items() if k != "preprocessing"}
+    (tmp_path / "tiny.json").write_text(json.dumps(hps))
+    base = ["train", str(tmp_path / "data.npy"), "--hparams", str(tmp_path / "tiny.json"), "--steps", "2",
+            "--holdout", "16", "--batch-size", "16", "-q"]
+    res = CliRunner().invoke(app, base + ["-o", str(tmp_path / "r"), "--free-bits-res", "8=30"])
+    assert res.exit_code == 0, res.output
+    tc = json.loads((tmp_path / "r" / "run.json").read_text())["train_config"]
+    assert tc["free_bits_res"] == {"8": 30.0}
+    for bad, words in ((["--free-bits-res", "8"], "RES=BITS"), (["--free-bits-res", "64=3"], "resolution 64")):
+        res = CliRunner().invoke(app, base + ["-o", str(tmp_path / "bad"), *bad])
+        assert res.exit_code == 2 and words in res.stderr and "Traceback" not in res.stderr, res.stderr

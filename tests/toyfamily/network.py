@@ -97,6 +97,7 @@ class ToyVAE(nn.Module):
         self.weights_digest: str | None = None
         self.default_temperature: str | None = None
         self.default_output_temperature: str | None = None
+        self.default_ood: dict[str, str] | None = None
         self.encoder = ToyEncoder(cfg)
         self.decoder = ToyDecoder(cfg)
         self.head = nn.Conv2d(cfg.width, 10, 1)

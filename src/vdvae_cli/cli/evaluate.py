@@ -184,7 +184,7 @@ def info(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    from ..modelfiles.header import default_temperatures
+    from ..modelfiles.header import default_ood, default_temperatures
     from ..engine.registry import family_of
     from ..modelfiles.describe import describe_model
 
@@ -200,6 +200,7 @@ def info(
             out(f"file         {where}")
         return
     temperature, output_temperature = default_temperatures(facts.path) if facts.path else (None, None)
+    ood_recorded = default_ood(facts.path) if facts.path else None
     keep_res = {r: cfg.layers_up_to_res(r) for r in cfg.resolutions}
     # width and mixin are VDVAE's words for a layer; another family's layer may not have a mixin
     layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.latent_shape[0],
@@ -212,6 +213,7 @@ def info(
             "n_layers": cfg.n_layers, "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims,
             "parameters": facts.parameters, "layers_up_to_res": {str(r): k for r, k in keep_res.items()},
             "layers": layers, "default_temperature": temperature, "default_output_temperature": output_temperature,
+            "default_ood": ood_recorded,
             "config": cfg.to_dict(),
         })
         return
@@ -224,6 +226,10 @@ def info(
     out(f"parameters   {facts.parameters:,}" if facts.parameters else "parameters   ?")
     out(f"temperature  {temperature or '1.0'}, output {output_temperature or '1.0'} "
         "(what sample, reconstruct, mix and decode use without --temp, --output-temp)")
+    if ood_recorded:
+        how = f" ({ood_recorded['source']})" if ood_recorded.get("source") else ""
+        out(f"ood          --k {ood_recorded['k']} --prior-temp {ood_recorded.get('prior_temperature', '1.0')}{how} "
+            "(what ood uses without --k)")
     out("--keep-res   " + ", ".join(f"{r} -> {k} layers" for r, k in keep_res.items()))
     out()
     out(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")

@@ -287,15 +287,17 @@ def ood(
         "--in", metavar="PATH", show_default=False, help="In-distribution images (files or folders; repeatable).")] = None,
     out_dir: Annotated[Optional[list[str]], typer.Option(
         "--out", metavar="PATH", show_default=False, help="Out-of-distribution images (files or folders; repeatable).")] = None,
-    k: Annotated[int, typer.Option(
-        "--k", help="How many of the finest latent layers the looser bound draws from the prior (the paper's k).")]
-    = 1,
+    k: Annotated[Optional[int], typer.Option(
+        "--k", show_default=False, help="How many of the finest latent layers the looser bound draws from the prior "
+        "(the paper's k). Default: the k the model file records (`vdvae info` shows it; its card chose it on "
+        "held-out data), else 1.")] = None,
     samples: Annotated[int, typer.Option("--samples", "-s", help="Importance samples for the ELBO.")] = 1,
     samples_k: Annotated[Optional[int], typer.Option(
         "--samples-k", help="Importance samples for L>k (default: --samples).", show_default=False)] = None,
-    prior_temp: Annotated[float, typer.Option(
-        "--prior-temp", help="Temperature of the k prior layers: 1 is the paper's bound, 0 their mean (as the "
-        "authors' script does).")] = 1.0,
+    prior_temp: Annotated[Optional[float], typer.Option(
+        "--prior-temp", show_default=False, help="Temperature of the k prior layers: 1 is the paper's bound, 0 "
+        "their mean (as the authors' script does). Default: with --k absent, the temperature the model file "
+        "records with its k; else 1.")] = None,
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
@@ -321,7 +323,7 @@ def ood(
     check_positive("--samples", samples)
     if samples_k is not None:
         check_positive("--samples-k", samples_k)
-    if not (prior_temp >= 0 and math.isfinite(prior_temp)):
+    if prior_temp is not None and not (prior_temp >= 0 and math.isfinite(prior_temp)):
         raise UsageError(f"--prior-temp must be a finite number >= 0, got {prior_temp}")
     check_batch_size(batch_size)
     refuse_distributed("ood")  # the metrics need every score in one process
@@ -334,6 +336,23 @@ def ood(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile)
     cfg = vae.cfg
+    if k is None:
+        from ..modelfiles.header import ood_settings
+        from ..tools.ood import DEFAULT_K
+
+        recorded = getattr(vae, "default_ood", None)
+        settings = ood_settings(recorded, cfg.n_layers)
+        if settings is None:
+            k = DEFAULT_K
+        else:
+            k = settings[0]
+            if prior_temp is None:
+                prior_temp = settings[1]
+            how = f" ({recorded['source']})" if recorded and recorded.get("source") else ""
+            run.info(f"--k {k} --prior-temp {prior_temp:g}: what the model file records{how}; "
+                     "give --k to choose")
+    if prior_temp is None:
+        prior_temp = 1.0
     if not 1 <= k <= cfg.n_layers:
         raise UsageError(f"--k {k} but model {cfg.name} has {cfg.n_layers} latent layers", hint=f"use 1 to {cfg.n_layers}")
     mine, pixels = read_shard(run, sources, cfg.image_size, no_resize)

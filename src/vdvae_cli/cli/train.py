@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -30,8 +31,9 @@ _EPILOG = (
     "`vdvae sample --model RUN/model.safetensors`), log.jsonl, curves.png, samples/step-N.png and, "
     "with tensorboard installed, tensorboard/. A --hparams JSON (a VDVAE) uses the reference's field names "
     "(width, zdim, enc_blocks, dec_blocks, custom_width_str, bottleneck_multiple, num_mixtures, "
-    "image_size, dataset); without a 'preprocessing' object the input shift/scale are the training "
-    "pixels' mean/std."
+    "image_size, dataset, image_channels: 1 for grey); without a 'preprocessing' object the input "
+    "shift/scale are the training pixels' mean/std. A JSON with \"family\": \"nvae\" is an NVAE in "
+    "its official args' field names (plus grey: true for one channel)."
 )
 
 
@@ -40,6 +42,20 @@ def _parse_coarse_first(text: str) -> dict[str, int]:
     if not sep or not res.strip().isdigit() or not steps.strip().isdigit():
         raise UsageError(f"--coarse-first {text!r} is not RES:STEPS", hint="e.g. --coarse-first 4:1500")
     return {"coarse_res": int(res), "coarse_steps": int(steps)}
+
+
+def _parse_free_bits_res(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        res, sep, bits = item.partition("=")
+        try:
+            value = float(bits)
+        except ValueError:
+            value = -1.0
+        if not sep or not res.strip().isdigit() or not (value >= 0 and math.isfinite(value)):
+            raise UsageError(f"--free-bits-res {item!r} is not RES=BITS", hint="e.g. --free-bits-res 32=200")
+        out[str(int(res))] = value
+    return out
 
 
 def _parse_recipe_options(items: list[str]) -> dict[str, Any]:
@@ -102,10 +118,26 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
         arch = family.official_config(config)
         return arch, None, load_images(data, arch.image_size, skipped=skipped), config
     assert hparams is not None
-    # --hparams FILE: the reference VDVAE's field names (hps.py)
-    cfg, images = family_named("vdvae").hparams_config(
+    # --hparams FILE: the reference VDVAE's field names (hps.py), or a family's own JSON that names
+    # it ({"family": "nvae", ...}: NVAE's official args)
+    cfg, images = family_named(_hparams_family(hparams)).hparams_config(
         hparams, lambda size: load_images(data, size, skipped=skipped), size_hint=image_size_hint)
     return cfg, None, images, None
+
+
+def _hparams_family(path: Path) -> str:
+    """The family an --hparams file names (``"family"`` in a JSON object), else VDVAE; files that are
+    not one small JSON object (an official -log.jsonl) are the reference VDVAE's."""
+    from ..base.safety import loads
+
+    try:
+        if path.stat().st_size > 1 << 20:
+            return "vdvae"
+        data = loads(path.read_bytes())
+    except (OSError, ValueError):
+        return "vdvae"  # the VDVAE reader reports what is wrong with the file
+    family = data.get("family", "vdvae") if isinstance(data, dict) else "vdvae"
+    return family if isinstance(family, str) else "vdvae"
 
 
 def _check_config_name(config: str | None) -> None:
@@ -156,6 +188,7 @@ def train_cmd(
     kl_warmup: Annotated[Optional[int], typer.Option("--kl-warmup", metavar="STEPS", help="Against posterior collapse: raise the KL term's weight in the objective linearly from 0 to 1 over STEPS steps (the reported loss stays the ELBO). Off by default.", show_default=False)] = None,
     recipe_options: Annotated[Optional[list[str]], typer.Option("--recipe", metavar="KEY=VALUE", help="A setting of the model family's own recipe, repeatable. NVAE: kl_anneal_portion, kl_const_portion, kl_const_coeff (the KL warm-up), weight_decay_norm (the spectral/BN coefficient), weight_decay_norm_init, weight_decay_norm_anneal, power_iterations.", show_default=False)] = None,
     free_bits: Annotated[Optional[float], typer.Option("--free-bits", metavar="BITS", help="Against posterior collapse: count each latent layer's batch-mean KL as at least BITS bits per image in the posterior's objective (the prior still learns the full KL). Off by default.", show_default=False)] = None,
+    free_bits_res: Annotated[Optional[list[str]], typer.Option("--free-bits-res", metavar="RES=BITS", help="A free-bits floor for the latent layers at resolution RES (repeatable; replaces --free-bits there), e.g. --free-bits-res 32=200: a rate kept on purpose where the pixels' detail lives.", show_default=False)] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="With --hparams lacking image_size: resize/crop to this.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation, data order and training noise [0].", show_default=False)] = None,
     device: DeviceOpt = "auto",
@@ -190,6 +223,8 @@ def train_cmd(
     }
     if coarse_first is not None:
         overrides.update(_parse_coarse_first(coarse_first))
+    if free_bits_res:
+        overrides["free_bits_res"] = _parse_free_bits_res(free_bits_res)
     recipe_given = _parse_recipe_options(recipe_options or [])
     if dtype not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--dtype {dtype!r} cannot train", hint="use auto, fp32, or bf16 (autocast, fp32 master weights)")

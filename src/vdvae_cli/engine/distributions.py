@@ -108,11 +108,36 @@ def temperature_std(logstd: Tensor, t: float) -> Tensor:
 # Discretized mixture of logistics
 
 
-def _split_dmol(logits: Tensor, num_mixtures: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(N,H,W,10M) -> mixture logits (N,H,W,M), means, log-scales (clamped), coeffs: each (N,H,W,3,M)."""
+def dmol_param_count(channels: int, num_mixtures: int) -> int:
+    """DMoL parameters per pixel: RGB (3 channels) 10M (mixture logits, then per colour means,
+    log-scales and the coefficients that condition G on R and B on R, G); grey (1 channel) 3M
+    (mixture logits, means, log-scales)."""
+    if channels == 3:
+        return 10 * num_mixtures
+    if channels == 1:
+        return 3 * num_mixtures
+    raise ValueError(f"the DMoL models 1 (grey) or 3 (RGB) channels, not {channels}")
+
+
+def dmol_channels(logits: Tensor, num_mixtures: int) -> int:
+    """How many colour channels DMoL parameters ``logits`` (..., 10M or 3M) describe."""
+    size = logits.shape[-1]
+    for c in (3, 1):
+        if size == dmol_param_count(c, num_mixtures):
+            return c
+    raise ValueError(f"{size} DMoL parameters per pixel fit neither 3 nor 1 channels of {num_mixtures} mixtures")
+
+
+def _split_dmol(logits: Tensor, num_mixtures: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(N,H,W,10M) -> mixture logits (N,H,W,M), means, log-scales (clamped), coeffs: each (N,H,W,3,M).
+
+    Grey parameters (N,H,W,3M) give means and log-scales (N,H,W,1,M) and no coefficients (None)."""
     m = num_mixtures
     n, h, w, _ = logits.shape
     pi = logits[..., :m]
+    if dmol_channels(logits, m) == 1:
+        rest = logits[..., m:].reshape(n, h, w, 1, 2 * m)  # [means | log-scales]
+        return pi, rest[..., :m], torch.clamp(rest[..., m:], min=-7.0), None
     rest = logits[..., m:].reshape(n, h, w, 3, 3 * m)  # per colour: [means | log-scales | coeffs]
     means = rest[..., :m]
     log_scales = torch.clamp(rest[..., m : 2 * m], min=-7.0)
@@ -123,7 +148,7 @@ def _split_dmol(logits: Tensor, num_mixtures: int) -> tuple[Tensor, Tensor, Tens
 def dmol_nll(logits: Tensor, target: Tensor, num_mixtures: int, *, low_bit: bool = False) -> Tensor:
     """Negative log-likelihood per image in nats per dimension, shape (N,).
 
-    ``logits`` (N,H,W,10M), ``target`` (N,H,W,3) in [-1, 1]. ``low_bit`` uses 5-bit bins (half-width
+    ``logits`` (N,H,W,10M), ``target`` (N,H,W,3) in [-1, 1] (grey: (N,H,W,3M) and (N,H,W,1)). ``low_bit`` uses 5-bit bins (half-width
     1/31) as the reference's ffhq_256 loss does. Computed in float32.
     """
     per_pixel = dmol_log_prob(logits, target, num_mixtures, bits=5 if low_bit else 8)  # (N,H,W)
@@ -134,19 +159,24 @@ def dmol_nll(logits: Tensor, target: Tensor, num_mixtures: int, *, low_bit: bool
 def dmol_log_prob(
     logits: Tensor, target: Tensor, num_mixtures: int, *, bits: int = 8, upper_edge: float = 0.999
 ) -> Tensor:
-    """Per-pixel DMoL log-likelihood (N,H,W) in nats, summed over colours, in float32.
+    """Per-pixel DMoL log-likelihood (N,H,W) in nats, summed over colours (one for grey), in float32.
 
     Bins have half-width ``1 / (2^bits - 1)``; targets below -0.999 take the lower tail, targets above
     ``upper_edge`` the upper tail (VDVAE 0.999; NVAE 0.99, so its 8-bit value 254 is a tail too).
     """
     logits, target = logits.float(), target.float()
     pi, means, log_scales, coeffs = _split_dmol(logits, num_mixtures)
-    x = target.unsqueeze(-1)  # (N,H,W,3,1)
-    r, g = x[..., 0, :], x[..., 1, :]
-    mean_r = means[..., 0, :]
-    mean_g = means[..., 1, :] + coeffs[..., 0, :] * r
-    mean_b = means[..., 2, :] + coeffs[..., 1, :] * r + coeffs[..., 2, :] * g
-    centred = x - torch.stack([mean_r, mean_g, mean_b], dim=-2)  # (N,H,W,3,M)
+    x = target.unsqueeze(-1)  # (N,H,W,C,1)
+    if coeffs is None:  # grey: one channel, nothing to condition on
+        if target.shape[-1] != 1:
+            raise ValueError(f"grey DMoL parameters for a target of {target.shape[-1]} channels")
+        centred = x - means  # (N,H,W,1,M)
+    else:
+        r, g = x[..., 0, :], x[..., 1, :]
+        mean_r = means[..., 0, :]
+        mean_g = means[..., 1, :] + coeffs[..., 0, :] * r
+        mean_b = means[..., 2, :] + coeffs[..., 1, :] * r + coeffs[..., 2, :] * g
+        centred = x - torch.stack([mean_r, mean_g, mean_b], dim=-2)  # (N,H,W,3,M)
     inv_scale = torch.exp(-log_scales)
     levels = 2**bits - 1
     half = 1.0 / levels
@@ -180,7 +210,8 @@ def dmol_sample(
     u_mix: Tensor | None = None,
     u_logistic: Tensor | None = None,
 ) -> Tensor:
-    """Draw pixels in [-1, 1], shape (N,H,W,3), from DMoL parameters ``logits`` (N,H,W,10M).
+    """Draw pixels in [-1, 1], shape (N,H,W,3), from DMoL parameters ``logits`` (N,H,W,10M);
+    grey parameters (N,H,W,3M) give (N,H,W,1).
 
     ``temperature`` scales both noises: 1 is the reference sampler, 0 is noise-free (most likely
     component, logistic mean). ``u_mix`` (N,H,W,M) and ``u_logistic`` (N,H,W,3) inject the uniforms
@@ -189,23 +220,26 @@ def dmol_sample(
     logits = logits.float()
     pi, means, log_scales, coeffs = _split_dmol(logits, num_mixtures)
     n, h, w, _ = logits.shape
+    c = 1 if coeffs is None else 3
     device = logits.device
     noise = noise or BatchNoise()
     if u_mix is None:
         u_mix = _open_uniform(noise.uniform((n, h, w, num_mixtures), device=device))
     if u_logistic is None:
-        u_logistic = _open_uniform(noise.uniform((n, h, w, 3), device=device))
+        u_logistic = _open_uniform(noise.uniform((n, h, w, c), device=device))
     if temperature == 0:
         k = pi.argmax(dim=-1)
         logistic = torch.zeros_like(u_logistic)
     else:
         k = torch.argmax(pi - temperature * torch.log(-torch.log(u_mix)), dim=-1)  # (N,H,W)
         logistic = temperature * (torch.log(u_logistic) - torch.log(1.0 - u_logistic))
-    idx = k[..., None, None].expand(n, h, w, 3, 1)
-    mean = means.gather(-1, idx).squeeze(-1)  # (N,H,W,3)
+    idx = k[..., None, None].expand(n, h, w, c, 1)
+    mean = means.gather(-1, idx).squeeze(-1)  # (N,H,W,C)
     log_scale = log_scales.gather(-1, idx).squeeze(-1)
-    coeff = coeffs.gather(-1, idx).squeeze(-1)
     x = mean + torch.exp(log_scale) * logistic
+    if coeffs is None:
+        return torch.clamp(x, -1.0, 1.0)  # (N,H,W,1)
+    coeff = coeffs.gather(-1, idx).squeeze(-1)
     r = torch.clamp(x[..., 0], -1.0, 1.0)
     g = torch.clamp(x[..., 1] + coeff[..., 0] * r, -1.0, 1.0)
     b = torch.clamp(x[..., 2] + coeff[..., 1] * r + coeff[..., 2] * g, -1.0, 1.0)

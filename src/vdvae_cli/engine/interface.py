@@ -73,6 +73,7 @@ class LatentModel(Protocol):
     weights_digest: str | None  # set when loaded from a file
     default_temperature: str | None  # the file's recommended --temp / --output-temp, if any
     default_output_temperature: str | None
+    default_ood: dict[str, str] | None  # the file's recorded `vdvae ood` k / prior temperature, if any
     encoder: Any  # callable: network input (N, C, H, W) -> what the decoder's posterior layers read
     decoder: Any  # callable: (n, activations=None, **options) -> DecoderOutput
 

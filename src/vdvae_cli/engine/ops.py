@@ -34,6 +34,20 @@ Callback = Callable[[int, int], None]  # (images done, images total)
 # Pixels <-> network tensors
 
 
+def as_channels(images: Tensor, channels: int) -> Tensor:
+    """uint8 NHWC ``images`` with ``channels`` channels: RGB to grey by the ITU-R BT.601 luma,
+    rounded (exact for grey stored as RGB, R = G = B), grey to RGB by repetition."""
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if channels == 1 and have == 3:
+        x = images.to(torch.int32)
+        return ((299 * x[..., 0] + 587 * x[..., 1] + 114 * x[..., 2] + 500) // 1000).to(torch.uint8)[..., None]
+    if channels == 3 and have == 1:
+        return images.expand(*images.shape[:-1], 3)
+    raise ValueError(f"images with {have} channels for a model of {channels}")
+
+
 def check_finite(t: Tensor, what: str) -> None:
     """Refuse NaN or infinity where a picture or a number will be made from ``t`` (rather than
     writing a black image or a NaN and exiting 0)."""

@@ -10,7 +10,7 @@ family; each family's object hands out its :class:`Recipe` (``Family.training_re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
@@ -115,6 +115,10 @@ class TrainConfig:
     # (training.step.objective).
     kl_warmup: int = 0
     free_bits: float = 0.0
+    # Per latent resolution, a floor that replaces free_bits for the layers at that resolution
+    # ({"32": 200.0}: each 32x32 layer's KL counts as at least 200 bits per image): a rate kept on
+    # purpose where the pixels' detail lives. Empty: free_bits everywhere.
+    free_bits_res: Mapping[str, float] = field(default_factory=dict)
     # Settings only the model family's recipe reads (NVAE: nvae.training.NVAERecipeConfig); checked
     # by the recipe when the run starts.
     family_options: Mapping[str, Any] = field(default_factory=dict)
@@ -153,11 +157,15 @@ class TrainConfig:
             raise UsageError("coarse_steps needs coarse_res (the highest resolution inferred meanwhile)")
         if self.kl_warmup < 0 or not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
             raise UsageError("kl_warmup must be >= 0 steps and free_bits a finite number >= 0")
+        for res, bits in dict(self.free_bits_res).items():
+            if not str(res).isdigit() or not isinstance(bits, (int, float)) or not (bits >= 0 and math.isfinite(bits)):
+                raise UsageError(f"free_bits_res {res!r}: {bits!r} is not a resolution and a finite number of bits >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
         d["family_options"] = dict(self.family_options)
+        d["free_bits_res"] = dict(self.free_bits_res)
         return d
 
     @classmethod
@@ -178,8 +186,18 @@ def kl_weight(tc, step: int) -> float:
     return min(1.0, (step + 1) / tc.kl_warmup) if tc.kl_warmup else 1.0
 
 
+def free_bits_floors(tc, resolutions: Sequence[int], n_dims: int) -> Tensor | None:
+    """Each layer's free-bits floor in nats/dim (layers at resolution ``resolutions[i]``): the
+    run's ``free_bits_res`` for that resolution, else ``free_bits``; None when every floor is 0."""
+    by_res = {int(r): float(b) for r, b in dict(getattr(tc, "free_bits_res", {}) or {}).items()}
+    bits = [by_res.get(int(r), float(tc.free_bits)) for r in resolutions]
+    if not any(bits):
+        return None
+    return torch.tensor(bits, dtype=torch.float32) * (LN2 / n_dims)
+
+
 def objective(tc, step: int, distortion: Tensor, kl_per_layer: Tensor, n_dims: int,
-              kl_prior_per_layer: Tensor | None = None) -> Tensor:
+              kl_prior_per_layer: Tensor | None = None, floors: Tensor | None = None) -> Tensor:
     """The scalar the gradient follows (nats/dim): the mean negative ELBO, unless the run asks for
     help against posterior collapse: the KL term weighted by :func:`kl_weight` (``kl_warmup``) and
     each layer's batch-mean KL floored at ``free_bits`` bits per image. The reported loss is always
@@ -192,7 +210,9 @@ def objective(tc, step: int, distortion: Tensor, kl_per_layer: Tensor, n_dims: i
     posterior encodes there and samples drawn from it miss the content that reconstructions have.
     """
     kl = kl_per_layer.mean(0)  # (L,)
-    if tc.free_bits:
+    if floors is not None:  # per layer (free_bits_floors)
+        kl = torch.maximum(kl, floors.to(device=kl.device, dtype=kl.dtype))
+    elif tc.free_bits:
         kl = kl.clamp(min=tc.free_bits * LN2 / n_dims)
     total = distortion.mean() + kl_weight(tc, step) * kl.sum()
     if kl_prior_per_layer is not None:

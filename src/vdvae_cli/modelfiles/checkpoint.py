@@ -17,7 +17,7 @@ import torch
 from ..engine.interface import FamilyConfig
 from ..base.errors import CheckpointError, VDVAEError
 from ..engine.registry import DEFAULT_FAMILY, family_of
-from .header import expected_shapes, activation_bytes, parameter_count, compare_keys, read_header, checked_config, default_temperatures, stored_digest
+from .header import expected_shapes, activation_bytes, parameter_count, compare_keys, read_header, checked_config, default_ood, default_temperatures, stored_digest
 from ..base.filekind import _label
 from ..engine.interface import LatentModel
 from ..base.atomic import atomic_write_bytes
@@ -143,6 +143,7 @@ def load_file_model(path: str | Path, *, device: str | torch.device = "cpu", dty
     model = build_model(cfg, state, device=device, dtype=dtype)
     model.weights_digest = digest
     model.default_temperature, model.default_output_temperature = default_temperatures(path)
+    model.default_ood = default_ood(path)
     return model
 
 

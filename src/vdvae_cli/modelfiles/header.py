@@ -140,6 +140,47 @@ def default_temperatures(path: str | Path) -> tuple[str | None, str | None]:
     return prior, output
 
 
+DEFAULT_OOD_K_KEY = "default_ood_k"
+DEFAULT_OOD_PRIOR_TEMPERATURE_KEY = "default_ood_prior_temperature"
+DEFAULT_OOD_SOURCE_KEY = "default_ood_source"
+
+
+def default_ood(path: str | Path) -> dict[str, str] | None:
+    """The ``vdvae ood`` settings a checkpoint records (its card chose them on held-out data): ``k``
+    (key ``default_ood_k``), ``prior_temperature`` (``default_ood_prior_temperature``, may be absent)
+    and ``source`` (``default_ood_source``: how they were chosen, may be absent), as the metadata spells
+    them; None when the file records no k. Checked where they are used (:func:`ood_settings`)."""
+    meta = metadata_of(path)
+    k = meta.get(DEFAULT_OOD_K_KEY, "").strip()
+    if not k:
+        return None
+    out = {"k": k}
+    for name, key in (("prior_temperature", DEFAULT_OOD_PRIOR_TEMPERATURE_KEY), ("source", DEFAULT_OOD_SOURCE_KEY)):
+        value = meta.get(key, "").strip()
+        if value:
+            out[name] = value
+    return out
+
+
+def ood_settings(recorded: Mapping[str, str] | None, n_layers: int) -> tuple[int, float] | None:
+    """(k, prior temperature) from :func:`default_ood`'s mapping, checked against a model of
+    ``n_layers`` latent layers (temperature 1.0 when none is recorded); None when nothing is recorded.
+    A file whose values are not a k from 1 to ``n_layers`` and a finite temperature >= 0 is refused."""
+    if not recorded:
+        return None
+    import math
+
+    try:
+        k = int(recorded["k"])
+        temp = float(recorded.get("prior_temperature", "1.0"))
+    except ValueError:
+        raise CheckpointError(f"the model file's recorded ood settings {dict(recorded)!r} are not numbers") from None
+    if not 1 <= k <= n_layers or not (math.isfinite(temp) and temp >= 0):
+        raise CheckpointError(f"the model file records ood k={k}, prior temperature {temp}: "
+                              f"k must be 1 to {n_layers} and the temperature a finite number >= 0")
+    return k, temp
+
+
 def stored_digest(path: str | Path) -> str | None:
     """The ``weights_sha256`` a checkpoint's metadata holds (None for files written without one)."""
     meta = read_header(path).get("__metadata__") or {}

@@ -114,6 +114,9 @@ class NVAEConfig(LatentStackConfig):
     num_mixture_dec: int = 10
     num_x_bits: int = 8
     name: str = "nvae"
+    # Not an official field: grey (one-channel) images on an RGB-style dataset (a DMoL of 3M
+    # parameters per pixel, or a one-channel normal); left out of files that do not set it.
+    grey: bool = False
 
     family: str = field(default="nvae", init=False, repr=False, compare=False)
     groups_per_scale: tuple[int, ...] = field(init=False, repr=False, compare=False)
@@ -124,7 +127,7 @@ class NVAEConfig(LatentStackConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-        for name in ("ada_groups", "use_se", "res_dist"):
+        for name in ("ada_groups", "use_se", "res_dist", "grey"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.dataset, str) or not isinstance(self.name, str) or not self.name:
@@ -145,6 +148,8 @@ class NVAEConfig(LatentStackConfig):
             )
         if S == 1 and self.num_groups_per_scale == 1:
             raise ConfigError("one scale with one group is NVAE's 'vanilla VAE' path, which no released model uses")
+        if self.grey and self.binary:
+            raise ConfigError(f"dataset {self.dataset!r} is already one-channel (binary): grey applies to RGB-style datasets")
         if self.num_mixture_dec == 1 and self.binary:
             raise ConfigError("num_mixture_dec applies to RGB datasets only")
         object.__setattr__(self, "groups_per_scale", self._groups_per_scale())
@@ -188,7 +193,7 @@ class NVAEConfig(LatentStackConfig):
 
     @property
     def image_channels(self) -> int:
-        return 1 if self.binary else 3
+        return 1 if self.binary or self.grey else 3
 
     @property
     def likelihood(self) -> str:
@@ -199,7 +204,14 @@ class NVAEConfig(LatentStackConfig):
 
     @property
     def output_channels(self) -> int:
-        return {"bernoulli": 1, "normal": 6, "dmol": 10 * self.num_mixture_dec}[self.likelihood]
+        c = self.image_channels
+        return {"bernoulli": 1, "normal": 2 * c, "dmol": (10 if c == 3 else 3) * self.num_mixture_dec}[self.likelihood]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if not out.get("grey"):  # RGB and official files read (and hash) as before the field
+            out.pop("grey", None)
+        return out
 
     @property
     def num_mixtures(self) -> int:

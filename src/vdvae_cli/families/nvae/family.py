@@ -51,6 +51,10 @@ def unit_images(cfg: NVAEConfig, images: Tensor) -> Tensor:
         x = (x >= 128).float()
         x = F.pad(x.permute(0, 3, 1, 2), (2, 2, 2, 2))  # (N, 1, 32, 32)
         return x
+    if cfg.grey:
+        from ...engine.ops import as_channels
+
+        x = as_channels(images, 1).float()
     x = x.permute(0, 3, 1, 2) / 255.0
     if cfg.num_x_bits != 8:
         x = torch.floor(x * 255.0 / 2 ** (8 - cfg.num_x_bits)) / (2**cfg.num_x_bits - 1)
@@ -63,7 +67,8 @@ def recon_log_prob(cfg: NVAEConfig, logits: Tensor, x: Tensor) -> Tensor:
     if cfg.likelihood == "bernoulli":
         return bernoulli_log_prob(logits, x)[:, :, 2:-2, 2:-2].sum(dim=(1, 2, 3))
     if cfg.likelihood == "normal":
-        mu, sigma = normal_params(logits[:, :3], logits[:, 3:])
+        c = cfg.image_channels
+        mu, sigma = normal_params(logits[:, :c], logits[:, c:])
         return normal_log_p(2 * x - 1, mu, sigma).sum(dim=(1, 2, 3))
     per_pixel = dmol_log_prob(logits.permute(0, 2, 3, 1), (2 * x - 1).permute(0, 2, 3, 1), cfg.num_mixture_dec,
                               bits=cfg.num_x_bits, upper_edge=DMOL_UPPER_EDGE)  # (N, H, W)
@@ -79,7 +84,8 @@ def output_unit(cfg: NVAEConfig, logits: Tensor, noise: "Noise", t: float) -> Te
         x = p if t == 0 else (u < p).float()
         return 2 * x[:, 2:-2, 2:-2] - 1
     if cfg.likelihood == "normal":
-        mu, sigma = normal_params(logits[:, :3], logits[:, 3:], t)
+        c = cfg.image_channels
+        mu, sigma = normal_params(logits[:, :c], logits[:, c:], t)
         e = noise.normal(mu.shape, device=mu.device)
         return torch.clamp(mu + sigma * e, -1.0, 1.0).permute(0, 2, 3, 1)
     return dmol_sample(logits.permute(0, 2, 3, 1), cfg.num_mixture_dec, noise=noise, temperature=t)
@@ -184,9 +190,18 @@ class NVAEFamily:
         return NVAEConfig(**NVAE_PRESETS[name], name=run_name or name)
 
     def hparams_config(self, path: Path, images_at: Any, *, size_hint: int | None = None) -> "tuple[NVAEConfig, Tensor]":
-        from ...base.errors import UsageError
+        """An NVAE from a JSON object in its official ``args`` field names with ``"family": "nvae"``
+        (plus ``grey``, ``name``); its name defaults to the file's stem."""
+        from ...base.errors import ConfigError
+        from ...base.safety import loads
 
-        raise UsageError("--hparams takes the reference VDVAE's field names", hint="an NVAE trains from --config NAME")
+        data = loads(Path(path).read_bytes())
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} is not a JSON object")
+        fields = {k: v for k, v in data.items() if k != "family"}
+        fields.setdefault("name", Path(path).stem)
+        cfg = NVAEConfig.from_dict(fields)
+        return cfg, images_at(cfg.image_size)
 
     def stores_layout(self, path: Path) -> bool:
         from .official import looks_official

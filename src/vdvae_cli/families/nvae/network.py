@@ -363,6 +363,7 @@ class NVAE(nn.Module):
         self.weights_digest: str | None = None  # set by the checkpoint loader
         self.default_temperature: str | None = None  # set by the checkpoint loader: the file's recommended --temp
         self.default_output_temperature: str | None = None  # and --output-temp
+        self.default_ood: dict[str, str] | None = None  # and vdvae ood's k / prior temperature
         ops, se, L = cfg.ops, cfg.use_se, cfg.num_latent_per_group
         Ce, Cd, P, S = cfg.num_channels_enc, cfg.num_channels_dec, cfg.num_preprocess_blocks, cfg.num_latent_scales
         top = cfg.decoder_layers[0]

@@ -262,7 +262,8 @@ def adamax(model: nn.Module, tc: "TrainConfig") -> torch.optim.Optimizer:
 # The recipe object
 
 
-_VDVAE_ONLY = {"kl_warmup": "--kl-warmup", "free_bits": "--free-bits", "coarse_steps": "--coarse-first"}
+_VDVAE_ONLY = {"kl_warmup": "--kl-warmup", "free_bits": "--free-bits", "free_bits_res": "--free-bits-res",
+               "coarse_steps": "--coarse-first"}
 
 
 class NVAERecipe:

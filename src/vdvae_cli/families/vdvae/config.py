@@ -185,6 +185,9 @@ class VDVAEConfig(LatentStackConfig):
     low_bit: bool = False
     dataset: str = "custom"
     name: str = "custom"
+    # A bounded prior scale: when set, every prior log-std is b - softplus(b - raw) < b (smooth, the
+    # identity far below b), so no state can make a prior draw explode. None: unbounded (the reference).
+    prior_logstd_max: float | None = None
 
     encoder_layers: tuple[EncoderLayer, ...] = field(init=False, repr=False, compare=False)
     decoder_layers: tuple[DecoderLayer, ...] = field(init=False, repr=False, compare=False)
@@ -214,10 +217,14 @@ class VDVAEConfig(LatentStackConfig):
         for name in ("enc_blocks", "dec_blocks", "custom_width_str"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be a string, got {_show(getattr(self, name))}")
-        if self.image_channels != 3:
+        if self.image_channels not in (1, 3):
             raise ConfigError(
-                f"image_channels={self.image_channels}: the DMoL output head models RGB (3 channels) only"
+                f"image_channels={self.image_channels}: the DMoL output head models grey (1) or RGB (3) channels"
             )
+        if self.prior_logstd_max is not None:
+            b = self.prior_logstd_max
+            if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or not -5 <= b <= 5:
+                raise ConfigError(f"prior_logstd_max must be a number from -5 to 5 (or null), got {_show(b)}")
         if not 0 < self.bottleneck_multiple <= 4:
             raise ConfigError(f"bottleneck_multiple must be in (0, 4], got {self.bottleneck_multiple}")
         widths = parse_width_string(self.custom_width_str)
@@ -279,6 +286,12 @@ class VDVAEConfig(LatentStackConfig):
 
     # -- derived facts -----------------------------------------------------------------------------
 
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if out.get("prior_logstd_max") is None:  # files without the option read (and hash) as before
+            out.pop("prior_logstd_max", None)
+        return out
+
     def width_at(self, res: int) -> int:
         return parse_width_string(self.custom_width_str).get(res, self.width)
 
@@ -339,7 +352,7 @@ OFFICIAL_NAMES: tuple[str, ...] = tuple(_OFFICIAL_HPS)
 # Field names of the reference hps.py that describe the network.
 _REFERENCE_KEYS = (
     "width", "zdim", "enc_blocks", "dec_blocks", "custom_width_str", "bottleneck_multiple",
-    "no_bias_above", "num_mixtures", "image_size", "image_channels",
+    "no_bias_above", "num_mixtures", "image_size", "image_channels", "prior_logstd_max",
 )
 
 
@@ -482,6 +495,8 @@ def describe(cfg: VDVAEConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d.pop("encoder_layers", None)
     d.pop("decoder_layers", None)
+    if d.get("prior_logstd_max") is None:
+        d.pop("prior_logstd_max", None)
     d["n_layers"] = cfg.n_layers
     d["resolutions"] = list(cfg.resolutions)
     d["latent_dims"] = cfg.latent_dims

@@ -61,7 +61,8 @@ class VDVAEFamily:
     def pixels(self, model: Any, logits: "Tensor", noise: "Noise", output_temperature: float) -> "Tensor":
         from ...engine.distributions import dmol_sample, to_uint8
 
-        return to_uint8(dmol_sample(logits, model.cfg.num_mixtures, noise=noise, temperature=output_temperature))
+        x = dmol_sample(logits, model.cfg.num_mixtures, noise=noise, temperature=output_temperature)
+        return to_uint8(x.expand(*x.shape[:3], 3))  # grey models write grey as RGB (R = G = B)
 
     def log_ratio(self, model: Any, out: "DecoderOutput") -> "Tensor":
         from ...engine.distributions import gaussian_log_prob

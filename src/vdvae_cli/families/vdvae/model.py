@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DecoderLayer, VDVAEConfig
-from ...engine.distributions import BatchNoise, Noise, gaussian_kl, temperature_std
+from ...engine.distributions import BatchNoise, Noise, dmol_param_count, gaussian_kl, temperature_std
 from ...engine.interface import DecoderOutput, decode_options
 
 Tensor = torch.Tensor
@@ -180,6 +180,7 @@ class Decoder(nn.Module):
         like = self.bias_xs[0]
         xs = self.start_states(n)
         split = want_kl == "split"
+        bound = getattr(cfg, "prior_logstd_max", None)
         kept: list[Tensor] | None = [] if want_latents else None
         kls: list[Tensor | None] | None = [] if want_kl else None
         prior_kls: list[Tensor | None] | None = [] if split else None
@@ -188,6 +189,8 @@ class Decoder(nn.Module):
         for i, block in enumerate(cast("Sequence[DecBlock]", self.dec_blocks)):  # nn.ModuleList is not generic
             x_in = block.input_state(xs, n, like)
             pm, pv, x = block.prior_params(x_in)  # x = x_in + the prior's state channels
+            if bound is not None:
+                pv = bound_logstd(pv, bound)
             given = latents[i] if i < len(latents) else None
             e = eps[i] if eps is not None and i < len(eps) and eps[i] is not None else None
             if e is None:
@@ -229,12 +232,18 @@ class Decoder(nn.Module):
         return out
 
 
+def bound_logstd(pv: Tensor, bound: float) -> Tensor:
+    """A log-std kept below ``bound``: ``bound - softplus(bound - pv)`` (smooth; ~pv well below it)."""
+    return bound - F.softplus(bound - pv)
+
+
 class DmolNet(nn.Module):
-    """The output head: a 1x1 conv to 10 * num_mixtures DMoL parameters per pixel."""
+    """The output head: a 1x1 conv to the DMoL parameters per pixel (10 * num_mixtures for RGB,
+    3 * num_mixtures for grey)."""
 
     def __init__(self, cfg: VDVAEConfig):
         super().__init__()
-        self.out_conv = nn.Conv2d(cfg.width, 10 * cfg.num_mixtures, 1)
+        self.out_conv = nn.Conv2d(cfg.width, dmol_param_count(cfg.image_channels, cfg.num_mixtures), 1)
 
     def forward(self, px_z: Tensor) -> Tensor:
         return self.out_conv(px_z).permute(0, 2, 3, 1)  # (N, H, W, 10M)
@@ -249,6 +258,7 @@ class VAE(nn.Module):
         self.weights_digest: str | None = None  # set by the checkpoint loader: which weights these are
         self.default_temperature: str | None = None  # set by the checkpoint loader: the --temp its file recommends
         self.default_output_temperature: str | None = None  # and the --output-temp
+        self.default_ood: dict[str, str] | None = None  # and vdvae ood's k / prior temperature (header.default_ood)
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         for m in self.modules():

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import torch
 
+from ...engine.ops import as_channels
 from .config import VDVAEConfig
 
 Tensor = torch.Tensor
 
 
 def model_input(cfg: VDVAEConfig, images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """uint8 NHWC -> network input NCHW: ``(x * pixel_scale + shift) * scale`` in float32."""
-    x = images.float()
+    """uint8 NHWC -> network input NCHW: ``(x * pixel_scale + shift) * scale`` in float32 (grey
+    for a one-channel model)."""
+    x = as_channels(images, cfg.image_channels).float()
     if cfg.pixel_scale != 1.0:
         x = x / round(1 / cfg.pixel_scale)
     x = (x + torch.tensor(cfg.input_shift, dtype=torch.float32)) * torch.tensor(cfg.input_scale, dtype=torch.float32)
@@ -20,8 +22,9 @@ def model_input(cfg: VDVAEConfig, images: Tensor, dtype: torch.dtype = torch.flo
 
 
 def loss_target(cfg: VDVAEConfig, images: Tensor) -> Tensor:
-    """uint8 NHWC -> DMoL target NHWC in [-1, 1] (5-bit first when ``cfg.low_bit``)."""
-    x = images.float()
+    """uint8 NHWC -> DMoL target NHWC in [-1, 1] (5-bit first when ``cfg.low_bit``; grey for a
+    one-channel model)."""
+    x = as_channels(images, cfg.image_channels).float()
     if cfg.low_bit:
         x = torch.floor(x / 8) * 8
     if cfg.pixel_scale != 1.0:

@@ -36,8 +36,9 @@ def vdvae_state_shapes(cfg: VDVAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
         block(f"{p}.resnet", l.width, l.middle, l.width, l.kernel)
     for j, r in enumerate(cfg.bias_resolutions):
         out[f"decoder.bias_xs.{j}"] = (1, cfg.width_at(r), r, r)
-    out["decoder.out_net.out_conv.weight"] = (10 * cfg.num_mixtures, cfg.width, 1, 1)
-    out["decoder.out_net.out_conv.bias"] = (10 * cfg.num_mixtures,)
+    n_out = (10 if cfg.image_channels == 3 else 3) * cfg.num_mixtures  # engine.distributions.dmol_param_count
+    out["decoder.out_net.out_conv.weight"] = (n_out, cfg.width, 1, 1)
+    out["decoder.out_net.out_conv.bias"] = (n_out,)
     return out
 
 

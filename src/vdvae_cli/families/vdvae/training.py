@@ -23,7 +23,11 @@ class VDVAERecipe:
             raise UsageError(f"VDVAE training has no family options (got {', '.join(sorted(tc.family_options))})",
                              hint="--recipe KEY=VALUE sets an NVAE's recipe; a VDVAE's has options of its own")
         self.cfg, self.tc = cfg, tc
-        self.split_kl = bool(tc.kl_warmup or tc.free_bits)
+        unknown = sorted(set(map(int, dict(tc.free_bits_res))) - set(cfg.resolutions))
+        if unknown:
+            raise UsageError(f"--free-bits-res names resolution {unknown[0]}, which has no latent layer in this model",
+                             hint=f"its latent resolutions: {', '.join(map(str, cfg.resolutions))}")
+        self.split_kl = bool(tc.kl_warmup or tc.free_bits or any(dict(tc.free_bits_res).values()))
         self.find_unused_parameters = _unused_encoder_blocks(cfg) or tc.coarse_steps > 0
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -33,9 +37,10 @@ class VDVAERecipe:
     def objective(self, model: torch.nn.Module, step: int, terms: LossTerms) -> Tensor:
         if not self.split_kl:
             return terms.elbo
-        from ...engine.recipe import objective
+        from ...engine.recipe import free_bits_floors, objective
 
-        return objective(self.tc, step, terms.distortion, terms.kl_layers, self.cfg.n_dims, terms.kl_prior)
+        floors = free_bits_floors(self.tc, [layer.res for layer in self.cfg.decoder_layers], self.cfg.n_dims)
+        return objective(self.tc, step, terms.distortion, terms.kl_layers, self.cfg.n_dims, terms.kl_prior, floors)
 
     def log_values(self, step: int) -> dict[str, float]:
         return {}

@@ -1,0 +1,103 @@
+"""Choose the ``vdvae ood`` defaults (k and prior temperature) a model file records, on validation data.
+
+    python scripts/choose_ood_k.py MODEL.safetensors --data /work/data/fashion-mnist -o choice.json
+
+In-distribution: the training split's images the trainer held out (``vdvae train --holdout 2000
+--seed 0`` keeps them out of training: the same seeded split is rebuilt here), never the test split.
+Out-of-distribution, for validation only: the same images turned upside down (a vertical flip) and
+with their grey levels inverted (255 - x): near- and far-OOD sets made from Fashion-MNIST itself,
+so the pair a card reports (Fashion-MNIST test vs MNIST) plays no part in the choice.
+
+For every k from 1 to the number of latent layers (or those in ``--ks``) and every prior temperature in ``--temps``, the
+LLR>k score (:func:`vdvae_cli.ood.llr_scores`: ELBO minus the bound with the k finest layers drawn
+from the prior) is computed with one sample per image, per-image seeded noise; the choice is the
+(k, temperature) with the highest mean AUROC over the two OOD sets (ties: the smaller k). Prints a
+table and writes the JSON; feed the choice to ``scripts/export_shipped.py --ood-k K --ood-prior-temp T``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vdvae_cli.engine import ops
+from vdvae_cli.modelfiles.checkpoint import load_file_model
+from vdvae_cli.training.data import holdout_split
+from vdvae_cli.engine.distributions import PerImageNoise
+from vdvae_cli.tools.ood import auroc
+from vdvae_cli.engine.runtime import image_generators
+
+LN2 = math.log(2.0)
+
+
+def transforms(images: np.ndarray) -> dict[str, np.ndarray]:
+    """The validation OOD sets made from in-distribution uint8 NHWC ``images``."""
+    return {"vflip": np.ascontiguousarray(images[:, ::-1]), "inverted": 255 - images}
+
+
+def nll_bounds(model, images: np.ndarray, *, k: int, temp: float, seed: int, batch: int = 250) -> np.ndarray:
+    """-L>k per image in bits/dim (k = 0: the ELBO), image i seeded by (seed, i)."""
+    out = []
+    n_layers = model.cfg.n_layers
+    for start in range(0, len(images), batch):
+        idx = list(range(start, min(start + batch, len(images))))
+        noise = PerImageNoise(image_generators(seed, idx))
+        x = torch.from_numpy(images[idx[0] : idx[-1] + 1])
+        r = ops.elbo(model, x, noise=noise, n_posterior=n_layers - k, temperatures=temp)
+        out.append(r.nll_bound.double().numpy() / LN2)
+    return np.concatenate(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--data", type=Path, default=Path("/work/data/fashion-mnist"), help="prepare_fashion_mnist.py's folder")
+    ap.add_argument("--holdout", type=int, default=2000, help="the run's --holdout (a count)")
+    ap.add_argument("--split-seed", type=int, default=0, help="the run's held-out split seed (its --seed's split: 0)")
+    ap.add_argument("-n", type=int, default=1000, help="held-out images used (the first n of the split)")
+    ap.add_argument("--temps", default="1.0,0.0", help="prior temperatures to try (comma-separated)")
+    ap.add_argument("--ks", help="the k to try (comma-separated) [1 to the number of latent layers]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-o", "--output", type=Path, help="JSON output")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    train = np.load(args.data / "train.npz")["images"]
+    _, held = holdout_split(len(train), args.holdout, args.split_seed)
+    inside = train[held.numpy()[: args.n]]
+    sets = transforms(inside)
+    model = load_file_model(args.model)
+    temps = [float(t) for t in args.temps.split(",")]
+    elbo = {name: nll_bounds(model, x, k=0, temp=1.0, seed=args.seed) for name, x in {"in": inside, **sets}.items()}
+    rows = []
+    ks = [int(v) for v in args.ks.split(",")] if args.ks else range(1, model.cfg.n_layers + 1)
+    for k in ks:
+        for temp in temps:
+            looser = {name: nll_bounds(model, x, k=k, temp=temp, seed=args.seed) for name, x in {"in": inside, **sets}.items()}
+            score = {name: looser[name] - elbo[name] for name in looser}
+            au = {name: auroc(torch.from_numpy(score["in"]), torch.from_numpy(score[name])) for name in sets}
+            rows.append({"k": k, "prior_temp": temp, **{f"auroc_{n}": round(v, 4) for n, v in au.items()},
+                         "auroc_mean": round(float(np.mean(list(au.values()))), 4)})
+            print(f"k={k:>2} temp={temp:g}: " + "  ".join(f"{n} {v:.4f}" for n, v in au.items()), file=sys.stderr)
+    best = max(rows, key=lambda r: (r["auroc_mean"], -r["k"]))
+    plain = {name: round(auroc(torch.from_numpy(elbo["in"]), torch.from_numpy(elbo[name])), 4) for name in sets}
+    out = {"model": str(args.model), "in_distribution": f"{len(inside)} held-out Fashion-MNIST training images "
+           f"(holdout {args.holdout}, split seed {args.split_seed})", "ood_sets": list(sets),
+           "elbo_auroc": plain, "rows": rows, "choice": {"k": best["k"], "prior_temp": best["prior_temp"],
+                                                         "auroc_mean": best["auroc_mean"]},
+           "seconds": round(time.perf_counter() - t0, 1)}
+    text = json.dumps(out, indent=2)
+    if args.output:
+        args.output.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

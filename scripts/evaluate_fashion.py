@@ -1,0 +1,254 @@
+"""The figures of a Fashion-MNIST model card (weights/README.md), measured from scratch, for any
+shipped or trained Fashion-MNIST model (grey one-channel or grey-as-RGB).
+
+    python scripts/prepare_fashion_mnist.py -o /work/data/fashion-mnist
+    python scripts/prepare_mnist.py -o /work/data/mnist32.npz            # for the OOD figure only
+    python scripts/evaluate_fashion.py weights/fashion.safetensors -o weights/fashion-eval.json
+
+Everything is on the Fashion-MNIST **test** split (training never saw it); every random draw comes
+from a seeded ``torch.Generator`` (image i of a pass from (seed, i)), so the figures repeat.
+
+1. Likelihood: the negative ELBO in the model's bits/dim, in bits per image, per grey pixel of the
+   32x32 image, and per pixel of the 28x28 original (bits per image / 784: the figure comparable to
+   published 28x28 results, an upper bound on ours since the padding is paid for too); the rate of
+   every latent layer in bits per image.
+2. Reconstruction: the first K layers from the posterior mean, the rest at prior temperature 0,
+   pixels at output temperature 0 (``vdvae reconstruct --keep-layers K --temp 0 --output-temp 0``;
+   K = all is the full reconstruction), for K = 0, 2, 4, ... and all: mean PSNR (dB; 32x32 and the
+   central 28x28) and SSIM (Gaussian window 11, sigma 1.5, on the 32x32 grey image).
+3. Sample quality (as ``evaluate_fashion32.py``): N samples at the model's recommended temperatures
+   judged by the cached CNN classifier: share >= 90% sure, classes present, class entropy, Frechet
+   distance of its penultimate features to test images N.. (real test images 0..N-1 alongside).
+4. Overflow: samples whose output is not finite, in ``--finite-n`` samples at the recommended
+   temperature and ``--finite-n-t1`` at temperature 1.0, with the largest prior log-std drawn.
+5. OOD: LLR>k of the Fashion-MNIST test images 0..1999 against 2,000 MNIST digits (a seeded subset
+   of ``--mnist``), at the k and prior temperature the model file records (what ``vdvae ood``
+   uses without --k), and the plain likelihood's AUROC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from evaluate_fashion32 import classify, load_classifier, quality  # noqa: E402
+from prepare_fashion_mnist import CLASSES  # noqa: E402
+
+from vdvae_cli.engine import ops  # noqa: E402
+from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
+from vdvae_cli.engine.distributions import PerImageNoise  # noqa: E402
+from vdvae_cli.modelfiles.header import ood_settings  # noqa: E402
+from vdvae_cli.tools.ood import detection_metrics, llr_scores  # noqa: E402
+from vdvae_cli.engine.runtime import image_generators  # noqa: E402
+from vdvae_cli.engine.temperature import parse_temperature_spec  # noqa: E402
+from vdvae_cli.training.loop import save_grid  # noqa: E402
+
+LN2 = math.log(2.0)
+
+
+def noise(seed: int, start: int, stop: int) -> PerImageNoise:
+    return PerImageNoise(image_generators(seed, list(range(start, stop))))
+
+
+# --------------------------------------------------------------------------------------------------
+# image metrics (grey uint8 (N, H, W))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image PSNR in dB of uint8 grey images (N, H, W); identical images count as 100 dB."""
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
+    return np.where(mse > 0, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)), 100.0)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, *, sigma: float = 1.5, size: int = 11) -> np.ndarray:
+    """Per-image SSIM (Wang et al. 2004) of uint8 grey images (N, H, W): Gaussian window (size 11,
+    sigma 1.5), K1 = 0.01, K2 = 0.03, L = 255, mean over the positions where the window fits."""
+    x = torch.from_numpy(a.astype(np.float64))[:, None]
+    y = torch.from_numpy(b.astype(np.float64))[:, None]
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    g = g / g.sum()
+    w = (g[:, None] * g[None, :])[None, None]
+    blur = lambda t: F.conv2d(t, w)  # noqa: E731  (valid positions only)
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3)).numpy()
+
+
+def grey(images: np.ndarray) -> np.ndarray:
+    return images[..., 0] if images.ndim == 4 else images
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def likelihood(model, x: np.ndarray, seed: int) -> dict:
+    n_layers = model.cfg.n_layers
+    nll, dist, rate = [], [], []
+    kl = np.zeros(n_layers)
+    for start in range(0, len(x), 250):
+        stop = min(start + 250, len(x))
+        r = ops.elbo(model, torch.from_numpy(x[start:stop]), noise=noise(seed, start, stop))
+        nll.append(r.nll_bound.double().numpy())
+        dist.append(r.distortion.double().numpy())
+        rate.append(r.rate.double().numpy())
+        kl += r.kl_per_layer.double().sum(0).numpy()
+    d = model.cfg.n_dims
+    bits_image = np.concatenate(nll) * d / LN2
+    pixels = model.cfg.image_size**2
+    return {
+        "n": len(x),
+        "neg_elbo_bpd_model": round(float(np.concatenate(nll).mean() / LN2), 4),
+        "model_dims_per_image": d,
+        "neg_elbo_bits_per_image": round(float(bits_image.mean()), 1),
+        "bits_per_grey_pixel_32x32": round(float(bits_image.mean() / pixels), 4),
+        "bits_per_pixel_of_the_28x28_original": round(float(bits_image.mean() / 784), 4),
+        "distortion_bits_per_image": round(float(np.concatenate(dist).mean() * d / LN2), 1),
+        "rate_bits_per_image": round(float(np.concatenate(rate).mean() * d / LN2), 1),
+        "layer_rate_bits_per_image": [round(v / len(x) * d / LN2, 1) for v in kl],
+    }
+
+
+def reconstruction(model, x: np.ndarray, seed: int) -> list[dict]:
+    n_layers = model.cfg.n_layers
+    keeps = sorted({*range(0, n_layers, 2), n_layers})
+    xt = torch.from_numpy(x)
+    latents = []
+    for start in range(0, len(x), 250):
+        latents.append(ops.encode(model, xt[start : start + 250], posterior="mean"))
+    rows = []
+    for keep in keeps:
+        outs = []
+        for b, start in enumerate(range(0, len(x), 250)):
+            stop = min(start + 250, len(x))
+            zs = latents[b][:keep]
+            out = ops.decode(model, list(zs) + [None] * (n_layers - keep), n=stop - start, temperatures=0.0,
+                             output_temperature=0.0, noise=noise(seed, start, stop))
+            outs.append(out.numpy())
+        rec = grey(np.concatenate(outs))
+        ref = grey(x)
+        p32, p28 = psnr(rec, ref), psnr(rec[:, 2:-2, 2:-2], ref[:, 2:-2, 2:-2])
+        rows.append({"keep_layers": keep, "psnr_db": round(float(p32.mean()), 2),
+                     "psnr_db_central_28x28": round(float(p28.mean()), 2),
+                     "ssim": round(float(ssim(rec, ref).mean()), 4)})
+        print(f"keep {keep:>2}: PSNR {rows[-1]['psnr_db']:.2f} dB, SSIM {rows[-1]['ssim']:.3f}", file=sys.stderr)
+    return rows
+
+
+@torch.inference_mode()
+def overflow(model, n: int, temp_spec: str, seed: int, batch: int = 500) -> dict:
+    """How many of ``n`` prior samples give a non-finite output, and the largest prior log-std drawn."""
+    temps = parse_temperature_spec(temp_spec, model.cfg)
+    bad, pv_max = 0, -math.inf
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        out = model.decoder(stop - start, temperatures=temps, noise=noise(seed, start, stop), trace=True)
+        logits = model.logits(out.px_z)
+        bad += int((~torch.isfinite(logits.flatten(1)).all(1)).sum())
+        pv_max = max(pv_max, max(float(t["pv"].float().max()) for t in out.trace))
+    return {"n": n, "temperature": temp_spec, "non_finite": bad, "max_prior_logstd": round(pv_max, 3)}
+
+
+def ood(model, fashion: np.ndarray, mnist: np.ndarray, seed: int, k: int | None, temp: float | None) -> dict:
+    recorded = ood_settings(getattr(model, "default_ood", None), model.cfg.n_layers)
+    if k is None:
+        k, temp = recorded if recorded else (1, 1.0)
+    temp = 1.0 if temp is None else temp
+    both = np.concatenate([fashion, mnist])
+    scores, nll = [], []
+    for start in range(0, len(both), 250):
+        stop = min(start + 250, len(both))
+        r = llr_scores(model, torch.from_numpy(both[start:stop]), k=k, prior_temperature=temp,
+                       noise=noise(seed, start, stop))
+        scores.append(r.score.double())
+        nll.append(r.elbo.double())
+    s, e = torch.cat(scores), torch.cat(nll)
+    n = len(fashion)
+    return {"n_in": n, "n_out": len(mnist), "k": k, "prior_temp": temp, "recorded": recorded is not None,
+            "llr": detection_metrics(s[:n], s[n:]).as_dict(), "elbo": detection_metrics(e[:n], e[n:]).as_dict()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--data", type=Path, default=Path("/work/data/fashion-mnist"), help="prepare_fashion_mnist.py's folder")
+    ap.add_argument("--mnist", type=Path, default=Path("/work/data/mnist32.npz"), help="prepare_mnist.py's .npz")
+    ap.add_argument("--classifier", type=Path, help="cached classifier weights [DATA/classifier.pt]")
+    ap.add_argument("-n", "--samples", type=int, default=1000)
+    ap.add_argument("--temp", help="prior temperature of the samples [the model's default, else 1.0]")
+    ap.add_argument("--output-temp", type=float, help="pixel temperature of the samples [the model's default, else 1.0]")
+    ap.add_argument("--n-test", type=int, default=10_000, help="test images for the likelihood")
+    ap.add_argument("--n-recon", type=int, default=2000, help="test images for the reconstruction figures")
+    ap.add_argument("--finite-n", type=int, default=10_000, help="samples checked at the recommended temperature")
+    ap.add_argument("--finite-n-t1", type=int, default=40_000, help="samples checked at temperature 1.0")
+    ap.add_argument("--ood-k", type=int, help="k for the OOD figure [what the file records, else 1]")
+    ap.add_argument("--ood-prior-temp", type=float)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: likelihood,recon,samples,finite,ood")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grid", type=Path, help="also write 64 of the samples as a PNG grid (2x) here")
+    ap.add_argument("-o", "--output", type=Path, help="JSON output [beside the model: STEM-eval.json]")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    t0 = time.perf_counter()
+    train, test = np.load(args.data / "train.npz"), np.load(args.data / "test.npz")
+    x_tr, y_tr, x_te, y_te = train["images"], train["labels"], test["images"], test["labels"]
+    model = load_file_model(args.model)
+    temp = args.temp or model.default_temperature or "1.0"
+    output_temp = args.output_temp if args.output_temp is not None else float(model.default_output_temperature or 1.0)
+    out: dict = {"model": str(args.model), "parameters": sum(p.numel() for p in model.parameters()),
+                 "latent_layers": model.cfg.n_layers, "image_channels": model.cfg.image_channels,
+                 "temperature": temp, "output_temperature": output_temp}
+    if "likelihood" not in skip:
+        out["test_likelihood"] = likelihood(model, x_te[: args.n_test], args.seed)
+        print(json.dumps(out["test_likelihood"]), file=sys.stderr)
+    if "recon" not in skip:
+        out["reconstruction"] = {"n": args.n_recon, "rows": reconstruction(model, x_te[: args.n_recon], args.seed)}
+    if "samples" not in skip:
+        net = load_classifier(args.classifier or args.data / "classifier.pt", x_tr, y_tr)
+        probs, ref_feats = classify(net, x_te)
+        m = args.samples
+        samples = ops.sample(model, m, temperatures=parse_temperature_spec(temp, model.cfg),
+                             output_temperature=output_temp, noise=torch.Generator().manual_seed(args.seed)).numpy()
+        out["classifier"] = {"test_accuracy": round(float((probs.argmax(1) == y_te).mean()), 4),
+                             "reference": f"features of test images {m}..{len(x_te) - 1}"}
+        out["real_test_images"] = quality(net, x_te[:m], ref_feats[m:])
+        out["samples"] = quality(net, samples, ref_feats[m:])
+        out["classes"] = list(CLASSES)
+        if args.grid:
+            big = torch.from_numpy(samples[:64]).repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+            save_grid(big, args.grid, columns=8)
+        print(json.dumps(out["samples"]), file=sys.stderr)
+    if "finite" not in skip:
+        out["overflow"] = [overflow(model, args.finite_n, temp, args.seed + 1)]
+        if args.finite_n_t1:
+            out["overflow"].append(overflow(model, args.finite_n_t1, "1.0", args.seed + 2))
+        print(json.dumps(out["overflow"]), file=sys.stderr)
+    if "ood" not in skip and args.mnist.is_file():
+        mnist = np.load(args.mnist)["images"]
+        if x_te.shape[-1] == 1:  # grey as stored: the digits' R plane (they are grey as RGB)
+            mnist = np.ascontiguousarray(mnist[..., :1])
+        pick = torch.randperm(len(mnist), generator=torch.Generator().manual_seed(args.seed))[:2000].sort().values
+        out["ood_fashion_test_vs_mnist"] = ood(model, x_te[:2000], mnist[pick.numpy()], args.seed, args.ood_k,
+                                               args.ood_prior_temp)
+        print(json.dumps(out["ood_fashion_test_vs_mnist"]), file=sys.stderr)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(out, indent=2)
+    dst = args.output or args.model.with_name(f"{args.model.stem}-eval.json")
+    dst.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
