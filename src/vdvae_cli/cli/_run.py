@@ -85,14 +85,15 @@ class Session:
     @contextlib.contextmanager
     def progress(self, total: int, label: str) -> Iterator[Callable[[int], None]]:
         """A rich progress bar on stderr when it is a terminal (and not --quiet); yields ``advance(n)``."""
-        if self.quiet or total <= 1 or not sys.stderr.isatty() or not self.shard.main:
+        from ._progress import bar_wanted, stderr_progress
+
+        if self.quiet or total <= 1 or not bar_wanted(json_out=self.json_out) or not self.shard.main:
             yield lambda n: None
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        with stderr_progress(*columns) as bar:
             task = bar.add_task(label, total=total)
             yield lambda n: bar.advance(task, n)
 

@@ -12,6 +12,8 @@ from ._app import command, emit_json, out, say
 from .options import ForceOpt, JsonOpt, QuietOpt
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from ..modelfiles.transfer import DownloadProgress, ProgressCallback
 
 
@@ -39,25 +41,35 @@ def download_progress(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
         yield plain
         return
 
-    from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TaskID, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    # The bar starts with the first event: a model already on this machine draws nothing (and rich
+    # is not even imported).
+    bar: "Progress | None" = None
+    tasks: "dict[tuple[str, str], TaskID]" = {}
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        tasks: dict[tuple[str, str], TaskID] = {}
+    def rich_cb(event: "DownloadProgress") -> None:
+        nonlocal bar
+        key = (event.stage, event.filename)
+        if event.stage == "done":
+            return
+        if bar is None:
+            from rich.progress import (BarColumn, DownloadColumn, SpinnerColumn, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
 
-        def rich_cb(event: "DownloadProgress") -> None:
-            key = (event.stage, event.filename)
-            if event.stage == "done":
-                return
-            if key not in tasks:
-                label = event.filename if event.stage == "download" else f"converting to {event.filename}"
-                tasks[key] = bar.add_task(label, total=event.total)
-            bar.update(tasks[key], completed=event.done, total=event.total)
+            from ._progress import stderr_progress
 
+            bar = stderr_progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), TimeRemainingColumn())
+            bar.start()
+        if key not in tasks:
+            label = event.filename if event.stage == "download" else f"converting to {event.filename}"
+            tasks[key] = bar.add_task(label, total=event.total)
+        bar.update(tasks[key], completed=event.done, total=event.total)
+
+    try:
         yield rich_cb
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 @command(
@@ -87,7 +99,7 @@ def download(
     from ..modelfiles.fetch import download as fetch
     from ..modelfiles.paths import human_size
 
-    with download_progress(quiet or json_out) as progress:
+    with download_progress(quiet) as progress:  # the records come after the bar, on stdout
         resolved = fetch(name, force=force, keep_original=keep_original, progress=progress)
     size = resolved.path.stat().st_size
     if json_out:

@@ -306,13 +306,16 @@ class _Reporter:
         self.last_eval = "-"
 
     def _start(self, total: int, done: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.progress = Progress(
+        from ._progress import bar_wanted, stderr_progress
+
+        if not bar_wanted(json_out=self.json_out):
+            return  # eval lines go to stderr through say()
+        self.progress = stderr_progress(
             TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
             TextColumn("held-out {task.fields[heldout]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False,
+            transient=False,
         )
         self.progress.start()
         from ..training.schedule import UNTIL_TIME_LIMIT
