@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from test_hub import official, server  # noqa: F401  (fixtures: tiny-official on a local server)
 from vdvae_cli.cli import app
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -37,3 +38,138 @@ def test_convert_check_failure_survives_a_closed_pipe(tmp_path):
     as_json = run_into_closed_pipe(["convert", str(GOLDEN / "tiny-ref.th"), "--config", "cifar10", "--check", "--json"],
                                    tmp_path)
     assert as_json.returncode == 1, as_json.stderr.decode()
+
+
+# --------------------------------------------------------------------------------------------------
+# what --grid tiles, and where the images went
+
+
+def _ok(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture()
+def two_pics(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def _tiles(path: Path, size: int = 32) -> int:
+    """How many tiles a grid of ``make_grid`` holds (tiles of size+2 with a 2-pixel border)."""
+    import numpy as np
+    from PIL import Image
+
+    grid = np.asarray(Image.open(path))
+    cols, rows = (grid.shape[1] - 2) // (size + 2), (grid.shape[0] - 2) // (size + 2)
+    return sum(int(grid[2 + r * (size + 2):r * (size + 2) + size + 2, 2 + c * (size + 2):c * (size + 2) + size + 2].any())
+               for r in range(rows) for c in range(cols))
+
+
+def test_grid_messages_say_what_is_tiled(tiny_ckpt, two_pics, tmp_path):
+    rec = _ok("reconstruct", two_pics, "-m", tiny_ckpt, "--seed", 0, "--grid", "-o", tmp_path / "r.png")
+    assert "wrote a grid of 2 input/reconstruction pairs (4 tiles) to" in rec.stderr
+    assert _tiles(tmp_path / "r.png") == 4
+    var = _ok("mix", two_pics / "p0.png", "--keep-layers", 3, "-n", 3, "-m", tiny_ckpt, "--seed", 0, "--grid",
+              "-o", tmp_path / "m.png")
+    assert "wrote a grid of A and 3 completions of its prefix (4 tiles) to" in var.stderr
+    assert _tiles(tmp_path / "m.png") == 4
+    pairs = _ok("mix", two_pics / "p0.png", two_pics, "--keep-layers", 3, "-m", tiny_ckpt, "--seed", 0, "--grid",
+                "-o", tmp_path / "ab.png")
+    assert "wrote a grid of 2 A/B/mix triples (6 tiles) to" in pairs.stderr
+    assert _tiles(tmp_path / "ab.png") == 6
+    plain = _ok("sample", "-n", 3, "-m", tiny_ckpt, "--seed", 0, "--grid", "-o", tmp_path / "s.png")
+    assert "wrote a grid of 3 images to" in plain.stderr
+    assert "each input, then its reconstruction" in " ".join(_ok("reconstruct", "--help").stdout.split())
+    assert "without B, A first, then its N completions" in " ".join(_ok("mix", "--help").stdout.split())
+
+
+def test_stdout_is_called_stdout(tiny_ckpt):
+    result = _ok("sample", "-n", 1, "-m", tiny_ckpt, "--seed", 0, "-o", "-")
+    assert "wrote 1 image to stdout" in result.stderr and result.stdout_bytes[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------------------------------
+# small untruths
+
+
+def test_no_seed_advice_for_a_run_that_draws_no_noise(tiny_ckpt, two_pics, tmp_path):
+    fixed = _ok("sample", "-n", 1, "-m", tiny_ckpt, "--temp", 0, "--output-temp", 0, "-o", tmp_path / "a.png")
+    assert "--seed" not in fixed.stderr
+    _ok("sample", "-n", 1, "-m", tiny_ckpt, "--temp", 0, "--output-temp", 0, "-o", tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()  # indeed the same
+    rec = _ok("reconstruct", two_pics, "-m", tiny_ckpt, "--output-temp", 0, "-o", f"{tmp_path}/r/")
+    assert "--seed" not in rec.stderr
+    random = _ok("sample", "-n", 1, "-m", tiny_ckpt, "--temp", 0, "-o", tmp_path / "c.png")  # pixels drawn at 1.0
+    assert "repeat this run with --seed" in random.stderr
+    partial = _ok("reconstruct", two_pics, "-m", tiny_ckpt, "--keep-layers", 3, "--output-temp", 0, "-o", f"{tmp_path}/p/")
+    assert "repeat this run with --seed" in partial.stderr  # the other layers come from the prior at 1.0
+
+
+@pytest.mark.parametrize("command", [["interpolate", "a.png", "b.png", "-o", "x.gif"], ["ood", "a.png"]])
+def test_interpolate_and_ood_take_offline(command, two_pics, monkeypatch):
+    monkeypatch.chdir(two_pics)
+    for name in ("a.png", "b.png"):
+        (two_pics / name).write_bytes((two_pics / "p0.png").read_bytes())
+    result = runner.invoke(app, [*command, "--model", "cifar10", "--offline"])
+    assert result.exit_code == 1, result.output
+    assert "downloads are off (--offline)" in result.stderr
+
+
+def test_help_says_what_is_true():
+    models = " ".join(_ok("models", "--help").stdout.split())
+    assert "the shipped one" not in models and "weights/ folder" in models
+    info = " ".join(_ok("info", "--help").stdout.split())
+    assert "downloaded on first use" not in info and "described without a download" in info
+    interp = _ok("interpolate", "--help").stdout
+    assert "--keep-layers K|all" in interp and "--output FILE|DIR/|-" in interp and "TEXT" not in interp
+    assert "one row per segment" in " ".join(interp.split())
+
+
+def test_cache_lists_and_removes_batchnorm_statistics(tmp_path):
+    import os
+
+    stats = Path(os.environ["VDVAE_CACHE"]) / "bn" / "0123abcd.safetensors"
+    stats.parent.mkdir(parents=True)
+    stats.write_bytes(b"x" * 100)
+    listing = _ok("cache")
+    assert "bn/0123abcd" in listing.stdout and " bn " in listing.stdout
+    gone = _ok("cache", "--remove", "bn/0123abcd")
+    assert "removed bn/0123abcd" in gone.stderr and not stats.exists()
+
+
+def test_quick_start_grid_is_ignored_by_git():
+    root = Path(__file__).resolve().parent.parent
+    lines = (root / ".gitignore").read_text().split()
+    assert "/grid.png" in lines
+
+
+# --------------------------------------------------------------------------------------------------
+# silent waits
+
+
+def test_a_first_download_says_what_it_waits_for_at_once(official, server, tmp_path):  # noqa: F811
+    server.stop()  # no network: the line must come before the (failing) wait
+    result = runner.invoke(app, ["sample", "--model", "tiny-official", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("fetching tiny-official from 127.0.0.1:"), lines
+    assert "waiting for the network" in lines[0] and lines[-1].startswith("error:")
+    down = runner.invoke(app, ["download", "tiny-official"])
+    assert down.stderr.splitlines()[0].startswith("fetching tiny-official from"), down.stderr
+
+
+def test_compile_says_the_first_batch_waits(tiny_ckpt):
+    from vdvae_cli.cli._run import Session
+
+    run = Session()
+    run.load_model(str(tiny_ckpt), "cpu", compile=True)  # torch.compile compiles on the first call, not here
+    assert any(note.startswith("compiling the network (--compile)") for note in run._notes)

@@ -25,10 +25,18 @@ def download_progress(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
         return
     from ..modelfiles.paths import human_size
 
+    def connecting(event: "DownloadProgress") -> bool:
+        """Say at once what the wait that follows is for (a first connection can take a while)."""
+        if event.stage == "connect":
+            say(f"fetching {event.filename} (first use; waiting for the network)")
+        return event.stage == "connect"
+
     if not sys.stderr.isatty():
         said: set[tuple[str, str]] = set()
 
         def plain(event: "DownloadProgress") -> None:
+            if connecting(event):
+                return
             key = (event.stage, event.filename)
             if key in said or event.stage == "done":
                 return
@@ -48,6 +56,8 @@ def download_progress(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
 
     def rich_cb(event: "DownloadProgress") -> None:
         nonlocal bar
+        if connecting(event):
+            return
         key = (event.stage, event.filename)
         if event.stage == "done":
             return
@@ -120,9 +130,10 @@ def models(
     long: Annotated[bool, typer.Option("--long", "-l", help="Each model's licence, source and cached file in full.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """List the models --model can name: the shipped one, the official openai/vdvae checkpoints and
-    where each is cached. The default model is marked with *. Official models are downloaded on
-    their first use (or ahead of time with `vdvae download NAME`).
+    """List the models --model can name: those shipped in the package's weights/ folder, the official
+    openai/vdvae and NVlabs/NVAE checkpoints, and where each is cached. The default model is marked
+    with *. Official models are downloaded on their first use (or ahead of time with `vdvae download
+    NAME`).
     """
     from ..modelfiles import catalog as registry
     from ..modelfiles.paths import cache_dir, human_size

@@ -97,6 +97,10 @@ def download_official(
             f"HF_HUB_OFFLINE is set, so {entry.name!r} is not downloaded",
             hint="unset HF_HUB_OFFLINE, or convert a file you have: vdvae convert FILE --config NAME -o X.safetensors",
         )
+    from urllib.parse import urlsplit
+
+    # said before the first byte is asked for: connecting can take a while, and failing longer
+    _report(progress, "connect", f"{entry.name} from {urlsplit(url).netloc or url}")
     downloads = cache_dir() / "downloads"
     try:
         downloads.mkdir(parents=True, exist_ok=True)
