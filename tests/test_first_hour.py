@@ -173,3 +173,16 @@ def test_compile_says_the_first_batch_waits(tiny_ckpt):
     run = Session()
     run.load_model(str(tiny_ckpt), "cpu", compile=True)  # torch.compile compiles on the first call, not here
     assert any(note.startswith("compiling the network (--compile)") for note in run._notes)
+
+
+def test_the_tours_fingerprint_is_the_tools(tmp_path):
+    """The README's tour converts the golden tiny model and shows `vdvae info`: the fingerprint there
+    is the one the tool prints for that file."""
+    import json
+
+    out = tmp_path / "tiny.safetensors"
+    _ok("convert", GOLDEN / "tiny-ref.th", "--hparams", GOLDEN / "tiny-hparams.json", "-o", out)
+    fingerprint = json.loads(_ok("info", "--model", out, "--json").stdout)["fingerprint"]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"fingerprint  {fingerprint}" in readme
+    assert f"'tiny-hparams' ({fingerprint}, 13 latent layers)" in readme
