@@ -3,7 +3,8 @@
 The rest of the suite runs commands with pipes or files for every stream, where no progress bar is
 drawn. Here each command runs in a child process (forked from the test, which has imported torch
 once) whose stderr is a real pseudo-terminal and whose stdout is a file, exactly what a shell does
-for ``--json > file``: every record must reach the file, and none the screen.
+for ``--json > file``: every record must reach the file, and none the screen. (``fid --json``
+needs torch-fidelity and writes its one record after its work, through the same stdout.)
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def _model(tiny_ckpt) -> list[str]:
     (["mix", "imgs/i0.png", "imgs/i1.png", "imgs/i2.png", "--keep-res", "4", "-o", "m/"], 2),
     (["eval", "imgs/"], 4),
     (["ood", "imgs/"], 3),
+    (["interpolate", "imgs/i0.png", "imgs/i1.png", "--steps", "3", "-o", "fr/"], 3),
 ])
 def test_json_records_reach_stdout_with_stderr_on_a_terminal(work, tiny_ckpt, args, count):
     run = at_terminal([*args, *_model(tiny_ckpt), "--json"], work)

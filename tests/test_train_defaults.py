@@ -61,6 +61,7 @@ def test_presets_next_to_the_official_configs(folder, tmp_path):
     assert unknown.exit_code == 2 and "small48" in unknown.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_train_a_folder_with_defaults_lowers_heldout_bpd(folder, tmp_path):
     run = tmp_path / "run"
     t0 = time.monotonic()

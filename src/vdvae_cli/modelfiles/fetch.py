@@ -99,8 +99,6 @@ def download_official(
         )
     from urllib.parse import urlsplit
 
-    # said before the first byte is asked for: connecting can take a while, and failing longer
-    _report(progress, "connect", f"{entry.name} from {urlsplit(url).netloc or url}")
     downloads = cache_dir() / "downloads"
     try:
         downloads.mkdir(parents=True, exist_ok=True)
@@ -108,6 +106,8 @@ def download_official(
         raise NetworkError(f"cannot create the cache folder {downloads}: {exc.strerror}",
                            hint="set VDVAE_CACHE to a writable folder") from None
     with _cache_lock(downloads):
+        # said before the first byte is asked for: connecting can take a while, and failing longer
+        _report(progress, "connect", f"{entry.name} from {urlsplit(url).netloc or url}")
         _download_and_convert(entry, url, dest, downloads, force=force, keep_original=keep_original, progress=progress)
     _report(progress, "done", dest.name, dest.stat().st_size, dest.stat().st_size)
     return dest
