@@ -186,3 +186,35 @@ def test_the_tours_fingerprint_is_the_tools(tmp_path):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert f"fingerprint  {fingerprint}" in readme
     assert f"'tiny-hparams' ({fingerprint}, 13 latent layers)" in readme
+
+
+def test_an_nvae_file_loads_without_torchs_decompositions():
+    """An NVAE's load built its shapes-only (meta) network with weight-norm arithmetic, which imports
+    torch's compiler and decompositions: seconds of a 0.3 s load. In a fresh process, loading one
+    leaves them unimported (and the shapes are computed once per load)."""
+    code = (
+        "import sys, torch\n"
+        "from vdvae_cli.engine.registry import family_named\n"
+        "from vdvae_cli.modelfiles.checkpoint import save_checkpoint\n"
+        "from vdvae_cli.modelfiles.resolve import load_model, resolve_model\n"
+        "from vdvae_cli.modelfiles import header\n"
+        "fam = family_named('nvae')\n"
+        "cfg = fam.preset_config('nvae-small32', torch.zeros(4, 32, 32, 3, dtype=torch.uint8) + 99, run_name='n')\n"
+        "save_checkpoint(fam.network(cfg), cfg, sys.argv[1])\n"
+        "loaded = [m for m in sys.modules if m.startswith('torch._dynamo')]\n"
+        "calls = []\n"
+        "real = type(fam).state_shapes\n"
+        "type(fam).state_shapes = lambda self, c: calls.append(1) or real(self, c)\n"
+        "header._SHAPES.clear()\n"
+        "load_model(resolve_model(sys.argv[1]))\n"
+        "after = [m for m in sys.modules if m.startswith('torch._dynamo')]\n"
+        "print(len(loaded), len(after), len(calls))\n"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, "-c", code, str(Path(tmp) / "n.safetensors")], capture_output=True,
+                              text=True, env=dict(os.environ, PYTHONPATH=str(SRC)), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after, calls = map(int, done.stdout.split())
+    assert after == before == 0 and calls == 1, done.stdout
