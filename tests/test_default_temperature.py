@@ -95,6 +95,7 @@ def test_info_shows_it(models):
     assert json.loads(res.stdout)["default_temperature"] == "0.9,r32=0.2"
 
 
+@pytest.mark.slow
 def test_export_script_writes_and_checks_it(models, tmp_path):
     def export(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(ROOT / "scripts" / "export_shipped.py"), "fashion32", str(models["plain"]),

@@ -617,7 +617,7 @@ def _env(s: Any, w: Path, case: Case, server: LocalServer | None) -> dict[str, s
 
 # What may precede the error line on stderr: our own progress and log lines, nothing else (no
 # warnings, no tracebacks, no library logs).
-OUR_LINES = ("model ", "seed ", "downloading ", "converting to ", "wrote ")
+OUR_LINES = ("model ", "seed ", "fetching ", "downloading ", "converting to ", "wrote ")
 
 
 def _error_lines(r: Result) -> list[str]:

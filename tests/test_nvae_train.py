@@ -248,6 +248,7 @@ def data32(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_cli_trains_the_nvae_preset_samples_and_fine_tunes(tmp_path, data32):
     run = tmp_path / "run"
     common = ["--steps", "4", "--batch-size", "8", "--holdout", "8", "--eval-every", "4", "--dtype", "fp32"]

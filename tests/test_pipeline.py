@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -39,6 +40,7 @@ def vdvae(*args):
     return result
 
 
+@pytest.mark.slow
 def test_sample_into_reconstruct(tiny_ckpt, tmp_path):
     proc = bash("vdvae sample -n 1 -o - | vdvae reconstruct - --keep-layers 5 -o - > out.png", tmp_path, tiny_ckpt)
     assert proc.returncode == 0, proc.stderr.decode()
@@ -60,6 +62,7 @@ def test_sample_into_reconstruct(tiny_ckpt, tmp_path):
     assert any(matches)
 
 
+@pytest.mark.slow
 def test_image_stream_through_encode_and_decode(tiny_ckpt, tmp_path):
     script = ("vdvae sample -n 3 --seed 1 -o - | vdvae encode - -o - "
               "| vdvae decode - --output-temp 0 --seed 2 -o decoded/")

@@ -79,6 +79,7 @@ def test_train_writes_a_self_describing_toy_file(toy_run, plugin_env):
     assert [layer["res"] for layer in info["layers"]] == [1, 4]
 
 
+@pytest.mark.slow
 def test_sample_reconstruct_mix(toy_run, plugin_env):
     work, model = toy_run
     vdvae(plugin_env, "sample", "--model", model, "-n", 3, "--seed", 0, "-o", "s/", cwd=work)
@@ -96,6 +97,7 @@ def test_sample_reconstruct_mix(toy_run, plugin_env):
     assert len(list((work / "m").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_encode_decode_roundtrip(toy_run, plugin_env):
     work, model = toy_run
     vdvae(plugin_env, "encode", "--model", model, "img0.png", "img1.png", "--posterior", "mean",
@@ -108,6 +110,7 @@ def test_encode_decode_roundtrip(toy_run, plugin_env):
     assert len(decoded) == 2 and all(np.array_equal(a, b) for a, b in zip(decoded, direct))
 
 
+@pytest.mark.slow
 def test_eval_ood_interpolate(toy_run, plugin_env):
     work, model = toy_run
     rows = [json.loads(line) for line in

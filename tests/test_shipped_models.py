@@ -60,6 +60,7 @@ def test_a_shipped_file_describes_itself(path):
     assert sum(p.numel() for p in model.parameters()) == card["parameters"]
 
 
+@pytest.mark.slow
 def test_fashion32_samples_are_finite_at_its_recommended_temperatures():
     path = WEIGHTS / "fashion32.safetensors"
     prior, pixels = default_temperatures(path)

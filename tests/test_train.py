@@ -158,6 +158,7 @@ def test_sharded_batches_give_ranks_disjoint_equal_shards():
 # The loop
 
 
+@pytest.mark.slow
 def test_loss_goes_down_and_outputs_are_written(tmp_path, tiny_cfg, images):
     from vdvae_cli.modelfiles.checkpoint import load_file_model
     from vdvae_cli.modelfiles.header import metadata_of

@@ -427,14 +427,31 @@ class ImageWriter:
         self._beside: Callable[[int], Sequence[np.ndarray]] | None = None
         self._lead: list[np.ndarray] = []
         self._group = 1
+        self._per_output = 1  # tiles per output image in a grid (itself and what ``beside`` gives)
+        self._caption = "{n} image{s}"
 
     def show_beside(self, beside: Callable[[int], Sequence[np.ndarray]] | None = None,
-                    lead: Sequence[np.ndarray] = (), group: int = 1) -> None:
+                    lead: Sequence[np.ndarray] = (), group: int = 1, *, per_output: int = 1,
+                    caption: str = "{n} image{s}") -> None:
         """For a grid: tile ``beside(i)`` (e.g. image i's input) just before output ``i``, so each
         output sits next to what it came from, and ``lead`` images (e.g. mix's A) first. With
         ``group`` > 1, outputs ``g * group`` to ``g * group + group - 1`` share one ``beside`` and
-        make one row of the grid (e.g. several solutions for one input)."""
+        make one row of the grid (e.g. several solutions for one input). ``per_output`` is the tiles
+        one output and its ``beside`` take, and ``caption`` says what the grid holds for
+        :meth:`describe` (``{n}``: the outputs, ``{s}``: a plural s)."""
         self._beside, self._lead, self._group = beside, list(lead), max(1, group)
+        self._per_output, self._caption = per_output, caption
+
+    def describe(self, made: int) -> str:
+        """What a run that made ``made`` images wrote, for its closing message: ``3 images to out/``,
+        ``a grid of 3 input/reconstruction pairs (6 tiles) to g.png``, ``1 image to stdout``."""
+        where = "stdout" if self.kind == "stdout" else self.label
+        if not self.grid:
+            return f"{made} image{'s' if made != 1 else ''} to {where}"
+        groups = math.ceil(made / self._group)
+        tiles = len(self._lead) + made + groups * (self._per_output - 1)
+        what = self._caption.format(n=made, s="s" if made != 1 else "")
+        return f"a grid of {what}{f' ({tiles} tiles)' if tiles != made else ''} to {where}"
 
     def check_size(self, image_size: int) -> None:
         """Refuse, before any work, a grid or single image too large to hold and encode."""

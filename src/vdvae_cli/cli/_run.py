@@ -85,14 +85,15 @@ class Session:
     @contextlib.contextmanager
     def progress(self, total: int, label: str) -> Iterator[Callable[[int], None]]:
         """A rich progress bar on stderr when it is a terminal (and not --quiet); yields ``advance(n)``."""
-        if self.quiet or total <= 1 or not sys.stderr.isatty() or not self.shard.main:
+        from ._progress import bar_wanted, stderr_progress
+
+        if self.quiet or total <= 1 or not bar_wanted(json_out=self.json_out) or not self.shard.main:
             yield lambda n: None
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        with stderr_progress(*columns) as bar:
             task = bar.add_task(label, total=total)
             yield lambda n: bar.advance(task, n)
 
@@ -120,6 +121,8 @@ class Session:
         self._notes.append(f"model {cfg.name}: {cfg.image_size}x{cfg.image_size}, {cfg.n_layers} latent layers, "
                            f"on {param.device} in {str(param.dtype).removeprefix('torch.')}{processes} "
                            f"(loaded in {time.perf_counter() - t0:.1f}s)")
+        if compile:  # torch.compile works when first called: say what the first batch waits for
+            self._notes.append("compiling the network (--compile): the first batch waits for it, often a minute")
         return model
 
     def _fetch(self, ref: str | None, offline: bool) -> "ResolvedModel":
@@ -152,8 +155,12 @@ class Session:
         assert self.model is not None
         return first_parameter(self.model).device
 
-    def seed(self, seed: int | None) -> int:
-        """The run's seed: the one given, or a fresh one that is reported so the run can be repeated."""
+    def seed(self, seed: int | None, *, random: bool = True) -> int:
+        """The run's seed: the one given, or a fresh one that is reported so the run can be repeated.
+        A run that draws no noise (``random`` false: see :func:`draws_noise`) makes the same images
+        with any seed, so none is drawn or reported (its records say seed 0)."""
+        if seed is None and not random:
+            return 0
         if seed is None:
             from ..engine.runtime import fresh_seed
 
@@ -290,9 +297,15 @@ class Session:
         self.failed = self.gather(self.failed)
         made = total - len(writer.existing) - len(self.failed)
         kept = f" (kept {len(writer.existing)} that existed)" if writer.existing else ""
-        self.info(f"wrote {made} image{'s' if made != 1 else ''} to {writer.label}{kept} "
+        self.info(f"wrote {writer.describe(made)}{kept} "
                   f"in {time.perf_counter() - self.started:.1f}s")
         self.finish(total)
+
+
+def draws_noise(temperatures: Sequence[float], output_temp: float, posterior: str = "mean") -> bool:
+    """Whether a run draws any noise: a latent layer from the prior at a temperature above 0 (pass
+    the temperatures of the layers the prior gives), a posterior sample, or pixels above 0."""
+    return posterior == "sample" or output_temp > 0 or any(t > 0 for t in temperatures)
 
 
 def parse_batch_size(spec: str) -> int:

@@ -22,15 +22,18 @@ def cache(
     remove: Annotated[Optional[list[str]], typer.Option(
         "--remove", "-r", metavar="NAME", help="Delete this entry (repeat for several).", show_default=False)] = None,
     remove_all: Annotated[bool, typer.Option(
-        "--remove-all", help="Delete every converted model and partial download in the cache.")] = False,
+        "--remove-all", help="Delete every converted model, partial download and BatchNorm statistics file in the cache.")]
+    = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """List the models downloaded to this machine, or remove some.
+    """List what the cache holds (downloaded models, partial downloads, BatchNorm statistics), or remove some.
 
     Named models (`--model ffhq256`) are downloaded on first use and converted once into the cache
     ($VDVAE_CACHE, default ~/.cache/vdvae-cli); an interrupted download stays there as a partial
-    file that the next download resumes. hf:// models live in the Hugging Face cache.
+    file that the next download resumes. `--readjust-bn` keeps an NVAE's re-adjusted BatchNorm
+    statistics there too (kind bn, named bn/KEY; a later run recomputes a removed one). hf:// models
+    live in the Hugging Face cache.
     """
     from ..modelfiles.cache import cached_models, remove as remove_entries
     from ..modelfiles.paths import cache_dir, human_size

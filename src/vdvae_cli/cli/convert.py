@@ -53,15 +53,21 @@ def convert(
         report, shapes = ck.report, {k: tuple(v.shape) for k, v in ck.state.items()}
         result = {"ok": report.ok, "missing": report.missing, "unexpected": report.unexpected,
                   "mismatched": [{"key": k, "shape": list(got), "expected": list(exp)} for k, got, exp in report.mismatched]}
-        if json_out:
-            emit_json(result)
-        else:
-            for k in report.missing:
-                out(f"missing     {k}")
-            for k in report.unexpected:
-                out(f"unexpected  {k}  {tuple(shapes[k])}")
-            for k, got, exp in report.mismatched:
-                out(f"mismatched  {k}  {got} != expected {exp}")
+        try:
+            if json_out:
+                emit_json(result)
+            else:
+                for k in report.missing:
+                    out(f"missing     {k}")
+                for k in report.unexpected:
+                    out(f"unexpected  {k}  {tuple(shapes[k])}")
+                for k, got, exp in report.mismatched:
+                    out(f"mismatched  {k}  {got} != expected {exp}")
+        except BrokenPipeError as exc:  # `--check | head -1`: the reader has seen enough, but the
+            from ..base.safety import stdout_failed  # check's result still decides the exit status
+
+            stdout_failed(exc)
+        if not json_out:
             say("ok: every key and shape matches" if report.ok else f"differences: {report.summary(limit=0)}")
         raise typer.Exit(0 if report.ok else 1)
     if output is None:

@@ -180,7 +180,10 @@ def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> N
 )
 def info(
     model: ModelOpt = None,
-    offline: OfflineOpt = False,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Never reach the network (also VDVAE_OFFLINE=1 or HF_HUB_OFFLINE=1). A registry model is "
+        "described without a download anyway; only an hf:// model not yet cached would be fetched to read its header.",
+    )] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

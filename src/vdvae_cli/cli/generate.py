@@ -18,7 +18,7 @@ import typer
 from ._app import command, write_stdout
 from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive, collect_inputs,
-    SkipExistingOpt, keep_count, plan_images, read_shard, refuse_distributed, stdout_is_tty,
+    SkipExistingOpt, draws_noise, keep_count, plan_images, read_shard, refuse_distributed, stdout_is_tty,
 )
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
 from ..base.errors import CheckpointError, LatentsError, OutputError, UsageError
@@ -81,7 +81,12 @@ OutOpt = Annotated[Optional[str], typer.Option(
     "Default: stdout when it is not a terminal.",
     show_default=False,
 )]
-GridOpt = Annotated[bool, typer.Option("--grid", help="Tile all images into one image.")]
+GridOpt = Annotated[bool, typer.Option("--grid", help="Tile all images into one image, in index order.")]
+ReconstructGridOpt = Annotated[bool, typer.Option(
+    "--grid", help="Tile into one image: each input, then its reconstruction (pairs, in input order).")]
+MixGridOpt = Annotated[bool, typer.Option(
+    "--grid", help="Tile into one image: with B, A, B and their mix for each B; without B, A first, then its "
+    "N completions (N + 1 tiles).")]
 KeepLayersOpt = Annotated[Optional[str], typer.Option(
     "--keep-layers", "-k", metavar="K|all", help="Keep the first K latent layers (a number, or 'all').", show_default=False,
 )]
@@ -108,6 +113,7 @@ def readjust_if_asked(run: Session, vae, temps: list[float], enabled: bool, iter
         from ..engine.registry import family_of
         from ..modelfiles.paths import cache_dir
 
+        run.announce()  # the model's line first: the re-adjustment is about that model
         run.info(family_of(vae).readjust_bn(vae, temps, cache_dir(), iters=iters))
 
 
@@ -161,7 +167,7 @@ def sample(
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
-    seed = run.seed(seed)
+    seed = run.seed(seed, random=draws_noise(temps, output_temp))
 
     def make(indices: list[int]):
         return ops.sample(vae, len(indices), temperatures=temps, output_temperature=output_temp,
@@ -202,7 +208,7 @@ def reconstruct(
     temp: TempOpt = None,
     output_temp: OutputTempOpt = None,
     output: OutOpt = None,
-    grid: GridOpt = False,
+    grid: ReconstructGridOpt = False,
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
@@ -233,9 +239,10 @@ def reconstruct(
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
     mine, pixels = read_shard(run, sources, vae.cfg.image_size, no_resize, skip=writer.existing)
-    seed = run.seed(seed)
+    seed = run.seed(seed, random=draws_noise(temps[keep:], output_temp, posterior.value))
     if grid:  # each input beside its reconstruction
-        writer.show_beside(lambda i: [read_image(sources[i], vae.cfg.image_size, resize=not no_resize)])
+        writer.show_beside(lambda i: [read_image(sources[i], vae.cfg.image_size, resize=not no_resize)],
+                           per_output=2, caption="{n} input/reconstruction pair{s}")
 
     def make(indices: list[int]):
         return ops.reconstruct(vae, pixels(indices), keep_layers=keep, posterior=posterior.value,
@@ -282,7 +289,7 @@ def mix(
     temp: TempOpt = None,
     output_temp: OutputTempOpt = None,
     output: OutOpt = None,
-    grid: GridOpt = False,
+    grid: MixGridOpt = False,
     no_resize: NoResizeOpt = False,
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
@@ -336,12 +343,13 @@ def mix(
     total = len(b_sources) or n_variations
     mine, pixels_b = (read_shard(run, b_sources, size, no_resize, skip=writer.existing) if b_sources
                       else (None, None))
-    seed = run.seed(seed)
+    seed = run.seed(seed, random=draws_noise([] if b_sources else temps[keep:], output_temp, posterior.value))
     if grid:  # A, B and their mix side by side; or A before its variations
         if b_sources:
-            writer.show_beside(lambda i: [image_a, read_image(b_sources[i], size, resize=resize)])
+            writer.show_beside(lambda i: [image_a, read_image(b_sources[i], size, resize=resize)],
+                               per_output=3, caption="{n} A/B/mix triple{s}")
         else:
-            writer.show_beside(None, lead=[image_a])
+            writer.show_beside(None, lead=[image_a], caption="A and {n} completion{s} of its prefix")
 
     # A's prefix is encoded once and shared by every output row (its own noise stream, index -1).
     prefix = ops.encode(vae, pixels_a, posterior=posterior.value, noise=run.noise(seed, [-1]), n_layers=keep)
@@ -515,7 +523,7 @@ def decode(
     writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
                          grid=grid, force=force, json_out=json_out, skip_existing=skip_existing)
     layers = [z if i < keep else None for i, z in enumerate(content.layers)]
-    seed = run.seed(seed)
+    seed = run.seed(seed, random=draws_noise([t for t, z in zip(temps, layers) if z is None], output_temp))
 
     def make(indices: list[int]):
         given = [None if z is None else z[indices] for z in layers]

@@ -17,13 +17,13 @@ import typer
 from ._app import command, out
 from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive,
-    collect_inputs, keep_count, plan_images, read_shard, refuse_distributed,
+    collect_inputs, draws_noise, keep_count, plan_images, read_shard, refuse_distributed,
 )
 from .generate import (
-    GridOpt, OutputTempOpt, Posterior, PosteriorOpt, ReadjustItersOpt, ReadjustOpt, TempOpt, readjust_if_asked,
+    OutputTempOpt, Posterior, PosteriorOpt, ReadjustItersOpt, ReadjustOpt, TempOpt, readjust_if_asked,
     resolve_temperatures,
 )
-from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt
+from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
 from ..base.errors import UsageError
 from ..base.images import ImageWriter
 
@@ -48,10 +48,12 @@ class Rest(str, Enum):
 
 
 PathLayersOpt = Annotated[Optional[str], typer.Option(
-    "--keep-layers", "-k", help="Interpolate the first K latent layers (a number, or 'all').", show_default=False,
+    "--keep-layers", "-k", metavar="K|all", help="Interpolate the first K latent layers (a number, or 'all').",
+    show_default=False,
 )]
 PathResOpt = Annotated[Optional[int], typer.Option(
-    "--keep-res", help="Interpolate every latent layer at resolution <= R (a model resolution).", show_default=False,
+    "--keep-res", metavar="R", help="Interpolate every latent layer at resolution <= R (a model resolution).",
+    show_default=False,
 )]
 
 
@@ -161,7 +163,7 @@ def interpolate(
     keep_layers: PathLayersOpt = None,
     keep_res: PathResOpt = None,
     layers: Annotated[Optional[str], typer.Option(
-        "--layers", help="Interpolate these layers: e.g. '0-5,r16,12' (N, A-B, A-, rRES).", show_default=False)] = None,
+        "--layers", metavar="SPEC", help="Interpolate these layers: e.g. '0-5,r16,12' (N, A-B, A-, rRES).", show_default=False)] = None,
     method: Annotated[Method, typer.Option("--method", help="Spherical (slerp) or linear (lerp), per layer.")]
     = Method.slerp,
     rest: Annotated[Rest, typer.Option(
@@ -171,9 +173,10 @@ def interpolate(
     temp: TempOpt = None,
     output_temp: OutputTempOpt = None,
     output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", show_default=False,
+        "--output", "-o", metavar="FILE|DIR/|-", show_default=False,
         help="FILE.gif or FILE.webp (animation), FILE.png with --grid, DIR/ (one PNG per frame), or -.")] = None,
-    grid: GridOpt = False,
+    grid: Annotated[bool, typer.Option(
+        "--grid", help="Tile the frames into one image, one row per segment (-o FILE.png).")] = False,
     fps: Annotated[float, typer.Option("--fps", help="Frames per second of an animation.")] = 12.0,
     scale: Annotated[int, typer.Option("--scale", help="Enlarge every frame N times (nearest neighbour).")] = 1,
     no_resize: NoResizeOpt = False,
@@ -183,6 +186,7 @@ def interpolate(
     readjust_iters: ReadjustItersOpt = 500,
     force: ForceOpt = False,
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -221,12 +225,14 @@ def interpolate(
     writer = _plan_frames(output, numbered_names("frame", len(frames)), grid=grid, force=force, json_out=json_out,
                           columns=steps - 1 if loop else steps, scale=scale, fps=fps)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     cfg = vae.cfg
     chosen = _chosen_layers(layers, keep_layers, keep_res, cfg)
     spec, temps, pixel_temp = resolve_temperatures(temp, output_temp, vae)
     readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
-    seed = run.seed(seed)
+    # the keys' posterior means (or --seeds' own draws), the held layers at --temp, the pixels
+    seed = run.seed(seed, random=draws_noise([t for i, t in enumerate(temps) if i not in chosen], pixel_temp,
+                                             "mean" if seeds else posterior.value))
     depth = max(chosen, default=-1) + 1  # keys are needed only up to the last chosen layer
     if seeds:
         parts = [prior_latents(vae, 1, temperatures=temps, noise=run.noise(s, [0]), n_layers=depth) for s in key_seeds]
@@ -302,6 +308,7 @@ def ood(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -334,7 +341,7 @@ def ood(
         sources = collect_inputs(images or [])
         is_out = [False] * len(sources)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     cfg = vae.cfg
     if k is None:
         from ..modelfiles.header import ood_settings
@@ -433,6 +440,7 @@ def fid(
     seed: SeedOpt = None,
     batch_size: BatchOpt = "auto",
     model: ModelOpt = None,
+    offline: OfflineOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "fp32",
     compile: CompileOpt = False,
@@ -461,7 +469,8 @@ def fid(
     what = f"{folders[0]} vs {folders[-1]}"
     drawn: dict[str, Any] = {}  # what the samples were drawn with (with -n)
     if num is not None:
-        first, drawn = _draw_samples(run, num, temp, output_temp, seed, batch_size, model, device, dtype, compile)
+        first, drawn = _draw_samples(run, num, temp, output_temp, seed, batch_size, model, device, dtype, compile,
+                                      offline)
         what = f"{num} samples of {drawn['model']} vs {folders[-1]}"
     run.announce()
     if run.model is None:
@@ -506,13 +515,13 @@ def _download_note(run: Session):
 
 def _draw_samples(run: Session, num: int, temp: str | None, output_temp: float | None, seed: int | None,
                   batch_size: str, model: str | None, device: str, dtype: str,
-                  compile: bool) -> "tuple[torch.Tensor, dict[str, Any]]":
+                  compile: bool, offline: bool = False) -> "tuple[torch.Tensor, dict[str, Any]]":
     """``num`` samples (uint8 NHWC, on the CPU), and the model, temperatures and seed they were drawn with."""
     import torch
 
     from ..engine import ops
 
-    vae = run.load_model(model, device, dtype, compile=compile)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     spec, temps, pixel_temp = resolve_temperatures(temp, output_temp, vae)
     seed = run.seed(seed)
     run.announce()

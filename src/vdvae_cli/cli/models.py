@@ -12,6 +12,8 @@ from ._app import command, emit_json, out, say
 from .options import ForceOpt, JsonOpt, QuietOpt
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from ..modelfiles.transfer import DownloadProgress, ProgressCallback
 
 
@@ -23,10 +25,18 @@ def download_progress(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
         return
     from ..modelfiles.paths import human_size
 
+    def connecting(event: "DownloadProgress") -> bool:
+        """Say at once what the wait that follows is for (a first connection can take a while)."""
+        if event.stage == "connect":
+            say(f"fetching {event.filename} (first use; waiting for the network)")
+        return event.stage == "connect"
+
     if not sys.stderr.isatty():
         said: set[tuple[str, str]] = set()
 
         def plain(event: "DownloadProgress") -> None:
+            if connecting(event):
+                return
             key = (event.stage, event.filename)
             if key in said or event.stage == "done":
                 return
@@ -39,25 +49,37 @@ def download_progress(quiet: bool) -> "Iterator[Optional[ProgressCallback]]":
         yield plain
         return
 
-    from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TaskID, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    # The bar starts with the first event: a model already on this machine draws nothing (and rich
+    # is not even imported).
+    bar: "Progress | None" = None
+    tasks: "dict[tuple[str, str], TaskID]" = {}
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        tasks: dict[tuple[str, str], TaskID] = {}
+    def rich_cb(event: "DownloadProgress") -> None:
+        nonlocal bar
+        if connecting(event):
+            return
+        key = (event.stage, event.filename)
+        if event.stage == "done":
+            return
+        if bar is None:
+            from rich.progress import (BarColumn, DownloadColumn, SpinnerColumn, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
 
-        def rich_cb(event: "DownloadProgress") -> None:
-            key = (event.stage, event.filename)
-            if event.stage == "done":
-                return
-            if key not in tasks:
-                label = event.filename if event.stage == "download" else f"converting to {event.filename}"
-                tasks[key] = bar.add_task(label, total=event.total)
-            bar.update(tasks[key], completed=event.done, total=event.total)
+            from ._progress import stderr_progress
 
+            bar = stderr_progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), TimeRemainingColumn())
+            bar.start()
+        if key not in tasks:
+            label = event.filename if event.stage == "download" else f"converting to {event.filename}"
+            tasks[key] = bar.add_task(label, total=event.total)
+        bar.update(tasks[key], completed=event.done, total=event.total)
+
+    try:
         yield rich_cb
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 @command(
@@ -87,7 +109,7 @@ def download(
     from ..modelfiles.fetch import download as fetch
     from ..modelfiles.paths import human_size
 
-    with download_progress(quiet or json_out) as progress:
+    with download_progress(quiet) as progress:  # the records come after the bar, on stdout
         resolved = fetch(name, force=force, keep_original=keep_original, progress=progress)
     size = resolved.path.stat().st_size
     if json_out:
@@ -108,9 +130,10 @@ def models(
     long: Annotated[bool, typer.Option("--long", "-l", help="Each model's licence, source and cached file in full.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """List the models --model can name: the shipped one, the official openai/vdvae checkpoints and
-    where each is cached. The default model is marked with *. Official models are downloaded on
-    their first use (or ahead of time with `vdvae download NAME`).
+    """List the models --model can name: those shipped in the package's weights/ folder, the official
+    openai/vdvae and NVlabs/NVAE checkpoints, and where each is cached. The default model is marked
+    with *. Official models are downloaded on their first use (or ahead of time with `vdvae download
+    NAME`).
     """
     from ..modelfiles import catalog as registry
     from ..modelfiles.paths import cache_dir, human_size

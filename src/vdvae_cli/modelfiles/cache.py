@@ -98,8 +98,9 @@ def load(
 @dataclass(frozen=True)
 class CachedFile:
     """One entry of ``vdvae cache``: ``kind`` is ``model`` (a converted model in our cache),
-    ``partial`` (a download that stopped; the next download resumes it) or ``hub`` (a registry
-    model's file in the Hugging Face cache)."""
+    ``partial`` (a download that stopped; the next download resumes it), ``bn`` (an NVAE's BatchNorm
+    statistics kept by ``--readjust-bn``, named ``bn/KEY``) or ``hub`` (a registry model's file in
+    the Hugging Face cache)."""
 
     name: str
     kind: str
@@ -126,6 +127,10 @@ def cached_models() -> list[CachedFile]:
     downloads = folder / "downloads"
     if downloads.is_dir():
         found += [CachedFile(p.name, "partial", p, _size(p)) for p in sorted(downloads.iterdir()) if p.is_file()]
+    batchnorm = folder / "bn"  # --readjust-bn's statistics (families/nvae/batchnorm.py)
+    if batchnorm.is_dir():
+        found += [CachedFile(f"bn/{p.stem}", "bn", p, _size(p)) for p in sorted(batchnorm.glob("*.safetensors"))
+                  if p.is_file()]
     for entry in registry.all_entries():
         if entry.kind == "official" and entry.hf_repo and not paths.official_cache_path(entry.name).is_file():
             path = fetch.cached_path(entry)

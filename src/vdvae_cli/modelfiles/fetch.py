@@ -97,6 +97,8 @@ def download_official(
             f"HF_HUB_OFFLINE is set, so {entry.name!r} is not downloaded",
             hint="unset HF_HUB_OFFLINE, or convert a file you have: vdvae convert FILE --config NAME -o X.safetensors",
         )
+    from urllib.parse import urlsplit
+
     downloads = cache_dir() / "downloads"
     try:
         downloads.mkdir(parents=True, exist_ok=True)
@@ -104,6 +106,8 @@ def download_official(
         raise NetworkError(f"cannot create the cache folder {downloads}: {exc.strerror}",
                            hint="set VDVAE_CACHE to a writable folder") from None
     with _cache_lock(downloads):
+        # said before the first byte is asked for: connecting can take a while, and failing longer
+        _report(progress, "connect", f"{entry.name} from {urlsplit(url).netloc or url}")
         _download_and_convert(entry, url, dest, downloads, force=force, keep_original=keep_original, progress=progress)
     _report(progress, "done", dest.name, dest.stat().st_size, dest.stat().st_size)
     return dest

@@ -158,6 +158,7 @@ def fetch_hub(ref: HubRef, *, force: bool = False, progress: ProgressCallback | 
     every check; a file that does not is removed from the cache). Every failure is one typed error."""
     from ..base.safety import clean
 
+    _report(progress, "connect", f"{clean(str(ref))} from the Hugging Face Hub")  # before the first request
     with _quiet_hub():
         path = _hf_download(ref, force=force, progress=progress)
     try:

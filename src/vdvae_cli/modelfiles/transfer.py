@@ -50,7 +50,8 @@ MAX_DOWNLOAD = 8 << 30  # bytes: the cap on a checkpoint whose size the registry
 
 @dataclass(frozen=True)
 class DownloadProgress:
-    """One progress report: ``stage`` is ``download``, ``convert`` or ``done``."""
+    """One progress report: ``stage`` is ``connect`` (the network is about to be asked; ``filename``
+    says what from where), ``download``, ``convert`` or ``done``."""
 
     stage: str
     filename: str

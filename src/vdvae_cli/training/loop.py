@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, cast
 
 import torch
 
@@ -38,6 +39,8 @@ from .evaluation import evaluate_heldout, save_grid, visualise
 from .rundir import RunDir, read_run
 from .schedule import lr_at
 from .step import ElboLoss, Updater
+from .temperatures import choose_temperatures, passes
+from ..engine.ops import sample
 from ..engine.recipe import TrainConfig, kl_weight, objective
 
 if TYPE_CHECKING:
@@ -82,6 +85,7 @@ def train(
     force: bool = False,
     data_info: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
+    started: float | None = None,
 ) -> TrainResult:
     """Train ``model_cfg`` (a VDVAE or an NVAE config, with its family's recipe) on ``images``
     (uint8 NHWC, the whole data set; the held-out split is drawn here) and write the run to ``run_dir``.
@@ -89,7 +93,13 @@ def train(
     ``init_state`` starts from given weights (fine-tuning); ``resume=True`` continues the run saved
     in ``run_dir`` exactly where its last checkpoint left it (``tc`` may extend ``steps``/``epochs``;
     its ``time_limit`` counts from this call). ``callback`` receives event dicts (``event`` = start,
-    step, eval, samples, checkpoint, warning, done) on rank 0 only.
+    step, eval, samples, checkpoint, temperatures, warning, done) on rank 0 only.
+
+    ``tc.time_limit`` bounds the whole call, counted from ``started`` (a ``time.monotonic()`` value,
+    e.g. when the command began; default: now): the loop stops early enough for the final
+    evaluation, sample grid, temperature choice and export to end within it, by their measured (or,
+    before they have run once, estimated) durations. The exported model recommends the sampling
+    temperatures whose samples are nearest to the held-out images (:mod:`.temperatures`).
     """
     device = torch.device(device)
     rank, world = _rank_world()
@@ -123,7 +133,10 @@ def train(
                       total=total, world=world, coarse_layers=coarse_layers,
                       skipped=int(saved["skipped"]) if saved else 0)
     curves = Curves(run.path, enabled=rank == 0, start_step=step)
-    clock = _Clock(tc, float(saved["elapsed_s"]) if saved else 0.0)
+    choose_count = min(48, max(16, len(heldout)))  # images per pass of the temperature choice
+    clock = _Clock(tc, float(saved["elapsed_s"]) if saved else 0.0, started=started,
+                   n_eval=len(heldout), n_choose=choose_count * passes())
+    chosen: dict[str, str] = {}  # the recommended temperatures, once chosen (the export's metadata)
     window = _Window()
 
     def evaluate() -> None:
@@ -139,17 +152,32 @@ def train(
         clock.evaluated()
         emit(record)
 
+    def choose() -> None:
+        """The temperatures the exported model recommends, chosen on the held-out images (rank 0)."""
+        if rank != 0 or not len(heldout):
+            return
+        with clock.timing("choose"):
+            choice = choose_temperatures(ema, heldout, n=choose_count, seed=tc.seed)
+        chosen.update(default_temperature=f"{choice.temperature:g}",
+                      default_output_temperature=f"{choice.output_temperature:g}")
+        record = {**choice.record(), "step": step}
+        run.log(record)
+        emit(record)
+
     def checkpoint(kind: str) -> None:
         state = _state(model, ema, opt, recipe, step, updater.skipped, _gather_rng(noise_gen, world), world,
                        history, clock.elapsed())
-        run.save(state, ema, model_cfg, _export_meta(data_info, step, len(train_images), len(heldout), tc, history),
-                 keep=bool(tc.keep_every and step % tc.keep_every == 0))
+        meta = {**_export_meta(data_info, step, len(train_images), len(heldout), tc, history), **chosen}
+        run.save(state, ema, model_cfg, meta, keep=bool(tc.keep_every and step % tc.keep_every == 0))
         run.log({"event": "checkpoint", "step": step, "kind": kind})
         emit({"event": "checkpoint", "step": step, "path": str(run.state_path), "model": str(run.model_path)})
 
     emit({"event": "start", "step": step, "total": total, "steps_per_epoch": spe, "n_train": len(train_images),
           "n_heldout": len(heldout), "world_size": world, "params": sum(p.numel() for p in model.parameters()),
           "model": model_cfg.name, "config": tc.to_dict()})
+    if tc.time_limit is not None:  # one of the temperature choice's sampling passes: what the budget goes by
+        with clock.timing("pass"):
+            sample(ema, choose_count, noise=torch.Generator(device=device).manual_seed(tc.seed))
     if tc.eval_at_start and step == 0 and not history:
         evaluate()
     stopped = "done"
@@ -170,11 +198,15 @@ def train(
         if evaluating:
             evaluate()
         if rank == 0 and (last or (_every(step, tc.sample_every) if tc.sample_every else evaluating)):
-            path = visualise(ema, heldout, run.path / "samples" / f"step-{step:07d}.png",
-                             columns=tc.grid_columns, seed=tc.seed)
+            with clock.timing("samples"):
+                path = visualise(ema, heldout, run.path / "samples" / f"step-{step:07d}.png",
+                                 columns=tc.grid_columns, seed=tc.seed)
             emit({"event": "samples", "step": step, "path": str(path)})
+        if last:
+            choose()
         if last or (_every(step, tc.ckpt_every) if tc.ckpt_every else evaluating):
-            checkpoint("final" if step >= total else "time limit" if out_of_time else "periodic")
+            with clock.timing("checkpoint"):
+                checkpoint("final" if step >= total else "time limit" if out_of_time else "periodic")
         if out_of_time and step < total:
             stopped = "time limit"
             break
@@ -330,14 +362,52 @@ class _Window:
 
 
 class _Clock:
-    """This call's wall clock: the time limit counts from the start of *this* call (a resumed run
-    gets the time it is given now); ``elapsed`` adds the time of the calls before, for the record.
-    Evaluations by the clock come every ``eval_seconds``, but never take more than a fifth of the time."""
+    """This call's wall clock: the time limit counts from the start of *this* call (or the
+    ``started`` time given: when the command began), so a resumed run gets the time it is given now;
+    ``elapsed`` adds the time of the calls before, for the record. Evaluations by the clock come every
+    ``eval_seconds``, but never take more than a fifth of the time.
 
-    def __init__(self, tc: TrainConfig, before: float):
+    The limit holds for the whole call: training stops once the time left is what the final phase
+    needs (an evaluation, the sample grid, the temperature choice and the checkpoint with its export),
+    by the durations measured so far, each estimated until it has run once."""
+
+    MARGIN = 1.25  # the final phase's estimate is scaled by this, plus SLACK seconds (exit, late writes)
+    SLACK = 2.0
+
+    def __init__(self, tc: TrainConfig, before: float, *, started: float | None = None, n_eval: int = 0,
+                 n_choose: int = 0):
         self.tc, self.before = tc, before
-        self.start = self.last_eval = self.eval_started = time.monotonic()
+        now = time.monotonic()
+        self.start = started if started is not None else now
+        self.last_eval = self.eval_started = now
         self.eval_seconds = 0.0  # how long the last evaluation took
+        self.n_eval, self.n_choose = n_eval, n_choose  # images evaluated; images the temperature choice samples
+        self.took: dict[str, float] = {}  # the last duration of each timed part of the final phase
+        self.last_step = now
+        self.step_seconds = 0.0  # of the latest optimizer step
+
+    @contextmanager
+    def timing(self, part: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.took[part] = time.monotonic() - t0
+
+    def final_phase(self) -> float:
+        """Seconds the final evaluation, grid, temperature choice and checkpoint will take (estimated)."""
+        if "pass" in self.took and self.n_choose:  # one timed sampling pass of the temperature choice
+            sampling = self.took["pass"] * passes() / self.n_choose
+        elif self.eval_seconds and self.n_eval:
+            sampling = self.eval_seconds / self.n_eval
+        else:
+            sampling = self.step_seconds / max(1, self.tc.batch_size)
+        # an evaluation encodes and decodes every held-out image: about two sampling passes' work per image
+        evaluation = self.eval_seconds or 2 * sampling * self.n_eval
+        choose = self.took.get("choose", self.n_choose * sampling)
+        grid = self.took.get("samples", 4 * self.tc.grid_columns * sampling)
+        save = self.took.get("checkpoint", 1.0)
+        return self.MARGIN * (self.step_seconds + evaluation + choose + grid + save) + self.SLACK
 
     def elapsed(self) -> float:
         return self.before + time.monotonic() - self.start
@@ -352,7 +422,8 @@ class _Clock:
     def flags(self) -> tuple[bool, bool]:
         """(out of time, an evaluation is due by the clock): agreed across processes by the step."""
         now = time.monotonic()
-        over = self.tc.time_limit is not None and now - self.start >= self.tc.time_limit
+        self.step_seconds, self.last_step = now - self.last_step, now
+        over = self.tc.time_limit is not None and now - self.start + self.final_phase() >= self.tc.time_limit
         due = (self.tc.eval_seconds is not None
                and now - self.last_eval >= max(self.tc.eval_seconds, 4 * self.eval_seconds))
         return over, due

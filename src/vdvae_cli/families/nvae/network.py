@@ -50,8 +50,9 @@ class WNConv2d(nn.Conv2d):
                  dilation: int = 1, groups: int = 1, bias: bool = True):
         super().__init__(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
         self.log_weight_norm = nn.Parameter(torch.zeros(cout, 1, 1, 1))
-        with torch.no_grad():
-            self.log_weight_norm.copy_(torch.log(self._norm(self.weight) + 1e-2))
+        if not self.weight.is_meta:  # on the meta device (shapes only) there is nothing to compute, and
+            with torch.no_grad():  # meta arithmetic would import torch's decompositions (seconds)
+                self.log_weight_norm.copy_(torch.log(self._norm(self.weight) + 1e-2))
         self._folded: tuple[tuple, Tensor] | None = None
 
     @staticmethod
