@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -79,10 +80,40 @@ def fresh_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_HEAP_UP_TO = 32 * 2**20
+_KEEP_FREED = 256 * 2**20
+
+
+def reuse_freed_memory() -> bool:
+    """Let glibc serve allocations up to 32 MiB from its heap and keep up to 256 MiB of freed heap,
+    instead of mapping each large tensor afresh and unmapping it when freed. A CPU inference pass
+    frees and reallocates the same few activation sizes hundreds of times; mapped afresh, every
+    one costs page faults and zeroing by the kernel (~80,000 faults, 5% of a VDVAE cifar10 batch).
+    Does nothing off glibc, or when the environment already tunes malloc. Returns whether it did."""
+    if not sys.platform.startswith("linux") or any(
+            k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        gnu = libc.gnu_get_libc_version  # glibc only: musl's mallopt accepts and ignores these
+    except (OSError, AttributeError):
+        return False
+    del gnu
+    return bool(mallopt(_M_MMAP_THRESHOLD, _HEAP_UP_TO)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED))
+
+
 def configure_backends(device: torch.device, dtype: torch.dtype) -> None:
     """Process-wide kernel choices for inference on ``device``: cuDNN autotuning (shapes repeat from
     batch to batch), and no TF32 when the network runs in fp32, so that ``--dtype fp32`` computes
-    in IEEE fp32 as the reference did (bf16/fp16 are the fast modes)."""
+    in IEEE fp32 as the reference did (bf16/fp16 are the fast modes); on a CPU, freed activation
+    memory is reused (:func:`reuse_freed_memory`)."""
+    if device.type == "cpu":
+        reuse_freed_memory()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         exact = dtype == torch.float32
