@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from vdvae_cli.cli import app
 from vdvae_cli.base.errors import DeviceError
-from vdvae_cli.engine.runtime import Shard, run_in_batches
+from vdvae_cli.engine.runtime import Shard, across_cores, run_in_batches
 
 runner = CliRunner()
 CPU = torch.device("cpu")
@@ -84,6 +84,64 @@ def test_other_errors_pass_through():
 
     with pytest.raises(ValueError):
         list(run_in_batches(range(3), fn, batch_size=None, device=CPU))
+
+
+def test_across_cores_runs_one_single_threaded_part_per_thread_and_keeps_the_order():
+    seen: list[tuple[list[int], int, str]] = []
+
+    def fn(chunk: list[int]) -> torch.Tensor:
+        import threading
+
+        seen.append((chunk, torch.get_num_threads(), threading.current_thread().name))
+        return torch.tensor(chunk, dtype=torch.float32)[:, None] * 10
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        split = across_cores(fn, CPU)
+        assert split(list(range(7))).flatten().tolist() == [i * 10.0 for i in range(7)]
+        assert sorted(c for c, _, _ in seen) == [[0, 1], [2, 3], [4, 5, 6]]  # three parts, each once
+        assert {n for _, n, _ in seen} == {1}  # each with one intra-op thread
+        assert len({t for _, _, t in seen}) == 3  # at the same time, on three threads
+        assert torch.get_num_threads() == 3  # restored
+        seen.clear()
+        assert split([5]).flatten().tolist() == [50.0] and seen == [([5], 3, seen[0][2])]  # one image: as is
+    finally:
+        torch.set_num_threads(before)
+    assert across_cores(fn, torch.device("cuda")) is fn
+
+
+def test_across_cores_raises_what_a_part_raised():
+    def fn(chunk: list[int]) -> torch.Tensor:
+        if 3 in chunk:
+            raise torch.OutOfMemoryError("out of memory")
+        return torch.zeros(len(chunk), 1)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            across_cores(fn, CPU)([0, 1, 2, 3])  # the worker's part fails
+        assert torch.get_num_threads() == 2
+        with pytest.raises(DeviceError, match="at batch size 4"):  # and run_in_batches still says what to do
+            list(run_in_batches(range(4), across_cores(fn, CPU), batch_size=4, device=CPU))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_sampling_split_across_cores_gives_the_images_of_one_thread(tmp_path, tiny_ckpt):
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):  # one pass; two parts of 3 and 2 images; three parts
+            torch.set_num_threads(threads)
+            vdvae("sample", "-n", 5, "--seed", 4, "-b", 5, "-m", tiny_ckpt, "-o", f"{tmp_path / str(threads)}/", "-q")
+    finally:
+        torch.set_num_threads(before)
+    one, two, three = (images_in(tmp_path / str(t)) for t in (1, 2, 3))
+    assert len(one) == 5 and one.keys() == two.keys() == three.keys()
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name])
+        np.testing.assert_array_equal(one[name], three[name])
 
 
 def test_shards_cover_every_index_once():

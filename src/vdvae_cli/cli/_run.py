@@ -271,12 +271,13 @@ class Session:
                                "batch_seconds": round(batch_seconds, 4), "batch_size": batch_size})
 
         from ..base.errors import activity
+        from ..engine.runtime import across_cores
 
         size = self.model.cfg.image_size
         with self.progress(len(mine), label) as advance, activity(
                 f"{label} {size}x{size} images", hint="use a smaller --batch-size, or --dtype bf16"):
             t0 = time.perf_counter()
-            for chunk, images in self.batches(mine, batch_size, make_batch):
+            for chunk, images in self.batches(mine, batch_size, across_cores(make_batch, self.device)):
                 images = images.cpu().numpy()
                 batch = (time.perf_counter() - t0, len(chunk))
                 if shared_output:

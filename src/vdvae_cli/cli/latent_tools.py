@@ -520,6 +520,7 @@ def _draw_samples(run: Session, num: int, temp: str | None, output_temp: float |
     import torch
 
     from ..engine import ops
+    from ..engine.runtime import across_cores
 
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     spec, temps, pixel_temp = resolve_temperatures(temp, output_temp, vae)
@@ -532,7 +533,7 @@ def _draw_samples(run: Session, num: int, temp: str | None, output_temp: float |
                           noise=run.noise(seed, indices)).cpu()
 
     with run.progress(num, "sampling") as advance:
-        for indices, images in run.batches(range(num), batch_size, make):
+        for indices, images in run.batches(range(num), batch_size, across_cores(make, run.device)):
             parts.append(images)
             advance(len(indices))
     return torch.cat(parts), {"model": vae.cfg.name, "temp": spec, "output_temp": pixel_temp, "seed": seed}
