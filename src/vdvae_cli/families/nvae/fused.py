@@ -87,22 +87,36 @@ def _onednn_conv_add(x: Tensor, other: Tensor, w: Tensor, b: Tensor | None, geom
 
 
 class Conv(NamedTuple):
-    """A folded convolution: weight, bias, geometry, and the activation after it ("swish"/"none")."""
+    """A folded convolution: weight, bias, geometry, and the activation after it ("swish"/"none").
+    ``packed`` holds, once the oneDNN path has run it, the weight reordered into oneDNN's blocked
+    layout (made once, for the first input's shape, so that no call reorders it again)."""
 
     weight: Tensor
     bias: Tensor | None
     geometry: Geometry
     act: str
+    packed: list[Tensor]  # empty until the first oneDNN call (see _conv)
+
+    def _onednn_weight(self, x: Tensor) -> Tensor:
+        if not self.packed:
+            pad, stride, dil, groups = self.geometry
+            try:
+                self.packed.append(torch.ops.mkldnn._reorder_convolution_weight(
+                    self.weight, pad, stride, dil, groups, list(x.shape)))
+            except RuntimeError:  # a build without the reorder: the plain weight (oneDNN reorders per call)
+                self.packed.append(self.weight)
+        return self.packed[0]
 
     def __call__(self, x: Tensor, fast: bool) -> Tensor:
         if fast:
             x = x.contiguous(memory_format=torch.channels_last)
+            w = self._onednn_weight(x)
             if self.act == "swish" and self.geometry[3] > 1 and x.dtype == torch.float32:
                 # fp32 depthwise: oneDNN's kernel applies a Swish post-op more slowly (2.9 ms for a
                 # cifar10 cell's 5x5 at batch 4, one thread) than the conv alone plus a separate
                 # in-place Swish (1.3 + 0.7 ms); bf16 and the dense convs gain from the fusion
-                return F.silu(_onednn_conv(x, self.weight, self.bias, self.geometry, "none"), inplace=True)
-            return _onednn_conv(x, self.weight, self.bias, self.geometry, "swish" if self.act == "swish" else "none")
+                return F.silu(_onednn_conv(x, w, self.bias, self.geometry, "none"), inplace=True)
+            return _onednn_conv(x, w, self.bias, self.geometry, "swish" if self.act == "swish" else "none")
         pad, stride, dil, groups = self.geometry
         y = F.conv2d(x, self.weight, self.bias, stride, pad, dil, groups)
         return F.silu(y) if self.act == "swish" else y
@@ -110,10 +124,14 @@ class Conv(NamedTuple):
     def add(self, x: Tensor, other: Tensor, fast: bool) -> Tensor:
         """``other + conv(x)`` (no activation)."""
         if fast:
-            return _onednn_conv_add(x.contiguous(memory_format=torch.channels_last), other, self.weight, self.bias,
-                                    self.geometry)
+            x = x.contiguous(memory_format=torch.channels_last)
+            return _onednn_conv_add(x, other, self._onednn_weight(x), self.bias, self.geometry)
         pad, stride, dil, groups = self.geometry
         return other + F.conv2d(x, self.weight, self.bias, stride, pad, dil, groups)
+
+
+def _conv(weight: Tensor, bias: Tensor | None, geometry: Geometry, act: str) -> Conv:
+    return Conv(weight, bias, geometry, act, [])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,7 +187,7 @@ class _Stage:
     def done(self, like: Tensor, memory_format: torch.memory_format) -> Conv:
         w = self.w.to(like.dtype).contiguous(memory_format=memory_format)
         b = None if self.b is None else self.b.to(like.dtype)
-        return Conv(w, b, self.geometry, self.act)
+        return _conv(w, b, self.geometry, self.act)
 
 
 def _conv_bn(op: ConvBNSwish) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
@@ -357,7 +375,7 @@ def _dec_combiner_forward(cell: DecCombinerCell, plain: Callable[[Tensor, Tensor
         ws = w[:, :cs].to(like.dtype).contiguous(memory_format=memory_format)
         wz = w[:, cs:].to(like.dtype).contiguous(memory_format=memory_format)
         b = None if conv.bias is None else conv.bias.to(like.dtype)
-        return Conv(ws, b, ONE_BY_ONE, "none"), Conv(wz, None, ONE_BY_ONE, "none")
+        return _conv(ws, b, ONE_BY_ONE, "none"), _conv(wz, None, ONE_BY_ONE, "none")
 
 
     def forward(s: Tensor, z: Tensor) -> Tensor:
