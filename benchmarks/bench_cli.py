@@ -18,6 +18,13 @@ seconds before each measurement for the rest of the machine to fall below 0.3 bu
 marginal CPU seconds are reported too: with ``--threads 1`` they are the work itself, which a busy
 machine inflates far less than the wall time.
 
+A second figure comes from the same runs: the seconds the command itself reports for each batch
+(``--json``'s ``batch_seconds``: noise, network and pixel draw of that batch, the PNGs left out),
+for every batch after the first, median over all of them. The marginal cost subtracts two whole
+runs, so the variation of start-up (reading a 525 MB NVAE file, the first batch's weight folding)
+lands in it, divided by ``k2 - k1``; the per-batch figure does not see start-up at all and moves
+much less from run to run.
+
 The ``official`` column is NVIDIA's / OpenAI's own code timed on this project's 2-core CPU
 (outside the project, same random official-size weights, temperature 1, in-process and logits only,
 which favours it): the figures in the README's Speed section.
@@ -98,24 +105,29 @@ def wait_quiet(limit_s: float, threshold: float = 0.3) -> float:
             return busy
 
 
-def run_once(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | None) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one ``vdvae sample`` run."""
+def run_once(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | None
+             ) -> tuple[float, float, list[float]]:
+    """(wall seconds, CPU seconds, the command's own seconds for each batch) of one ``vdvae sample``."""
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall = _run(path, n, batch, dtype, out, threads)
+    wall, batches = _run(path, n, batch, dtype, out, threads)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+    return wall, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime), batches
 
 
-def _run(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | None) -> float:
+def _run(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | None) -> tuple[float, list[float]]:
     cmd = [sys.executable, "-m", "vdvae_cli", "sample", "-m", str(path), "-n", str(n), "-b", str(batch),
            "--seed", "0", "-t", "1", "--output-temp", "1", "--dtype", dtype, "--device", "cpu",
-           "-o", f"{out}/", "-f", "-q"]
+           "-o", f"{out}/", "-f", "-q", "--json"]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    done = subprocess.run(cmd, check=True, env=env, stdout=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    # every image of a batch carries its batch's seconds: one value per batch, in order
+    batches = [r["batch_seconds"] for r in records if r.get("type") == "image"][::batch]
+    return wall, batches
 
 
 def main() -> None:
@@ -138,6 +150,7 @@ def main() -> None:
     marginal: dict[tuple, list[float]] = {v: [] for v in variants}
     marginal_cpu: dict[tuple, list[float]] = {v: [] for v in variants}
     others: dict[tuple, list[float]] = {v: [] for v in variants}
+    steady: dict[tuple, list[float]] = {v: [] for v in variants}
     loads = [os.getloadavg()[0]]
     for r in range(args.rounds):
         for v in variants:
@@ -146,13 +159,15 @@ def main() -> None:
             if args.quiet_wait:
                 wait_quiet(args.quiet_wait)
             b0 = busy_jiffies()
-            t1, cpu1 = run_once(files[name], k1 * batch, batch, dtype, out, args.threads)
-            t2, cpu2 = run_once(files[name], k2 * batch, batch, dtype, out, args.threads)
+            t1, cpu1, _ = run_once(files[name], k1 * batch, batch, dtype, out, args.threads)
+            t2, cpu2, per_batch = run_once(files[name], k2 * batch, batch, dtype, out, args.threads)
             others[v].append(round(others_cores(b0, busy_jiffies(), cpu1 + cpu2), 2))
             marginal[v].append((t2 - t1) / (k2 - k1))
             marginal_cpu[v].append((cpu2 - cpu1) / (k2 - k1))
+            steady[v].extend(per_batch[1:])  # the first batch also pays one-off set-up (NVAE folds its weights)
             print(f"round {r}: {name} batch {batch} {dtype}: {t1:.2f} s ({k1} batches), {t2:.2f} s ({k2}): "
-                  f"{marginal[v][-1]:.3f} s per batch (CPU {marginal_cpu[v][-1]:.3f} s); "
+                  f"{marginal[v][-1]:.3f} s per batch (CPU {marginal_cpu[v][-1]:.3f} s); batches after the first "
+                  f"{', '.join(f'{t:.3f}' for t in per_batch[1:])} s; "
                   f"other processes used {others[v][-1]:.2f} cores", file=sys.stderr, flush=True)
         loads.append(os.getloadavg()[0])
     rows = []
@@ -165,14 +180,20 @@ def main() -> None:
                "cpu_seconds_all": [round(t, 3) for t in marginal_cpu[v]],
                "other_processes_cores": others[v],
                "load_avg_per_round": loads, "cores": os.cpu_count(), "threads": args.threads or torch.get_num_threads()}
+        per_batch = statistics.median(steady[v]) if steady[v] else float("nan")
+        row["batch_seconds_median"] = round(per_batch, 3)
+        row["batch_seconds_all"] = [round(t, 3) for t in steady[v]]
         official = OFFICIAL_CPU.get((name, batch))
         if official:
             row["official_seconds"] = list(official)
             row["speedup_vs_official"] = [round(o / sec, 2) for o in official]
+            row["batch_speedup_vs_official"] = [round(o / per_batch, 2) for o in official]
         rows.append(row)
         vs = "/".join(f"x{x:.2f}" for x in row.get("speedup_vs_official", []))
-        print(f"{name:18} batch {batch:3} {dtype:5} {sec:7.3f} s per batch (CPU {row['cpu_seconds_per_batch']:.3f} s)"
-              + (f"   official {'/'.join(f'{o:.3f}' for o in official)} s: {vs}" if official else ""))
+        bvs = "/".join(f"x{x:.2f}" for x in row.get("batch_speedup_vs_official", []))
+        print(f"{name:18} batch {batch:3} {dtype:5} marginal {sec:6.3f} s per batch (CPU {row['cpu_seconds_per_batch']:.3f} s)"
+              f"{f' {vs}' if official else ''}; per batch after the first {per_batch:6.3f} s"
+              + (f" {bvs}   (official {'/'.join(f'{o:.3f}' for o in official)} s)" if official else ""))
     print(f"load average per round: {', '.join(f'{x:.2f}' for x in loads)} ({os.cpu_count()} cores)", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
