@@ -59,7 +59,6 @@ def main() -> None:
     run()  # warm-up: oneDNN primitive creation
     spent: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
-    started: dict[str, float] = {}
 
     def timer(label: str, fn):
         def wrapped(*a, **k):
