@@ -64,6 +64,7 @@ class MaskedLinear(nn.Linear):
 
     def __init__(self, n_in: int, n_out: int, mask: Tensor):
         super().__init__(n_in, n_out)
+        self.mask: Tensor
         self.register_buffer("mask", mask.to(torch.float32), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
