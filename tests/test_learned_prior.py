@@ -57,3 +57,33 @@ def test_sample_is_reproducible_with_a_seeded_generator():
     c = prior.sample(5, BatchNoise(torch.Generator().manual_seed(4)))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.isfinite(prior.log_prob(a)).all()
+
+
+def test_companion_round_trip_and_fingerprint_mismatch_refused():
+    import pytest
+
+    from vdvae_cli.base.errors import CheckpointError
+    from vdvae_cli.engine.learned_prior import load_prior, prior_bytes
+
+    torch.manual_seed(0)
+    prior = MadePrior(MadeConfig(dim=5, hidden=(8,), components=2))
+    data = prior_bytes(prior, layers=2, fingerprint="abc123", model_name="tiny")
+    back, layers, meta = load_prior(data, fingerprint="abc123")
+    z = torch.randn(4, 5)
+    assert layers == 2 and meta["model_name"] == "tiny"
+    assert torch.equal(back.log_prob(z), prior.log_prob(z))
+    with pytest.raises(CheckpointError, match="fitted to model 'tiny'"):
+        load_prior(data, fingerprint="other")
+
+
+def test_layers_beyond_the_1x1_layers_are_refused_naming_the_largest():
+    import pytest
+
+    from vdvae_cli.base.errors import UsageError
+    from vdvae_cli.engine.learned_prior import check_layers, max_flat_layers
+
+    shapes = [(16, 1, 1)] * 6 + [(16, 4, 4)] * 3
+    assert max_flat_layers(shapes) == 6
+    assert check_layers(6, shapes) == 96
+    with pytest.raises(UsageError, match="covers 1 to 6"):
+        check_layers(7, shapes)

@@ -7,17 +7,20 @@ as ``p(z) = prod_d p(z_d | z_<d)``, with a masked autoregressive network (MADE, 
 :class:`LatentPrior` is the small interface the engine's ops are meant to call; a spatial
 autoregressive net (PixelCNN++ blocks) can implement it later for spatial layers.
 
-Unfinished (see the branch report): the companion file, the hook in ``ops`` and the fitting tool.
+Unfinished (see the branch report): the hook in ``ops``, the fitting tool and the CLI.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from vdvae_cli.base.errors import CheckpointError, UsageError
 from vdvae_cli.engine.distributions import Noise
 
 Tensor = torch.Tensor
@@ -141,3 +144,59 @@ class MadePrior(LatentPrior):
             s = torch.exp(logstd[:, i].gather(1, j[:, None])[:, 0])
             z[:, i] = m + temp * s * eps[:, i]
         return z
+
+
+# --------------------------------------------------------------------------------------------------
+# Which layers, and the companion file
+
+PRIOR_FORMAT = "vdvae-cli-learned-prior"
+
+
+def max_flat_layers(latent_shapes: Sequence[Sequence[int]]) -> int:
+    """How many leading layers are 1x1 (the MADE prior's reach): shapes are (Z, r, r) per layer."""
+    k = 0
+    for shape in latent_shapes:
+        if tuple(shape[1:]) != (1, 1):
+            break
+        k += 1
+    return k
+
+
+def check_layers(k: int, latent_shapes: Sequence[Sequence[int]]) -> int:
+    """The flattened dimension of the first ``k`` layers; refuses k beyond the 1x1 layers."""
+    top = max_flat_layers(latent_shapes)
+    if k < 1 or k > top:
+        raise UsageError(f"--layers {k} is out of range: this model's learned prior covers 1 to {top} "
+                         f"(its leading 1x1 layers; spatial layers need a spatial prior, not yet available)")
+    return sum(int(s[0]) for s in latent_shapes[:k])
+
+
+def prior_bytes(prior: MadePrior, *, layers: int, fingerprint: str, model_name: str,
+                extra: Mapping[str, str] | None = None) -> bytes:
+    """Serialise ``prior`` as a companion safetensors file naming its model's fingerprint."""
+    from safetensors.torch import save
+
+    meta = {"format": PRIOR_FORMAT, "kind": "made", "layers": str(layers),
+            "model_fingerprint": fingerprint, "model_name": model_name,
+            "prior_config": json.dumps(prior.cfg.to_dict()), **(extra or {})}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in prior.state_dict().items()}
+    return save(tensors, metadata=meta)
+
+
+def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[MadePrior, int, dict[str, str]]:
+    """Parse a companion file; refuses one made for another model (fingerprint mismatch)."""
+    from safetensors.torch import load
+
+    try:
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{label} is not a safetensors file ({e})") from None
+    if meta.get("format") != PRIOR_FORMAT:
+        raise CheckpointError(f"{label} is not a learned-prior file (no format={PRIOR_FORMAT!r} metadata)")
+    if meta.get("model_fingerprint") != fingerprint:
+        raise CheckpointError(f"{label} was fitted to model {meta.get('model_name', '?')!r} "
+                              f"({meta.get('model_fingerprint')}), not to this one ({fingerprint})")
+    prior = MadePrior(MadeConfig.from_dict(json.loads(meta["prior_config"])))
+    prior.load_state_dict(load(data), strict=True)
+    return prior, int(meta["layers"]), dict(meta)
