@@ -1,0 +1,202 @@
+"""A learned autoregressive prior over the flattened latents of the coarsest 1x1 layers.
+
+The prior models ``z = concat(z_0, ..., z_{K-1})`` (each layer's latents flattened, in layer order)
+as ``p(z) = prod_d p(z_d | z_<d)``, with a masked autoregressive network (MADE, Germain et al.
+2015) giving a mixture of Gaussians for each dimension. Family-free: it sees only a (N, D) tensor.
+
+:class:`LatentPrior` is the small interface the engine's ops are meant to call; a spatial
+autoregressive net (PixelCNN++ blocks) can implement it later for spatial layers.
+
+Unfinished (see the branch report): the hook in ``ops``, the fitting tool and the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from vdvae_cli.base.errors import CheckpointError, UsageError
+from vdvae_cli.engine.distributions import Noise
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class MadeConfig:
+    """Shape of a MADE prior: input dimension, hidden widths, mixture components per dimension."""
+
+    dim: int
+    hidden: tuple[int, ...] = (512, 512)
+    components: int = 4
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths must be positive, got {self.hidden}")
+        if self.components < 1:
+            raise ValueError(f"components must be >= 1, got {self.components}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MadeConfig:
+        return cls(dim=int(d["dim"]), hidden=tuple(int(h) for h in d["hidden"]),
+                   components=int(d["components"]))
+
+
+class LatentPrior(nn.Module):
+    """What the ops need from a learned prior over (N, D) latents."""
+
+    def log_prob(self, z: Tensor) -> Tensor:  # (N, D) -> (N,) nats
+        raise NotImplementedError
+
+    def sample(self, n: int, noise: Noise, *, temp: float = 1.0,
+               device: torch.device | None = None) -> Tensor:  # (n, D)
+        raise NotImplementedError
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (out, in)."""
+
+    def __init__(self, n_in: int, n_out: int, mask: Tensor):
+        super().__init__(n_in, n_out)
+        self.mask: Tensor
+        self.register_buffer("mask", mask.to(torch.float32), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+def made_degrees(cfg: MadeConfig) -> list[Tensor]:
+    """Degrees of input, hidden and output units (natural input order, hidden degrees cycled).
+
+    Hidden unit degrees run over 1..D-1 so every hidden unit can feed some output; with D == 1 the
+    output depends on nothing (degree 0 hidden units feed only the bias path).
+    """
+    d = cfg.dim
+    degrees = [torch.arange(1, d + 1)]
+    for h in cfg.hidden:
+        span = max(d - 1, 1)
+        degrees.append(torch.arange(h) % span + (1 if d > 1 else 0))
+    return degrees
+
+
+class MadePrior(LatentPrior):
+    """MADE with a mixture of ``components`` Gaussians per dimension."""
+
+    def __init__(self, cfg: MadeConfig):
+        super().__init__()
+        self.cfg = cfg
+        deg = made_degrees(cfg)
+        layers: list[nn.Module] = []
+        for i, h in enumerate(cfg.hidden):
+            n_in = cfg.dim if i == 0 else cfg.hidden[i - 1]
+            mask = (deg[i + 1][:, None] >= deg[i][None, :])  # (h, n_in)
+            layers += [MaskedLinear(n_in, h, mask), nn.ELU()]
+        self.trunk = nn.Sequential(*layers)
+        k = cfg.components
+        out_mask = (deg[0][:, None] > deg[-1][None, :])  # (D, h_last): output d sees degrees < d
+        out_mask = out_mask.repeat(3 * k, 1)  # (3kD, h_last), blocks of D rows
+        self.head = MaskedLinear(cfg.hidden[-1], 3 * k * cfg.dim, out_mask)
+        # The first dimension's parameters come only from biases; start near N(0, 1).
+        nn.init.zeros_(self.head.bias)
+
+    def params(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mixture (logits, means, log stds), each (N, D, K), of p(z_d | z_<d)."""
+        n, d, k = z.shape[0], self.cfg.dim, self.cfg.components
+        out = self.head(self.trunk(z)).view(n, 3, k, d).permute(1, 0, 3, 2)  # (3, N, D, K)
+        logits, means, logstd = out[0], out[1], out[2].clamp(-7.0, 5.0)
+        return logits, means, logstd
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        logits, means, logstd = self.params(z)
+        comp = (-0.5 * math.log(2 * math.pi) - logstd
+                - 0.5 * ((z[..., None] - means) * torch.exp(-logstd)) ** 2)  # (N, D, K)
+        lp = torch.logsumexp(comp + torch.log_softmax(logits, -1), -1)  # (N, D)
+        return lp.sum(-1)
+
+    @torch.no_grad()
+    def sample(self, n: int, noise: Noise, *, temp: float = 1.0,
+               device: torch.device | None = None) -> Tensor:
+        """Draw n latents, one dimension at a time; ``temp`` scales each component's std.
+
+        The component choice is not tempered (temperature scales the Gaussian noise, as for the
+        model's own prior). Every draw comes from ``noise``.
+        """
+        dev = device if device is not None else self.head.weight.device
+        d = self.cfg.dim
+        z = torch.zeros(n, d, device=dev)
+        u = noise.uniform((n, d), device=dev)  # component choice
+        eps = noise.normal((n, d), device=dev)
+        for i in range(d):
+            logits, means, logstd = self.params(z)
+            probs = torch.softmax(logits[:, i], -1)  # (n, K)
+            cdf = probs.cumsum(-1)
+            j = (u[:, i:i + 1] > cdf).sum(-1).clamp(max=self.cfg.components - 1)  # (n,)
+            m = means[:, i].gather(1, j[:, None])[:, 0]
+            s = torch.exp(logstd[:, i].gather(1, j[:, None])[:, 0])
+            z[:, i] = m + temp * s * eps[:, i]
+        return z
+
+
+# --------------------------------------------------------------------------------------------------
+# Which layers, and the companion file
+
+PRIOR_FORMAT = "vdvae-cli-learned-prior"
+
+
+def max_flat_layers(latent_shapes: Sequence[Sequence[int]]) -> int:
+    """How many leading layers are 1x1 (the MADE prior's reach): shapes are (Z, r, r) per layer."""
+    k = 0
+    for shape in latent_shapes:
+        if tuple(shape[1:]) != (1, 1):
+            break
+        k += 1
+    return k
+
+
+def check_layers(k: int, latent_shapes: Sequence[Sequence[int]]) -> int:
+    """The flattened dimension of the first ``k`` layers; refuses k beyond the 1x1 layers."""
+    top = max_flat_layers(latent_shapes)
+    if k < 1 or k > top:
+        raise UsageError(f"--layers {k} is out of range: this model's learned prior covers 1 to {top} "
+                         f"(its leading 1x1 layers; spatial layers need a spatial prior, not yet available)")
+    return sum(int(s[0]) for s in latent_shapes[:k])
+
+
+def prior_bytes(prior: MadePrior, *, layers: int, fingerprint: str, model_name: str,
+                extra: Mapping[str, str] | None = None) -> bytes:
+    """Serialise ``prior`` as a companion safetensors file naming its model's fingerprint."""
+    from safetensors.torch import save
+
+    meta = {"format": PRIOR_FORMAT, "kind": "made", "layers": str(layers),
+            "model_fingerprint": fingerprint, "model_name": model_name,
+            "prior_config": json.dumps(prior.cfg.to_dict()), **(extra or {})}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in prior.state_dict().items()}
+    return save(tensors, metadata=meta)
+
+
+def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[MadePrior, int, dict[str, str]]:
+    """Parse a companion file; refuses one made for another model (fingerprint mismatch)."""
+    from safetensors.torch import load
+
+    try:
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{label} is not a safetensors file ({e})") from None
+    if meta.get("format") != PRIOR_FORMAT:
+        raise CheckpointError(f"{label} is not a learned-prior file (no format={PRIOR_FORMAT!r} metadata)")
+    if meta.get("model_fingerprint") != fingerprint:
+        raise CheckpointError(f"{label} was fitted to model {meta.get('model_name', '?')!r} "
+                              f"({meta.get('model_fingerprint')}), not to this one ({fingerprint})")
+    prior = MadePrior(MadeConfig.from_dict(json.loads(meta["prior_config"])))
+    prior.load_state_dict(load(data), strict=True)
+    return prior, int(meta["layers"]), dict(meta)
