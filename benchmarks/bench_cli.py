@@ -130,6 +130,23 @@ def _run(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | N
     return wall, batches
 
 
+def markdown(rows: list[dict]) -> str:
+    """The README's table (Speed, *Against the official code*): per case and dtype, the official
+    code's two times, ours per batch after the first and marginal, each with its speed-ups."""
+    lines = ["| network | batch | dtype | official code (two runs) | ours, per batch | speed-up (per batch) "
+             "| ours, marginal | speed-up (marginal) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        off = r.get("official_seconds")
+        official = " / ".join(f"{o:.3f} s" for o in off) if off else "–"
+        up = " / ".join(f"×{x:.2f}" for x in r.get("speedup_vs_official", [])) or "–"
+        bup = " / ".join(f"×{x:.2f}" for x in r.get("batch_speedup_vs_official", [])) or "–"
+        name = r["model"] if r["model"].startswith("nvae-") else f"{r['model']} (VDVAE)"
+        lines.append(f"| {name} | {r['batch']} | {r['dtype']} | {official} | {r['batch_seconds_median']:.3f} s | "
+                     f"**{bup}** | {r['seconds_per_batch']:.3f} s | {up} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=["nvae-cifar10:4", "cifar10:8"], help="MODEL:BATCH")
@@ -139,6 +156,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the runs")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "vdvae-bench-cli")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--markdown", action="store_true", help="also print the rows as the README's Markdown table")
     ap.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
                     help="before each measurement wait up to S seconds for the other processes to use < 0.3 cores")
     args = ap.parse_args()
@@ -195,6 +213,9 @@ def main() -> None:
               f"{f' {vs}' if official else ''}; per batch after the first {per_batch:6.3f} s"
               + (f" {bvs}   (official {'/'.join(f'{o:.3f}' for o in official)} s)" if official else ""))
     print(f"load average per round: {', '.join(f'{x:.2f}' for x in loads)} ({os.cpu_count()} cores)", file=sys.stderr)
+    if args.markdown:
+        print()
+        print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
                                          "rows": rows}, indent=1) + "\n")
