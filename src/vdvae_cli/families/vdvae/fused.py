@@ -11,7 +11,6 @@ fused kernel raises on this build/CPU (then for the rest of the process).
 from __future__ import annotations
 
 import functools
-import threading
 from typing import Callable
 
 import torch
@@ -135,62 +134,36 @@ def _block_forward(block: Block, plain: Callable[[Tensor], Tensor]) -> Callable[
     return forward
 
 
-def _prior_and_finish(block: DecBlock, plain_prior: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
-                      plain_finish: Callable[[Tensor, Tensor], Tensor]
-                      ) -> tuple[Callable[[Tensor], tuple[Tensor, Tensor, Tensor]], Callable[[Tensor, Tensor], Tensor]]:
-    """The prior and the latent projection with the state update done once, in one kernel.
+def _finish(block: DecBlock, plain: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    def fused(x: Tensor, z: Tensor) -> Tensor:
+        return block.resnet(_conv_add(block.z_proj, z.contiguous(memory_format=torch.channels_last), x))
 
-    The prior's last (1x1) conv is split in two: (pm, pv) alone, and the state channels ``xpp``;
-    the decoder then adds ``z_proj(z)``. Both 1x1 convs add into the same state, so ``prior_params``
-    returns ``x`` as it came and keeps the prior's features ``h`` (per thread: batch parts run at
-    the same time), and ``finish(x, z)`` computes ``x + [W_state | W_z] [h; z] + (b_state + b_z)``
-    as one conv with the add fused: one pass over the state instead of two (the decoder passes
-    prior_params' ``x`` to ``finish`` and nowhere else). Only rounding differs from the two adds.
-    fp32 only: cifar10 batch 8, 2 threads, 1.325 -> 1.242 s; in bf16 it gained nothing.
-    """
-    c4, z, zp = block.prior.c4, block.zdim, block.z_proj
+    def finish(x: Tensor, z: Tensor) -> Tensor:
+        return _dispatch(block.z_proj.weight, fused, plain, x, z.to(x.dtype))
+
+    return finish
+
+
+def _prior_params(block: DecBlock, plain: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+                  ) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """The prior with its last (1x1) conv split in two: (pm, pv) alone, and the state channels added
+    to ``x`` in the same kernel (``x + xpp`` without a separate pass over the state)."""
+    c4, z = block.prior.c4, block.zdim
     with torch.no_grad():  # copies, made once; the module's own weights stay as they are
         w_stats = c4.weight[: 2 * z].clone(memory_format=torch.channels_last)
         w_state = c4.weight[2 * z :].clone(memory_format=torch.channels_last)
         b_stats = None if c4.bias is None else c4.bias[: 2 * z].clone()
         b_state = None if c4.bias is None else c4.bias[2 * z :].clone()
-        w_merged = torch.cat([w_state, zp.weight], dim=1).contiguous(memory_format=torch.channels_last)
-        biases = [b.float() for b in (b_state, zp.bias) if b is not None]
-        b_merged = None if not biases else sum(biases[1:], biases[0]).to(c4.weight.dtype)
-    pending = threading.local()  # .held: (x, h) from this thread's last fused prior
 
-    def prior_fused(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def fused(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         h = _trunk(block.prior, x)
         pm, pv = _pointwise(h, w_stats, b_stats, ONE_BY_ONE).chunk(2, dim=1)
-        if x.dtype != torch.float32:  # bf16 gained nothing from the merge (0.699 -> 0.707 s): two adds
-            return pm, pv, _pointwise_add(h, x, w_state, b_state, ONE_BY_ONE)
-        pending.held = (x, h)
-        return pm, pv, x  # the state update waits for z (finish)
+        return pm, pv, _pointwise_add(h, x, w_state, b_state, ONE_BY_ONE)
 
     def prior_params(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        pending.held = None
-        return _dispatch(c4.weight, prior_fused, plain_prior, x)
+        return _dispatch(c4.weight, fused, plain, x)
 
-    def finish_fused(x: Tensor, z: Tensor) -> Tensor:
-        return block.resnet(_conv_add(zp, z.contiguous(memory_format=torch.channels_last), x))
-
-    def finish(x: Tensor, z: Tensor) -> Tensor:
-        held, pending.held = getattr(pending, "held", None), None
-        z = z.to(x.dtype)
-        if held is None or held[0] is not x:  # the plain prior ran: x already holds its state channels
-            return _dispatch(zp.weight, finish_fused, plain_finish, x, z)
-        h = held[1]
-
-        def merged(x: Tensor, z: Tensor) -> Tensor:
-            hz = torch.cat([h, z.contiguous(memory_format=torch.channels_last)], dim=1)  # (N, mid + Z, r, r)
-            return block.resnet(_pointwise_add(hz, x, w_merged, b_merged, ONE_BY_ONE))
-
-        def unmerged(x: Tensor, z: Tensor) -> Tensor:  # the state the prior left to finish, then the plain finish
-            return plain_finish(x + F.conv2d(h, w_state, b_state), z)
-
-        return _dispatch(w_merged, merged, unmerged, x, z)
-
-    return prior_params, finish
+    return prior_params
 
 
 def fuse_blocks(model: nn.Module) -> bool:
@@ -205,8 +178,8 @@ def fuse_blocks(model: nn.Module) -> bool:
         if isinstance(module, Block):
             module.forward = _block_forward(module, module.forward)  # type: ignore[method-assign,assignment]
         elif isinstance(module, DecBlock):
-            module.prior_params, module.finish = _prior_and_finish(  # type: ignore[method-assign,assignment]
-                module, module.prior_params, module.finish)
+            module.finish = _finish(module, module.finish)  # type: ignore[method-assign,assignment]
+            module.prior_params = _prior_params(module, module.prior_params)  # type: ignore[method-assign,assignment]
     return True
 
 
