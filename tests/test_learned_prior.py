@@ -87,3 +87,30 @@ def test_layers_beyond_the_1x1_layers_are_refused_naming_the_largest():
     assert check_layers(6, shapes) == 96
     with pytest.raises(UsageError, match="covers 1 to 6"):
         check_layers(7, shapes)
+
+
+def test_a_hostile_companion_file_is_one_clear_error_before_any_allocation():
+    import json
+
+    import pytest
+    from safetensors.torch import save
+
+    from vdvae_cli.base.errors import CheckpointError
+    from vdvae_cli.engine.learned_prior import PRIOR_FORMAT, load_prior, prior_bytes
+
+    prior = MadePrior(MadeConfig(dim=5, hidden=(8,), components=2))
+    good = prior_bytes(prior, layers=2, fingerprint="f", model_name="tiny")
+    tensors = {k: v.contiguous() for k, v in prior.state_dict().items()}
+    base = {"format": PRIOR_FORMAT, "model_fingerprint": "f", "layers": "2",
+            "prior_config": json.dumps(prior.cfg.to_dict())}
+    lying = {**base, "prior_config": json.dumps({"dim": 5, "hidden": [10**9], "components": 2})}
+    cases = {
+        b"\x00" * 4: "not a learned-prior file",
+        good[:40]: "corrupt safetensors header|not a learned-prior",
+        save(tensors, metadata={**base, "layers": "two"}): "unreadable prior metadata",
+        save(tensors, metadata={**base, "prior_config": "[1]"}): "unreadable prior metadata",
+        save(tensors, metadata=lying): "holds 318 numbers but its prior_config needs 36000000030",
+    }
+    for data, why in cases.items():
+        with pytest.raises(CheckpointError, match=why):
+            load_prior(data, fingerprint="f")

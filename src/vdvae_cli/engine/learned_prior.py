@@ -7,7 +7,7 @@ as ``p(z) = prod_d p(z_d | z_<d)``, with a masked autoregressive network (MADE, 
 :class:`LatentPrior` is the small interface the engine's ops are meant to call; a spatial
 autoregressive net (PixelCNN++ blocks) can implement it later for spatial layers.
 
-Unfinished (see the branch report): the hook in ``ops``, the fitting tool and the CLI.
+Unfinished (issue 21): the hook in ``ops``, the fitting tool and the CLI.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class MadeConfig:
             raise ValueError(f"hidden widths must be positive, got {self.hidden}")
         if self.components < 1:
             raise ValueError(f"components must be >= 1, got {self.components}")
+
+    def parameter_count(self) -> int:
+        """How many numbers the network holds (checked against a file before it is built)."""
+        widths = (self.dim, *self.hidden, 3 * self.components * self.dim)
+        return sum(a * b + b for a, b in zip(widths, widths[1:]))
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "hidden": list(self.hidden)}
@@ -184,19 +189,36 @@ def prior_bytes(prior: MadePrior, *, layers: int, fingerprint: str, model_name: 
 
 
 def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[MadePrior, int, dict[str, str]]:
-    """Parse a companion file; refuses one made for another model (fingerprint mismatch)."""
+    """Parse a companion file; refuses one made for another model (fingerprint mismatch).
+
+    The header goes through the same checks as every safetensors file the tool reads
+    (:func:`vdvae_cli.base.tensorfile.parse_header`), and every metadata field is checked before use."""
     from safetensors.torch import load
 
-    try:
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{label} is not a safetensors file ({e})") from None
+    from vdvae_cli.base.safety import first_line, loads
+    from vdvae_cli.base.tensorfile import parse_header
+
+    header = parse_header(lambda offset, n: data[offset:offset + n], len(data), label,
+                          kind="learned-prior file")
+    meta = header.get("__metadata__") or {}
     if meta.get("format") != PRIOR_FORMAT:
         raise CheckpointError(f"{label} is not a learned-prior file (no format={PRIOR_FORMAT!r} metadata)")
     if meta.get("model_fingerprint") != fingerprint:
         raise CheckpointError(f"{label} was fitted to model {meta.get('model_name', '?')!r} "
                               f"({meta.get('model_fingerprint')}), not to this one ({fingerprint})")
-    prior = MadePrior(MadeConfig.from_dict(json.loads(meta["prior_config"])))
-    prior.load_state_dict(load(data), strict=True)
-    return prior, int(meta["layers"]), dict(meta)
+    try:
+        layers = int(meta.get("layers", ""))
+        cfg = MadeConfig.from_dict(loads(meta.get("prior_config", "")))
+    except (ValueError, TypeError, KeyError) as exc:  # JSON (limits included), int() and MadeConfig checks
+        raise CheckpointError(f"{label} has unreadable prior metadata: {first_line(exc)}") from None
+    if layers < 1:
+        raise CheckpointError(f"{label} covers {layers} layers; a learned prior covers at least one")
+    stored = sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    if stored != cfg.parameter_count():  # before building: a config that lies cannot allocate more than the file holds
+        raise CheckpointError(f"{label} holds {stored} numbers but its prior_config needs {cfg.parameter_count()}")
+    prior = MadePrior(cfg)
+    try:
+        prior.load_state_dict(load(bytes(data)), strict=True)
+    except Exception as exc:  # safetensors' own errors, or tensors that do not fit the config
+        raise CheckpointError(f"{label} cannot be read: {first_line(exc)}") from None
+    return prior, layers, dict(meta)
