@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _profile import print_operator_tables  # noqa: E402  (benchmarks/, the script's own folder)
 from vdvae_cli.engine import ops  # noqa: E402
 from vdvae_cli.engine.runtime import configure_backends, prepare_for_inference  # noqa: E402
 from vdvae_cli.families.nvae.config import readme_config  # noqa: E402
@@ -90,16 +91,7 @@ def main() -> None:
     for label, s in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"  {label:40} {calls[label]:4} calls  {s:7.3f} s  {100 * s / total:5.1f}%")
     print(f"  {'rest (noise, prior maths, pixels)':40}             {total - sum(spent.values()):7.3f} s")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-        run()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
-    print("convolutions by input shape (the mbconv cell's 1x1 expand, depthwise kxk and 1x1 project, ...):")
-    convs = [e for e in prof.key_averages(group_by_input_shape=True) if "conv" in e.key]
-    total = sum(e.self_cpu_time_total for e in prof.key_averages())
-    for e in sorted(convs, key=lambda e: -e.self_cpu_time_total)[:8]:
-        shapes = ", ".join(str(s) for s in e.input_shapes[:2] if s)
-        print(f"  {e.key:34} {e.count:4} calls  {e.self_cpu_time_total / 1e6:7.3f} s  "
-              f"{100 * e.self_cpu_time_total / total:5.1f}%  {shapes}")
+    print_operator_tables(run, ops=args.ops, convs=8, conv_note=" (the mbconv cell's 1x1 expand, depthwise kxk and 1x1 project, ...)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _profile import print_operator_tables  # noqa: E402  (benchmarks/, the script's own folder)
 from vdvae_cli.engine import ops  # noqa: E402
 from vdvae_cli.engine.distributions import PerImageNoise  # noqa: E402
 from vdvae_cli.engine.runtime import configure_backends, image_generators, prepare_for_inference  # noqa: E402
@@ -92,16 +93,7 @@ def main() -> None:
           f"(with timers), {torch.get_num_threads()} threads")
     for label, s in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"  {label:48} {calls.get(label, 0):4} calls  {s:7.3f} s  {100 * s / total:5.1f}%")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-        run()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
-    print("convolutions by input shape:")
-    convs = [e for e in prof.key_averages(group_by_input_shape=True) if "conv" in e.key]
-    total_us = sum(e.self_cpu_time_total for e in prof.key_averages())
-    for e in sorted(convs, key=lambda e: -e.self_cpu_time_total)[:10]:
-        shapes = ", ".join(str(s) for s in e.input_shapes[:2] if s)
-        print(f"  {e.key:34} {e.count:4} calls  {e.self_cpu_time_total / 1e6:7.3f} s  "
-              f"{100 * e.self_cpu_time_total / total_us:5.1f}%  {shapes}")
+    print_operator_tables(run, ops=args.ops, convs=10)
 
 
 if __name__ == "__main__":
