@@ -105,10 +105,10 @@ def reuse_freed_memory() -> bool:
 
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
-        gnu = libc.gnu_get_libc_version  # glibc only: musl's mallopt accepts and ignores these
     except (OSError, AttributeError):
         return False
-    del gnu
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl's mallopt accepts and ignores these
+        return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _HEAP_UP_TO)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED))
 
 
