@@ -201,11 +201,13 @@ class JSONLimitError(ValueError):
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise JSONLimitError(f"duplicate key {k!r}")
-        out[k] = v
+    out = dict(pairs)  # built in C; only a short object or a duplicate is looked at key by key
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise JSONLimitError(f"duplicate key {k!r}")
+            seen.add(k)
     return out
 
 

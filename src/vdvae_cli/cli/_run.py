@@ -103,8 +103,10 @@ class Session:
                    offline: bool = False) -> "LatentModel":
         from ..engine.interface import first_parameter
         from ..modelfiles.resolve import load_model
-        from ..engine.runtime import configure_backends, init_distributed, launched_distributed, prepare_for_inference
+        from ..engine.runtime import (configure_backends, freeze_startup_objects, init_distributed,
+                                      launched_distributed, prepare_for_inference)
 
+        freeze_startup_objects()
         t0 = time.perf_counter()
         where: "str | torch.device" = device
         if launched_distributed():

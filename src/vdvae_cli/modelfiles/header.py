@@ -78,14 +78,29 @@ def read_header(path: str | Path) -> dict[str, Any]:
         )
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = _HEADERS.get(identity)
+            if cached is not None:
+                return dict(cached)
 
             def read(offset: int, n: int) -> bytes:
                 f.seek(offset)
                 return f.read(n)
 
-            return parse_header(read, os.fstat(f.fileno()).st_size, label)
+            header = parse_header(read, st.st_size, label)
     except OSError as exc:
         raise CheckpointError(f"cannot read {label}: {exc.strerror or exc}") from None
+    if len(_HEADERS) >= 8:
+        _HEADERS.pop(next(iter(_HEADERS)))
+    _HEADERS[identity] = header
+    return dict(header)
+
+
+# Loading a model asks for its header several times (config, digest, recommended temperatures, ood
+# settings): one parse per file version, keyed by what fstat says identifies it (device, inode,
+# size, modification time in ns), so a file rewritten in between is parsed again.
+_HEADERS: dict[tuple[int, int, int, int], dict[str, Any]] = {}
 
 
 def _config_from_header(header: Mapping[str, Any], path: str | Path) -> FamilyConfig:
