@@ -11,8 +11,10 @@ so the pair a card reports (Fashion-MNIST test vs MNIST) plays no part in the ch
 For every k from 1 to the number of latent layers (or those in ``--ks``) and every prior temperature in ``--temps``, the
 LLR>k score (:func:`vdvae_cli.ood.llr_scores`: ELBO minus the bound with the k finest layers drawn
 from the prior) is computed with one sample per image, per-image seeded noise; the choice is the
-(k, temperature) with the highest mean AUROC over the two OOD sets (ties: the smaller k). Prints a
-table and writes the JSON; feed the choice to ``scripts/export_shipped.py --ood-k K --ood-prior-temp T``.
+(k, temperature) with the highest mean AUROC over the two OOD sets (ties: the smaller k). The
+input-complexity score (Serra et al. 2020: the ELBO's bits minus the PNG's, no k) is a candidate
+too; a tie goes to the likelihood ratio. Prints a table and writes the JSON; feed the choice to
+``scripts/export_shipped.py --ood-score S --ood-k K --ood-prior-temp T``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from vdvae_cli.engine import ops
 from vdvae_cli.modelfiles.checkpoint import load_file_model
 from vdvae_cli.training.data import holdout_split
 from vdvae_cli.engine.distributions import PerImageNoise
-from vdvae_cli.tools.ood import auroc
+from vdvae_cli.tools.ood import auroc, png_bits_per_dim
 from vdvae_cli.engine.runtime import image_generators
 
 LN2 = math.log(2.0)
@@ -83,15 +85,23 @@ def main() -> None:
             looser = {name: nll_bounds(model, x, k=k, temp=temp, seed=args.seed) for name, x in {"in": inside, **sets}.items()}
             score = {name: looser[name] - elbo[name] for name in looser}
             au = {name: auroc(torch.from_numpy(score["in"]), torch.from_numpy(score[name])) for name in sets}
-            rows.append({"k": k, "prior_temp": temp, **{f"auroc_{n}": round(v, 4) for n, v in au.items()},
+            rows.append({"score": "llr", "k": k, "prior_temp": temp, **{f"auroc_{n}": round(v, 4) for n, v in au.items()},
                          "auroc_mean": round(float(np.mean(list(au.values()))), 4)})
             print(f"k={k:>2} temp={temp:g}: " + "  ".join(f"{n} {v:.4f}" for n, v in au.items()), file=sys.stderr)
-    best = max(rows, key=lambda r: (r["auroc_mean"], -r["k"]))
+    # the input-complexity score (Serra et al. 2020): the ELBO's code length minus the PNG's; no k
+    png = {name: png_bits_per_dim(torch.from_numpy(x), model.cfg.image_channels).numpy()
+           for name, x in {"in": inside, **sets}.items()}
+    score = {name: elbo[name] - png[name] for name in png}
+    au = {name: auroc(torch.from_numpy(score["in"]), torch.from_numpy(score[name])) for name in sets}
+    rows.append({"score": "complexity", **{f"auroc_{n}": round(v, 4) for n, v in au.items()},
+                 "auroc_mean": round(float(np.mean(list(au.values()))), 4)})
+    print("complexity: " + "  ".join(f"{n} {v:.4f}" for n, v in au.items()), file=sys.stderr)
+    best = max(rows, key=lambda r: (r["auroc_mean"], r["score"] == "llr", -r.get("k", 0)))
     plain = {name: round(auroc(torch.from_numpy(elbo["in"]), torch.from_numpy(elbo[name])), 4) for name in sets}
     out = {"model": str(args.model), "in_distribution": f"{len(inside)} held-out Fashion-MNIST training images "
            f"(holdout {args.holdout}, split seed {args.split_seed})", "ood_sets": list(sets),
-           "elbo_auroc": plain, "rows": rows, "choice": {"k": best["k"], "prior_temp": best["prior_temp"],
-                                                         "auroc_mean": best["auroc_mean"]},
+           "elbo_auroc": plain, "rows": rows, "choice": {key: best[key] for key in ("score", "k", "prior_temp", "auroc_mean")
+                                                         if key in best},
            "seconds": round(time.perf_counter() - t0, 1)}
     text = json.dumps(out, indent=2)
     if args.output:

@@ -19,8 +19,8 @@ import argparse
 from pathlib import Path
 
 from vdvae_cli.modelfiles.header import (
-    DEFAULT_OOD_K_KEY, DEFAULT_OOD_PRIOR_TEMPERATURE_KEY, DEFAULT_OOD_SOURCE_KEY, DEFAULT_OUTPUT_TEMPERATURE_KEY,
-    DEFAULT_TEMPERATURE_KEY, metadata_of, ood_settings,
+    DEFAULT_OOD_K_KEY, DEFAULT_OOD_PRIOR_TEMPERATURE_KEY, DEFAULT_OOD_SCORE_KEY, DEFAULT_OOD_SOURCE_KEY,
+    DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, OOD_SCORES, metadata_of, ood_settings,
 )
 from vdvae_cli.modelfiles.checkpoint import read_checkpoint, save_checkpoint
 from vdvae_cli.engine.temperature import parse_temperature_spec
@@ -61,7 +61,8 @@ def main() -> None:
     ap.add_argument("--default-output-temp", type=float, help="recommended --output-temp (pixel temperature, >= 0)")
     ap.add_argument("--ood-k", type=int, help="the k `vdvae ood` uses without --k")
     ap.add_argument("--ood-prior-temp", type=float, help="the --prior-temp that goes with --ood-k")
-    ap.add_argument("--ood-source", help="how --ood-k was chosen (one line; `vdvae info` and `ood` show it)")
+    ap.add_argument("--ood-score", choices=OOD_SCORES, help="the score `vdvae ood` uses without --score and --k")
+    ap.add_argument("--ood-source", help="how --ood-k/--ood-score were chosen (one line; `vdvae info` and `ood` show it)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     cfg, state = read_checkpoint(args.src)
@@ -79,10 +80,14 @@ def main() -> None:
         ood_settings(recorded, cfg.n_layers)  # refuse what ood would refuse
         meta[DEFAULT_OOD_K_KEY] = recorded["k"]
         meta[DEFAULT_OOD_PRIOR_TEMPERATURE_KEY] = recorded["prior_temperature"]
-        if args.ood_source:
-            meta[DEFAULT_OOD_SOURCE_KEY] = args.ood_source
-    elif args.ood_prior_temp is not None or args.ood_source:
-        ap.error("--ood-prior-temp and --ood-source go with --ood-k")
+    elif args.ood_prior_temp is not None:
+        ap.error("--ood-prior-temp goes with --ood-k")
+    if args.ood_score is not None:
+        meta[DEFAULT_OOD_SCORE_KEY] = args.ood_score
+    if args.ood_source:
+        if args.ood_k is None and args.ood_score is None:
+            ap.error("--ood-source goes with --ood-k or --ood-score")
+        meta[DEFAULT_OOD_SOURCE_KEY] = args.ood_source
     path = save_checkpoint(state, cfg, args.dst, metadata=meta, force=args.force)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 

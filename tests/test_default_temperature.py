@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vdvae_cli.modelfiles.header import DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, default_temperatures
+from vdvae_cli.modelfiles.header import DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, default_ood, default_temperatures
 from vdvae_cli.modelfiles.checkpoint import load_file_model, save_checkpoint
 from vdvae_cli.cli import app
 
@@ -109,6 +109,11 @@ def test_export_script_writes_and_checks_it(models, tmp_path):
     assert refused.returncode != 0
     assert export("--default-output-temp", "-0.5", "--force").returncode != 0
     assert default_temperatures(tmp_path / "out.safetensors") == ("0.75", "0.5")
+    scored = export("--ood-score", "complexity", "--ood-source", "validation", "--force")
+    assert scored.returncode == 0, scored.stderr
+    assert default_ood(tmp_path / "out.safetensors") == {"score": "complexity", "source": "validation"}
+    assert export("--ood-score", "magic", "--force").returncode != 0
+    assert export("--ood-source", "nothing chosen", "--force").returncode != 0
 
 
 def test_interpolate_uses_it_too(models, tmp_path):

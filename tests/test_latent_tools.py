@@ -22,7 +22,8 @@ from vdvae_cli.engine.distributions import PerImageNoise
 from vdvae_cli.base.errors import LatentsError
 from vdvae_cli.tools.interpolate import interpolate, interpolate_latents, lerp, path, prior_latents, slerp
 from vdvae_cli.tools.latents_npz import flatten, load_npz_latents, npz_bytes, unflatten
-from vdvae_cli.tools.ood import auprc, auroc, detection_metrics, fpr_at_tpr, llr_scores
+from vdvae_cli.tools.ood import (auprc, auroc, complexity_scores, detection_metrics, fpr_at_tpr, llr_scores,
+                                 png_bits_per_dim)
 from vdvae_cli.engine.runtime import image_generators
 
 runner = CliRunner()
@@ -337,3 +338,48 @@ def test_npz_reader_refuses_hostile_files(golden_cfg, golden_model):
             dst.writestr(info.filename, data)
     with pytest.raises(LatentsError, match="declares shape"):
         load_npz_latents(buf.getvalue(), golden_cfg)
+
+
+def test_png_bits_per_dim_is_the_png_size(tmp_path):
+    flat = torch.zeros(1, 32, 32, 1, dtype=torch.uint8)
+    noisy = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 32, 32, 1), dtype=np.uint8))
+    bits = png_bits_per_dim(torch.cat([flat, noisy]))
+    for image, value in zip((flat, noisy), bits.tolist()):
+        path = tmp_path / "x.png"
+        Image.fromarray(image[0, ..., 0].numpy()).save(path, format="PNG", optimize=True)
+        assert value == pytest.approx(8 * path.stat().st_size / 1024)
+    assert bits[0] < 0.7 < 7.5 < bits[1]  # a flat image costs little more than the PNG headers; noise is incompressible
+    # grey stored as RGB is measured as the one channel a grey model reads
+    rgb = noisy.repeat(1, 1, 1, 3)
+    assert png_bits_per_dim(rgb, 1).tolist() == pytest.approx(bits[1:].tolist())
+
+
+def test_complexity_score_is_the_elbo_minus_the_png_size(golden_model, pics):
+    x = pixels(pics)
+    result = complexity_scores(golden_model, x, samples=2, noise=noise(5, range(3)))
+    full = ops.elbo(golden_model, x, samples=2, noise=noise(5, range(3)))
+    torch.testing.assert_close(result.elbo, full.nll_bound)
+    png = png_bits_per_dim(x, golden_model.cfg.image_channels).double() * math.log(2)
+    torch.testing.assert_close(result.score, full.nll_bound.double() - png)
+
+
+def test_ood_cli_complexity_score(tiny_ckpt, tmp_path, pics):
+    far = tmp_path / "far"
+    far.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 40 + 200 * i, np.uint8)).save(far / f"flat{i}.png")
+    args = ("ood", "-m", tiny_ckpt, "--in", pics[0].parent, "--out", far, "--seed", 0, "--json")
+    *rows, summary = json_lines(vdvae(*args, "--score", "complexity").stdout)
+    *llr_rows, llr_summary = json_lines(vdvae(*args).stdout)
+    for r, o in zip(rows, llr_rows):
+        assert r["score_kind"] == "complexity" and "k" not in r
+        assert r["score"] == pytest.approx(r["elbo_bits_per_dim"] - r["png_bits_per_dim"], abs=1e-9)
+        # the same ELBO (the same noise, drawn first) and the same complexity column as an llr run
+        assert (r["elbo_bits_per_dim"], r["complexity"]) == pytest.approx((o["elbo_bits_per_dim"], o["complexity"]))
+    ins = torch.tensor([r["score"] for r in rows[:3]])
+    outs = torch.tensor([r["score"] for r in rows[3:]])
+    assert summary["metrics"] == summary["complexity"] == pytest.approx(detection_metrics(ins, outs).as_dict())
+    assert "llr" not in summary and llr_summary["complexity"] == pytest.approx(summary["complexity"])
+    assert llr_summary["metrics"] == llr_summary["llr"]
+    bad = vdvae("ood", "-m", tiny_ckpt, *pics, "--score", "complexity", "--k", 2, code=2)
+    assert bad.stderr.count("error:") == 1 and "--k belong to --score llr" in bad.stderr

@@ -76,3 +76,25 @@ def test_a_recorded_k_the_model_cannot_take_is_refused(tmp_path, golden_cfg, gol
     path = _ckpt(tmp_path, golden_cfg, golden_state, default_ood_k="99")
     result = run("ood", "-m", path, *pics, code=1)
     assert "k must be 1 to 13" in result.stderr
+
+
+def test_a_recorded_complexity_score_is_the_default_and_said(tmp_path, golden_cfg, golden_state, pics):
+    path = _ckpt(tmp_path, golden_cfg, golden_state, default_ood_score="complexity",
+                 default_ood_source="flipped and inverted Fashion-MNIST validation")
+    assert default_ood(path) == {"score": "complexity", "source": "flipped and inverted Fashion-MNIST validation"}
+    plain = run("ood", "-m", path, *pics, "--seed", 1, "--json")
+    rows = [json.loads(line) for line in plain.stdout.splitlines()]
+    assert {r["score_kind"] for r in rows} == {"complexity"}
+    assert "--score complexity: what the model file records (flipped and inverted" in plain.stderr
+    chosen = run("ood", "-m", path, *pics, "--seed", 1, "--score", "complexity", "--json")
+    assert chosen.stdout == plain.stdout and "records" not in chosen.stderr
+    with_k = [json.loads(line) for line in run("ood", "-m", path, *pics, "--k", 2, "--json").stdout.splitlines()]
+    assert {(r["score_kind"], r["k"]) for r in with_k} == {("llr", 2)}  # --k asks for the likelihood ratio
+    assert "ood          --score complexity (flipped and inverted" in run("info", "-m", path).stdout
+    assert json.loads(run("info", "-m", path, "--json").stdout)["default_ood"]["score"] == "complexity"
+
+
+def test_an_unknown_recorded_score_is_refused(tmp_path, golden_cfg, golden_state, pics):
+    path = _ckpt(tmp_path, golden_cfg, golden_state, default_ood_score="magic")
+    result = run("ood", "-m", path, *pics, code=1)
+    assert result.stderr.count("error:") == 1 and "it must be one of llr, complexity" in result.stderr

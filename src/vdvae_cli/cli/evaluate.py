@@ -231,8 +231,12 @@ def info(
         "(what sample, reconstruct, mix and decode use without --temp, --output-temp)")
     if ood_recorded:
         how = f" ({ood_recorded['source']})" if ood_recorded.get("source") else ""
-        out(f"ood          --k {ood_recorded['k']} --prior-temp {ood_recorded.get('prior_temperature', '1.0')}{how} "
-            "(what ood uses without --k)")
+        if ood_recorded.get("score") == "complexity":
+            out(f"ood          --score complexity{how} (what ood uses without --score and --k)")
+        else:
+            score = "--score llr " if ood_recorded.get("score") else ""
+            out(f"ood          {score}--k {ood_recorded.get('k', '1')} --prior-temp "
+                f"{ood_recorded.get('prior_temperature', '1.0')}{how} (what ood uses without --k)")
     out("--keep-res   " + ", ".join(f"{r} -> {k} layers" for r, k in keep_res.items()))
     out()
     out(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")

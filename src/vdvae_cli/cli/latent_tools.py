@@ -47,6 +47,11 @@ class Rest(str, Enum):
     resample = "resample"
 
 
+class Score(str, Enum):
+    llr = "llr"
+    complexity = "complexity"
+
+
 PathLayersOpt = Annotated[Optional[str], typer.Option(
     "--keep-layers", "-k", metavar="K|all", help="Interpolate the first K latent layers (a number, or 'all').",
     show_default=False,
@@ -271,20 +276,28 @@ def interpolate(
 @command(
     "ood",
     help=(
-        "Out-of-distribution scores: the likelihood ratio LLR>k of Havtorn et al. 2021.\n\n"
-        "score = L - L>k, where L is the ELBO and L>k the looser bound with the k latent layers nearest the "
+        "Out-of-distribution scores: the likelihood ratio LLR>k of Havtorn et al. 2021, or the input-complexity "
+        "score of Serra et al. 2020.\n\n"
+        "llr: score = L - L>k, where L is the ELBO and L>k the looser bound with the k latent layers nearest the "
         "pixels (the last k in `vdvae info`, the finest resolutions) drawn from their conditional prior instead "
         "of the posterior. Low-level statistics that make the plain likelihood rank some foreign images as "
-        "*more* likely cancel in the ratio; higher scores mean more likely out of distribution. Values are in "
-        "bits/dim; with --samples S > 1 both bounds are importance-weighted. The ELBO is the bound `vdvae eval` "
-        "reports for the same --seed and --samples.\n\n"
+        "*more* likely cancel in the ratio.\n\n"
+        "complexity: score = -ELBO minus the image's size as a PNG, both per dimension: a simple image (a digit "
+        "on black) is cheap for every model, and the difference keeps what only this model finds surprising. "
+        "One pass, no k.\n\n"
+        "Higher scores mean more likely out of distribution. Values are in bits/dim; with --samples S > 1 the "
+        "bounds are importance-weighted. The ELBO is the bound `vdvae eval` reports for the same --seed and "
+        "--samples. Without --score and --k, ood uses what the model file records (its card chose it on "
+        "held-out data; `vdvae info` shows it), else llr with k = 1.\n\n"
         "--in DIR --out DIR also reports AUROC, AUPRC and the false-positive rate at 80% true positives for the "
-        "score and, for comparison, for the plain negative ELBO (out-of-distribution images are the positives)."
+        "score and, for comparison, for the other score where it was computed and the plain negative ELBO "
+        "(out-of-distribution images are the positives)."
     ),
     epilog="Examples:\n\n"
     "  vdvae ood photo.png other/ --json\n\n"
     "  vdvae ood --in test-set/ --out foreign/ --k 1 --samples 4 --seed 0\n\n"
-    "  vdvae ood --in test-set/ --out foreign/ --json | tail -1 | jq .llr",
+    "  vdvae ood --in test-set/ --out foreign/ --score complexity\n\n"
+    "  vdvae ood --in test-set/ --out foreign/ --json | tail -1 | jq .metrics",
 )
 def ood(
     images: Annotated[Optional[list[str]], typer.Argument(
@@ -293,10 +306,13 @@ def ood(
         "--in", metavar="PATH", show_default=False, help="In-distribution images (files or folders; repeatable).")] = None,
     out_dir: Annotated[Optional[list[str]], typer.Option(
         "--out", metavar="PATH", show_default=False, help="Out-of-distribution images (files or folders; repeatable).")] = None,
+    score: Annotated[Optional[Score], typer.Option(
+        "--score", show_default=False, help="llr (Havtorn et al. 2021) or complexity (Serra et al. 2020). Default: "
+        "the score the model file records; else llr (also whenever --k is given).")] = None,
     k: Annotated[Optional[int], typer.Option(
         "--k", show_default=False, help="How many of the finest latent layers the looser bound draws from the prior "
-        "(the paper's k). Default: the k the model file records (`vdvae info` shows it; its card chose it on "
-        "held-out data), else 1.")] = None,
+        "(the paper's k; --score llr). Default: the k the model file records (`vdvae info` shows it; its card "
+        "chose it on held-out data), else 1.")] = None,
     samples: Annotated[int, typer.Option("--samples", "-s", help="Importance samples for the ELBO.")] = 1,
     samples_k: Annotated[Optional[int], typer.Option(
         "--samples-k", help="Importance samples for L>k (default: --samples).", show_default=False)] = None,
@@ -317,7 +333,7 @@ def ood(
 ) -> None:
     import torch
 
-    from ..tools.ood import detection_metrics, llr_scores
+    from ..tools.ood import complexity_scores, detection_metrics, llr_scores, png_bits_per_dim
 
     _single_process("ood")
     sets = bool(in_dir) or bool(out_dir)
@@ -327,6 +343,11 @@ def ood(
         raise UsageError("--in and --out go together (in- and out-of-distribution images)")
     if not sets and not images:
         raise UsageError("no images given", hint="pass images, or --in DIR --out DIR for detection metrics")
+    if score is Score.complexity:
+        given = [name for name, value in (("--k", k), ("--samples-k", samples_k), ("--prior-temp", prior_temp))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} belong to --score llr; --score complexity has no looser bound")
     check_positive("--samples", samples)
     if samples_k is not None:
         check_positive("--samples-k", samples_k)
@@ -343,11 +364,19 @@ def ood(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     cfg = vae.cfg
-    if k is None:
-        from ..modelfiles.header import ood_settings
-        from ..tools.ood import DEFAULT_K
+    from ..modelfiles.header import ood_score, ood_settings
+    from ..tools.ood import DEFAULT_K
 
-        recorded = getattr(vae, "default_ood", None)
+    recorded = getattr(vae, "default_ood", None)
+    how = f" ({recorded['source']})" if recorded and recorded.get("source") else ""
+    if score is None:
+        kept = ood_score(recorded)
+        if k is None and kept == "complexity":
+            score = Score.complexity
+            run.info(f"--score complexity: what the model file records{how}; give --score or --k to choose")
+        else:
+            score = Score.llr
+    if score is Score.llr and k is None:
         settings = ood_settings(recorded, cfg.n_layers)
         if settings is None:
             k = DEFAULT_K
@@ -355,12 +384,12 @@ def ood(
             k = settings[0]
             if prior_temp is None:
                 prior_temp = settings[1]
-            how = f" ({recorded['source']})" if recorded and recorded.get("source") else ""
             run.info(f"--k {k} --prior-temp {prior_temp:g}: what the model file records{how}; "
                      "give --k to choose")
     if prior_temp is None:
         prior_temp = 1.0
-    if not 1 <= k <= cfg.n_layers:
+    llr = score is Score.llr
+    if llr and not 1 <= (k or 0) <= cfg.n_layers:
         raise UsageError(f"--k {k} but model {cfg.name} has {cfg.n_layers} latent layers", hint=f"use 1 to {cfg.n_layers}")
     mine, pixels = read_shard(run, sources, cfg.image_size, no_resize)
     seed = run.seed(seed)
@@ -368,45 +397,61 @@ def ood(
     run.announce()
 
     def score_batch(indices: list[int]):
-        return llr_scores(vae, pixels(indices), k=k, samples=samples, samples_k=samples_k,
-                          prior_temperature=prior_temp, noise=run.noise(seed, indices))
+        x = pixels(indices)
+        if llr:
+            return llr_scores(vae, x, k=k or DEFAULT_K, samples=samples, samples_k=samples_k,
+                              prior_temperature=prior_temp, noise=run.noise(seed, indices)), png_bits_per_dim(x, cfg.image_channels)
+        result = complexity_scores(vae, x, samples=samples, noise=run.noise(seed, indices))
+        return result, result.png / LN2
 
     with run.progress(len(mine), "scoring") as advance:
-        for indices, result in run.batches(mine, batch_size, score_batch):
+        for indices, (result, png) in run.batches(mine, batch_size, score_batch):
             for j, i in enumerate(indices):
-                row = {"type": "image", "index": i, "input": sources[i].name, "score": float(result.score[j]) / LN2,
-                       "elbo_bits_per_dim": float(result.elbo[j]) / LN2,
-                       "looser_bits_per_dim": float(result.looser[j]) / LN2, "k": k, "samples": samples,
-                       "samples_k": samples_k or samples, "prior_temp": prior_temp, "seed": seed, "model": cfg.name}
+                elbo_bpd = float(result.elbo[j]) / LN2
+                row = {"type": "image", "index": i, "input": sources[i].name, "score_kind": score.value,
+                       "score": float(result.score[j]) / LN2, "elbo_bits_per_dim": elbo_bpd,
+                       "png_bits_per_dim": float(png[j]), "complexity": elbo_bpd - float(png[j])}
+                if llr:
+                    row.update({"looser_bits_per_dim": float(result.looser[j]) / LN2, "k": k,
+                                "samples_k": samples_k or samples, "prior_temp": prior_temp})
+                row.update({"samples": samples, "seed": seed, "model": cfg.name})
                 if sets:
                     row["set"] = "out" if is_out[i] else "in"
                 rows.append(row)
                 if json_out:
                     run.emit(row)
             advance(len(indices))
+    label = f"LLR>{k}" if llr else "complexity"
     if not sets:
         if not json_out:
             width = max(5, *(len(r["input"]) for r in rows))
-            out(f"{cfg.name}: LLR>{k} (bits/dim; higher = more likely out of distribution)")
-            out(f"{'image':<{width}}  {'score':>9}  {'-ELBO':>9}  {f'-L>{k}':>9}")
+            out(f"{cfg.name}: {label} (bits/dim; higher = more likely out of distribution)")
+            extra = f"  {f'-L>{k}':>9}" if llr else f"  {'PNG':>9}"
+            out(f"{'image':<{width}}  {'score':>9}  {'-ELBO':>9}{extra}")
             for r in rows:
-                out(f"{r['input']:<{width}}  {r['score']:>9.4f}  {r['elbo_bits_per_dim']:>9.4f}  "
-                      f"{r['looser_bits_per_dim']:>9.4f}")
+                last = r["looser_bits_per_dim"] if llr else r["png_bits_per_dim"]
+                out(f"{r['input']:<{width}}  {r['score']:>9.4f}  {r['elbo_bits_per_dim']:>9.4f}  {last:>9.4f}")
         return
     pick = lambda key, out: torch.tensor([r[key] for r in rows if (r["set"] == "out") == out])  # noqa: E731
-    llr = detection_metrics(pick("score", False), pick("score", True))
-    plain = detection_metrics(pick("elbo_bits_per_dim", False), pick("elbo_bits_per_dim", True))
-    summary = {"type": "summary", "n_in": is_out.count(False), "n_out": is_out.count(True), "llr": llr.as_dict(),
-               "elbo": plain.as_dict(), "k": k, "samples": samples, "samples_k": samples_k or samples,
-               "prior_temp": prior_temp, "seed": seed, "model": cfg.name,
-               "seconds": round(time.perf_counter() - run.started, 4)}
+    metrics = {name: detection_metrics(pick(key, False), pick(key, True))
+               for name, key in (("llr", "score"), ("complexity", "complexity"), ("elbo", "elbo_bits_per_dim"))
+               if llr or name != "llr"}
+    summary: dict[str, Any] = {"type": "summary", "n_in": is_out.count(False), "n_out": is_out.count(True),
+                               "score_kind": score.value, "metrics": metrics[score.value].as_dict(),
+                               **{name: m.as_dict() for name, m in metrics.items()}}
+    if llr:
+        summary.update({"k": k, "samples_k": samples_k or samples, "prior_temp": prior_temp})
+    summary.update({"samples": samples, "seed": seed, "model": cfg.name,
+                    "seconds": round(time.perf_counter() - run.started, 4)})
     if json_out:
         run.emit(summary)
         return
     out(f"{cfg.name}: {summary['n_in']} in-distribution, {summary['n_out']} out-of-distribution images")
     out(f"{'score':<12}  {'AUROC':>6}  {'AUPRC':>6}  {'FPR80':>6}")
-    for label, m in ((f"LLR>{k}", llr), ("-ELBO", plain)):
-        out(f"{label:<12}  {m.auroc:>6.3f}  {m.auprc:>6.3f}  {m.fpr80:>6.3f}")
+    labels = {"llr": f"LLR>{k}", "complexity": "complexity", "elbo": "-ELBO"}
+    for name in sorted(metrics, key=lambda n: n != score.value):
+        m = metrics[name]
+        out(f"{labels[name]:<12}  {m.auroc:>6.3f}  {m.auprc:>6.3f}  {m.fpr80:>6.3f}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -173,30 +173,43 @@ def default_temperatures(path: str | Path) -> tuple[str | None, str | None]:
 DEFAULT_OOD_K_KEY = "default_ood_k"
 DEFAULT_OOD_PRIOR_TEMPERATURE_KEY = "default_ood_prior_temperature"
 DEFAULT_OOD_SOURCE_KEY = "default_ood_source"
+DEFAULT_OOD_SCORE_KEY = "default_ood_score"
+OOD_SCORES = ("llr", "complexity")  # tools.ood.SCORES, named here without importing torch
 
 
 def default_ood(path: str | Path) -> dict[str, str] | None:
-    """The ``vdvae ood`` settings a checkpoint records (its card chose them on held-out data): ``k``
-    (key ``default_ood_k``), ``prior_temperature`` (``default_ood_prior_temperature``, may be absent)
-    and ``source`` (``default_ood_source``: how they were chosen, may be absent), as the metadata spells
-    them; None when the file records no k. Checked where they are used (:func:`ood_settings`)."""
+    """The ``vdvae ood`` settings a checkpoint records (its card chose them on held-out data): the
+    ``score`` (key ``default_ood_score``: llr or complexity), ``k`` (``default_ood_k``),
+    ``prior_temperature`` (``default_ood_prior_temperature``) and ``source`` (``default_ood_source``:
+    how they were chosen), each only where recorded, as the metadata spells them; None when the file
+    records neither a score nor a k. Checked where they are used (:func:`ood_settings`,
+    :func:`ood_score`)."""
     meta = metadata_of(path)
-    k = meta.get(DEFAULT_OOD_K_KEY, "").strip()
-    if not k:
-        return None
-    out = {"k": k}
-    for name, key in (("prior_temperature", DEFAULT_OOD_PRIOR_TEMPERATURE_KEY), ("source", DEFAULT_OOD_SOURCE_KEY)):
+    out: dict[str, str] = {}
+    for name, key in (("score", DEFAULT_OOD_SCORE_KEY), ("k", DEFAULT_OOD_K_KEY),
+                      ("prior_temperature", DEFAULT_OOD_PRIOR_TEMPERATURE_KEY), ("source", DEFAULT_OOD_SOURCE_KEY)):
         value = meta.get(key, "").strip()
         if value:
             out[name] = value
-    return out
+    return out if ("k" in out or "score" in out) else None
+
+
+def ood_score(recorded: Mapping[str, str] | None) -> str | None:
+    """The score :func:`default_ood`'s mapping names (None when it names none); a file naming a
+    score this version does not know is refused."""
+    score = (recorded or {}).get("score")
+    if score is None:
+        return None
+    if score not in OOD_SCORES:
+        raise CheckpointError(f"the model file records ood score {score[:40]!r}: it must be one of {', '.join(OOD_SCORES)}")
+    return score
 
 
 def ood_settings(recorded: Mapping[str, str] | None, n_layers: int) -> tuple[int, float] | None:
     """(k, prior temperature) from :func:`default_ood`'s mapping, checked against a model of
     ``n_layers`` latent layers (temperature 1.0 when none is recorded); None when nothing is recorded.
     A file whose values are not a k from 1 to ``n_layers`` and a finite temperature >= 0 is refused."""
-    if not recorded:
+    if not recorded or "k" not in recorded:
         return None
     import math
 
