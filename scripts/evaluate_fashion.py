@@ -21,9 +21,10 @@ from a seeded ``torch.Generator`` (image i of a pass from (seed, i)), so the fig
    distance of its penultimate features to test images N.. (real test images 0..N-1 alongside).
 4. Overflow: samples whose output is not finite, in ``--finite-n`` samples at the recommended
    temperature and ``--finite-n-t1`` at temperature 1.0, with the largest prior log-std drawn.
-5. OOD: LLR>k of the Fashion-MNIST test images 0..1999 against 2,000 MNIST digits (a seeded subset
-   of ``--mnist``), at the k and prior temperature the model file records (what ``vdvae ood``
-   uses without --k), and the plain likelihood's AUROC.
+5. OOD: the Fashion-MNIST test images 0..1999 against 2,000 MNIST digits (a seeded subset of
+   ``--mnist``): LLR>k at the k and prior temperature the model file records, the input-complexity
+   score, the plain likelihood, and under "default" the score ``vdvae ood`` uses without
+   --score/--k (the file's record).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ from prepare_fashion_mnist import CLASSES  # noqa: E402
 from vdvae_cli.engine import ops  # noqa: E402
 from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
 from vdvae_cli.engine.distributions import PerImageNoise  # noqa: E402
-from vdvae_cli.modelfiles.header import ood_settings  # noqa: E402
-from vdvae_cli.tools.ood import detection_metrics, llr_scores  # noqa: E402
+from vdvae_cli.modelfiles.header import ood_score, ood_settings  # noqa: E402
+from vdvae_cli.tools.ood import detection_metrics, llr_scores, png_bits_per_dim  # noqa: E402
 from vdvae_cli.engine.runtime import image_generators  # noqa: E402
 from vdvae_cli.engine.temperature import parse_temperature_spec  # noqa: E402
 from vdvae_cli.training.loop import save_grid  # noqa: E402
@@ -162,22 +163,32 @@ def overflow(model, n: int, temp_spec: str, seed: int, batch: int = 500) -> dict
 
 
 def ood(model, fashion: np.ndarray, mnist: np.ndarray, seed: int, k: int | None, temp: float | None) -> dict:
-    recorded = ood_settings(getattr(model, "default_ood", None), model.cfg.n_layers)
+    """Fashion-MNIST test vs MNIST: the LLR>k score, the input-complexity score and the plain
+    likelihood, and which of the first two ``vdvae ood`` uses without --score/--k (the file's record)."""
+    recorded_map = getattr(model, "default_ood", None)
+    recorded = ood_settings(recorded_map, model.cfg.n_layers)
+    default_score = "llr" if k is not None else (ood_score(recorded_map) or "llr")
     if k is None:
         k, temp = recorded if recorded else (1, 1.0)
     temp = 1.0 if temp is None else temp
     both = np.concatenate([fashion, mnist])
-    scores, nll = [], []
+    scores, nll, png = [], [], []
     for start in range(0, len(both), 250):
         stop = min(start + 250, len(both))
-        r = llr_scores(model, torch.from_numpy(both[start:stop]), k=k, prior_temperature=temp,
-                       noise=noise(seed, start, stop))
+        x = torch.from_numpy(both[start:stop])
+        r = llr_scores(model, x, k=k, prior_temperature=temp, noise=noise(seed, start, stop))
         scores.append(r.score.double())
         nll.append(r.elbo.double())
+        png.append(png_bits_per_dim(x, model.cfg.image_channels) * LN2)
     s, e = torch.cat(scores), torch.cat(nll)
+    c = e - torch.cat(png)
     n = len(fashion)
-    return {"n_in": n, "n_out": len(mnist), "k": k, "prior_temp": temp, "recorded": recorded is not None,
-            "llr": detection_metrics(s[:n], s[n:]).as_dict(), "elbo": detection_metrics(e[:n], e[n:]).as_dict()}
+    out = {"n_in": n, "n_out": len(mnist), "k": k, "prior_temp": temp, "recorded": recorded_map is not None,
+           "default_score": default_score,
+           "llr": detection_metrics(s[:n], s[n:]).as_dict(), "complexity": detection_metrics(c[:n], c[n:]).as_dict(),
+           "elbo": detection_metrics(e[:n], e[n:]).as_dict()}
+    out["default"] = out[default_score]
+    return out
 
 
 def main() -> None:
