@@ -38,7 +38,12 @@ def cache(
     from ..modelfiles.cache import cached_models, remove as remove_entries
     from ..modelfiles.paths import cache_dir, human_size
 
+    skipped: list[str] = []
     if remove or remove_all:
+        cached_models(skipped)
+        if not quiet:
+            for note in skipped:
+                say(f"skipped {note}")
         gone = remove_entries(list(remove or []), everything=remove_all)
         for c in gone:
             if json_out:
@@ -48,7 +53,10 @@ def cache(
         if not gone and not quiet and not json_out:
             say(f"the cache ({cache_dir()}) is empty")
         return
-    entries = cached_models()
+    entries = cached_models(skipped)
+    if not quiet:
+        for note in skipped:
+            say(f"skipped {note}")
     if json_out:
         for c in entries:
             emit_json(c.to_dict())

@@ -16,6 +16,7 @@ the registry's Hub files in the Hugging Face cache), ``remove`` deletes entries.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,24 +114,70 @@ class CachedFile:
 
 def _size(path: Path) -> int:
     try:
-        return path.stat().st_size
+        return path.lstat().st_size
     except OSError:
         return 0
 
 
-def cached_models() -> list[CachedFile]:
-    """Everything the cache holds, converted models first, by name."""
-    folder = paths.cache_dir()
+def _regular(path: Path) -> str | None:
+    """None for a regular file (not followed through a link); else what it is instead."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link (not followed: the cache never reaches outside its own folder)"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    return None
+
+
+def _subfolder(root: Path, name: str, skipped: list[str]) -> Path | None:
+    """``root/name`` when it is a real folder inside ``root`` (not a link to somewhere else)."""
+    folder = root / name
+    try:
+        mode = folder.lstat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        skipped.append(f"{folder}: a symbolic link (not followed: the cache never reaches outside its own folder)")
+        return None
+    return folder if stat.S_ISDIR(mode) else None
+
+
+def _entries(folder: Path, pattern: str, skipped: list[str]) -> list[Path]:
+    """Regular files in ``folder`` matching ``pattern``; links and other kinds go to ``skipped``."""
+    found = []
+    for p in sorted(folder.glob(pattern)):
+        why = _regular(p)
+        if why is None:
+            found.append(p)
+        else:
+            skipped.append(f"{p}: {why}")
+    return found
+
+
+def cache_root() -> Path:
+    """The cache folder as the file system finds it (``$VDVAE_CACHE`` may itself be a link; what is
+    inside is then judged from its real place)."""
+    return paths.cache_dir().resolve()
+
+
+def cached_models(skipped: list[str] | None = None) -> list[CachedFile]:
+    """Everything the cache holds, converted models first, by name: only regular files in the
+    cache's own folders. Symbolic links and anything else are left out (and named in ``skipped``
+    when a list is given): nothing here ever leads outside the cache."""
+    skipped = [] if skipped is None else skipped
+    folder = cache_root()
     found: list[CachedFile] = []
     if folder.is_dir():
-        found += [CachedFile(p.stem, "model", p, _size(p)) for p in sorted(folder.glob("*.safetensors")) if p.is_file()]
-    downloads = folder / "downloads"
-    if downloads.is_dir():
-        found += [CachedFile(p.name, "partial", p, _size(p)) for p in sorted(downloads.iterdir()) if p.is_file()]
-    batchnorm = folder / "bn"  # --readjust-bn's statistics (families/nvae/batchnorm.py)
-    if batchnorm.is_dir():
-        found += [CachedFile(f"bn/{p.stem}", "bn", p, _size(p)) for p in sorted(batchnorm.glob("*.safetensors"))
-                  if p.is_file()]
+        found += [CachedFile(p.stem, "model", p, _size(p)) for p in _entries(folder, "*.safetensors", skipped)]
+    downloads = _subfolder(folder, "downloads", skipped)
+    if downloads is not None:
+        found += [CachedFile(p.name, "partial", p, _size(p)) for p in _entries(downloads, "*", skipped)]
+    batchnorm = _subfolder(folder, "bn", skipped)  # --readjust-bn's statistics (families/nvae/batchnorm.py)
+    if batchnorm is not None:
+        found += [CachedFile(f"bn/{p.stem}", "bn", p, _size(p)) for p in _entries(batchnorm, "*.safetensors", skipped)]
     for entry in registry.all_entries():
         if entry.kind == "official" and entry.hf_repo and not paths.official_cache_path(entry.name).is_file():
             path = fetch.cached_path(entry)
@@ -139,12 +186,21 @@ def cached_models() -> list[CachedFile]:
     return found
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` is a regular file whose real folder is ``root`` or one of its sub-folders
+    ``downloads`` and ``bn``, checked again just before it is deleted."""
+    if _regular(path) is not None:
+        return False
+    parent = path.parent.resolve()
+    return parent == root or parent in (root / "downloads", root / "bn")
+
+
 def remove(names: list[str], *, everything: bool = False) -> list[CachedFile]:
     """Delete the named entries (a model name, or a partial download's file name), or all of them.
     Every name is checked before anything is deleted. Returns what was removed."""
     present = cached_models()
     if everything:
-        chosen = [c for c in present if c.kind != "hub"]
+        chosen = [c for c in present if c.kind != "hub"]  # the Hugging Face cache is shared: never emptied here
     else:
         chosen = []
         for name in names:
@@ -157,9 +213,15 @@ def remove(names: list[str], *, everything: bool = False) -> list[CachedFile]:
                 raise UsageError(f"{name!r} lives in the Hugging Face cache, shared with other programs",
                                  hint="remove it there: hf cache delete")
             chosen += [c for c in hits if c not in chosen]
+    root = cache_root()
+    removed = []
     for c in chosen:
+        if not _inside(c.path, root):  # changed since it was listed: never delete outside the cache
+            raise OutputError(f"not removing {c.path}: it is no longer a regular file in the cache's folder ({root})",
+                              hint=f"removed before it: {len(removed)} entries")
         try:
             c.path.unlink(missing_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot remove {c.path}: {exc.strerror}") from None
-    return chosen
+        removed.append(c)
+    return removed
