@@ -214,7 +214,7 @@ def remove(names: list[str], *, everything: bool = False) -> list[CachedFile]:
                                  hint="remove it there: hf cache delete")
             chosen += [c for c in hits if c not in chosen]
     root = cache_root()
-    removed = []
+    removed: list[CachedFile] = []
     for c in chosen:
         if not _inside(c.path, root):  # changed since it was listed: never delete outside the cache
             raise OutputError(f"not removing {c.path}: it is no longer a regular file in the cache's folder ({root})",
