@@ -111,7 +111,7 @@ CASES = [
     ("mix-needs-keep", lambda s: ["mix", s.good, s.good, "-o", s.out, "--force"], None, 2, "--keep-layers K"),
     ("variations-with-b", lambda s: ["mix", s.good, s.good, "-k", "2", "-n", "3", "-o", f"{s.dir}/"], None, 2,
      "-n draws completions"),
-    ("zero-images", lambda s: ["sample", "-n", "0", "-o", s.out, "--force"], None, 2, "-n must be at least 1"),
+    ("zero-images", lambda s: ["sample", "-n", "0", "-o", s.out, "--force"], None, 2, "-n must be 1 to 1,000,000,000"),
     ("zero-batch", lambda s: ["eval", s.good, "--batch-size", "0"], None, 2, "--batch-size"),
     ("negative-output-temp", lambda s: ["sample", "--output-temp", "-1", "-o", s.out, "--force"], None, 2,
      "--output-temp"),

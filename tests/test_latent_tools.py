@@ -165,12 +165,12 @@ def test_interpolate_seeds_grid_and_animation(tiny_ckpt, tmp_path, golden_model)
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "3"], "at least two keys"),
     (["--seeds", "3", "x"], "whole numbers"),
-    (["--seeds", "3", "4", "--steps", "1"], "--steps must be at least 2"),
+    (["--seeds", "3", "4", "--steps", "1"], "--steps must be 2 to 100,000"),
     (["--seeds", "3", "4", "--layers", "0-2", "--keep-res", "4"], "--layers and --keep-layers"),
     (["--seeds", "3", "4", "--layers", "0,,2"], "entry 2 is empty"),
     (["--seeds", "3", "4", "--layers", "40"], "layer 40 does not exist"),
     (["--seeds", "3", "4", "-o", "{tmp}/x.png"], "names one file"),
-    (["--seeds", "3", "4", "-o", "{tmp}/x.tiff", "--grid", "--scale", "0"], "--scale must be at least 1"),
+    (["--seeds", "3", "4", "-o", "{tmp}/x.tiff", "--grid", "--scale", "0"], "--scale must be 1 to 64"),
 ])
 def test_interpolate_usage_errors(tiny_ckpt, tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -245,7 +245,7 @@ def test_ood_cli_detection_metrics(tiny_ckpt, tmp_path, pics):
     ([], "no images given"),
     (["--in", "x"], "--in and --out go together"),
     (["{pic}", "--k", "14"], "--k 14 but model tiny has 13"),
-    (["{pic}", "--samples", "0"], "--samples must be at least 1"),
+    (["{pic}", "--samples", "0"], "--samples must be 1 to 5,000"),
 ])
 def test_ood_usage_errors(tiny_ckpt, pics, args, message):
     args = [str(pics[0]) if a == "{pic}" else a for a in args]

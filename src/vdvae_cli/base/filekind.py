@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError, VDVAEError
 
 
 def sniff(path: Path) -> str:
@@ -53,6 +53,27 @@ def file_kind(path: Path) -> str:
     except UnicodeDecodeError:
         return "binary data of an unknown kind"
     return "a text file"
+
+
+def require_regular_file(path: Path | str, what: str, error: type[VDVAEError] = UsageError) -> Path:
+    """``path`` when it is a regular file (after links); else ``error`` in one line. A FIFO would
+    block the reader forever, a device such as /dev/zero never ends, and neither is a file a
+    model, hyperparameters or latents are read from. Judged by ``stat`` alone: nothing is opened."""
+    import os
+    import stat as st
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise error(f"cannot read {_label(path)}: {exc.strerror or exc}") from None
+    if st.S_ISREG(mode):
+        return path
+    kind = ("a folder" if st.S_ISDIR(mode) else "a FIFO (named pipe)" if st.S_ISFIFO(mode)
+            else "a device" if st.S_ISCHR(mode) or st.S_ISBLK(mode) else "a socket" if st.S_ISSOCK(mode)
+            else "not a regular file")
+    raise error(f"{_label(path)} is {kind}, not a {what} file",
+                hint="give a regular file (a pipe works for images on stdin: -)")
 
 
 def _label(path: Path | str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Callable
 import typer
 
 from .. import __version__
-from ..base.errors import DeviceError, OutputError, VDVAEError, is_out_of_memory
+from ..base.errors import DeviceError, OutputError, UsageError, VDVAEError, is_out_of_memory
 from ._help import install as install_help_style
 
 install_help_style()
@@ -199,6 +199,26 @@ def _oserror_text(exc: OSError) -> str:
     if exc.filename is not None:
         parts.append(str(exc.filename))
     return ": ".join(parts)
+def _check_numbers(values: dict[str, Any]) -> None:
+    """Every number option is a finite number: NaN passes every range check (all comparisons with it
+    are false) and an infinity overflows whatever it sizes, so both are refused here, where the
+    options are parsed, for every command at once; each command checks its own ranges."""
+    import math
+
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    params = {p.name: p for p in ctx.command.params} if ctx is not None else {}
+    for name, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                param = params.get(name)
+                opts = getattr(param, "opts", None) or [f"--{name.replace('_', '-')}"]
+                flag = max(opts, key=len)
+                raise UsageError(f"{flag} must be a finite number, got {item}")
+
+
 def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``app.command`` with the error boundary around the function."""
 
@@ -214,6 +234,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
                 with warnings.catch_warnings():
                     if not debug():  # library warnings (numpy, torch, Pillow) are not our messages
                         warnings.simplefilter("ignore")
+                    _check_numbers(kw)
                     return func(*a, **kw)
             except (typer.Exit, typer.Abort, typer.BadParameter):
                 raise

@@ -259,16 +259,19 @@ class Session:
         mine = self.my_indices(total) if indices is None else list(indices)
         assert self.model is not None
         writer.check_size(self.model.cfg.image_size)
-        mine = [i for i in mine if i not in writer.existing]  # --skip-existing: made by an earlier run
+        if writer.existing:  # --skip-existing: made by an earlier run (else `mine` stays a lazy range)
+            mine = [i for i in mine if i not in writer.existing]
         shared_output = self.shard.world > 1 and writer.kind != "dir"
         held: list[tuple[int, Any, tuple[float, int]]] = []
         self.announce()
         self.barrier()  # every process has checked the outputs before any writes one
 
         def report(done: list[tuple[int, str]]) -> None:
-            if self.json_out:
+            if not self.json_out:
+                timing.clear()  # nothing to say per image: keep no record of it
+            else:
                 for i, where in done:
-                    batch_seconds, batch_size = timing[i]
+                    batch_seconds, batch_size = timing.pop(i)
                     self.emit({"type": "image", **record(i), "path": where,
                                "batch_seconds": round(batch_seconds, 4), "batch_size": batch_size})
 
@@ -332,9 +335,20 @@ def refuse_distributed(what: str) -> None:
                          hint="run it without torchrun")
 
 
-def check_positive(name: str, value: int) -> None:
-    if value < 1:
-        raise UsageError(f"{name} must be at least 1, got {value}")
+# Bounds on counts, checked where the options are parsed: each keeps a request's time and memory
+# finite and says so in one line, instead of a run that never ends or memory that runs out.
+MAX_IMAGES = 10**9  # sample -n: written one batch at a time, names made as they are needed
+MAX_VARIATIONS = 10**6  # per input image (reconstruct -n, restore -n), and fid's --kid-subset
+MAX_IMPORTANCE_SAMPLES = 5000  # eval/ood --samples: each a full pass over every image
+MAX_SCALE = 64  # interpolate --scale
+MAX_STEPS = 100_000  # interpolate --steps (frames per segment)
+MAX_FRAMES = 10**6  # interpolate: keys x steps
+
+
+def check_positive(name: str, value: int, most: int) -> None:
+    """``value`` is a whole number from 1 to ``most`` (a bound that keeps time and memory finite)."""
+    if not 1 <= value <= most:
+        raise UsageError(f"{name} must be 1 to {most:,}, got {value}")
 
 
 def check_output_temp(value: float | None) -> None:

@@ -44,6 +44,12 @@ def convert(
 
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    from ..base.filekind import require_regular_file
+
+    if src.exists():
+        require_regular_file(src, "checkpoint")
+    if hparams is not None:
+        require_regular_file(hparams, "hyperparameters")
     family = official_family(src)
     layout = family.official_layout(config, hparams)
     if layout is None and config is None and hparams is None and not (src.is_file() and family.stores_layout(src)):

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from ._app import command, emit_json, out
-from ._run import BatchOpt, NoResizeOpt, Session, check_batch_size, check_positive, collect_inputs, read_shard
+from ._run import (BatchOpt, MAX_IMPORTANCE_SAMPLES, NoResizeOpt, Session, check_batch_size, check_positive,
+                   collect_inputs, read_shard)
 from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt, default_model
 
 LN2 = math.log(2)
@@ -50,7 +51,7 @@ def evaluate(
     from ..engine import ops
     from ..base.safety import non_finite_keys
 
-    check_positive("--samples", samples)
+    check_positive("--samples", samples, MAX_IMPORTANCE_SAMPLES)
     check_batch_size(batch_size)
     sources = collect_inputs(images)
     run = Session(quiet=quiet, json_out=json_out)

@@ -18,7 +18,7 @@ import typer
 from ._app import command, write_stdout
 from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive, collect_inputs,
-    SkipExistingOpt, draws_noise, keep_count, plan_images, read_shard, refuse_distributed, stdout_is_tty,
+    MAX_IMAGES, MAX_VARIATIONS, SkipExistingOpt, draws_noise, keep_count, plan_images, read_shard, refuse_distributed, stdout_is_tty,
 )
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
 from ..base.errors import CheckpointError, LatentsError, OutputError, UsageError
@@ -158,7 +158,7 @@ def sample(
     from ..engine import ops
     from ..base.images import numbered_names
 
-    check_positive("-n", num)
+    check_positive("-n", num, MAX_IMAGES)
     check_batch_size(batch_size)
     check_output_temp(output_temp)
     writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out,
@@ -313,7 +313,7 @@ def mix(
     check_keep_args(keep_layers, keep_res)
     if keep_layers is None and keep_res is None:
         raise UsageError("mix needs --keep-layers K or --keep-res R (how much of A to keep)")
-    check_positive("-n", n_variations)
+    check_positive("-n", n_variations, MAX_VARIATIONS)
     check_batch_size(batch_size)
     check_output_temp(output_temp)
     if b and n_variations != 1:

@@ -17,7 +17,8 @@ import typer
 from ._app import command, out
 from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive,
-    collect_inputs, draws_noise, keep_count, plan_images, read_shard, refuse_distributed,
+    collect_inputs, draws_noise, keep_count, plan_images, read_shard, refuse_distributed, MAX_FRAMES,
+    MAX_IMPORTANCE_SAMPLES, MAX_SCALE, MAX_STEPS, MAX_VARIATIONS,
 )
 from .generate import (
     OutputTempOpt, Posterior, PosteriorOpt, ReadjustItersOpt, ReadjustOpt, TempOpt, readjust_if_asked,
@@ -84,6 +85,23 @@ class FramesWriter(ImageWriter):
 
     def write(self, indices: Sequence[int], images: Sequence["np.ndarray"]) -> list[tuple[int, str]]:
         return super().write(indices, self._enlarge(images))
+
+    def check_size(self, image_size: int) -> None:
+        """Refuse, before any work, a grid or animation whose frames would not fit in memory: they are
+        all held until the file is encoded (frames to a folder are written as they are made)."""
+        from ..base.safety import available_memory, human_bytes
+
+        side = image_size * self.scale
+        super().check_size(side)
+        if self.animation is None and not self.grid:
+            return
+        need = 3 * len(self.names) * side * side * 3  # the frames, the encoder's copy and its output
+        free = available_memory()
+        if free is not None and need > free // 2:
+            what = f"a {self.animation} of" if self.animation else "a grid of"
+            raise UsageError(f"{what} {len(self.names):,} frames of {side}x{side} needs about {human_bytes(need)} "
+                             f"of memory; {human_bytes(free)} is available",
+                             hint="write the frames to a folder (-o DIR/), or use fewer --steps or a smaller --scale")
 
     def _encode_held(self, order: list[int], images: list["np.ndarray"]) -> bytes:
         from ..base.images import encode_image, make_grid
@@ -207,17 +225,18 @@ def interpolate(
     check_keep_args(keep_layers, keep_res)
     if layers is not None and (keep_layers is not None or keep_res is not None):
         raise UsageError("--layers and --keep-layers/--keep-res both choose the layers", hint="give one of them")
-    check_positive("--scale", scale)
-    if steps < 2:
-        raise UsageError(f"--steps must be at least 2 (the two ends of a segment), got {steps}")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise UsageError(f"--fps must be a positive number, got {fps}")
+    check_positive("--scale", scale, MAX_SCALE)
+    if not 2 <= steps <= MAX_STEPS:
+        raise UsageError(f"--steps must be 2 to {MAX_STEPS:,} (frames per segment, its two ends included), got {steps}")
+    if not 0.01 <= fps <= 100:  # a GIF's frame lasts a whole number of 10 ms (at most 100 per second)
+        raise UsageError(f"--fps must be 0.01 to 100 (frames per second of an animation), got {fps}")
     check_batch_size(batch_size)
     check_output_temp(output_temp)
     key_seeds: list[int] = []
     if seeds:
-        if not all(k.lstrip("-").isdigit() for k in keys):
-            raise UsageError(f"--seeds takes whole numbers, got {' '.join(keys)}", hint="e.g. --seeds 3 7 11")
+        if not all(k.isascii() and k.lstrip("-").isdigit() and len(k) <= 40 for k in keys):
+            shown = " ".join(k if len(k) <= 40 else k[:20] + "..." for k in keys[:10])
+            raise UsageError(f"--seeds takes whole numbers of at most 40 digits, got {shown}"[:300], hint="e.g. --seeds 3 7 11")
         key_seeds = [int(k) for k in keys]
         names = [f"seed {s}" for s in key_seeds]
     else:
@@ -226,6 +245,10 @@ def interpolate(
     if len(names) < 2:
         raise UsageError(f"interpolation needs at least two keys, got {len(names)}",
                          hint="give two images (or a folder of them), or --seeds S1 S2")
+    segments = len(names) - (0 if loop else 1)
+    if segments * (steps - 1) + 1 > MAX_FRAMES:
+        raise UsageError(f"{len(names)} keys x --steps {steps} make {segments * (steps - 1) + 1:,} frames "
+                         f"(at most {MAX_FRAMES:,})", hint="fewer keys or fewer --steps")
     frames = path(len(names), steps, loop=loop)
     writer = _plan_frames(output, numbered_names("frame", len(frames)), grid=grid, force=force, json_out=json_out,
                           columns=steps - 1 if loop else steps, scale=scale, fps=fps)
@@ -252,10 +275,11 @@ def interpolate(
                                             for src in sources]))
         key_latents = ops.encode(vae, pixels, posterior=posterior.value, n_layers=depth,
                                  noise=run.noise(seed, [-1 - i for i in range(len(names))]))
-    frame_latents = interpolate_latents(select_layers(key_latents, chosen, cfg.n_layers), frames, method.value)
+    selected = select_layers(key_latents, chosen, cfg.n_layers)
 
     def make(indices: list[int]):
-        given = [None if z is None else z[indices] for z in frame_latents]
+        # each batch's frames made when it is drawn: a long path never holds every frame's latents
+        given = interpolate_latents(selected, [frames[i] for i in indices], method.value)
         frame_noise = run.noise(seed, [0] * len(indices) if rest is Rest.held else indices)
         return ops.decode(vae, given, n=len(indices), temperatures=temps, output_temperature=pixel_temp,
                           noise=frame_noise)
@@ -348,9 +372,9 @@ def ood(
                  if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)} belong to --score llr; --score complexity has no looser bound")
-    check_positive("--samples", samples)
+    check_positive("--samples", samples, MAX_IMPORTANCE_SAMPLES)
     if samples_k is not None:
-        check_positive("--samples-k", samples_k)
+        check_positive("--samples-k", samples_k, MAX_IMPORTANCE_SAMPLES)
     if prior_temp is not None and not (prior_temp >= 0 and math.isfinite(prior_temp)):
         raise UsageError(f"--prior-temp must be a finite number >= 0, got {prior_temp}")
     check_batch_size(batch_size)
@@ -432,6 +456,10 @@ def ood(
                 last = r["looser_bits_per_dim"] if llr else r["png_bits_per_dim"]
                 out(f"{r['input']:<{width}}  {r['score']:>9.4f}  {r['elbo_bits_per_dim']:>9.4f}  {last:>9.4f}")
         return
+    for side, flag in (("in", "--in"), ("out", "--out")):
+        if not any(r["set"] == side for r in rows):  # every image of that side failed to read
+            run.finish(len(sources))  # says how many could not be read, exit 1
+            raise UsageError(f"{flag} holds no image that could be read")
     pick = lambda key, out: torch.tensor([r[key] for r in rows if (r["set"] == "out") == out])  # noqa: E731
     metrics = {name: detection_metrics(pick(key, False), pick(key, True))
                for name, key in (("llr", "score"), ("complexity", "complexity"), ("elbo", "elbo_bits_per_dim"))
@@ -502,7 +530,7 @@ def fid(
         raise UsageError("with -n the samples come from the model, so give only the REFERENCE folder")
     if num is not None and num < 2:
         raise UsageError(f"-n must be at least 2 for FID, got {num}")
-    check_positive("--kid-subset", kid_subset)
+    check_positive("--kid-subset", kid_subset, MAX_VARIATIONS)
     check_batch_size(batch_size)
     check_output_temp(output_temp)
     for folder in folders:

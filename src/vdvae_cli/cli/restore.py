@@ -15,7 +15,7 @@ import typer
 
 from ._app import command
 from ._run import BatchOpt, NoResizeOpt, Session, SkipExistingOpt, check_batch_size, check_keep_args, check_positive, \
-    collect_inputs, keep_count, plan_images
+    collect_inputs, keep_count, plan_images, MAX_VARIATIONS
 from .generate import GridOpt, KeepLayersOpt, KeepResOpt, OutOpt, Posterior, TempOpt, resolve_temperatures
 from .options import CompileOpt, DeviceOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
 from ..base.errors import ImageError, UsageError
@@ -90,7 +90,7 @@ def parse_blur(spec: str) -> float:
 
 def _check_common(num: int, steps: int | None, decoder_std: float | None, batch_size: str,
                   keep_layers: str | None, keep_res: int | None) -> None:
-    check_positive("-n", num)
+    check_positive("-n", num, MAX_VARIATIONS)
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise UsageError(f"--steps must be from 1 to {MAX_STEPS}, got {steps}")
     if decoder_std is not None and not (math.isfinite(decoder_std) and 0 < decoder_std <= 1):

@@ -124,6 +124,9 @@ def _resolve_model_config(config: str | None, hparams: Path | None, init: str | 
         arch = family.official_config(config)
         return arch, None, load_images(data, arch.image_size, skipped=skipped), config
     assert hparams is not None
+    from ..base.filekind import require_regular_file
+
+    require_regular_file(hparams, "hyperparameters")
     # --hparams FILE: the reference VDVAE's field names (hps.py), or a family's own JSON that names
     # it ({"family": "nvae", ...}: NVAE's official args)
     cfg, images = family_named(_hparams_family(hparams)).hparams_config(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from . import catalog as registry
 from ..base.errors import CheckpointError, ModelNotFoundError
+from ..base.filekind import require_regular_file
 from .catalog import RegistryEntry
 from .hfhub import DEFAULT_HF_FILENAME, HubRef, fetch_hub, parse_hf_ref
 from .paths import cache_dir, human_size, is_offline, official_cache_path
@@ -110,6 +111,7 @@ def _resolve_path_checked(ref: str) -> ResolvedModel:
             path = inner
         else:
             raise ModelNotFoundError(f"{path} is a folder, not a .safetensors file")
+    require_regular_file(path, "model", CheckpointError)
     if _is_pickle(path):
         from .convert import official_family
 
