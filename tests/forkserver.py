@@ -4,7 +4,7 @@ Importing torch costs seconds, and the hostile-input suite runs the CLI a hundre
 server process imports torch and vdvae_cli once, and every case is a ``fork()`` of it that sets its
 limits (``resource.setrlimit``: address space, CPU seconds, file size), its standard streams (files,
 /dev/full, or closed), its environment and working folder, optionally drops the capabilities that
-let root ignore file permissions, and then runs ``vdvae_cli.cli.main()`` exactly as the console
+let root ignore file permissions, and then runs ``vdvae_cli._entry.main()`` exactly as the console
 script does. The server reports the exit status, the signal that ended the child, its peak resident
 memory (``wait4``) and its wall time, and kills a child that outlives its time limit.
 
@@ -190,7 +190,7 @@ def _child(req: dict) -> None:
     sys.argv = ["vdvae", *req["argv"]]
     code = 0
     try:
-        from vdvae_cli.cli import main
+        from vdvae_cli._entry import main  # the console script's entry point (signal handlers first)
 
         main()
     except SystemExit as exc:

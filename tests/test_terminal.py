@@ -55,7 +55,7 @@ def at_terminal(args: list[str], cwd: Path, *, timeout: float = 240.0, stdout_tt
             sys.stdout = open(1, "w", closefd=False)
             sys.stderr = open(2, "w", closefd=False)
             sys.argv = ["vdvae", *args]
-            from vdvae_cli.cli import main
+            from vdvae_cli._entry import main  # as the console script runs it
 
             try:
                 main()

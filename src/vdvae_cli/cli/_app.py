@@ -180,6 +180,8 @@ def _install_signals() -> Callable[[], None]:
         if sig is None:
             continue
         try:
+            if getattr(signal.getsignal(sig), "__module__", None) == "vdvae_cli.base.signals":
+                continue  # the program's own exit handlers (the `vdvae` entry point) stay in charge
             previous[sig] = signal.signal(sig, handler)
         except (ValueError, OSError):
             pass

@@ -1,0 +1,42 @@
+"""Signals at any moment (issue 18, class 5): SIGINT, SIGTERM or SIGHUP at any time after `vdvae`
+starts (during its imports, while torch loads, while images are written) ends it with one line,
+128 + the signal's number, and no temporary file; whole records already on stdout stay whole."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def _interrupt(args: list[str], delay: float, sig: int, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen([sys.executable, "-m", "vdvae_cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("sig, word", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated"),
+                                       (signal.SIGHUP, "terminated")])
+def test_a_signal_at_any_moment_is_one_line_and_leaves_nothing(tiny_ckpt, tmp_path, sig, word):
+    # from the first imports to writing images: 0.05 s is inside `import typer`, ~1 s inside `import torch`
+    for i, delay in enumerate((0.05, 0.3, 0.8, 1.2, 1.8, 2.5)):
+        out = tmp_path / f"s{i}"
+        r = _interrupt(["sample", "-m", str(tiny_ckpt), "-n", "100000", "-o", f"{out}/", "--json", "-q"],
+                       delay, sig, tmp_path)
+        if r.returncode == -sig and delay < 0.1 and not r.stderr and not out.exists():
+            continue  # before Python reached the entry point: killed by the signal's default action, nothing done
+        assert r.returncode == 128 + sig, (delay, r.returncode, r.stderr[-500:])
+        assert r.stderr.decode() == f"error: {word}\n", (delay, r.stderr[-500:])
+        assert not [p for p in out.glob("*") if p.suffix != ".png"] if out.exists() else True
+        assert not list(out.glob(".*")) if out.exists() else True  # no hidden temporary files
+        written = sorted(p.name for p in out.glob("*.png")) if out.exists() else []
+        records = [json.loads(line) for line in r.stdout.decode().splitlines()]  # every line whole JSON
+        assert {Path(rec["path"]).name for rec in records} <= set(written)
