@@ -220,3 +220,33 @@ def test_shapes_from_the_config_are_the_networks(name, golden_cfg):
     built = OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items())
     assert list(expected_shapes(cfg).items()) == list(built.items())
     assert parameter_count(cfg) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda t: t.fill_(float("nan")), "holds 432 NaN values"),
+    (lambda t: t.fill_(float("inf")), "holds 432 infinite values"),
+    (lambda t: t.to(torch.int64), "is int64, weights are floating point"),
+])
+def test_convert_checks_what_it_writes_like_the_loader(tmp_path, golden_state, golden_cfg, golden_hparams, damage, says):
+    """Issue 18, 7: convert exited 0 on NaN weights (the loader refused the file later) and cast
+    int64 weights silently; the file written must pass the loader's checks."""
+    bad = OrderedDict((k, v.clone()) for k, v in golden_state.items())
+    key = "encoder.in_conv.weight"
+    assert bad[key].numel() == 432
+    bad[key] = damage(bad[key])
+    src = tmp_path / "bad.th"
+    torch.save(bad, src)
+    hparams = tmp_path / "tiny.json"
+    hparams.write_text(json.dumps(golden_hparams))
+    result = CliRunner().invoke(app, ["convert", str(src), "--hparams", str(hparams),
+                                      "-o", str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 1 and result.stderr.count("error:") == 1, result.stderr
+    assert says in result.stderr and "encoder.in_conv.weight" in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+    # a cast to fp16 that overflows is refused too
+    big = OrderedDict((k, v.clone()) for k, v in golden_state.items())
+    big[key] = torch.full_like(big[key], 1e6)
+    torch.save(big, src)
+    with pytest.raises(CheckpointError, match="infinite"):
+        convert_official(src, tmp_path / "h.safetensors", config=golden_cfg, dtype="fp16")
+

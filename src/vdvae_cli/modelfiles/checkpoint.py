@@ -54,8 +54,17 @@ def save_checkpoint(
     report = compare_keys({k: tuple(v.shape) for k, v in state.items()}, cfg)
     if not report.ok:
         raise CheckpointError(f"state does not match the config: {report.summary()}")
+    # what is written passes the checks of what is loaded: floating-point weights (BatchNorm's step
+    # counter aside), every value finite, also after a cast to a narrower dtype
+    for key, v in state.items():
+        if not v.is_floating_point() and not key.endswith(".num_batches_tracked"):
+            raise CheckpointError(f"refusing to write {_label(path)}: tensor {key!r} is {v.dtype}, "
+                                  "but weights are floating-point numbers",
+                                  hint="the source is not a checkpoint of this architecture")
     target = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    tensors = {k: (v.detach().to("cpu", target) if target else v.detach().cpu()).contiguous() for k, v in state.items()}
+    tensors = {k: (v.detach().to("cpu", target) if target and v.is_floating_point() else v.detach().cpu()).contiguous()
+               for k, v in state.items()}
+    _check_finite(tensors, f"refusing to write {_label(path)}")
     family = family_of(cfg)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, family.config_key: cfg.to_json(),
             "weights_sha256": weights_digest(tensors)}
