@@ -130,3 +130,25 @@ def test_huge_requests_stream_in_bounded_memory(tiny_ckpt, tmp_path):
     assert 0 < peak < 1_500_000, f"peak {peak} KiB"
     assert len(list((tmp_path / "f").glob("*.png"))) > 0
     assert not list(tmp_path.rglob("*.tmp"))  # interrupted: nothing half-written left behind
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_that_never_comes_is_one_line_after_the_rendezvous_timeout(tiny_ckpt, tmp_path, rank):
+    """Issue 18, 3: rank 0 waited for ever for a rank 1 that never started (and rank 1 for a rank 0)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "VDVAE_RENDEZVOUS_TIMEOUT": "2", "OMP_NUM_THREADS": "1"}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "vdvae_cli", "sample", "-m", str(tiny_ckpt), "-n", "2", "-o", "out/"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and time.monotonic() - t0 < 60
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"did not meet within 2 s: rank {rank} waited at 127.0.0.1:{port}" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+    bad = subprocess.run([sys.executable, "-m", "vdvae_cli", "sample", "-m", str(tiny_ckpt), "-o", "x.png"], cwd=tmp_path,
+                         env={**env, "VDVAE_RENDEZVOUS_TIMEOUT": "nan"}, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "VDVAE_RENDEZVOUS_TIMEOUT must be 1 to 86400 seconds" in bad.stderr

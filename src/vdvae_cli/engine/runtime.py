@@ -240,8 +240,39 @@ def init_distributed(device_spec: str = "auto") -> tuple[torch.device, Shard]:
     else:
         raise UsageError(f"--device {device_spec} cannot be shared by several processes", hint="use auto, cuda or cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        from datetime import timedelta
+
+        wait = rendezvous_timeout()
+        try:
+            # the meeting is bounded by the rendezvous timeout; later collective waits keep torch's
+            # default (a rank may spend minutes writing an evaluation while the others wait)
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=rank == 0, timeout=timedelta(seconds=wait))
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world)
+        except (RuntimeError, ValueError) as exc:  # torch's DistStoreError and friends
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            raise DeviceError(
+                f"the {os.environ.get('WORLD_SIZE', '?')} processes did not meet within {wait:g} s: rank "
+                f"{os.environ.get('RANK', '?')} waited at {where} ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})",
+                hint="start every rank (torchrun --nproc-per-node N starts them together), or set "
+                     "VDVAE_RENDEZVOUS_TIMEOUT=SECONDS") from None
     return device, Shard(dist.get_rank(), dist.get_world_size())
+
+
+def rendezvous_timeout() -> float:
+    """Seconds the processes of a torchrun job wait for each other to meet (``VDVAE_RENDEZVOUS_TIMEOUT``,
+    default 60; also the bound of each later collective wait)."""
+    text = os.environ.get("VDVAE_RENDEZVOUS_TIMEOUT", "").strip()
+    if not text:
+        return 60.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (1 <= value <= 86_400):
+        raise UsageError(f"VDVAE_RENDEZVOUS_TIMEOUT must be 1 to 86400 seconds, got {text[:40]!r}")
+    return value
 
 
 def close_distributed() -> None:
