@@ -295,9 +295,14 @@ def train_cmd(
 
     rank = shard.rank
     callback = _Reporter(json_out=json_out, quiet=quiet) if rank == 0 else None
+    before = _folder_listing(run_dir) if resume is None else None
     try:
         result = train(cfg, tc, images, run_dir, device=dev, init_state=init_state, resume=resume is not None,
                        force=force, data_info=data_info, callback=callback, started=started)
+    except Exception as exc:
+        if rank == 0 and resume is None:
+            _after_failure(run_dir, before, exc)
+        raise
     finally:
         if callback is not None:
             callback.close()
@@ -316,6 +321,45 @@ def train_cmd(
             import shlex
 
             say(f"sample with: vdvae sample --model {shlex.quote(str(result.model_path))} -n 16 --grid -o grid.png")
+
+
+def _folder_listing(folder: Path) -> set[str] | None:
+    """The names in ``folder`` before a new run starts there (None: the folder does not exist)."""
+    try:
+        return {p.name for p in folder.iterdir()}
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return set()
+
+
+def _after_failure(folder: Path, before: set[str] | None, exc: Exception) -> None:
+    """A new run that failed (a full disk, a non-finite loss, ...) leaves either a resumable folder,
+    said in the error's hint, or nothing: what it wrote before its first checkpoint is removed, so
+    that the same command can run again without --force. Files that were there before are kept."""
+    import shutil
+
+    from ..base.errors import VDVAEError
+    from ..training.rundir import STATE_FILE
+
+    def tell(text: str) -> None:
+        if isinstance(exc, VDVAEError):
+            exc.hint = f"{exc.hint}; {text}" if exc.hint else text
+
+    if (folder / STATE_FILE).is_file():
+        tell(f"the run folder keeps its last checkpoint: continue with vdvae train --resume {folder}")
+        return
+    try:
+        if before is None:
+            shutil.rmtree(folder)
+            tell(f"nothing resumable had been written, so {folder} was removed")
+            return
+        for path in folder.iterdir():
+            if path.name not in before:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        tell(f"nothing resumable had been written; the files this run made in {folder} were removed")
+    except OSError:
+        tell(f"nothing resumable was written; remove {folder} or pass --force to start over")
 
 
 class _Reporter:
