@@ -35,7 +35,9 @@ RETRY_WAIT = 0.25  # seconds, doubled after each failed attempt
 TIMEOUT = 30.0  # seconds without data before a connection counts as dead
 
 
-HEADERS_TIMEOUT = 60.0  # seconds in all for a server to send its response headers
+HEADERS_TIMEOUT = 60.0  # seconds in all for a server to send its response headers; also the one
+# deadline of a download call without progress: retries stop once this long has passed since the
+# last new byte of the file arrived (or since the call began), whatever the reason each attempt broke
 
 
 MIN_RATE = 1024  # bytes/s: a transfer slower than this over RATE_WINDOW seconds is stopped
@@ -338,6 +340,8 @@ def fetch_url(url: str, dest: Path, *, progress: ProgressCallback | None = None,
     cap = max_bytes or (size if size is not None else MAX_DOWNLOAD)
     expected: int | None = size
     attempt = 0
+    last_size = part.stat().st_size if part.exists() else 0
+    last_progress = time.monotonic()
     while True:
         try:
             expected = _stream(url, part, dest.name, expected, progress, by_hand, cap)
@@ -351,11 +355,16 @@ def fetch_url(url: str, dest: Path, *, progress: ProgressCallback | None = None,
         except _Interrupted as exc:
             expected = exc.total if exc.total is not None and size is None else expected
             attempt += 1
-            if attempt >= RETRIES:
+            now_size = part.stat().st_size if part.exists() else 0
+            if now_size > last_size:
+                last_size, last_progress = now_size, time.monotonic()
+            stalled = time.monotonic() - last_progress
+            if attempt >= RETRIES or stalled >= HEADERS_TIMEOUT * 0.95:
                 got = part.stat().st_size if part.exists() else 0
                 raise NetworkError(
                     f"download of {clean(url)} broke off at {got} of {expected if expected is not None else '?'} "
-                    f"bytes ({clean(exc.why)[:200]})",
+                    f"bytes ({clean(exc.why)[:200]}"
+                    + (f"; nothing new for {stalled:.0f}s" if stalled >= HEADERS_TIMEOUT * 0.95 else "") + ")",
                     hint="run the same command again: it resumes where it stopped",
                 ) from None
             time.sleep(RETRY_WAIT * 2 ** (attempt - 1))
