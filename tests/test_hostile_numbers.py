@@ -152,3 +152,28 @@ def test_a_rank_that_never_comes_is_one_line_after_the_rendezvous_timeout(tiny_c
     bad = subprocess.run([sys.executable, "-m", "vdvae_cli", "sample", "-m", str(tiny_ckpt), "-o", "x.png"], cwd=tmp_path,
                          env={**env, "VDVAE_RENDEZVOUS_TIMEOUT": "nan"}, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "VDVAE_RENDEZVOUS_TIMEOUT must be 1 to 86400 seconds" in bad.stderr
+
+
+def test_an_empty_output_name_is_refused_not_taken_for_the_current_folder(tmp_path, tiny_ckpt):
+    for args in (["sample", "-m", str(tiny_ckpt), "-o", ""], ["reconstruct", "x.png", "--output", " "],
+                 ["train", "x.npy", "--output="]):
+        r = subprocess.run([sys.executable, "-m", "vdvae_cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and r.stderr.count("error:") == 1 and "is empty" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_of_bad_files_names_five_then_counts(tiny_ckpt, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"bad{i:02d}.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "good.png")
+    for cmd in (["eval"], ["reconstruct", "-o", f"{tmp_path}/r/"], ["encode", "-o", str(tmp_path / "z.npz")],
+                ["ood"]):
+        r = vdvae(cmd[0], "-m", tiny_ckpt, folder, *cmd[1:], "-q", code=1)
+        lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 7, (cmd, r.stderr)  # five named, one "more", one summary
+        assert lines[-1].startswith("error: 12 of 13 inputs could not be read") and "and 7 more" in lines[-1]

@@ -310,9 +310,26 @@ def _parser_error(exc: BaseException) -> int | None:
     return 1 if "ClickException" in names else None
 
 
+def _empty_output(argv: list[str]) -> str | None:
+    """The output option given an empty name (``-o ""``, ``--output=``), which every parser would
+    take for the current folder; None when there is none."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg in ("-o", "--output") and i + 1 < len(argv) and not argv[i + 1].strip():
+            return arg
+        if arg.startswith("--output=") and not arg.partition("=")[2].strip():
+            return "--output"
+    return None
+
+
 def run(args: list[str] | None = None) -> int:
     """Run the app; Typer's own parser errors go through the same boundary as ours: one
     ``error:`` line on stderr with a hint, exit 2 for usage errors. Returns the exit code."""
+    empty = _empty_output(sys.argv[1:] if args is None else list(args))
+    if empty is not None:
+        return fail(f"{empty} is empty", "give a file, a folder (DIR/) or - for stdout; an empty name would "
+                    "mean the current folder", 2).exit_code
     try:
         code = app(args=args, standalone_mode=False)
     except Exception as exc:

@@ -37,6 +37,9 @@ NoResizeOpt = Annotated[bool, typer.Option(
 )]
 
 
+SHOWN_FAILURES = 5  # folder jobs: unreadable inputs named one line each, then only counted
+
+
 class Session:
     """One command run: where its messages go, the model it loaded, its seed."""
 
@@ -60,10 +63,14 @@ class Session:
             say(message)
 
     def input_failed(self, name: str, exc: Exception) -> None:
-        """One input could not be read: say so on one line now (even with --quiet), go on with the
-        others, and fail at the end (:meth:`finish`)."""
-        hint = getattr(exc, "hint", None)
-        say(f"error: {exc}" + (f" ({hint})" if hint else ""))
+        """One input could not be read: say so on one line now (even with --quiet; the first
+        :data:`SHOWN_FAILURES` of them, the rest are counted), go on with the others, and fail at
+        the end (:meth:`finish`)."""
+        if len(self.failed) < SHOWN_FAILURES:
+            hint = getattr(exc, "hint", None)
+            say(f"error: {exc}" + (f" ({hint})" if hint else ""))
+        elif len(self.failed) == SHOWN_FAILURES:
+            say("error: more inputs could not be read (counted below)")
         self.failed.append(name)
 
     def finish(self, total: int) -> None:

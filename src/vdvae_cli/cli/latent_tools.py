@@ -455,6 +455,7 @@ def ood(
             for r in rows:
                 last = r["looser_bits_per_dim"] if llr else r["png_bits_per_dim"]
                 out(f"{r['input']:<{width}}  {r['score']:>9.4f}  {r['elbo_bits_per_dim']:>9.4f}  {last:>9.4f}")
+        run.finish(len(sources))  # exit 1 with the count when some inputs could not be read
         return
     for side, flag in (("in", "--in"), ("out", "--out")):
         if not any(r["set"] == side for r in rows):  # every image of that side failed to read
@@ -473,6 +474,7 @@ def ood(
                     "seconds": round(time.perf_counter() - run.started, 4)})
     if json_out:
         run.emit(summary)
+        run.finish(len(sources))
         return
     out(f"{cfg.name}: {summary['n_in']} in-distribution, {summary['n_out']} out-of-distribution images")
     out(f"{'score':<12}  {'AUROC':>6}  {'AUPRC':>6}  {'FPR80':>6}")
@@ -480,6 +482,7 @@ def ood(
     for name in sorted(metrics, key=lambda n: n != score.value):
         m = metrics[name]
         out(f"{labels[name]:<12}  {m.auroc:>6.3f}  {m.auprc:>6.3f}  {m.fpr80:>6.3f}")
+    run.finish(len(sources))
 
 
 # --------------------------------------------------------------------------------------------------
