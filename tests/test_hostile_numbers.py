@@ -177,3 +177,47 @@ def test_a_folder_of_bad_files_names_five_then_counts(tiny_ckpt, tmp_path):
         lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert len(lines) == 7, (cmd, r.stderr)  # five named, one "more", one summary
         assert lines[-1].startswith("error: 12 of 13 inputs could not be read") and "and 7 more" in lines[-1]
+
+
+def _npz_declaring(path: Path, members: dict[str, tuple[int, ...]]) -> Path:
+    """An .npz whose members honestly declare ``shape`` of float32 zeros (compressed to almost nothing)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, shape in members.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+                left = int(np.prod(shape)) * 4
+                chunk = bytes(min(left, 16 * 2**20))
+                while left:
+                    f.write(chunk[:left])
+                    left -= min(left, len(chunk))
+    return path
+
+
+def test_an_npz_that_declares_gigabytes_is_refused_before_it_is_inflated(tiny_ckpt, tmp_path, monkeypatch):
+    foreign = _npz_declaring(tmp_path / "foreign.npz", {"latents": (256, 1024, 1024)})  # 1 GiB in ~1 MB
+    assert foreign.stat().st_size < 4 * 2**20
+    one_error("decode", "-m", tiny_ckpt, foreign, "-o", f"{tmp_path}/d/", code=1, says="is not an npz of vdvae latents")
+    monkeypatch.setenv("VDVAE_MAX_MEMORY", "64MiB")
+    from vdvae_cli.tools.latents_npz import _read_npz
+    from vdvae_cli.base.errors import LatentsError
+
+    ours = _npz_declaring(tmp_path / "ours.npz", {k: (1,) for k in ("format", "layer_shapes", "model_fingerprint")}
+                          | {"latents": (64, 1024, 1024)})
+    with pytest.raises(LatentsError, match="more than fits in memory"):
+        _read_npz(ours.read_bytes(), "ours.npz")
+
+
+def test_vdvae_max_memory_is_a_size(tiny_ckpt, tmp_path, monkeypatch):
+    from vdvae_cli.base.safety import available_memory, parse_size
+
+    assert parse_size("2GiB", "x") == 2 * 2**30 and parse_size("512MB", "x") == 512 * 10**6 and parse_size("1e9", "x") == 10**9
+    monkeypatch.setenv("VDVAE_MAX_MEMORY", "10x")
+    one_error("sample", "-m", tiny_ckpt, "-o", tmp_path / "s.png", says="VDVAE_MAX_MEMORY='10x' is not a size")
+    held = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    monkeypatch.setenv("VDVAE_MAX_MEMORY", str(held + 200 * 2**20))  # 200 MiB more than this process holds
+    free = available_memory()
+    assert free is not None and free < 210 * 2**20
+    one_error("interpolate", "-m", tiny_ckpt, "--seeds", 1, 2, "--steps", 5000, "--scale", 8, "-o", tmp_path / "a.gif",
+              says="needs about")

@@ -36,9 +36,52 @@ MAX_TEXT_CHUNK = 1 << 20  # PNG text chunks, decompressed (Pillow's own default)
 MAX_GRID_PIXELS = 400_000_000  # a --grid image
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(text: str, what: str) -> int:
+    """``2GiB``, ``512MB``, ``1e9`` (bytes) -> a whole number of bytes >= 1 MiB, or a UsageError."""
+    import re
+
+    from .errors import UsageError
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([a-zA-Z]*)\s*", text[:40])
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _SIZE_UNITS:
+        raise UsageError(f"{what}={text[:40]!r} is not a size", hint="e.g. 2GiB, 512MB or a number of bytes")
+    value = float(m.group(1)) * _SIZE_UNITS[unit]
+    if not 2**20 <= value < 2**60:
+        raise UsageError(f"{what}={text[:40]!r}: give 1 MiB to 1 EiB")
+    return int(value)
+
+
+def memory_limit() -> int | None:
+    """``VDVAE_MAX_MEMORY`` in bytes (``2GiB``, ``512MB``...), or None when it is not set."""
+    text = os.environ.get("VDVAE_MAX_MEMORY", "").strip()
+    return parse_size(text, "VDVAE_MAX_MEMORY") if text else None
+
+
 def available_memory() -> int | None:
-    """Bytes this process may still allocate: the machine's available memory, or what the
-    address-space limit (``RLIMIT_AS``) leaves, whichever is less. None when unknown."""
+    """Bytes this process may still allocate: the machine's available memory, what the
+    address-space limit (``RLIMIT_AS``) leaves, and ``VDVAE_MAX_MEMORY`` less what the process
+    already holds, whichever is least. None when unknown. Every size check before an allocation
+    (inputs, grids, animations, models, latents) asks this."""
+    free = _available_memory()
+    cap = memory_limit()
+    if cap is not None:
+        held = 0
+        try:
+            with open("/proc/self/statm") as f:
+                held = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # resident now
+        except (OSError, ValueError, IndexError):
+            pass
+        left = max(0, cap - held)
+        free = left if free is None else min(free, left)
+    return free
+
+
+def _available_memory() -> int | None:
     free = None
     try:
         with open("/proc/meminfo") as f:

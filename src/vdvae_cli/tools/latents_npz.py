@@ -137,6 +137,19 @@ def _text(a: np.ndarray, label: str, key: str) -> str:
     return str(a.reshape(()))
 
 
+def _check_fits(label: str, key: str, shape: tuple[int, ...], need: int) -> None:
+    """An array is read, viewed and copied into a tensor: refuse one whose declared size would not
+    fit three times in what this process may allocate (``VDVAE_MAX_MEMORY`` included), before
+    reading a byte of it. A compressed member can declare gigabytes in a few megabytes."""
+    from ..base.safety import available_memory, human_bytes
+
+    free = available_memory()
+    if free is not None and 3 * need > free:
+        raise LatentsError(f"{label}: {key} declares shape {tuple(shape)} ({human_bytes(need)}), more than fits in "
+                           f"memory ({human_bytes(free)} available)",
+                           hint="split the latents into smaller files, or raise VDVAE_MAX_MEMORY")
+
+
 def _read_npz(data: bytes, label: str) -> dict[str, np.ndarray]:
     """Every array of the archive, after checking its header against the declared member size."""
     try:
@@ -145,7 +158,12 @@ def _read_npz(data: bytes, label: str) -> dict[str, np.ndarray]:
         raise LatentsError(f"{label} is not a readable .npz ({exc})") from None
     out: dict[str, np.ndarray] = {}
     with archive:
-        for info in archive.infolist():
+        members = {info.filename.removesuffix(".npy") for info in archive.infolist()}
+        missing = [k for k in _REQUIRED if k not in members]
+        if missing:  # judged from the directory alone: no member of a foreign archive is inflated
+            raise LatentsError(f"{label} is not an npz of vdvae latents (no {', '.join(missing)})",
+                               hint="make one with: vdvae encode IMG --format npz -o latents.npz")
+        for info in sorted(archive.infolist(), key=lambda i: i.file_size):  # the small facts first
             key = info.filename.removesuffix(".npy")
             if key not in _KEYS or not info.filename.endswith(".npy"):
                 raise LatentsError(f"{label}: unexpected member {info.filename!r}",
@@ -166,6 +184,7 @@ def _read_npz(data: bytes, label: str) -> dict[str, np.ndarray]:
                         raise LatentsError(f"{label}: {key} holds Python objects, which are never loaded",
                                            hint="store strings as a NumPy unicode array")
                     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    _check_fits(label, key, shape, need)
                     if header_end + need != info.file_size:
                         raise LatentsError(f"{label}: {key} declares shape {shape} ({need} bytes) but its member "
                                            f"holds {info.file_size - header_end}")
