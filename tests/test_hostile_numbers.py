@@ -221,3 +221,25 @@ def test_vdvae_max_memory_is_a_size(tiny_ckpt, tmp_path, monkeypatch):
     assert free is not None and free < 210 * 2**20
     one_error("interpolate", "-m", tiny_ckpt, "--seeds", 1, 2, "--steps", 5000, "--scale", 8, "-o", tmp_path / "a.gif",
               says="needs about")
+
+
+def test_a_copied_header_does_not_lend_another_models_identity(tmp_path, golden_cfg, golden_state, tiny_ckpt):
+    """Issue 18, 7: which weights a model holds comes from the bytes, never from its header's claim."""
+    import torch
+    from PIL import Image
+
+    from vdvae_cli.modelfiles.checkpoint import load_file_model, save_checkpoint
+    from vdvae_cli.modelfiles.header import metadata_of
+    from vdvae_cli.engine.statedict import digest_of, weights_digest
+
+    claim = metadata_of(tiny_ckpt)["weights_sha256"]
+    other = {k: v + 0.01 if v.is_floating_point() else v for k, v in golden_state.items()}
+    liar = save_checkpoint(other, golden_cfg, tmp_path / "liar.safetensors", metadata={"weights_sha256": claim})
+    assert metadata_of(liar)["weights_sha256"] == claim
+    assert digest_of(load_file_model(liar)) == weights_digest(other) != claim
+    assert digest_of(load_file_model(tiny_ckpt)) == claim
+    assert digest_of(load_file_model(tiny_ckpt, dtype=torch.bfloat16)) == claim  # the file's tensors, not the cast
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    z = tmp_path / "z.safetensors"
+    vdvae("encode", "-m", tiny_ckpt, tmp_path / "a.png", "-o", z, "-q", code=0)
+    one_error("decode", "-m", liar, z, "-o", tmp_path / "d.png", code=1, says="was made by model")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # torch is imported where a network is built or run, not to read a file's header
     import torch
@@ -70,7 +70,8 @@ class LatentModel(Protocol):
     ``nn.Module``) satisfies it."""
 
     cfg: Any  # FamilyConfig
-    weights_digest: str | None  # set when loaded from a file
+    weights_digest: str | None  # which weights these are (engine.statedict.digest_of computes it on first use)
+    digest_source: "Callable[[], str] | None"  # set by the loader: hashes the file's tensors
     default_temperature: str | None  # the file's recommended --temp / --output-temp, if any
     default_output_temperature: str | None
     default_ood: dict[str, str] | None  # the file's recorded `vdvae ood` k / prior temperature, if any

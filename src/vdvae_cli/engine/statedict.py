@@ -44,6 +44,18 @@ def weights_digest(state: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def digest_of(model: Any) -> str | None:
+    """The sha256 of the weights ``model`` was loaded from (:func:`weights_digest` of the file's
+    tensors as stored), computed from the tensors themselves the first time it is asked for (by
+    ``model.digest_source``, which the loader sets) and kept; a file's own ``weights_sha256`` is
+    never taken on trust. None for a model with no source (built in memory)."""
+    digest = getattr(model, "weights_digest", None)
+    if digest is None and getattr(model, "digest_source", None) is not None:
+        digest = model.digest_source()
+        model.weights_digest = digest
+    return digest
+
+
 def load_pickle(path: str | Path, *, allowed: tuple[type, ...] = (), hint: str = "give an official *-model-ema.th file") -> Any:
     """``torch.load`` of an official checkpoint with ``weights_only=True`` (no pickled code runs;
     ``allowed`` names the only extra classes it may rebuild, e.g. ``argparse.Namespace``), after

@@ -17,7 +17,7 @@ import torch
 from ..engine.interface import FamilyConfig
 from ..base.errors import CheckpointError, VDVAEError
 from ..engine.registry import DEFAULT_FAMILY, family_of
-from .header import expected_shapes, activation_bytes, parameter_count, compare_keys, read_header, checked_config, default_ood, default_temperatures, stored_digest
+from .header import expected_shapes, activation_bytes, parameter_count, compare_keys, read_header, checked_config, default_ood, default_temperatures
 from ..base.filekind import _label
 from ..engine.interface import LatentModel
 from ..base.atomic import atomic_write_bytes
@@ -146,11 +146,23 @@ def build_model(
     return cast(LatentModel, model.eval().requires_grad_(False))
 
 
+def _file_digest(path: str | Path) -> str:
+    """:func:`weights_digest` of a checkpoint's tensors as stored (re-read: the model holds a cast copy)."""
+    from safetensors.torch import load_file
+
+    return weights_digest(load_file(str(path)))
+
+
 def load_file_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LatentModel:
     cfg, state = read_checkpoint(path, itemsize=torch.empty((), dtype=dtype).element_size())
-    digest = stored_digest(path) or weights_digest(state)
     model = build_model(cfg, state, device=device, dtype=dtype)
-    model.weights_digest = digest
+    # which weights these are: hashed from the tensors when first needed (latents, BatchNorm cache
+    # keys), never read from the header (a copied header would claim another model's identity)
+    model.weights_digest = None
+    if dtype == torch.float32 and all(v.device.type == "cpu" for v in state.values()):
+        model.digest_source = lambda: weights_digest(state)  # the model's own tensors: nothing kept twice
+    else:
+        model.digest_source = lambda: _file_digest(path)
     model.default_temperature, model.default_output_temperature = default_temperatures(path)
     model.default_ood = default_ood(path)
     return model

@@ -58,9 +58,9 @@ def bn_state(model: nn.Module) -> "OrderedDict[str, Tensor]":
 def cache_key(model: nn.Module, temperatures: Sequence[float], iters: int, batch: int, seed: int) -> str:
     """What the re-adjusted statistics depend on: the weights, every layer's temperature, the number
     and size of the passes, the seed of their noise, and the dtype they ran in."""
-    from ...engine.statedict import weights_digest
+    from ...engine.statedict import digest_of, weights_digest
 
-    digest = getattr(model, "weights_digest", None) or weights_digest(model.state_dict())
+    digest = digest_of(model) or weights_digest(model.state_dict())
     dtype = str(next(model.parameters()).dtype)
     text = json.dumps([digest, [float(t) for t in temperatures], iters, batch, seed, dtype])
     return hashlib.sha256(text.encode()).hexdigest()[:20]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -362,6 +362,7 @@ class NVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.weights_digest: str | None = None  # set by the checkpoint loader
+        self.digest_source: Callable[[], str] | None = None  # (engine.statedict.digest_of)
         self.default_temperature: str | None = None  # set by the checkpoint loader: the file's recommended --temp
         self.default_output_temperature: str | None = None  # and --output-temp
         self.default_ood: dict[str, str] | None = None  # and vdvae ood's k / prior temperature

@@ -12,7 +12,7 @@ a given latent ``latents[i]``; the posterior ``N(qm, e^qv)`` when encoder activa
 from __future__ import annotations
 
 import math
-from typing import Sequence, cast
+from typing import Callable, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -256,6 +256,7 @@ class VAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.weights_digest: str | None = None  # set by the checkpoint loader: which weights these are
+        self.digest_source: Callable[[], str] | None = None  # (engine.statedict.digest_of)
         self.default_temperature: str | None = None  # set by the checkpoint loader: the --temp its file recommends
         self.default_output_temperature: str | None = None  # and the --output-temp
         self.default_ood: dict[str, str] | None = None  # and vdvae ood's k / prior temperature (header.default_ood)
