@@ -432,3 +432,29 @@ def test_cli_download_success_and_errors(official, server):
     assert result.exit_code == 1
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach 127.0.0.1:{server.port}: connection refused")
+
+
+def test_a_hub_file_with_nan_weights_is_not_kept(server, monkeypatch, tmp_path, golden_state, golden_cfg):
+    """Issue 18, 7: `download hf://...` kept a file with NaN weights that every load then refused."""
+    from typer.testing import CliRunner
+
+    from vdvae_cli.cli import app
+    from vdvae_cli.modelfiles.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    bad = {k: v.clone() for k, v in golden_state.items()}
+    bad["decoder.gain"].fill_(float("nan"))
+    src = tmp_path / "nan.safetensors"
+    # written past save_checkpoint's own check, as a hostile publisher would
+    from safetensors.torch import save_file
+
+    good = save_checkpoint(golden_state, golden_cfg, tmp_path / "good.safetensors")
+    from vdvae_cli.modelfiles.header import metadata_of
+
+    save_file({k: v.contiguous() for k, v in bad.items()}, str(src), metadata=metadata_of(good))
+    server.add_hub_file("acme/nan-vdvae", "model.safetensors", src)
+    result = CliRunner().invoke(app, ["download", "hf://acme/nan-vdvae"])
+    assert result.exit_code == 1 and result.stderr.count("error:") == 1, result.stderr
+    assert "NaN" in result.stderr and "nothing was kept" in result.stderr
+    hub_cache = Path(os.environ["HF_HUB_CACHE"])
+    assert not list(hub_cache.rglob("model.safetensors"))

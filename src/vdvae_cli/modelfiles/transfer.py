@@ -437,14 +437,15 @@ def verify_download(path: Path, kind: str, *, size: int | None = None, sha256: s
         _verify_log(path, label)
         return
     if kind == "safetensors":
-        from .header import read_header
+        from ..base.errors import ConfigError
+        from .checkpoint import read_checkpoint
 
         if found in described:
             raise CheckpointError(f"{label} is not a safetensors file ({described[found]}); nothing was kept",
                                   hint="check the address or revision, and the network")
-        try:
-            read_header(path)
-        except CheckpointError as exc:
+        try:  # every check the loader makes (header, config, keys and shapes, finite weights), before it is kept
+            read_checkpoint(path)
+        except (CheckpointError, ConfigError) as exc:
             why = str(exc).replace(clean(path), "").strip(": ") or "not a safetensors file"
             raise CheckpointError(f"{label}: {why}; nothing was kept", hint=exc.hint) from None
         return
