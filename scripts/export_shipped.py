@@ -16,6 +16,7 @@ bits/dim, seed) are kept.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from vdvae_cli.modelfiles.header import (
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     cfg, state = read_checkpoint(args.src)
+    cfg = dataclasses.replace(cfg, name=args.card)  # the run folder's name is not the model's
     meta = {k: v for k, v in metadata_of(args.src).items() if k not in ("format", "format_version", "vdvae_config", "weights_sha256")}
     meta.update(CARDS[args.card], train_wall_time_min=f"{args.wall_time_min:.1f}", train_hardware=args.hardware)
     if args.default_temp is not None:

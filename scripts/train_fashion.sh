@@ -27,9 +27,17 @@ nice -n 10 vdvae train "$DATA/train.npz" --hparams scripts/fashion.json -o "$RUN
 # latent resolution (posterior side only), a shorter cosine (8,000 steps) and a 68-minute limit:
 nice -n 10 vdvae train --resume "$RUN" --steps 8000 \
     --free-bits-res 32=400 --free-bits-res 16=100 --free-bits-res 8=30 --time-limit 68 --json
-# the shipped weights are the EMA exported at step 2,750 (copied from "$RUN/model.safetensors" then);
-# the run stopped at its limit at step 3,012 and continues (as often as needed) with
-#   nice -n 10 vdvae train --resume "$RUN" --time-limit 120 --json
+# The first shipped weights were the EMA exported at step 2,750 (copied from "$RUN/model.safetensors"
+# then). That run folder was later lost, so the training went on from those weights in a new run,
+# FG2, with the same floors, a longer cosine from a lower peak and a slower EMA; it was stopped after
+# its step-10,000 checkpoint (99.9 minutes by the trainer's count) and continues (as often as needed) with
+#   nice -n 10 vdvae train --resume "$FG2" --time-limit 120 --json
+FG2=${FG2:-/work/runs/fg2}
+nice -n 10 vdvae train "$DATA/train.npz" --init "$RUN/model.safetensors" -o "$FG2" \
+    --steps 40000 --batch-size 32 --lr 5e-4 --lr-schedule cosine --warmup 100 --ema-rate 0.998 \
+    --grad-clip 400 --skip-threshold 5000 --holdout 2000 --max-eval 500 --eval-every 500 --keep-every 2000 \
+    --seed 1 --dtype auto --free-bits-res 32=400 --free-bits-res 16=100 --free-bits-res 8=30 --time-limit 160 --json
+RUN=$FG2  # what is exported below
 
 python scripts/choose_temperature.py "$RUN/model.safetensors" --data "$DATA"   # -> 1.0 (TEMP below)
 # The ood default: every k and the input-complexity score, judged on held-out training images against
