@@ -39,7 +39,7 @@ def test_fashion_is_grey_bounded_and_records_its_ood_defaults():
     model = load_file_model(path)
     assert model.cfg.image_channels == 1 and model.cfg.prior_logstd_max == 1.0
     assert default_temperatures(path) == ("1.0", "0.0")
-    assert default_ood(path) is not None and default_ood(path)["k"] == "12"
+    assert default_ood(path) is not None and default_ood(path)["score"] == "complexity"
     temps = parse_temperature_spec("1.0", model.cfg)
     with torch.inference_mode():
         for start in range(0, 2000, 500):  # ops.sample raises NumericalError on any non-finite output
