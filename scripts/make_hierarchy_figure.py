@@ -31,12 +31,13 @@ SCALE, GAP, LABEL = 3, 4, 14
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path)
-    ap.add_argument("--data", type=Path, default=Path("/work/data/fashion-mnist"), help="prepare_fashion_mnist.py's folder")
+    ap.add_argument("--data", type=Path, default=Path("/work/data/fashion-mnist-grey"), help="prepare_fashion_mnist.py's folder")
     ap.add_argument("--images", default="0,2,5", help="test image indices, comma-separated")
     ap.add_argument("--samples", type=int, default=10, help="samples in the top row")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--output", type=Path, required=True)
     args = ap.parse_args()
+    torch.set_num_threads(1)  # one thread: the same pixels whatever the machine's core count (rounding differs by split)
     model = load_file_model(args.model)
     cfg = model.cfg
     temps = parse_temperature_spec(model.default_temperature or "1.0", cfg)

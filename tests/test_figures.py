@@ -36,7 +36,7 @@ def test_every_caption_names_its_figure_command():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (Path("/work/data/fashion-mnist") / "test.npz").is_file(),
+@pytest.mark.skipif(not (Path("/work/data/fashion-mnist-grey") / "test.npz").is_file(),
                     reason="the Fashion-MNIST arrays of scripts/prepare_fashion_mnist.py are not here")
 def test_the_readme_top_figure_is_what_its_caption_command_draws(tmp_path):
     readme = (ROOT / "README.md").read_text()
