@@ -77,6 +77,7 @@ def _atomic(path: Path, write, *, force: bool) -> None:
     """Write ``path`` through a temporary file in the same folder and a rename: readers see the old
     file or the new one, never a part; a failure (disk full, a signal) leaves no temporary file."""
     from .safety import LIVE_TEMPS as _LIVE_TEMPS
+    from .safety import PENDING_TEMPS as _PENDING_TEMPS
     from .safety import clean
 
     path = Path(path)
@@ -88,11 +89,15 @@ def _atomic(path: Path, write, *, force: bool) -> None:
     if len(os.fsencode(path.name)) > 255:
         raise OutputError(f"cannot write {clean(path)}: File name too long", hint="choose a shorter name")
     stem = os.fsencode(path.name)[:200].decode("utf-8", "ignore")
+    pending = (str(parent), f".{stem}.")
+    _PENDING_TEMPS.add(pending)  # before the file exists: no moment when it is on disk and unknown
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=parent)
+        _LIVE_TEMPS.add(tmp)
     except OSError as exc:
         raise _write_error(parent, exc) from None
-    _LIVE_TEMPS.add(tmp)
+    finally:
+        _PENDING_TEMPS.discard(pending)
     checked = None
     try:
         with os.fdopen(fd, "wb") as f:

@@ -110,6 +110,9 @@ def _available_memory() -> int | None:
 
 
 LIVE_TEMPS: set[str] = set()  # temporary files being written now (see checkpoint._atomic)
+# (folder, name prefix) of temporary files about to be created: a signal that lands between the
+# creation and the registration above (in this thread or another) must not leave the file behind
+PENDING_TEMPS: set[tuple[str, str]] = set()
 
 
 def cleanup_temps() -> None:
@@ -120,6 +123,17 @@ def cleanup_temps() -> None:
         except OSError:
             pass
         LIVE_TEMPS.discard(tmp)
+    for folder, prefix in list(PENDING_TEMPS):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                except OSError:
+                    pass
 
 
 def stdout_failed(exc: BaseException):

@@ -23,7 +23,6 @@ from ._run import (
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
 from ..base.errors import CheckpointError, LatentsError, OutputError, UsageError
 from ..engine.temperature import parse_temperature_spec
-from ..engine.statedict import digest_of
 
 
 class Posterior(str, Enum):
@@ -447,6 +446,8 @@ def encode(
             advance(len(indices))
     layers = [torch.cat([p[i] for p in parts]) for i in range(keep)]
     names = [sources[i].name for i in mine]
+    from ..engine.statedict import digest_of
+
     if fmt is LatentFormat.npz:
         blob = npz_bytes(layers, vae.cfg, names, posterior=posterior.value, weights=digest_of(vae))
     else:
@@ -517,6 +518,8 @@ def decode(
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
     read = load_npz_latents if is_npz(data) else load_latents
+    from ..engine.statedict import digest_of
+
     content = read(data, vae.cfg, label=label, weights=digest_of(vae))
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
