@@ -221,13 +221,20 @@ def _check_numbers(values: dict[str, Any]) -> None:
                 raise UsageError(f"{flag} must be a finite number, got {item}")
 
 
+RUNNING: list[str] = []  # the subcommand this process runs (for messages that name it)
+
+
 def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``app.command`` with the error boundary around the function."""
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        name = args[0] if args and isinstance(args[0], str) else func.__name__
+
         @functools.wraps(func)
         def wrapper(*a: Any, **kw: Any) -> Any:
             import warnings
+
+            RUNNING[:] = [name]
 
             from ..base.safety import cleanup_temps, first_line
 

@@ -107,7 +107,9 @@ class Session:
     # -- model, seeds, noise ----------------------------------------------------------------------
 
     def load_model(self, ref: str | None, device: str = "auto", dtype: str = "fp32", *, compile: bool = False,
-                   offline: bool = False) -> "LatentModel":
+                   offline: bool = False, latents: bool = True) -> "LatentModel":
+        """The model ``ref`` names, ready for inference. ``latents``: the command works on latent
+        layers, so a model without any (PixelCNN++) is refused in one line, before any work."""
         from ..engine.interface import first_parameter
         from ..modelfiles.resolve import load_model
         from ..engine.runtime import (configure_backends, freeze_startup_objects, init_distributed,
@@ -121,13 +123,19 @@ class Session:
         resolved = self._fetch(default_model(ref), offline)
         self.model_ref = resolved.name if resolved.source in ("shipped", "official") else (
             resolved.detail if resolved.source == "hub" else str(resolved.path.resolve()))
-        model = prepare_for_inference(load_model(resolved, device=where, dtype=dtype), compile=compile)
+        loaded = load_model(resolved, device=where, dtype=dtype)
+        if latents:
+            from ..engine.ops import require_latent_layers
+
+            require_latent_layers(loaded, f"`vdvae {command_name()}`")
+        model = prepare_for_inference(loaded, compile=compile)
         param = first_parameter(model)
         configure_backends(param.device, param.dtype)
         self.model = model
         cfg = model.cfg
         processes = f", {self.shard.world} processes" if self.shard.world > 1 else ""
-        self._notes.append(f"model {cfg.name}: {cfg.image_size}x{cfg.image_size}, {cfg.n_layers} latent layers, "
+        layers = f"{cfg.n_layers} latent layers" if cfg.n_layers else "no latent layers (drawn pixel by pixel)"
+        self._notes.append(f"model {cfg.name}: {cfg.image_size}x{cfg.image_size}, {layers}, "
                            f"on {param.device} in {str(param.dtype).removeprefix('torch.')}{processes} "
                            f"(loaded in {time.perf_counter() - t0:.1f}s)")
         if compile:  # torch.compile works when first called: say what the first batch waits for
@@ -219,6 +227,10 @@ class Session:
         assert self.model is not None
         cfg = self.model.cfg
         itemsize = first_parameter(self.model).element_size()
+        if not cfg.decoder_layers:  # no latent layers (PixelCNN++): its family's estimate of a pass
+            from ..engine.registry import family_of
+
+            return cpu_batch_size(family_of(cfg).activation_bytes(cfg, itemsize, encoder=False))
         biggest = max(layer.width * layer.res**2 for layer in cfg.decoder_layers)
         return cpu_batch_size(12 * biggest * itemsize)
 
@@ -313,6 +325,13 @@ class Session:
         self.info(f"wrote {writer.describe(made)}{kept} "
                   f"in {time.perf_counter() - self.started:.1f}s")
         self.finish(total)
+
+
+def command_name() -> str:
+    """The running subcommand's name (``reconstruct``), for messages."""
+    from ._app import RUNNING
+
+    return RUNNING[-1] if RUNNING else "this command"
 
 
 def draws_noise(temperatures: Sequence[float], output_temp: float, posterior: str = "mean") -> bool:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..base.errors import UsageError
 from ._app import command, emit_json, out
 from ._run import (BatchOpt, MAX_IMPORTANCE_SAMPLES, NoResizeOpt, Session, check_batch_size, check_positive,
                    collect_inputs, read_shard)
@@ -55,11 +56,16 @@ def evaluate(
     check_batch_size(batch_size)
     sources = collect_inputs(images)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline, latents=False)
     cfg = vae.cfg
     mine, pixels = read_shard(run, sources, cfg.image_size, no_resize)  # under torchrun: this process's share
     seed = run.seed(seed)
     bound = "elbo" if samples == 1 else "importance-weighted"
+    if cfg.n_layers == 0:  # an autoregressive model (PixelCNN++): one pass gives the likelihood itself
+        if samples > 1:
+            raise UsageError(f"model {cfg.name} has no latent layers: its likelihood is exact, so importance "
+                             "sampling has nothing to tighten", hint="drop --samples")
+        bound = "exact"
     rows: list[dict[str, Any]] = []
     run.announce()
 
@@ -141,6 +147,8 @@ def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> N
     rows = [{**r, "input": clean(r["input"])} for r in rows]
     width = max(5, *(len(r["input"]) for r in rows))
     what = "negative ELBO" if summary["samples"] == 1 else f"importance-weighted bound, {summary['samples']} samples"
+    if summary["bound"] == "exact":
+        what = "exact negative log-likelihood (no latent layers)"
     out(f"{cfg.name}: {len(rows)} image{'s' if len(rows) != 1 else ''}, {what}")
     out(f"{'image':<{width}}  {'bits/dim':>9}  {'nats/dim':>9}  {'distortion':>10}  {'rate':>8}")
     for r in [*rows, {**summary, "input": "mean"}] if len(rows) > 1 else rows:
@@ -150,7 +158,7 @@ def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> N
     if "null_reason" in summary:
         out(f"n/a: {summary['null_reason']}")
     kl = summary["kl_bits_per_layer"]
-    if not all(math.isfinite(b) for b in kl):
+    if not kl or not all(math.isfinite(b) for b in kl):
         return
     total = sum(kl) or 1.0
     top = max(kl) or 1.0
@@ -226,10 +234,17 @@ def info(
     out(f"file         {where}")
     out(f"fingerprint  {facts.fingerprint or '(known once downloaded)'}")
     out(f"image        {cfg.image_size}x{cfg.image_size}x{cfg.image_channels} (dataset {cfg.dataset})")
-    out(f"latents      {cfg.n_layers} layers, {cfg.latent_dims:,} dims per image")
+    if cfg.n_layers == 0:
+        out("latents      none: an autoregressive model, sampled pixel by pixel (sample, eval, train; "
+            "commands on latents refuse it)")
+    else:
+        out(f"latents      {cfg.n_layers} layers, {cfg.latent_dims:,} dims per image")
     out(f"parameters   {facts.parameters:,}" if facts.parameters else "parameters   ?")
-    out(f"temperature  {temperature or '1.0'}, output {output_temperature or '1.0'} "
-        "(what sample, reconstruct, mix and decode use without --temp, --output-temp)")
+    if cfg.n_layers == 0:
+        out(f"temperature  output {output_temperature or '1.0'} (what sample uses without --output-temp)")
+    else:
+        out(f"temperature  {temperature or '1.0'}, output {output_temperature or '1.0'} "
+            "(what sample, reconstruct, mix and decode use without --temp, --output-temp)")
     if ood_recorded:
         how = f" ({ood_recorded['source']})" if ood_recorded.get("source") else ""
         if ood_recorded.get("score") == "complexity":
@@ -238,6 +253,9 @@ def info(
             score = "--score llr " if ood_recorded.get("score") else ""
             out(f"ood          {score}--k {ood_recorded.get('k', '1')} --prior-temp "
                 f"{ood_recorded.get('prior_temperature', '1.0')}{how} (what ood uses without --k)")
+    if cfg.n_layers == 0:
+        out("config       " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items() if k not in ("name", "dataset")))
+        return
     out("--keep-res   " + ", ".join(f"{r} -> {k} layers" for r, k in keep_res.items()))
     out()
     out(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")

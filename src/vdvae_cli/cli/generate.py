@@ -164,7 +164,9 @@ def sample(
     writer = plan_images(output, numbered_names("sample", num), grid=grid, force=force, json_out=json_out,
                          skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
-    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline, latents=False)
+    if temp is not None and vae.cfg.n_layers == 0:
+        run.info(f"--temp {temp} does not apply: model {vae.cfg.name} has no latent layers (--output-temp does)")
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
     seed = run.seed(seed, random=draws_noise(temps, output_temp))

@@ -598,7 +598,7 @@ def _draw_samples(run: Session, num: int, temp: str | None, output_temp: float |
     from ..engine import ops
     from ..engine.runtime import across_cores
 
-    vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
+    vae = run.load_model(model, device, dtype, compile=compile, offline=offline, latents=False)
     spec, temps, pixel_temp = resolve_temperatures(temp, output_temp, vae)
     seed = run.seed(seed)
     run.announce()

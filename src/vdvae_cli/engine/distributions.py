@@ -224,9 +224,9 @@ def dmol_sample(
     device = logits.device
     noise = noise or BatchNoise()
     if u_mix is None:
-        u_mix = _open_uniform(noise.uniform((n, h, w, num_mixtures), device=device))
+        u_mix = open_uniform(noise.uniform((n, h, w, num_mixtures), device=device))
     if u_logistic is None:
-        u_logistic = _open_uniform(noise.uniform((n, h, w, c), device=device))
+        u_logistic = open_uniform(noise.uniform((n, h, w, c), device=device))
     if temperature == 0:
         k = pi.argmax(dim=-1)
         logistic = torch.zeros_like(u_logistic)
@@ -246,7 +246,7 @@ def dmol_sample(
     return torch.stack([r, g, b], dim=-1)
 
 
-def _open_uniform(u: Tensor) -> Tensor:
+def open_uniform(u: Tensor) -> Tensor:
     """Map [0, 1) to [1e-5, 1 - 1e-5] as the reference's ``uniform_(1e-5, 1 - 1e-5)`` does."""
     return u * (1.0 - 2e-5) + 1e-5
 

@@ -114,6 +114,10 @@ class Family(Protocol):
     def pixels(self, model: Any, logits: Tensor, noise: "Noise", output_temperature: float) -> Tensor:
         """Output parameters -> uint8 NHWC RGB images, drawn at ``output_temperature`` (0: noise-free)."""
         ...
+    def draw_pixels(self, model: Any, n: int, noise: "Noise", output_temperature: float) -> Tensor:
+        """``n`` uint8 NHWC RGB images drawn by the family itself; only families whose models have
+        no latent layers (``cfg.n_layers == 0``: autoregressive ones) are asked (``ops.sample``)."""
+        ...
     def log_ratio(self, model: Any, out: "DecoderOutput") -> Tensor:
         """Sum over posterior layers of ``log p(z) - log q(z | x)`` of a traced pass, (N,)."""
         ...

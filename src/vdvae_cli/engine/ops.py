@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence, cast
 
 import torch
 
@@ -82,6 +82,28 @@ def _pixels(model: LatentModel, px_z: Tensor, noise: Noise, output_temperature: 
     return family_of(model).pixels(model, logits, noise, output_temperature)
 
 
+@torch.inference_mode()
+def _draw_pixels(model: LatentModel, n: int, output_temperature: float, noise: Noise) -> Tensor:
+    from ..base.safety import MAX_TEMPERATURE
+
+    if not (isinstance(output_temperature, (int, float)) and 0 <= output_temperature <= MAX_TEMPERATURE):
+        from ..base.errors import TemperatureSpecError
+
+        raise TemperatureSpecError(f"output temperature {output_temperature!r} is not a number from 0 to {MAX_TEMPERATURE:g}")
+    return family_of(model).draw_pixels(model, n, noise, output_temperature)
+
+
+def require_latent_layers(model: LatentModel | FamilyConfig, what: str) -> None:
+    """Refuse, in one line, to run ``what`` (an operation on latents) on a model without latent layers."""
+    cfg = cast(FamilyConfig, getattr(model, "cfg", model))
+    if cfg.n_layers == 0:
+        from ..base.errors import UsageError
+
+        raise UsageError(f"{what} needs latent layers, and model {cfg.name} ({family_of(cfg).name}) has none: "
+                         "it models the pixels directly",
+                         hint="sample, eval, info and train work with it; use a VAE (vdvae or nvae) for this")
+
+
 def _temps(cfg: FamilyConfig, temperatures: Temperatures) -> list[float]:
     from .temperature import check_temperatures
 
@@ -104,6 +126,7 @@ def encode(
     """Posterior latents of ``images`` (uint8 NHWC): one (N, Z, r, r) float32 tensor per layer.
 
     ``n_layers`` stops after that many leading layers (a prefix costs only its own layers)."""
+    require_latent_layers(model, "encode")
     p = _param(model)
     n_layers = model.cfg.n_layers if n_layers is None else n_layers
     if n_layers == 0:
@@ -128,6 +151,7 @@ def decode(
 
     Layers without a latent are sampled from the prior at ``temperatures``.
     """
+    require_latent_layers(model, "decode")
     given = [z for z in latents if z is not None]
     if n is None:
         if not given:
@@ -148,7 +172,12 @@ def sample(
     output_temperature: float = 1.0,
     noise: NoiseLike = None,
 ) -> Tensor:
-    """``n`` unconditional samples (uint8 NHWC) at per-layer ``temperatures``."""
+    """``n`` unconditional samples (uint8 NHWC) at per-layer ``temperatures``.
+
+    A model with no latent layers (an autoregressive family: PixelCNN++) is drawn by its family,
+    pixel by pixel (``Family.draw_pixels``); ``temperatures`` do not apply to it."""
+    if model.cfg.n_layers == 0:
+        return _draw_pixels(model, n, output_temperature, as_noise(noise))
     return decode(model, [], n=n, temperatures=temperatures, output_temperature=output_temperature, noise=noise)
 
 
@@ -165,6 +194,7 @@ def reconstruct(
 ) -> Tensor:
     """Keep the first ``keep_layers`` latent layers (default: all) from the posterior of ``images``
     and sample the rest from the prior, in one decoder pass."""
+    require_latent_layers(model, "reconstruct")
     cfg = model.cfg
     keep = cfg.n_layers if keep_layers is None else keep_layers
     if not 0 <= keep <= cfg.n_layers:
@@ -197,6 +227,7 @@ def mix(
     the completion fits the prefix; an empty prefix is B's reconstruction and a full one is A's.
     A prefix with batch 1 is shared by every row; the batch is ``n`` or the rows of ``rest_images``.
     """
+    require_latent_layers(model, "mix")
     cfg = model.cfg
     if len(prefix) > cfg.n_layers:
         raise ValueError(f"a prefix of {len(prefix)} layers but the model has {cfg.n_layers} latent layers")
@@ -268,6 +299,8 @@ def _per_layer(kls: Sequence[Tensor | None] | None, zero: Tensor, n_dims: int) -
     """(N, L) each layer's KL per image in nats/dim from per-element KLs; ``zero`` (N,) where a layer
     came from its prior (None)."""
     assert kls is not None, "the decoder pass was not asked for KLs"
+    if not kls:  # a model with no latent layers: no rate
+        return zero.new_zeros(zero.shape[0], 0)
     return torch.stack([zero if k is None else k.sum(dim=(1, 2, 3)) for k in kls], dim=1) / n_dims
 
 

@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "vdvae_cli.families"
 BUILTIN: dict[str, str] = {
     "vdvae": "vdvae_cli.families.vdvae.family:FAMILY",
     "nvae": "vdvae_cli.families.nvae.family:FAMILY",
+    "pixelcnn": "vdvae_cli.families.pixelcnn.family:FAMILY",
 }
 # A config without a ``family`` field is a VDVAE's: every file written before NVAE came.
 DEFAULT_FAMILY = "vdvae"

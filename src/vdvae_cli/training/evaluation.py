@@ -84,9 +84,13 @@ def save_grid(images: Tensor, path: Path, columns: int) -> Path:
 
 
 def visualise(model: LatentModel, heldout: Tensor, path: Path, *, columns: int, seed: int) -> Path:
-    """The reference-style grid: originals, posterior-mean reconstructions, samples at t=1 and t=0.8."""
+    """The reference-style grid: originals, posterior-mean reconstructions, samples at t=1 and t=0.8.
+    A model with no latent layers (PixelCNN++, drawn pixel by pixel): originals and one row of samples."""
     g = torch.Generator(device=first_parameter(model).device)
     originals = heldout[:columns]
+    if model.cfg.n_layers == 0:
+        drawn = sample(model, columns, noise=g.manual_seed(seed + 1))
+        return save_grid(torch.cat([originals.to(drawn.device), drawn]), path, columns)
     recon = reconstruct(model, originals, posterior="mean", noise=g.manual_seed(seed))
     rows = [originals.to(recon.device), recon]
     for t in (1.0, 0.8):

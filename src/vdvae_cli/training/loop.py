@@ -135,7 +135,8 @@ def train(
     curves = Curves(run.path, enabled=rank == 0, start_step=step)
     choose_count = min(48, max(16, len(heldout)))  # images per pass of the temperature choice
     clock = _Clock(tc, float(saved["elapsed_s"]) if saved else 0.0, started=started,
-                   n_eval=len(heldout), n_choose=choose_count * passes())
+                   n_eval=len(heldout), n_choose=choose_count * passes(model_cfg.n_layers),
+                   choose_passes=passes(model_cfg.n_layers))
     chosen: dict[str, str] = {}  # the recommended temperatures, once chosen (the export's metadata)
     window = _Window()
 
@@ -375,8 +376,9 @@ class _Clock:
     SLACK = 2.0
 
     def __init__(self, tc: TrainConfig, before: float, *, started: float | None = None, n_eval: int = 0,
-                 n_choose: int = 0):
+                 n_choose: int = 0, choose_passes: int = 1):
         self.tc, self.before = tc, before
+        self.choose_passes = choose_passes  # sampling passes of the temperature choice
         now = time.monotonic()
         self.start = started if started is not None else now
         self.last_eval = self.eval_started = now
@@ -397,7 +399,7 @@ class _Clock:
     def final_phase(self) -> float:
         """Seconds the final evaluation, grid, temperature choice and checkpoint will take (estimated)."""
         if "pass" in self.took and self.n_choose:  # one timed sampling pass of the temperature choice
-            sampling = self.took["pass"] * passes() / self.n_choose
+            sampling = self.took["pass"] * self.choose_passes / self.n_choose
         elif self.eval_seconds and self.n_eval:
             sampling = self.eval_seconds / self.n_eval
         else:

@@ -1,0 +1,275 @@
+"""The PixelCNN++ network (Salimans et al. 2017) over the causal blocks of Gated PixelCNN.
+
+Two streams run side by side so that no pixel above or to the left is missed (no blind spot, van den
+Oord et al. 2016): the *vertical* stream ``u`` sees only the rows above the current one (its
+convolutions are shifted down), the *horizontal* stream ``ul`` also sees the pixels to the left on
+the current row (shifted down and right). Going down (``up pass`` in the paper's code) three
+resolutions with ``nr_resnet`` gated ResNet blocks each, halving with stride-2 shifted convolutions;
+coming back with one block per activation kept on the way down (``nr_resnet`` at the coarsest
+resolution, ``nr_resnet + 1`` at the others), doubling with stride-2 shifted transposed
+convolutions, every block reading the matching activation of the way down (the shortcut
+connections). Each output pixel's DMoL parameters therefore depend on earlier pixels only; the
+colour channels inside a pixel are chained by the mixture itself (R, then G given R, then B given
+R and G: :func:`vdvae_cli.engine.distributions.dmol_log_prob`).
+
+Convolutions are weight-normalised (``weight = g * v / |v|`` per output channel) as in the paper;
+:func:`fold_weight_norm` turns them into plain weights once at load for inference.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...engine.interface import DecoderOutput
+from .config import PixelCNNConfig
+
+Tensor = torch.Tensor
+
+
+def concat_elu(x: Tensor) -> Tensor:
+    """ELU of ``x`` and of ``-x``, stacked on channels (both signs pass: twice the channels)."""
+    return F.elu(torch.cat([x, -x], dim=1))
+
+
+def down_shift(x: Tensor) -> Tensor:
+    """Move every row one down (a zero row enters at the top)."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1, :]
+
+
+def right_shift(x: Tensor) -> Tensor:
+    """Move every column one right (a zero column enters at the left)."""
+    return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
+
+
+class WNConv(nn.Module):
+    """A weight-normalised 2-d convolution, optionally transposed: ``v`` (direction), ``g`` (length per
+    output channel), ``bias``. After :meth:`fold`, ``weight`` holds ``g * v / |v|`` and is used as is."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], *, stride: int = 1, transposed: bool = False):
+        super().__init__()
+        self.kernel, self.stride, self.transposed = kernel, stride, transposed
+        shape = (cin, cout, *kernel) if transposed else (cout, cin, *kernel)
+        self.v = nn.Parameter(torch.empty(shape))
+        self.g = nn.Parameter(torch.ones(cout))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        nn.init.normal_(self.v, 0.0, 0.05)
+        self.folded: Tensor | None = None
+
+    def weight(self) -> Tensor:
+        if self.folded is not None:
+            return self.folded
+        dims = (0, 2, 3) if self.transposed else (1, 2, 3)
+        norm = self.v.square().sum(dim=dims, keepdim=True).sqrt()
+        g = self.g.view(1, -1, 1, 1) if self.transposed else self.g.view(-1, 1, 1, 1)
+        return self.v * (g / norm)
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        self.folded = self.weight().detach().clone()
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight()
+        if self.transposed:
+            return F.conv_transpose2d(x, w, self.bias, stride=self.stride, output_padding=self.stride - 1)
+        return F.conv2d(x, w, self.bias, stride=self.stride)
+
+
+class DownShiftedConv(nn.Module):
+    """A convolution whose output pixel sees only rows above it and itself... shifted so that, with
+    :func:`down_shift` after it, a pixel sees only the rows strictly above. Kernel (kh, kw) padded
+    kh - 1 rows at the top and (kw - 1) / 2 columns either side."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int] = (2, 3), stride: int = 1):
+        super().__init__()
+        kh, kw = kernel
+        self.pad = ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0)
+        self.conv = WNConv(cin, cout, kernel, stride=stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, self.pad))
+
+
+class DownRightShiftedConv(nn.Module):
+    """A convolution whose output pixel sees rows above and, on its own row, columns to its left and
+    itself: padded kh - 1 rows at the top and kw - 1 columns at the left."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int] = (2, 2), stride: int = 1):
+        super().__init__()
+        kh, kw = kernel
+        self.pad = (kw - 1, 0, kh - 1, 0)
+        self.conv = WNConv(cin, cout, kernel, stride=stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, self.pad))
+
+
+class DownShiftedDeconv(nn.Module):
+    """Stride-2 transposed convolution that doubles the size and keeps the vertical stream causal:
+    the extra rows at the bottom and the columns either side are cropped."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int] = (2, 3)):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = WNConv(cin, cout, kernel, stride=2, transposed=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        kh, kw = self.kernel
+        y = self.conv(x)
+        h, w = y.shape[2], y.shape[3]
+        return y[:, :, : h - kh + 1, (kw - 1) // 2 : w - (kw - 1) // 2]
+
+
+class DownRightShiftedDeconv(nn.Module):
+    """Stride-2 transposed convolution for the horizontal stream: crops the bottom rows and the right
+    columns."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int] = (2, 2)):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = WNConv(cin, cout, kernel, stride=2, transposed=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        kh, kw = self.kernel
+        y = self.conv(x)
+        return y[:, :, : y.shape[2] - kh + 1, : y.shape[3] - kw + 1]
+
+
+class NiN(nn.Module):
+    """A weight-normalised 1x1 convolution (network in network)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = WNConv(cin, cout, (1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class GatedResnet(nn.Module):
+    """``x + a * sigmoid(b)`` where ``[a; b]`` come from two convolutions of ``concat_elu(x)``, the
+    first also fed ``aux`` (the other stream, or the shortcut from the way down) through a 1x1."""
+
+    def __init__(self, filters: int, conv: type[nn.Module], aux_channels: int, dropout: float):
+        super().__init__()
+        self.conv_in = conv(2 * filters, filters)
+        self.aux = NiN(2 * aux_channels, filters) if aux_channels else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv_out = conv(2 * filters, 2 * filters)
+
+    def forward(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
+        c = self.conv_in(concat_elu(x))
+        if self.aux is not None:
+            assert aux is not None
+            c = c + self.aux(concat_elu(aux))
+        c = self.conv_out(self.dropout(concat_elu(c)))
+        a, b = c.chunk(2, dim=1)
+        return x + a * torch.sigmoid(b)
+
+
+class PixelCNNPP(nn.Module):
+    """PixelCNN++: network input (N, C, H, W) in [-1, 1] -> DMoL parameters per pixel (N, H, W, K)."""
+
+    def __init__(self, cfg: PixelCNNConfig):
+        super().__init__()
+        self.cfg = cfg
+        nf, n, p = cfg.nr_filters, cfg.nr_resnet, cfg.dropout
+        cin = cfg.channels + 1  # the image and a channel of ones (tells the padding from black)
+        self.u_init = DownShiftedConv(cin, nf, (2, 3))
+        self.ul_init_v = DownShiftedConv(cin, nf, (1, 3))
+        self.ul_init_h = DownRightShiftedConv(cin, nf, (2, 1))
+
+        def u_block(count: int, aux: int) -> nn.ModuleList:
+            return nn.ModuleList(GatedResnet(nf, DownShiftedConv, aux, p) for _ in range(count))
+
+        def ul_block(count: int, aux: int) -> nn.ModuleList:
+            return nn.ModuleList(GatedResnet(nf, DownRightShiftedConv, aux, p) for _ in range(count))
+
+        # the way down: three resolutions; ul's blocks read u
+        self.down_u = nn.ModuleList(u_block(n, 0) for _ in range(3))
+        self.down_ul = nn.ModuleList(ul_block(n, nf) for _ in range(3))
+        self.halve_u = nn.ModuleList(DownShiftedConv(nf, nf, (2, 3), stride=2) for _ in range(2))
+        self.halve_ul = nn.ModuleList(DownRightShiftedConv(nf, nf, (2, 2), stride=2) for _ in range(2))
+        # the way up: n blocks at the coarsest resolution, n + 1 at the others (one per activation
+        # kept on the way down); u reads the shortcut u, ul reads [u; shortcut ul]
+        self.up_u = nn.ModuleList(u_block(n if level == 0 else n + 1, nf) for level in range(3))
+        self.up_ul = nn.ModuleList(ul_block(n if level == 0 else n + 1, 2 * nf) for level in range(3))
+        self.double_u = nn.ModuleList(DownShiftedDeconv(nf, nf) for _ in range(2))
+        self.double_ul = nn.ModuleList(DownRightShiftedDeconv(nf, nf) for _ in range(2))
+        self.head = NiN(nf, cfg.output_channels)
+        # the engine's model surface (engine.interface.LatentModel), set by the checkpoint loader
+        self.weights_digest: str | None = None
+        self.digest_source: Callable[[], str] | None = None
+        self.default_temperature: str | None = None
+        self.default_output_temperature: str | None = None
+        self.default_ood: dict[str, str] | None = None
+
+    # -- as a model with no latent layers (engine.interface.LatentModel) ---------------------------
+
+    def encoder(self, x: Tensor) -> Tensor:
+        """What the decoder's "posterior" pass reads: the network input itself."""
+        return x
+
+    def decoder(self, n: int, activations: Tensor | None = None, **options: Any) -> DecoderOutput:
+        """The causal pass over the image ``activations`` (the likelihood of every pixel given the
+        pixels before it); there are no latents, so no KL and no trace."""
+        if activations is None:
+            from ...base.errors import UsageError
+
+            raise UsageError("a PixelCNN++ has no latent layers to decode: its images are drawn pixel by pixel",
+                             hint="use sample")
+        want_kl = options.get("want_kl")
+        return DecoderOutput(self(activations), latents=[] if options.get("want_latents") else None,
+                             kl=[] if want_kl else None, kl_prior=[] if want_kl == "split" else None)
+
+    def logits(self, px_z: Tensor) -> Tensor:
+        return px_z
+
+    def forward(self, x: Tensor) -> Tensor:
+        ones = torch.ones_like(x[:, :1])
+        x = torch.cat([x, ones], dim=1)
+        u = down_shift(self.u_init(x))
+        ul = down_shift(self.ul_init_v(x)) + right_shift(self.ul_init_h(x))
+        us, uls = [u], [ul]
+        for level in range(3):
+            for bu, bul in zip(_level(self.down_u, level), _level(self.down_ul, level)):
+                u = bu(u)
+                ul = bul(ul, u)
+                us.append(u)
+                uls.append(ul)
+            if level < 2:
+                u = self.halve_u[level](u)
+                ul = self.halve_ul[level](ul)
+                us.append(u)
+                uls.append(ul)
+        u, ul = us.pop(), uls.pop()
+        for level in range(3):
+            for bu, bul in zip(_level(self.up_u, level), _level(self.up_ul, level)):
+                u = bu(u, us.pop())
+                ul = bul(ul, torch.cat([u, uls.pop()], dim=1))
+            if level < 2:
+                u = self.double_u[level](u)
+                ul = self.double_ul[level](ul)
+        assert not us and not uls
+        return self.head(F.elu(ul)).permute(0, 2, 3, 1)
+
+    def fold_weight_norm(self) -> None:
+        """Fix every convolution's weight once (inference: the same maths without renormalising)."""
+        for m in self.modules():
+            if isinstance(m, WNConv):
+                m.fold()
+
+
+def _level(blocks: nn.ModuleList, level: int) -> nn.ModuleList:
+    return cast(nn.ModuleList, blocks[level])
+
+
+def network_shapes(cfg: PixelCNNConfig) -> "OrderedDict[str, tuple[int, ...]]":
+    """Every state_dict key of ``cfg``'s network and its shape (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        net = PixelCNNPP(cfg)
+    return OrderedDict((k, tuple(v.shape)) for k, v in net.state_dict().items())
