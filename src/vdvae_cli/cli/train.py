@@ -20,6 +20,7 @@ _EPILOG = (
     "  vdvae train photos/ -o runs/mine\n\n"
     "  vdvae train photos/ -o runs/mine --config small64 --time-limit 30\n\n"
     "  vdvae train photos/ -o runs/nv --config nvae-small32 --steps 3000   (an NVAE, NVAE's own recipe)\n\n"
+    "  vdvae train photos/ -o runs/px --config pixelcnn-small32 --time-limit 60   (a PixelCNN++)\n\n"
     "  vdvae train --resume runs/mine --time-limit 60\n\n"
     "  vdvae train faces.npy --init digits32 -o runs/finetune --steps 2000 --lr 5e-5\n\n"
     "  vdvae train digits.npz --hparams scripts/digits32.json -o runs/digits --steps 7500\n\n"
@@ -171,7 +172,7 @@ def _train_dtype(spec: str, device) -> str:
 def train_cmd(
     data: Annotated[Optional[Path], typer.Argument(help="Folder of images, or an .npy/.npz uint8 (N, H, W[, C]) array.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder to create.", show_default=False)] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="NAME", help="small32, small64 or nvae-small32 (presets sized for a CPU; default small32), or an official architecture (VDVAE: cifar10, imagenet32, ...; NVAE: nvae-cifar10, nvae-celeba64, ...) trained with its family's recipe.", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="NAME", help="small32, small64, nvae-small32, pixelcnn-small32 or pixelcnn-grey32 (presets sized for a CPU; default small32), or an official architecture (VDVAE: cifar10, imagenet32, ...; NVAE: nvae-cifar10, nvae-celeba64, ...; PixelCNN++: pixelcnn-cifar10) trained with its family's recipe.", show_default=False)] = None,
     hparams: Annotated[Optional[Path], typer.Option("--hparams", help="Architecture as reference-style JSON (or an official -log.jsonl).", show_default=False)] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="Fine-tune: start from this model (registry name or .safetensors).", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", show_default=False)] = None,
@@ -208,7 +209,7 @@ def train_cmd(
     quiet: QuietOpt = False,
     force: ForceOpt = False,
 ) -> None:
-    """Train a VDVAE or an NVAE on a folder of images: `vdvae train FOLDER -o RUN` works with defaults.
+    """Train a VDVAE, an NVAE or a PixelCNN++ on a folder of images: `vdvae train FOLDER -o RUN` works with defaults.
 
     Reports the held-out negative ELBO in bits/dim at every evaluation (one JSON line each with
     --json), writes sample grids and resumable checkpoints, and exports the evaluated weights (a
