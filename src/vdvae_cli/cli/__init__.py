@@ -15,6 +15,7 @@ from . import cache  # noqa: F401,E402
 from . import convert  # noqa: F401,E402
 from . import train  # noqa: F401,E402
 from . import restore  # noqa: F401,E402
+from . import prior  # noqa: F401,E402
 
 
 def main() -> None:

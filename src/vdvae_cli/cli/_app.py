@@ -224,11 +224,13 @@ def _check_numbers(values: dict[str, Any]) -> None:
 RUNNING: list[str] = []  # the subcommand this process runs (for messages that name it)
 
 
-def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``app.command`` with the error boundary around the function."""
+def command(*args: Any, group: "typer.Typer | None" = None, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``app.command`` (or ``group.command`` for a subcommand group) with the error boundary around the function."""
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         name = args[0] if args and isinstance(args[0], str) else func.__name__
+        if group is not None and group.info.name:
+            name = f"{group.info.name} {name}"
 
         @functools.wraps(func)
         def wrapper(*a: Any, **kw: Any) -> Any:
@@ -289,7 +291,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
 
                     close_distributed()
 
-        return app.command(*args, **kwargs)(wrapper)
+        return (group or app).command(*args, **kwargs)(wrapper)
 
     return register
 

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from ..modelfiles.resolve import ResolvedModel
     from ..base.images import ImageSource, ImageWriter
     from ..engine.interface import LatentModel
+    from ..engine.learned_prior import TopPrior
+    from pathlib import Path
 
 BatchOpt = Annotated[str, typer.Option(
     "--batch-size", "-b", metavar="N|auto",
@@ -51,6 +53,8 @@ class Session:
         self.started = time.perf_counter()
         self.model: LatentModel | None = None
         self.model_ref: str | None = None  # what --model can name to load this model again
+        self.model_path: "Path | None" = None  # the loaded model's file, and where it came from
+        self.model_source: str | None = None
         self.shard = Shard()  # under torchrun: this process's rank and the number of processes
         self._notes: list[str] = []  # said once the options have passed every check (see announce)
         self.failed: list[str] = []  # inputs that could not be read (each reported when it failed)
@@ -124,6 +128,7 @@ class Session:
         self.model_ref = resolved.name if resolved.source in ("shipped", "official") else (
             resolved.detail if resolved.source == "hub" else str(resolved.path.resolve()))
         loaded = load_model(resolved, device=where, dtype=dtype)
+        self.model_path, self.model_source = resolved.path, resolved.source
         if latents:
             from ..engine.ops import require_latent_layers
 
@@ -141,6 +146,36 @@ class Session:
         if compile:  # torch.compile works when first called: say what the first batch waits for
             self._notes.append("compiling the network (--compile): the first batch waits for it, often a minute")
         return model
+
+    def load_prior(self, choice: str | None) -> "TopPrior | None":
+        """The learned prior ``--prior`` asks for, for the loaded model: ``model`` none; ``learned`` the
+        companion file beside the model (required); ``auto`` (default) the companion when there is
+        one; anything else a companion file's path. Says on stderr which prior draws the top layers."""
+        from pathlib import Path
+
+        from ..base.errors import UsageError
+        from ..engine.learned_prior import companion_path
+
+        assert self.model is not None
+        choice = (choice or "auto").strip()
+        if choice == "model" or self.model.cfg.n_layers == 0:
+            return None
+        if choice in ("auto", "learned"):
+            if self.model_path is None:
+                return None
+            path = companion_path(self.model_path)
+        else:
+            path = Path(choice)
+        if not path.is_file() and not path.exists():
+            if choice == "auto":
+                return None
+            raise UsageError(f"no learned prior at {path}" if choice != "learned"
+                             else f"model {self.model.cfg.name} has no learned prior beside it ({path})",
+                             hint="fit one with `vdvae prior fit MODEL IMAGES`, or use --prior model")
+        top = read_prior(path, self.model)
+        self._notes.append(f"learned prior over latent layers 0-{top.layers - 1} from {path} (--prior model: the "
+                           "model's own)")
+        return top
 
     def _fetch(self, ref: str | None, offline: bool) -> "ResolvedModel":
         """The model's file; a named model's first use downloads it. Under torchrun rank 0 downloads
@@ -325,6 +360,28 @@ class Session:
         self.info(f"wrote {writer.describe(made)}{kept} "
                   f"in {time.perf_counter() - self.started:.1f}s")
         self.finish(total)
+
+
+def read_prior(path: "Path", model: "LatentModel") -> "TopPrior":
+    """A companion prior file for ``model``, read within bounds and checked against its fingerprint."""
+    from ..base.errors import CheckpointError
+    from ..base.filekind import require_regular_file
+    from ..engine.keys import model_fingerprint
+    from ..engine.learned_prior import TopPrior, check_layers, load_prior
+    from ..engine.statedict import digest_of
+
+    require_regular_file(path, "learned prior", CheckpointError)
+    size = path.stat().st_size
+    if size > 1 << 30:
+        raise CheckpointError(f"{path} is {size:,} bytes: more than a learned prior file holds (1 GiB at most)")
+    prior, layers, _ = load_prior(path.read_bytes(), fingerprint=model_fingerprint(model.cfg, digest_of(model)),
+                                  label=str(path))
+    dim = check_layers(layers, model.cfg.latent_shapes)
+    if dim != prior.cfg.dim:
+        raise CheckpointError(f"{path} models {prior.cfg.dim} dims, but layers 0-{layers - 1} of this model have {dim}")
+    p = next(model.parameters())
+    prior.to(p.device).eval()
+    return TopPrior(prior, layers, tuple(model.cfg.latent_shapes), str(path))
 
 
 def command_name() -> str:

@@ -12,7 +12,7 @@ from ..base.errors import UsageError
 from ._app import command, emit_json, out
 from ._run import (BatchOpt, MAX_IMPORTANCE_SAMPLES, NoResizeOpt, Session, check_batch_size, check_positive,
                    collect_inputs, read_shard)
-from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt, default_model
+from .options import CompileOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, PriorOpt, QuietOpt, SeedOpt, default_model
 
 LN2 = math.log(2)
 
@@ -48,6 +48,7 @@ def evaluate(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     from ..engine import ops
     from ..base.safety import non_finite_keys
@@ -57,6 +58,7 @@ def evaluate(
     sources = collect_inputs(images)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline, latents=False)
+    top = run.load_prior(prior)
     cfg = vae.cfg
     mine, pixels = read_shard(run, sources, cfg.image_size, no_resize)  # under torchrun: this process's share
     seed = run.seed(seed)
@@ -70,11 +72,16 @@ def evaluate(
     run.announce()
 
     def evaluate_batch(indices: list[int]):
-        return ops.elbo(vae, pixels(indices), samples=samples, noise=run.noise(seed, indices))
+        x = pixels(indices)
+        result = ops.elbo(vae, x, samples=samples, noise=run.noise(seed, indices), prior=top)
+        if top is None:
+            return result, None
+        # the same images and draws under the model's own prior: both bounds side by side
+        return result, ops.elbo(vae, x, samples=samples, noise=run.noise(seed, indices)).nll_bound
 
     with run.progress(len(mine), "evaluating") as advance:
         t0 = time.perf_counter()
-        for indices, result in run.batches(mine, batch_size, evaluate_batch):
+        for indices, (result, own_bound) in run.batches(mine, batch_size, evaluate_batch):
             batch_seconds = time.perf_counter() - t0
             kl_bits = (result.kl_per_layer.double() * cfg.n_dims / LN2).cpu()  # (N, L) bits per image
             for j, i in enumerate(indices):
@@ -87,8 +94,11 @@ def evaluate(
                     "rate_bits_per_dim": float(result.rate[j]) / LN2,
                     "kl_bits_per_layer": kl_bits[j].tolist(),
                     "samples": samples, "bound": bound, "seed": seed, "model": cfg.name,
+                    "prior": "model" if top is None else "learned",
                     "batch_seconds": round(batch_seconds, 4), "batch_size": len(indices),
                 }
+                if own_bound is not None:
+                    row["model_prior_bits_per_dim"] = float(own_bound[j]) / LN2
                 bad = non_finite_keys(row)
                 if bad:
                     row["null_reason"] = (f"{', '.join(bad)} not finite: the model's likelihood overflows for "
@@ -110,7 +120,10 @@ def evaluate(
     if not rows:
         run.finish(len(sources))  # nothing could be read
     summary = _summary(rows, cfg.n_layers)
-    summary.update(samples=samples, bound=bound, seed=seed, model=cfg.name,
+    if top is not None:
+        summary["model_prior_bits_per_dim"] = sum(r["model_prior_bits_per_dim"] for r in rows) / len(rows)
+        summary["learned_prior"] = {"layers": top.layers, "path": top.source}
+    summary.update(samples=samples, bound=bound, seed=seed, model=cfg.name, prior="model" if top is None else "learned",
                    seconds=round(time.perf_counter() - run.started, 4))
     if json_out:
         run.emit(summary)
@@ -155,6 +168,10 @@ def _print_report(rows: list[dict[str, Any]], summary: dict[str, Any], cfg) -> N
         out(f"{r['input']:<{width}}  {_num(r['bits_per_dim'], '>9.4f')}  {_num(r['nats_per_dim'], '>9.4f')}  "
             f"{_num(r['distortion_bits_per_dim'], '>10.4f')}  {_num(r['rate_bits_per_dim'], '>8.4f')}")
     out("(distortion and rate in bits/dim)")
+    if "learned_prior" in summary:
+        lp = summary["learned_prior"]
+        out(f"with the learned prior over layers 0-{lp['layers'] - 1} ({lp['path']}): {summary['bits_per_dim']:.4f} "
+            f"bits/dim; with the model's own prior: {summary['model_prior_bits_per_dim']:.4f}")
     if "null_reason" in summary:
         out(f"n/a: {summary['null_reason']}")
     kl = summary["kl_bits_per_layer"]

@@ -20,7 +20,7 @@ from ._run import (
     BatchOpt, NoResizeOpt, Session, check_batch_size, check_keep_args, check_output_temp, check_positive, collect_inputs,
     MAX_IMAGES, MAX_VARIATIONS, SkipExistingOpt, draws_noise, keep_count, plan_images, read_shard, refuse_distributed, stdout_is_tty,
 )
-from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
+from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, PriorOpt, QuietOpt, SeedOpt
 from ..base.errors import CheckpointError, LatentsError, OutputError, UsageError
 from ..engine.temperature import parse_temperature_spec
 
@@ -154,6 +154,7 @@ def sample(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     from ..engine import ops
     from ..base.images import numbered_names
@@ -165,6 +166,7 @@ def sample(
                          skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline, latents=False)
+    top = run.load_prior(prior)
     if temp is not None and vae.cfg.n_layers == 0:
         run.info(f"--temp {temp} does not apply: model {vae.cfg.name} has no latent layers (--output-temp does)")
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
@@ -173,7 +175,7 @@ def sample(
 
     def make(indices: list[int]):
         return ops.sample(vae, len(indices), temperatures=temps, output_temperature=output_temp,
-                          noise=run.noise(seed, indices))
+                          noise=run.noise(seed, indices), prior=top)
 
     def record(i: int) -> dict:
         return {"index": i, "input": None, "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps,
@@ -225,6 +227,7 @@ def reconstruct(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     from ..engine import ops
     from ..base.images import derived_names, read_image
@@ -237,6 +240,7 @@ def reconstruct(
                          json_out=json_out, skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
+    top = run.load_prior(prior)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=vae.cfg.n_layers)
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
@@ -248,7 +252,7 @@ def reconstruct(
 
     def make(indices: list[int]):
         return ops.reconstruct(vae, pixels(indices), keep_layers=keep, posterior=posterior.value,
-                               temperatures=temps, output_temperature=output_temp, noise=run.noise(seed, indices))
+                               temperatures=temps, output_temperature=output_temp, noise=run.noise(seed, indices), prior=top)
 
     def record(i: int) -> dict:
         return {"index": i, "input": sources[i].name, "keep_layers": keep, "posterior": posterior.value,
@@ -306,6 +310,7 @@ def mix(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     import torch
 
@@ -336,6 +341,7 @@ def mix(
     writer = plan_images(output, names, grid=grid, force=force, json_out=json_out, skip_existing=skip_existing)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
+    top = run.load_prior(prior)
     keep = keep_count(keep_layers, keep_res, vae.cfg, default=0)
     temp, temps, output_temp = resolve_temperatures(temp, output_temp, vae)
     readjust_if_asked(run, vae, temps, readjust_bn, readjust_iters)
@@ -359,7 +365,7 @@ def mix(
     def make(indices: list[int]):
         rest = pixels_b(indices) if pixels_b is not None else None
         return ops.mix(vae, prefix, rest, n=len(indices), posterior=posterior.value, temperatures=temps,
-                       output_temperature=output_temp, noise=run.noise(seed, indices))
+                       output_temperature=output_temp, noise=run.noise(seed, indices), prior=top)
 
     def record(i: int) -> dict:
         return {"index": i, "input": source_a.name, "input_b": b_sources[i].name if b_sources else None,
@@ -507,6 +513,7 @@ def decode(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     from ..engine import ops
     from ..base.images import derived_names
@@ -519,6 +526,7 @@ def decode(
     data, label = _read_latents_bytes(latents)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
+    top = run.load_prior(prior)
     read = load_npz_latents if is_npz(data) else load_latents
     from ..engine.statedict import digest_of
 
@@ -534,7 +542,7 @@ def decode(
     def make(indices: list[int]):
         given = [None if z is None else z[indices] for z in layers]
         return ops.decode(vae, given, n=len(indices), temperatures=temps, output_temperature=output_temp,
-                          noise=run.noise(seed, indices))
+                          noise=run.noise(seed, indices), prior=top)
 
     def record(i: int) -> dict:
         return {"index": i, "input": content.names[i], "latents": label, "keep_layers": keep, "seed": seed,

@@ -31,6 +31,11 @@ SeedOpt = Annotated[
     Optional[int],
     typer.Option("--seed", metavar="N", help="Seed; image i of a run depends only on (seed, i), whatever the batch size.", show_default=False),
 ]
+PriorOpt = Annotated[str, typer.Option(
+    "--prior", metavar="auto|learned|model|PATH",
+    help="Which prior draws the top latent layers: the learned prior fitted by `vdvae prior fit` (learned; "
+    "auto uses it when MODEL.prior.safetensors sits beside the model), the model's own (model), or a prior file.",
+)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object per result on stdout, nothing else there.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log messages on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing output files.")]

@@ -7,7 +7,8 @@ as ``p(z) = prod_d p(z_d | z_<d)``, with a masked autoregressive network (MADE, 
 :class:`LatentPrior` is the small interface the engine's ops are meant to call; a spatial
 autoregressive net (PixelCNN++ blocks) can implement it later for spatial layers.
 
-Unfinished (issue 21): the hook in ``ops``, the fitting tool and the CLI.
+:class:`TopPrior` is a fitted prior in use (what ``engine.ops`` takes as ``prior=``); fitting lives
+in :mod:`vdvae_cli.tools.prior_fit`, the command in ``cli/prior.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
@@ -60,10 +62,13 @@ class LatentPrior(nn.Module):
     """What the ops need from a learned prior over (N, D) latents."""
 
     def log_prob(self, z: Tensor) -> Tensor:  # (N, D) -> (N,) nats
+        return self.log_prob_dims(z).sum(-1)
+
+    def log_prob_dims(self, z: Tensor) -> Tensor:  # (N, D) -> (N, D): log p(z_d | z_<d)
         raise NotImplementedError
 
-    def sample(self, n: int, noise: Noise, *, temp: float = 1.0,
-               device: torch.device | None = None) -> Tensor:  # (n, D)
+    def sample(self, n: int, noise: Noise, *, temp: float | Tensor = 1.0,
+               device: torch.device | None = None, given: Tensor | None = None) -> Tensor:  # (n, D)
         raise NotImplementedError
 
 
@@ -110,8 +115,20 @@ class MadePrior(LatentPrior):
         out_mask = (deg[0][:, None] > deg[-1][None, :])  # (D, h_last): output d sees degrees < d
         out_mask = out_mask.repeat(3 * k, 1)  # (3kD, h_last), blocks of D rows
         self.head = MaskedLinear(cfg.hidden[-1], 3 * k * cfg.dim, out_mask)
-        # The first dimension's parameters come only from biases; start near N(0, 1).
+        # Start near N(0, 1) in every dimension (the model's prior of a collapsed unit): zero biases,
+        # small output weights (not zero: the components must differ to learn apart).
         nn.init.zeros_(self.head.bias)
+        nn.init.normal_(self.head.weight, 0.0, 1e-3)
+
+    @torch.no_grad()
+    def init_from(self, z: Tensor) -> None:
+        """Data-dependent start: every component of dimension d at the marginal mean and standard
+        deviation of ``z[:, d]`` (the best factorised Gaussian), so a fit begins where the model's
+        own prior roughly is rather than at N(0, 1) (a narrow posterior is hundreds of bits away)."""
+        d, k = self.cfg.dim, self.cfg.components
+        bias = self.head.bias.view(3, k, d)
+        bias[1] = z.float().mean(0).to(bias)
+        bias[2] = z.float().std(0).clamp(min=1e-3).log().clamp(-7.0, 5.0).to(bias)
 
     def params(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mixture (logits, means, log stds), each (N, D, K), of p(z_d | z_<d)."""
@@ -120,34 +137,40 @@ class MadePrior(LatentPrior):
         logits, means, logstd = out[0], out[1], out[2].clamp(-7.0, 5.0)
         return logits, means, logstd
 
-    def log_prob(self, z: Tensor) -> Tensor:
+    def log_prob_dims(self, z: Tensor) -> Tensor:
         logits, means, logstd = self.params(z)
         comp = (-0.5 * math.log(2 * math.pi) - logstd
                 - 0.5 * ((z[..., None] - means) * torch.exp(-logstd)) ** 2)  # (N, D, K)
-        lp = torch.logsumexp(comp + torch.log_softmax(logits, -1), -1)  # (N, D)
-        return lp.sum(-1)
+        return torch.logsumexp(comp + torch.log_softmax(logits, -1), -1)  # (N, D)
 
     @torch.no_grad()
-    def sample(self, n: int, noise: Noise, *, temp: float = 1.0,
-               device: torch.device | None = None) -> Tensor:
-        """Draw n latents, one dimension at a time; ``temp`` scales each component's std.
+    def sample(self, n: int, noise: Noise, *, temp: float | Tensor = 1.0,
+               device: torch.device | None = None, given: Tensor | None = None) -> Tensor:
+        """Draw n latents, one dimension at a time; ``temp`` (a number, or one per dimension)
+        scales each component's std. ``given`` (n, d0) fixes the first d0 dimensions: the rest are
+        drawn conditionally on them.
 
         The component choice is not tempered (temperature scales the Gaussian noise, as for the
-        model's own prior). Every draw comes from ``noise``.
+        model's own prior). Every draw comes from ``noise``, the same draws whatever ``given`` is.
         """
         dev = device if device is not None else self.head.weight.device
         d = self.cfg.dim
         z = torch.zeros(n, d, device=dev)
         u = noise.uniform((n, d), device=dev)  # component choice
         eps = noise.normal((n, d), device=dev)
-        for i in range(d):
+        start = 0
+        if given is not None:
+            start = given.shape[1]
+            z[:, :start] = given.to(device=dev, dtype=z.dtype).reshape(n, start)
+        temps = torch.as_tensor(temp, dtype=torch.float32, device=dev).expand(d)
+        for i in range(start, d):
             logits, means, logstd = self.params(z)
             probs = torch.softmax(logits[:, i], -1)  # (n, K)
             cdf = probs.cumsum(-1)
             j = (u[:, i:i + 1] > cdf).sum(-1).clamp(max=self.cfg.components - 1)  # (n,)
             m = means[:, i].gather(1, j[:, None])[:, 0]
             s = torch.exp(logstd[:, i].gather(1, j[:, None])[:, 0])
-            z[:, i] = m + temp * s * eps[:, i]
+            z[:, i] = m + temps[i] * s * eps[:, i]
         return z
 
 
@@ -222,3 +245,62 @@ def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[
     except Exception as exc:  # safetensors' own errors, or tensors that do not fit the config
         raise CheckpointError(f"{label} cannot be read: {first_line(exc)}") from None
     return prior, layers, dict(meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# A learned prior in use: which layers it covers, and the operations on a model's latents
+
+
+@dataclass(frozen=True)
+class TopPrior:
+    """A learned prior over the first ``layers`` latent layers of a model whose latent shapes are
+    ``shapes`` (decoder order): what the engine's ops take as ``prior=``."""
+
+    prior: LatentPrior
+    layers: int
+    shapes: tuple[tuple[int, int, int], ...]
+    source: str = ""
+
+    @property
+    def dims(self) -> list[int]:
+        """Flattened dimensions per covered layer."""
+        return [math.prod(s) for s in self.shapes[: self.layers]]
+
+    def flatten(self, latents: Sequence[Tensor]) -> Tensor:
+        """(N, Z, 1, 1) per covered layer (as many as given, leading) -> (N, sum of their dims)."""
+        return torch.cat([z.float().reshape(z.shape[0], -1) for z in latents], dim=1)
+
+    def split(self, flat: Tensor, like: Tensor | None = None) -> list[Tensor]:
+        """(N, D) -> one (N, Z, 1, 1) tensor per covered layer."""
+        out, at = [], 0
+        for shape, d in zip(self.shapes, self.dims):
+            out.append(flat[:, at : at + d].reshape(flat.shape[0], *shape))
+            at += d
+        if like is not None:
+            out = [z.to(device=like.device, dtype=like.dtype) for z in out]
+        return out
+
+    def complete(self, n: int, given: Sequence[Tensor], temperatures: Sequence[float], noise: Noise,
+                 device: torch.device) -> list[Tensor]:
+        """The covered layers' latents: ``given`` (a leading run of layers, possibly empty) kept, the
+        rest drawn from the learned prior conditionally on them, each at its layer's temperature."""
+        temps = torch.cat([torch.full((d,), float(t)) for d, t in zip(self.dims, temperatures[: self.layers])])
+        prefix = self.flatten([z.expand(n, -1, -1, -1) for z in given]).to(device) if given else None
+        flat = self.prior.sample(n, noise, temp=temps.to(device), device=device, given=prefix)
+        return self.split(flat)
+
+    def log_prob_layers(self, latents: Sequence[Tensor]) -> Tensor:
+        """log p(z) of the covered layers' latents, grouped per layer: (N, layers) nats."""
+        per_dim = self.prior.log_prob_dims(self.flatten(latents[: self.layers]).to(_device_of(self.prior)))
+        return torch.stack([part.sum(-1) for part in per_dim.split(self.dims, dim=1)], dim=1)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def companion_path(model_path: str | Path) -> Path:
+    """Where a model's learned prior lives by default: ``NAME.prior.safetensors`` beside ``NAME.safetensors``."""
+    p = Path(model_path)
+    stem = p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else p.name
+    return p.with_name(f"{stem}.prior.safetensors")

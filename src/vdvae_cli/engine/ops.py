@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence, cast
+from typing import TYPE_CHECKING, Callable, Literal, Sequence, cast
 
 import torch
 
@@ -23,6 +23,9 @@ from .distributions import Noise, as_noise
 from .registry import family_of
 from .interface import first_parameter
 from .interface import LatentModel
+
+if TYPE_CHECKING:
+    from .learned_prior import TopPrior
 
 Tensor = torch.Tensor
 Temperatures = float | Sequence[float]
@@ -146,10 +149,12 @@ def decode(
     temperatures: Temperatures = 1.0,
     output_temperature: float = 1.0,
     noise: NoiseLike = None,
+    prior: "TopPrior | None" = None,
 ) -> Tensor:
     """Images (uint8 NHWC) from a latent prefix (or any subset: None entries stay free).
 
-    Layers without a latent are sampled from the prior at ``temperatures``.
+    Layers without a latent are sampled from the prior at ``temperatures``; with a learned
+    ``prior``, the layers it covers come from it (conditioned on the given leading layers).
     """
     require_latent_layers(model, "decode")
     given = [z for z in latents if z is not None]
@@ -159,9 +164,30 @@ def decode(
         n = given[0].shape[0]
     p = _param(model)
     src = as_noise(noise)
+    temps = _temps(model.cfg, temperatures)
     latents = [None if z is None else z.to(device=p.device, dtype=p.dtype) for z in latents]
-    out = model.decoder(n, latents=latents, temperatures=_temps(model.cfg, temperatures), noise=src)
+    if prior is not None:
+        latents = _from_learned_prior(prior, latents, n, temps, src, p)
+    out = model.decoder(n, latents=latents, temperatures=temps, noise=src)
     return _pixels(model, out.px_z, src, output_temperature)
+
+
+def _from_learned_prior(prior: "TopPrior", latents: list[Tensor | None], n: int, temps: Sequence[float],
+                        noise: Noise, like: Tensor) -> list[Tensor | None]:
+    """``latents`` with the learned prior's layers filled in after the given leading ones."""
+    lead = 0
+    while lead < min(len(latents), prior.layers) and latents[lead] is not None:
+        lead += 1
+    if lead >= prior.layers:
+        return latents
+    if any(z is not None for z in latents[lead : prior.layers]):
+        from ..base.errors import UsageError
+
+        raise UsageError(f"the learned prior draws its {prior.layers} layers in order, so it cannot fill layer {lead} "
+                         "around a given later one", hint="give a leading run of layers, or use --prior model")
+    given = [z for z in latents[:lead] if z is not None]
+    top = prior.complete(n, given, temps, noise, like.device)
+    return [z.to(device=like.device, dtype=like.dtype) for z in top] + list(latents[prior.layers :])
 
 
 def sample(
@@ -171,14 +197,17 @@ def sample(
     temperatures: Temperatures = 1.0,
     output_temperature: float = 1.0,
     noise: NoiseLike = None,
+    prior: "TopPrior | None" = None,
 ) -> Tensor:
-    """``n`` unconditional samples (uint8 NHWC) at per-layer ``temperatures``.
+    """``n`` unconditional samples (uint8 NHWC) at per-layer ``temperatures`` (the layers a learned
+    ``prior`` covers drawn from it).
 
     A model with no latent layers (an autoregressive family: PixelCNN++) is drawn by its family,
     pixel by pixel (``Family.draw_pixels``); ``temperatures`` do not apply to it."""
     if model.cfg.n_layers == 0:
         return _draw_pixels(model, n, output_temperature, as_noise(noise))
-    return decode(model, [], n=n, temperatures=temperatures, output_temperature=output_temperature, noise=noise)
+    return decode(model, [], n=n, temperatures=temperatures, output_temperature=output_temperature, noise=noise,
+                  prior=prior)
 
 
 @torch.inference_mode()
@@ -191,9 +220,11 @@ def reconstruct(
     temperatures: Temperatures = 1.0,
     output_temperature: float = 1.0,
     noise: NoiseLike = None,
+    prior: "TopPrior | None" = None,
 ) -> Tensor:
     """Keep the first ``keep_layers`` latent layers (default: all) from the posterior of ``images``
-    and sample the rest from the prior, in one decoder pass."""
+    and sample the rest from the prior, in one decoder pass (two with a learned ``prior`` that
+    covers layers beyond the kept ones: the kept latents first, then the completion)."""
     require_latent_layers(model, "reconstruct")
     cfg = model.cfg
     keep = cfg.n_layers if keep_layers is None else keep_layers
@@ -201,6 +232,10 @@ def reconstruct(
         raise ValueError(f"keep_layers={keep} but the model has {cfg.n_layers} latent layers")
     p = _param(model)
     src = as_noise(noise)
+    if prior is not None and keep < prior.layers:
+        kept = encode(model, images, posterior=posterior, noise=src, n_layers=keep)
+        return decode(model, kept, n=images.shape[0], temperatures=temperatures, output_temperature=output_temperature,
+                      noise=src, prior=prior)
     acts = model.encoder(_input(model, images.to(p.device), p.dtype)) if keep else None
     out = model.decoder(images.shape[0], acts, n_posterior=keep, posterior_mean=posterior == "mean",
                         temperatures=_temps(cfg, temperatures), noise=src)
@@ -218,6 +253,7 @@ def mix(
     temperatures: Temperatures = 1.0,
     output_temperature: float = 1.0,
     noise: NoiseLike = None,
+    prior: "TopPrior | None" = None,
 ) -> Tensor:
     """Latent-prefix mixing: the given ``prefix`` latents (e.g. ``encode(model, a, n_layers=K)``) fix
     the first K layers; the rest come from the posterior of ``rest_images`` *given that prefix*, or
@@ -236,6 +272,9 @@ def mix(
     p = _param(model)
     src = as_noise(noise)
     latents = [z.to(device=p.device, dtype=p.dtype).expand(n, -1, -1, -1) for z in prefix]
+    if prior is not None and rest_images is None and len(prefix) < prior.layers:
+        return decode(model, latents, n=n, temperatures=temperatures, output_temperature=output_temperature,
+                      noise=src, prior=prior)
     acts = None
     if rest_images is not None:
         acts = model.encoder(_input(model, rest_images.to(p.device), p.dtype))
@@ -279,6 +318,7 @@ def elbo(
     n_posterior: int | None = None,
     temperatures: Temperatures = 1.0,
     split_kl: bool = False,
+    prior: "TopPrior | None" = None,
 ) -> ElboResult:
     """Negative ELBO of ``images`` (uint8 NHWC) in nats/dim, with its distortion/rate split.
 
@@ -290,9 +330,34 @@ def elbo(
     trainer's ``coarse_first`` curriculum uses it. ``temperatures`` scale the prior of the layers drawn
     from it (1: the bound; 0: the prior mean, a score rather than a bound). ``split_kl`` (training)
     also returns ``kl_prior_per_layer``: see :class:`ElboResult`.
+
+    With a learned ``prior``, the layers it covers are scored under it: their KL becomes the
+    one-sample estimate ``log q(z | x) - log p_learned(z)`` at the posterior draw (per layer, the
+    learned prior's conditionals of that layer's dimensions), still an unbiased bound's term.
     """
     with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
-        return _elbo(model, images, samples, as_noise(noise), eps, n_posterior, temperatures, split_kl)
+        return _elbo(model, images, samples, as_noise(noise), eps, n_posterior, temperatures, split_kl, prior)
+
+
+def _learned_terms(prior: "TopPrior", trace: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+    """For the layers a learned prior covers, from a traced posterior pass: (N, K) per-layer
+    ``log q(z | x) - log p_learned(z)`` in nats, and (N,) ``log p_learned(z) - log p_model(z)`` (what
+    replacing the model's prior adds to an importance weight's log)."""
+    from .distributions import gaussian_log_prob
+
+    top = list(trace[: prior.layers])
+    if len(top) < prior.layers or not all({"z", "qm", "qv", "pm", "pv"} <= set(t) for t in top):
+        from ..base.errors import UsageError
+
+        raise UsageError("this model's decoder does not report the Gaussian posterior a learned prior's bound needs",
+                         hint="use --prior model")
+    zs = [t["z"].float() for t in top]
+    log_q = torch.stack([gaussian_log_prob(z, t["qm"].float(), t["qv"].float()).sum(dim=(1, 2, 3))
+                         for z, t in zip(zs, top)], dim=1)
+    log_p_model = torch.stack([gaussian_log_prob(z, t["pm"].float(), t["pv"].float()).sum(dim=(1, 2, 3))
+                               for z, t in zip(zs, top)], dim=1)
+    log_p = prior.log_prob_layers(zs).to(log_q.device)
+    return log_q - log_p, (log_p - log_p_model).sum(dim=1)
 
 
 def _per_layer(kls: Sequence[Tensor | None] | None, zero: Tensor, n_dims: int) -> Tensor:
@@ -305,8 +370,11 @@ def _per_layer(kls: Sequence[Tensor | None] | None, zero: Tensor, n_dims: int) -
 
 
 def _elbo(model: LatentModel, images: Tensor, samples: int, noise: Noise, eps: Sequence[Tensor] | None,
-          n_posterior: int | None = None, temperatures: Temperatures = 1.0, split_kl: bool = False) -> ElboResult:
+          n_posterior: int | None = None, temperatures: Temperatures = 1.0, split_kl: bool = False,
+          prior: "TopPrior | None" = None) -> ElboResult:
     cfg = model.cfg
+    if prior is not None and n_posterior is not None and n_posterior < prior.layers:
+        raise ValueError(f"a learned prior over {prior.layers} layers needs them inferred (n_posterior={n_posterior})")
     p = _param(model)
     images = images.to(p.device)
     n, n_dims = images.shape[0], cfg.n_dims
@@ -315,10 +383,14 @@ def _elbo(model: LatentModel, images: Tensor, samples: int, noise: Noise, eps: S
     dists, rates, kls, prior_kls, log_weights = [], [], [], [], []
     for _ in range(samples):
         out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=_temps(cfg, temperatures), noise=noise,
-                            eps=eps, want_kl="split" if split_kl else True, trace=samples > 1)
+                            eps=eps, want_kl="split" if split_kl else True, trace=samples > 1 or prior is not None)
         dist = family.nll(model, model.logits(out.px_z), images)
         zero = dist.new_zeros(n)
         kl = _per_layer(out.kl, zero, n_dims)
+        swap = None
+        if prior is not None:  # the covered layers' terms under the learned prior, and how the log-weight moves
+            learned, swap = _learned_terms(prior, out.trace)
+            kl = torch.cat([learned / n_dims, kl[:, prior.layers :]], dim=1)
         if split_kl:
             prior_kls.append(_per_layer(out.kl_prior, zero, n_dims))
         dists.append(dist)
@@ -326,6 +398,8 @@ def _elbo(model: LatentModel, images: Tensor, samples: int, noise: Noise, eps: S
         rates.append(kl.sum(dim=1))
         if samples > 1:
             log_ratio = family.log_ratio(model, out)  # layers drawn from the prior have q = p: ratio 1
+            if swap is not None:
+                log_ratio = log_ratio + swap
             log_weights.append(-dist * n_dims + log_ratio)
     distortion = torch.stack(dists).mean(0)
     rate = torch.stack(rates).mean(0)

@@ -1,0 +1,104 @@
+"""The VDVAE paper's comparison on this machine: hierarchical VAEs against PixelCNN++ on the same
+data, one row per model file: parameters, test bits/dim (a VAE's negative ELBO, an upper bound; the
+autoregressive model's exact likelihood), sampling speed at batch 1 and batch 64, and the sample
+quality of ``scripts/evaluate_fashion32.py`` (classifier confidence, Frechet distance).
+
+    python benchmarks/compare_families.py weights/fashion.safetensors /work/runs/px-fashion/model.safetensors \\
+        --data /work/data/fashion-mnist-grey --n-test 2000 --samples 200 --threads 1 --json benchmarks/compare-fashion.json
+
+Each model runs with ``--threads`` intra-op threads in this one process, one model after another (a
+busy neighbour slows them all; rerun on a quiet machine for figures to quote). Sampling times are
+wall seconds of ``ops.sample`` at the model's recommended temperatures, after one warm-up batch of 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from evaluate_fashion32 import classify, load_classifier, quality  # noqa: E402
+
+from vdvae_cli.engine import ops  # noqa: E402
+from vdvae_cli.engine.registry import family_of  # noqa: E402
+from vdvae_cli.engine.temperature import parse_temperature_spec  # noqa: E402
+from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
+
+
+def test_bits(model, images: np.ndarray, batch: int = 100) -> float:
+    total = 0.0
+    g = torch.Generator().manual_seed(0)
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(images[start : start + batch])
+        total += float(ops.elbo(model, x, noise=g).nll_bound.double().sum())
+    return total / len(images) / math.log(2)
+
+
+def timed_sample(model, n: int, temps, output_temp: float) -> tuple[float, torch.Tensor]:
+    t0 = time.perf_counter()
+    images = ops.sample(model, n, temperatures=temps, output_temperature=output_temp,
+                        noise=torch.Generator().manual_seed(n))
+    return time.perf_counter() - t0, images
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("--data", type=Path, default=Path("/work/data/fashion-mnist-grey"))
+    ap.add_argument("--n-test", type=int, default=2000, help="test images for bits/dim")
+    ap.add_argument("--samples", type=int, default=200, help="samples judged by the classifier (batches of 64)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    train, test = np.load(args.data / "train.npz"), np.load(args.data / "test.npz")
+    x_te = test["images"]
+    net = load_classifier(args.data / "classifier.pt", train["images"], train["labels"])
+    _, ref_feats = classify(net, x_te)
+    rows = []
+    for path in args.models:
+        model = load_file_model(path)
+        cfg = model.cfg
+        temps = parse_temperature_spec(model.default_temperature or "1.0", cfg)
+        output_temp = float(model.default_output_temperature or 1.0)
+        bits = test_bits(model, x_te[: args.n_test])
+        timed_sample(model, 1, temps, output_temp)  # warm-up
+        one, _ = timed_sample(model, 1, temps, output_temp)
+        drawn, seconds = [], []
+        while sum(len(d) for d in drawn) < max(64, args.samples):
+            s, images = timed_sample(model, 64, temps, output_temp)
+            seconds.append(s)
+            drawn.append(images.numpy())
+        samples = np.concatenate(drawn)[: args.samples]
+        q = quality(net, samples, ref_feats[args.samples :])
+        row = {"model": str(path), "family": family_of(cfg).name, "parameters": sum(p.numel() for p in model.parameters()),
+               "latent_layers": cfg.n_layers, "test_bits_per_dim": round(bits, 4), "bound": "elbo" if cfg.n_layers else "exact",
+               "n_test": args.n_test, "images_per_s_batch1": round(1 / one, 3),
+               "images_per_s_batch64": round(64 / min(seconds), 3), "samples": q,
+               "temperature": model.default_temperature, "output_temperature": output_temp, "threads": args.threads}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    real = quality(net, x_te[: args.samples], ref_feats[args.samples :])
+    print("| model | family | parameters | test bits/dim | images/s (batch 1) | images/s (batch 64) | "
+          f"classifier >= 90% sure ({args.samples}) | Frechet |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        bound = "" if r["bound"] == "exact" else " (ELBO)"
+        print(f"| {Path(r['model']).stem} | {r['family']} | {r['parameters'] / 1e6:.2f}M | {r['test_bits_per_dim']:.3f}{bound} | "
+              f"{r['images_per_s_batch1']:.3g} | {r['images_per_s_batch64']:.3g} | "
+              f"{100 * r['samples']['share_conf_ge_0.9']:.1f}% | {r['samples']['frechet_distance']:.1f} |")
+    print(f"| real test images | | | | | | {100 * real['share_conf_ge_0.9']:.1f}% | {real['frechet_distance']:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "real_test_images": real}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

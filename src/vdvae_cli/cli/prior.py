@@ -1,0 +1,103 @@
+"""``vdvae prior fit``: a learned prior over a trained VAE's top latent layers (a second stage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..base.errors import OutputError, UsageError
+from ._app import app, command
+from ._run import Session
+from .options import DeviceOpt, JsonOpt, QuietOpt
+
+prior_app = typer.Typer(
+    name="prior", no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+    help="Learned priors over a VAE's top latent layers: `vdvae prior fit MODEL IMAGES` fits one, and sample, "
+    "reconstruct, mix, decode and eval use it (--prior learned|model).",
+)
+app.add_typer(prior_app)
+
+
+@command(
+    "fit", group=prior_app,
+    help=(
+        "Fit an autoregressive prior (MADE, a mixture of Gaussians per dimension) to the posterior of MODEL's "
+        "top latent layers on IMAGES, and write it as a companion file that names the model's fingerprint.\n\n"
+        "By default every leading 1x1 layer is covered (printed), and the file is MODEL.prior.safetensors beside "
+        "a local model file, which every command then finds by itself (--prior model turns it off). Progress on "
+        "stderr, one JSON line per evaluation with --json; resumable (--resume) and time-limited like train."
+    ),
+    epilog="Examples:\n\n"
+    "  vdvae prior fit runs/fashion/model.safetensors fashion/train.npz --time-limit 20\n\n"
+    "  vdvae prior fit runs/fashion/model.safetensors fashion/train.npz --resume --steps 20000\n\n"
+    "  vdvae sample --model runs/fashion/model.safetensors -n 16 --grid -o with-prior.png",
+)
+def fit(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="The VAE (a file, or a registry name with -o).")],
+    data: Annotated[str, typer.Argument(metavar="IMAGES", help="Folder of images, or an .npy/.npz uint8 array.")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="PATH", help="The prior file [MODEL.prior.safetensors beside a model file].", show_default=False)] = None,
+    layers: Annotated[Optional[int], typer.Option("--layers", metavar="K", help="How many top latent layers [every leading 1x1 layer].", show_default=False)] = None,
+    hidden: Annotated[str, typer.Option("--hidden", metavar="W,W", help="Hidden widths of the MADE network.")] = "256,256",
+    components: Annotated[int, typer.Option("--components", help="Gaussians per dimension.")] = 4,
+    draws: Annotated[int, typer.Option("--draws", help="Posterior samples per training image.")] = 2,
+    steps: Annotated[int, typer.Option("--steps", help="Total optimizer steps.")] = 5000,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Latent draws per step.")] = 256,
+    lr: Annotated[float, typer.Option("--lr", help="Adam's learning rate.")] = 1e-3,
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="MIN", help="Stop cleanly (resumable) after this many minutes.", show_default=False)] = None,
+    holdout: Annotated[int, typer.Option("--holdout", help="Images held out for the report.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="The split, the draws and the initialisation.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the fit whose state is beside the output.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing prior file and fit state.")] = False,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from ..engine.keys import model_fingerprint
+    from ..engine.learned_prior import companion_path
+    from ..engine.statedict import digest_of
+    from ..training.data import load_images
+    from ..training.prior_fit import PriorFitConfig, default_layers, fit as fit_prior, state_paths
+
+    try:
+        widths = tuple(int(w) for w in hidden.split(","))
+    except ValueError:
+        raise UsageError(f"--hidden {hidden!r} is not a list of widths such as 512,512") from None
+    if not widths or any(not 1 <= w <= 8192 for w in widths):
+        raise UsageError(f"--hidden {hidden!r}: each width must be 1 to 8192")
+    if not 1 <= components <= 64:
+        raise UsageError(f"--components must be 1 to 64, got {components}")
+    run = Session(quiet=quiet, json_out=json_out)
+    vae = run.load_model(model, device, "fp32")
+    if output is None:
+        if run.model_source != "file" or run.model_path is None:
+            raise UsageError(f"model {vae.cfg.name} is not a local file, so there is no folder of yours to put its prior in",
+                             hint="give -o PATH.prior.safetensors (and --prior PATH when you use it)")
+        out = companion_path(run.model_path)
+    else:
+        out = Path(output)
+    state_path, _ = state_paths(out)
+    if not resume and not force and (out.exists() or state_path.exists()):
+        raise OutputError(f"{out if out.exists() else state_path} exists", hint="--resume continues that fit, --force starts over")
+    k = layers if layers is not None else default_layers(vae)
+    if k == 0:
+        raise UsageError(f"model {vae.cfg.name}'s top latent layer is spatial ({'x'.join(map(str, vae.cfg.latent_shapes[0][1:]))}): "
+                         "the learned prior covers leading 1x1 layers", hint="a spatial prior is not available yet")
+    fc = PriorFitConfig(layers=k, hidden=widths, components=components, draws=draws, batch_size=batch_size, lr=lr,
+                        steps=steps, time_limit=None if time_limit is None else time_limit * 60, holdout=holdout,
+                        seed=seed)
+    images = load_images(data, vae.cfg.image_size, skipped=lambda line: run.info(line))
+    run.announce()
+    run.info(f"covering latent layers 0-{k - 1}" + (" (every leading 1x1 layer; --layers K to choose)" if layers is None else ""))
+
+    def progress(total: int, label: str):
+        return run.progress(total, label)
+
+    result = fit_prior(vae, images, out, fc, fingerprint=model_fingerprint(vae.cfg, digest_of(vae)), resume=resume,
+                       emit=lambda rec: run.emit(rec) if json_out else None, info=run.info, progress=progress)
+    run.info(f"{result['stopped']} at step {result['steps']}; kept step {result['step']}: held-out top-layer rate {result['rate_learned_prior_bits']:.2f} "
+             f"bits per image with the learned prior against {result['rate_model_prior_bits']:.2f} with the model's "
+             f"({result['saved_bits_per_image']:+.2f} saved); wrote {out}")
+    if json_out:
+        run.emit({"type": "summary", **result})
