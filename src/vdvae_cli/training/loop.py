@@ -134,9 +134,15 @@ def train(
                       skipped=int(saved["skipped"]) if saved else 0)
     curves = Curves(run.path, enabled=rank == 0, start_step=step)
     choose_count = min(48, max(16, len(heldout)))  # images per pass of the temperature choice
+    # A model with no latent layers (PixelCNN++) draws an image in H x W network passes: it makes no
+    # temperature choice (its own distribution, output temperature 1, is the recommendation), no
+    # timing pass, and one small grid at the end (unless --sample-every asks for more).
+    latent_free = model_cfg.n_layers == 0
     clock = _Clock(tc, float(saved["elapsed_s"]) if saved else 0.0, started=started,
-                   n_eval=len(heldout), n_choose=choose_count * passes(model_cfg.n_layers),
-                   choose_passes=passes(model_cfg.n_layers))
+                   n_eval=len(heldout), n_choose=0 if latent_free else choose_count * passes(model_cfg.n_layers),
+                   choose_passes=passes(model_cfg.n_layers),
+                   draw_passes=model_cfg.image_size**2 // 2 if latent_free else 1,
+                   grid_images=min(4, tc.grid_columns) if latent_free else 4 * tc.grid_columns)
     chosen: dict[str, str] = {}  # the recommended temperatures, once chosen (the export's metadata)
     window = _Window()
 
@@ -155,7 +161,7 @@ def train(
 
     def choose() -> None:
         """The temperatures the exported model recommends, chosen on the held-out images (rank 0)."""
-        if rank != 0 or not len(heldout):
+        if rank != 0 or not len(heldout) or latent_free:
             return
         with clock.timing("choose"):
             choice = choose_temperatures(ema, heldout, n=choose_count, seed=tc.seed)
@@ -176,7 +182,7 @@ def train(
     emit({"event": "start", "step": step, "total": total, "steps_per_epoch": spe, "n_train": len(train_images),
           "n_heldout": len(heldout), "world_size": world, "params": sum(p.numel() for p in model.parameters()),
           "model": model_cfg.name, "config": tc.to_dict()})
-    if tc.time_limit is not None:  # one of the temperature choice's sampling passes: what the budget goes by
+    if tc.time_limit is not None and not latent_free:  # one of the temperature choice's sampling passes: what the budget goes by
         with clock.timing("pass"):
             sample(ema, choose_count, noise=torch.Generator(device=device).manual_seed(tc.seed))
     if tc.eval_at_start and step == 0 and not history:
@@ -198,10 +204,10 @@ def train(
         evaluating = last or eval_due or _every(step, eval_every)
         if evaluating:
             evaluate()
-        if rank == 0 and (last or (_every(step, tc.sample_every) if tc.sample_every else evaluating)):
+        if rank == 0 and (last or (_every(step, tc.sample_every) if tc.sample_every else evaluating and not latent_free)):
             with clock.timing("samples"):
                 path = visualise(ema, heldout, run.path / "samples" / f"step-{step:07d}.png",
-                                 columns=tc.grid_columns, seed=tc.seed)
+                                 columns=min(4, tc.grid_columns) if latent_free else tc.grid_columns, seed=tc.seed)
             emit({"event": "samples", "step": step, "path": str(path)})
         if last:
             choose()
@@ -376,9 +382,11 @@ class _Clock:
     SLACK = 2.0
 
     def __init__(self, tc: TrainConfig, before: float, *, started: float | None = None, n_eval: int = 0,
-                 n_choose: int = 0, choose_passes: int = 1):
+                 n_choose: int = 0, choose_passes: int = 1, draw_passes: int = 1, grid_images: int | None = None):
         self.tc, self.before = tc, before
         self.choose_passes = choose_passes  # sampling passes of the temperature choice
+        self.draw_passes = draw_passes  # network passes to draw one image (H x W / 2 for PixelCNN++)
+        self.grid_images = 4 * tc.grid_columns if grid_images is None else grid_images
         now = time.monotonic()
         self.start = started if started is not None else now
         self.last_eval = self.eval_started = now
@@ -401,13 +409,13 @@ class _Clock:
         if "pass" in self.took and self.n_choose:  # one timed sampling pass of the temperature choice
             sampling = self.took["pass"] * self.choose_passes / self.n_choose
         elif self.eval_seconds and self.n_eval:
-            sampling = self.eval_seconds / self.n_eval
+            sampling = self.eval_seconds / self.n_eval * self.draw_passes
         else:
-            sampling = self.step_seconds / max(1, self.tc.batch_size)
+            sampling = self.step_seconds / max(1, self.tc.batch_size) * self.draw_passes
         # an evaluation encodes and decodes every held-out image: about two sampling passes' work per image
-        evaluation = self.eval_seconds or 2 * sampling * self.n_eval
+        evaluation = self.eval_seconds or 2 * sampling / self.draw_passes * self.n_eval
         choose = self.took.get("choose", self.n_choose * sampling)
-        grid = self.took.get("samples", 4 * self.tc.grid_columns * sampling)
+        grid = self.took.get("samples", self.grid_images * sampling)
         save = self.took.get("checkpoint", 1.0)
         return self.MARGIN * (self.step_seconds + evaluation + choose + grid + save) + self.SLACK
 
