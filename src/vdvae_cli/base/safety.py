@@ -67,21 +67,28 @@ def available_memory() -> int | None:
     address-space limit (``RLIMIT_AS``) leaves, and ``VDVAE_MAX_MEMORY`` less what the process
     already holds, whichever is least. None when unknown. Every size check before an allocation
     (inputs, grids, animations, models, latents) asks this."""
-    free = _available_memory()
+    statm = _statm()
+    free = _available_memory(statm)
     cap = memory_limit()
     if cap is not None:
-        held = 0
-        try:
-            with open("/proc/self/statm") as f:
-                held = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # resident now
-        except (OSError, ValueError, IndexError):
-            pass
+        held = statm[1] if statm else 0  # resident now
         left = max(0, cap - held)
         free = left if free is None else min(free, left)
     return free
 
 
-def _available_memory() -> int | None:
+def _statm() -> tuple[int, int] | None:
+    """This process's (virtual size, resident size) in bytes, from /proc (None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            fields = f.read().split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(fields[0]) * page, int(fields[1]) * page
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _available_memory(statm: tuple[int, int] | None = None) -> int | None:
     free = None
     try:
         with open("/proc/meminfo") as f:
@@ -99,9 +106,7 @@ def _available_memory() -> int | None:
 
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         if soft != resource.RLIM_INFINITY:
-            used = 0
-            with open("/proc/self/statm") as f:
-                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            used = statm[0] if statm else 0
             left = max(0, soft - used)
             free = left if free is None else min(free, left)
     except (ImportError, OSError, ValueError, IndexError):

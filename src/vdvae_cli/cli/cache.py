@@ -40,11 +40,12 @@ def cache(
 
     skipped: list[str] = []
     if remove or remove_all:
-        cached_models(skipped)
-        if not quiet:
-            for note in skipped:
-                say(f"skipped {note}")
-        gone = remove_entries(list(remove or []), everything=remove_all)
+        try:
+            gone = remove_entries(list(remove or []), everything=remove_all, skipped=skipped)
+        finally:  # what the one listing left out, said even when a name is refused
+            if not quiet:
+                for note in skipped:
+                    say(f"skipped {note}")
         for c in gone:
             if json_out:
                 emit_json({**c.to_dict(), "removed": True})

@@ -195,10 +195,11 @@ def _inside(path: Path, root: Path) -> bool:
     return parent == root or parent in (root / "downloads", root / "bn")
 
 
-def remove(names: list[str], *, everything: bool = False) -> list[CachedFile]:
+def remove(names: list[str], *, everything: bool = False, skipped: list[str] | None = None) -> list[CachedFile]:
     """Delete the named entries (a model name, or a partial download's file name), or all of them.
-    Every name is checked before anything is deleted. Returns what was removed."""
-    present = cached_models()
+    Every name is checked before anything is deleted. Returns what was removed; what the listing
+    left out (links, odd files) goes to ``skipped``, as :func:`cached_models` says."""
+    present = cached_models(skipped)
     if everything:
         chosen = [c for c in present if c.kind != "hub"]  # the Hugging Face cache is shared: never emptied here
     else:
