@@ -79,7 +79,7 @@ def main() -> None:
             drawn.append(images.numpy())
         samples = np.concatenate(drawn)[: args.samples]
         q = quality(net, samples, ref_feats[args.samples :])
-        row = {"model": str(path), "family": family_of(cfg).name, "parameters": sum(p.numel() for p in model.parameters()),
+        row = {"model": str(path), "name": cfg.name, "family": family_of(cfg).name, "parameters": sum(p.numel() for p in model.parameters()),
                "latent_layers": cfg.n_layers, "test_bits_per_dim": round(bits, 4), "bound": "elbo" if cfg.n_layers else "exact",
                "n_test": args.n_test, "images_per_s_batch1": round(1 / one, 3),
                "images_per_s_batch64": round(64 / min(seconds), 3), "samples": q,
@@ -92,7 +92,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         bound = "" if r["bound"] == "exact" else " (ELBO)"
-        print(f"| {Path(r['model']).stem} | {r['family']} | {r['parameters'] / 1e6:.2f}M | {r['test_bits_per_dim']:.3f}{bound} | "
+        print(f"| {r['name']} | {r['family']} | {r['parameters'] / 1e6:.2f}M | {r['test_bits_per_dim']:.3f}{bound} | "
               f"{r['images_per_s_batch1']:.3g} | {r['images_per_s_batch64']:.3g} | "
               f"{100 * r['samples']['share_conf_ge_0.9']:.1f}% | {r['samples']['frechet_distance']:.1f} |")
     print(f"| real test images | | | | | | {100 * real['share_conf_ge_0.9']:.1f}% | {real['frechet_distance']:.1f} |")

@@ -207,6 +207,7 @@ def main() -> None:
     ap.add_argument("--ood-k", type=int, help="k for the OOD figure [what the file records, else 1]")
     ap.add_argument("--ood-prior-temp", type=float)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: likelihood,recon,samples,finite,ood")
+    ap.add_argument("--prior", type=Path, help="a learned prior file (vdvae prior fit) for the samples' top layers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid", type=Path, help="also write 64 of the samples as a PNG grid (2x) here")
     ap.add_argument("-o", "--output", type=Path, help="JSON output [beside the model: STEM-eval.json]")
@@ -216,11 +217,17 @@ def main() -> None:
     train, test = np.load(args.data / "train.npz"), np.load(args.data / "test.npz")
     x_tr, y_tr, x_te, y_te = train["images"], train["labels"], test["images"], test["labels"]
     model = load_file_model(args.model)
+    top = None
+    if args.prior:
+        from vdvae_cli.cli._run import read_prior
+
+        top = read_prior(args.prior, model)
     temp = args.temp or model.default_temperature or "1.0"
     output_temp = args.output_temp if args.output_temp is not None else float(model.default_output_temperature or 1.0)
     out: dict = {"model": str(args.model), "parameters": sum(p.numel() for p in model.parameters()),
                  "latent_layers": model.cfg.n_layers, "image_channels": model.cfg.image_channels,
-                 "temperature": temp, "output_temperature": output_temp}
+                 "temperature": temp, "output_temperature": output_temp,
+                 "learned_prior": str(args.prior) if args.prior else None}
     if "likelihood" not in skip:
         out["test_likelihood"] = likelihood(model, x_te[: args.n_test], args.seed)
         print(json.dumps(out["test_likelihood"]), file=sys.stderr)
@@ -231,7 +238,8 @@ def main() -> None:
         probs, ref_feats = classify(net, x_te)
         m = args.samples
         samples = ops.sample(model, m, temperatures=parse_temperature_spec(temp, model.cfg),
-                             output_temperature=output_temp, noise=torch.Generator().manual_seed(args.seed)).numpy()
+                             output_temperature=output_temp, noise=torch.Generator().manual_seed(args.seed),
+                             prior=top).numpy()
         out["classifier"] = {"test_accuracy": round(float((probs.argmax(1) == y_te).mean()), 4),
                              "reference": f"features of test images {m}..{len(x_te) - 1}"}
         out["real_test_images"] = quality(net, x_te[:m], ref_feats[m:])

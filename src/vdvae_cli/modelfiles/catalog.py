@@ -310,7 +310,9 @@ def shipped_entries() -> list[RegistryEntry]:
     folder = weights_dir()
     if folder is None or not folder.is_dir():
         return []
-    return [describe_file(p) for p in sorted(folder.glob("*.safetensors")) if p.is_file()]
+    # NAME.prior.safetensors is NAME's learned prior (engine.learned_prior.companion_path), not a model
+    return [describe_file(p) for p in sorted(folder.glob("*.safetensors"))
+            if p.is_file() and not p.name.endswith(".prior.safetensors")]
 
 
 def default_name() -> str | None:
