@@ -26,6 +26,7 @@ from evaluate_fashion32 import classify, load_classifier, quality  # noqa: E402
 
 from vdvae_cli.engine import ops  # noqa: E402
 from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
+from vdvae_cli.engine.temperature import parse_temperature_spec  # noqa: E402
 from vdvae_cli.training.data import holdout_split  # noqa: E402
 
 
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("model", type=Path)
     ap.add_argument("--data", type=Path, default=Path("/work/data/fashion-mnist-grey"))
     ap.add_argument("--temps", default="0.6,0.7,0.8,0.9,1.0")
+    ap.add_argument("--specs", help="instead of --temps: full --temp specs separated by ';' (e.g. '1.0;1.0,r32=0.5')")
+    ap.add_argument("--prior", type=Path, help="a learned prior file (vdvae prior fit) for the top layers")
     ap.add_argument("--output-temp", type=float, default=0.0)
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--holdout", type=int, default=2000)
@@ -46,16 +49,24 @@ def main() -> None:
     net = load_classifier(args.data / "classifier.pt", x, y)
     _, ref = classify(net, x[held.numpy()])
     model = load_file_model(args.model)
+    top = None
+    if args.prior:
+        from vdvae_cli.cli._run import read_prior
+
+        top = read_prior(args.prior, model)
     rows = []
-    for t in (float(v) for v in args.temps.split(",")):
-        s = ops.sample(model, args.n, temperatures=t, output_temperature=args.output_temp,
-                       noise=torch.Generator().manual_seed(args.seed)).numpy()
+    specs = args.specs.split(";") if args.specs else args.temps.split(",")
+    for t in specs:
+        temps = parse_temperature_spec(t, model.cfg)
+        s = ops.sample(model, args.n, temperatures=temps, output_temperature=args.output_temp,
+                       noise=torch.Generator().manual_seed(args.seed), prior=top).numpy()
         q = quality(net, s, ref)
         rows.append({"temperature": t, **q})
-        print(f"temp {t:g}: conf>=0.9 {q['share_conf_ge_0.9']:.3f}, classes {q['classes_present']}, "
+        print(f"temp {t}: conf>=0.9 {q['share_conf_ge_0.9']:.3f}, classes {q['classes_present']}, "
               f"Frechet {q['frechet_distance']:.1f}", file=sys.stderr)
     best = min(rows, key=lambda r: r["frechet_distance"])
-    out = {"model": str(args.model), "reference": f"{len(held)} held-out training images", "rows": rows,
+    out = {"model": str(args.model), "prior": str(args.prior) if args.prior else None,
+           "reference": f"{len(held)} held-out training images", "rows": rows,
            "choice": best["temperature"]}
     text = json.dumps(out, indent=2)
     if args.output:

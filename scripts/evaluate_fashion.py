@@ -95,9 +95,10 @@ def grey(images: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def likelihood(model, x: np.ndarray, seed: int) -> dict:
+def likelihood(model, x: np.ndarray, seed: int, top=None) -> dict:
+    """The negative ELBO with the model's prior (and with a learned prior ``top`` beside it)."""
     n_layers = model.cfg.n_layers
-    nll, dist, rate = [], [], []
+    nll, dist, rate, learned = [], [], [], []
     kl = np.zeros(n_layers)
     for start in range(0, len(x), 250):
         stop = min(start + 250, len(x))
@@ -106,7 +107,15 @@ def likelihood(model, x: np.ndarray, seed: int) -> dict:
         dist.append(r.distortion.double().numpy())
         rate.append(r.rate.double().numpy())
         kl += r.kl_per_layer.double().sum(0).numpy()
+        if top is not None:
+            r2 = ops.elbo(model, torch.from_numpy(x[start:stop]), noise=noise(seed, start, stop), prior=top)
+            learned.append(r2.nll_bound.double().numpy())
     d = model.cfg.n_dims
+    extra = {}
+    if learned:
+        extra["neg_elbo_bpd_learned_prior"] = round(float(np.concatenate(learned).mean() / LN2), 5)
+        extra["learned_minus_model_bits_per_image"] = round(
+            float((np.concatenate(learned) - np.concatenate(nll)).mean() * d / LN2), 3)
     bits_image = np.concatenate(nll) * d / LN2
     pixels = model.cfg.image_size**2
     return {
@@ -119,6 +128,7 @@ def likelihood(model, x: np.ndarray, seed: int) -> dict:
         "distortion_bits_per_image": round(float(np.concatenate(dist).mean() * d / LN2), 1),
         "rate_bits_per_image": round(float(np.concatenate(rate).mean() * d / LN2), 1),
         "layer_rate_bits_per_image": [round(v / len(x) * d / LN2, 1) for v in kl],
+        **extra,
     }
 
 
@@ -149,17 +159,25 @@ def reconstruction(model, x: np.ndarray, seed: int) -> list[dict]:
 
 
 @torch.inference_mode()
-def overflow(model, n: int, temp_spec: str, seed: int, batch: int = 500) -> dict:
-    """How many of ``n`` prior samples give a non-finite output, and the largest prior log-std drawn."""
+def overflow(model, n: int, temp_spec: str, seed: int, batch: int = 500, top=None) -> dict:
+    """How many of ``n`` prior samples give a non-finite output, and the largest prior log-std drawn
+    (with a learned prior ``top``: its layers drawn from it, and the largest |z| it drew)."""
     temps = parse_temperature_spec(temp_spec, model.cfg)
-    bad, pv_max = 0, -math.inf
+    bad, pv_max, z_max = 0, -math.inf, 0.0
     for start in range(0, n, batch):
         stop = min(start + batch, n)
-        out = model.decoder(stop - start, temperatures=temps, noise=noise(seed, start, stop), trace=True)
+        src = noise(seed, start, stop)
+        given = [] if top is None else top.complete(stop - start, [], temps, src, torch.device("cpu"))
+        if given:
+            z_max = max(z_max, max(float(z.abs().max()) for z in given))
+        out = model.decoder(stop - start, latents=given, temperatures=temps, noise=src, trace=True)
         logits = model.logits(out.px_z)
         bad += int((~torch.isfinite(logits.flatten(1)).all(1)).sum())
         pv_max = max(pv_max, max(float(t["pv"].float().max()) for t in out.trace))
-    return {"n": n, "temperature": temp_spec, "non_finite": bad, "max_prior_logstd": round(pv_max, 3)}
+    row = {"n": n, "temperature": temp_spec, "non_finite": bad, "max_prior_logstd": round(pv_max, 3)}
+    if top is not None:
+        row["learned_prior_max_abs_z"] = round(z_max, 3)
+    return row
 
 
 def ood(model, fashion: np.ndarray, mnist: np.ndarray, seed: int, k: int | None, temp: float | None) -> dict:
@@ -229,7 +247,7 @@ def main() -> None:
                  "temperature": temp, "output_temperature": output_temp,
                  "learned_prior": str(args.prior) if args.prior else None}
     if "likelihood" not in skip:
-        out["test_likelihood"] = likelihood(model, x_te[: args.n_test], args.seed)
+        out["test_likelihood"] = likelihood(model, x_te[: args.n_test], args.seed, top)
         print(json.dumps(out["test_likelihood"]), file=sys.stderr)
     if "recon" not in skip:
         out["reconstruction"] = {"n": args.n_recon, "rows": reconstruction(model, x_te[: args.n_recon], args.seed)}
@@ -250,9 +268,9 @@ def main() -> None:
             save_grid(big, args.grid, columns=8)
         print(json.dumps(out["samples"]), file=sys.stderr)
     if "finite" not in skip:
-        out["overflow"] = [overflow(model, args.finite_n, temp, args.seed + 1)]
+        out["overflow"] = [overflow(model, args.finite_n, temp, args.seed + 1, top=top)]
         if args.finite_n_t1:
-            out["overflow"].append(overflow(model, args.finite_n_t1, "1.0", args.seed + 2))
+            out["overflow"].append(overflow(model, args.finite_n_t1, "1.0", args.seed + 2, top=top))
         print(json.dumps(out["overflow"]), file=sys.stderr)
     if "ood" not in skip and args.mnist.is_file():
         mnist = np.load(args.mnist)["images"]

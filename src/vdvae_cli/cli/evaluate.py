@@ -230,6 +230,7 @@ def info(
         return
     temperature, output_temperature = default_temperatures(facts.path) if facts.path else (None, None)
     ood_recorded = default_ood(facts.path) if facts.path else None
+    learned = _learned_prior_facts(facts.path) if facts.path else None
     keep_res = {r: cfg.layers_up_to_res(r) for r in cfg.resolutions}
     # width and mixin are VDVAE's words for a layer; another family's layer may not have a mixin
     layers = [{"index": l.index, "res": l.res, "width": l.width, "zdim": l.latent_shape[0],
@@ -242,7 +243,7 @@ def info(
             "n_layers": cfg.n_layers, "resolutions": list(cfg.resolutions), "latent_dims": cfg.latent_dims,
             "parameters": facts.parameters, "layers_up_to_res": {str(r): k for r, k in keep_res.items()},
             "layers": layers, "default_temperature": temperature, "default_output_temperature": output_temperature,
-            "default_ood": ood_recorded,
+            "default_ood": ood_recorded, "learned_prior": learned,
             "config": cfg.to_dict(),
         })
         return
@@ -262,6 +263,9 @@ def info(
     else:
         out(f"temperature  {temperature or '1.0'}, output {output_temperature or '1.0'} "
             "(what sample, reconstruct, mix and decode use without --temp, --output-temp)")
+    if learned:
+        out(f"prior        learned, over latent layers 0-{learned['layers'] - 1} ({learned['path']}): what sample, "
+            "decode and eval use; --prior model for the model's own")
     if ood_recorded:
         how = f" ({ood_recorded['source']})" if ood_recorded.get("source") else ""
         if ood_recorded.get("score") == "complexity":
@@ -278,3 +282,20 @@ def info(
     out(f"{'layer':>5}  {'res':>4}  {'width':>5}  {'zdim':>4}  {'mixin':>5}")
     for row in layers:
         out(f"{row['index']:>5}  {row['res']:>4}  {row['width']:>5}  {row['zdim']:>4}  {row['mixin'] or '-':>5}")
+
+
+def _learned_prior_facts(model_path) -> dict[str, Any] | None:
+    """The companion learned prior beside a model file (header only), or None."""
+    from ..engine.companion import PRIOR_FORMAT, companion_path
+    from ..modelfiles.catalog import header_or_none
+
+    path = companion_path(model_path)
+    if not path.is_file():
+        return None
+    header = header_or_none(path) or {}
+    found = header.get("__metadata__")
+    meta: dict[str, Any] = found if isinstance(found, dict) else {}
+    layers = str(meta.get("layers", ""))
+    if meta.get("format") != PRIOR_FORMAT or not layers.isdigit():
+        return {"path": str(path), "layers": 0, "note": "unreadable learned-prior file"}
+    return {"path": str(path), "layers": int(layers), "model_fingerprint": str(meta.get("model_fingerprint", ""))[:64]}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
@@ -177,7 +176,7 @@ class MadePrior(LatentPrior):
 # --------------------------------------------------------------------------------------------------
 # Which layers, and the companion file
 
-PRIOR_FORMAT = "vdvae-cli-learned-prior"
+from .companion import PRIOR_FORMAT, companion_path  # noqa: E402,F401  (torch-free; re-exported)
 
 
 def max_flat_layers(latent_shapes: Sequence[Sequence[int]]) -> int:
@@ -298,9 +297,3 @@ class TopPrior:
 def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
-
-def companion_path(model_path: str | Path) -> Path:
-    """Where a model's learned prior lives by default: ``NAME.prior.safetensors`` beside ``NAME.safetensors``."""
-    p = Path(model_path)
-    stem = p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else p.name
-    return p.with_name(f"{stem}.prior.safetensors")
