@@ -76,17 +76,20 @@ def test_companion_round_trip_and_fingerprint_mismatch_refused():
         load_prior(data, fingerprint="other")
 
 
-def test_layers_beyond_the_1x1_layers_are_refused_naming_the_largest():
+def test_layers_beyond_the_reach_are_refused_naming_the_largest():
     import pytest
 
     from vdvae_cli.base.errors import UsageError
-    from vdvae_cli.engine.learned_prior import check_layers, max_flat_layers
+    from vdvae_cli.engine.learned_prior import check_layers, default_layers, max_flat_layers
 
-    shapes = [(16, 1, 1)] * 6 + [(16, 4, 4)] * 3
-    assert max_flat_layers(shapes) == 6
-    assert check_layers(6, shapes) == 96
-    with pytest.raises(UsageError, match="covers 1 to 6"):
-        check_layers(7, shapes)
+    shapes = [(16, 1, 1)] * 6 + [(16, 4, 4)] * 3 + [(32, 8, 8)]
+    assert max_flat_layers(shapes) == 6 and default_layers(shapes) == 6
+    assert check_layers(6, shapes) == 96 and check_layers(9, shapes) == 96 + 3 * 256
+    with pytest.raises(UsageError, match="covers 1 to 9"):  # the 8x8 layer would pass 2048 dims
+        check_layers(10, shapes)
+    assert default_layers([(8, 8, 8), (8, 16, 16)]) == 1  # NVAE: the top group alone
+    with pytest.raises(UsageError, match="more than a learned prior covers"):
+        check_layers(1, [(64, 32, 32)])
 
 
 def test_a_hostile_companion_file_is_one_clear_error_before_any_allocation():

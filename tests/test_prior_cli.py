@@ -46,7 +46,7 @@ def fitted(tmp_path_factory, tiny_ckpt) -> Path:
     summary = records[-1]
     assert summary["type"] == "summary" and summary["steps"] == 60 and Path(summary["path"]) == companion_path(model)
     assert {r["step"] for r in records if r.get("event") == "eval"} == {0, 60}
-    assert "covering latent layers 0-1 (every leading 1x1 layer" in result.stderr
+    assert "covering latent layers 0-1 (4x1x1, 4x1x1) (the default: every leading 1x1 layer" in result.stderr
     assert math.isfinite(summary["rate_learned_prior_bits"]) and math.isfinite(summary["rate_model_prior_bits"])
     return model
 
@@ -124,8 +124,8 @@ def test_decode_keeps_a_given_top_layer_and_draws_the_next_from_the_prior(fitted
 
 def test_refusals_are_one_line(fitted, tmp_path, tiny_ckpt):
     data = fitted.parent / "data.npy"
-    result = vdvae("prior", "fit", fitted, data, "--layers", 3, "-o", tmp_path / "p.safetensors", code=2)
-    assert "covers 1 to 2" in result.stderr
+    result = vdvae("prior", "fit", fitted, data, "--layers", 40, "-o", tmp_path / "p.safetensors", code=2)
+    assert "covers 1 to" in result.stderr and "at most 2048 dimensions" in result.stderr
     # a prior fitted to another model's weights
     other = tmp_path / "other.safetensors"
     state = load_file_model(tiny_ckpt).state_dict()
@@ -142,9 +142,24 @@ def test_refusals_are_one_line(fitted, tmp_path, tiny_ckpt):
     assert "has no learned prior beside it" in result.stderr
 
 
-def test_nvae_top_layers_are_spatial(tmp_path):
+def test_nvae_top_group_gets_a_prior_too(tmp_path):
+    """NVAE's top group is spatial (4x8x8 here): the MADE covers it flattened; its bound uses the
+    family's own traced densities (with flows), and sampling draws that group from it."""
     model = tmp_path / "n.safetensors"
     vdvae("convert", NVAE_DATA / "tiny-nvae.pt", "-o", model)
-    np.save(tmp_path / "d.npy", np.zeros((10, 32, 32, 3), dtype=np.uint8))
-    result = vdvae("prior", "fit", model, tmp_path / "d.npy", code=2)
-    assert "top latent layer is spatial" in result.stderr
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (60, 32, 32, 3), dtype=np.uint8))
+    result = vdvae("prior", "fit", model, tmp_path / "d.npy", "--steps", 20, "--holdout", 10, "--json")
+    assert "covering latent layers 0-0 (4x8x8)" in result.stderr
+    vae = load_file_model(model)
+    top = read_prior(companion_path(model), vae)
+    assert top.layers == 1 and top.dims == [256]
+    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with_prior = ops.elbo(vae, images, noise=torch.Generator().manual_seed(3), prior=top)
+    own = ops.elbo(vae, images, noise=torch.Generator().manual_seed(3))
+    assert torch.allclose(with_prior.kl_per_layer[:, 1:], own.kl_per_layer[:, 1:])
+    assert not torch.allclose(with_prior.kl_per_layer[:, 0], own.kl_per_layer[:, 0])
+    a = ops.sample(vae, 2, noise=torch.Generator().manual_seed(1), prior=top)
+    b = ops.sample(vae, 2, noise=torch.Generator().manual_seed(1))
+    assert a.shape == b.shape and not torch.equal(a, b)
+    result = vdvae("prior", "fit", model, tmp_path / "d.npy", "--layers", 9, "-o", tmp_path / "p.safetensors", code=2)
+    assert "covers 1 to" in result.stderr

@@ -39,7 +39,7 @@ def fit(
     data: Annotated[str, typer.Argument(metavar="IMAGES", help="Folder of images, or an .npy/.npz uint8 array.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="PATH", help="The prior file [MODEL.prior.safetensors beside a model file].", show_default=False)] = None,
     layers: Annotated[Optional[int], typer.Option("--layers", metavar="K", help="How many top latent layers [every leading 1x1 layer].", show_default=False)] = None,
-    hidden: Annotated[str, typer.Option("--hidden", metavar="W,W", help="Hidden widths of the MADE network.")] = "256,256",
+    hidden: Annotated[Optional[str], typer.Option("--hidden", metavar="W,W", help="Hidden widths of the MADE network [two of max(256, 2 x dims), at most 1024].", show_default=False)] = None,
     components: Annotated[int, typer.Option("--components", help="Gaussians per dimension.")] = 4,
     draws: Annotated[int, typer.Option("--draws", help="Posterior samples per training image.")] = 2,
     steps: Annotated[int, typer.Option("--steps", help="Total optimizer steps.")] = 5000,
@@ -60,12 +60,14 @@ def fit(
     from ..training.data import load_images
     from ..training.prior_fit import PriorFitConfig, default_layers, fit as fit_prior, state_paths
 
-    try:
-        widths = tuple(int(w) for w in hidden.split(","))
-    except ValueError:
-        raise UsageError(f"--hidden {hidden!r} is not a list of widths such as 512,512") from None
-    if not widths or any(not 1 <= w <= 8192 for w in widths):
-        raise UsageError(f"--hidden {hidden!r}: each width must be 1 to 8192")
+    widths: tuple[int, ...] = ()
+    if hidden is not None:
+        try:
+            widths = tuple(int(w) for w in hidden.split(","))
+        except ValueError:
+            raise UsageError(f"--hidden {hidden!r} is not a list of widths such as 512,512") from None
+        if not widths or len(widths) > 8 or any(not 1 <= w <= 8192 for w in widths):
+            raise UsageError(f"--hidden {hidden!r}: one to eight widths, each 1 to 8192")
     if not 1 <= components <= 64:
         raise UsageError(f"--components must be 1 to 64, got {components}")
     run = Session(quiet=quiet, json_out=json_out)
@@ -81,15 +83,17 @@ def fit(
     if not resume and not force and (out.exists() or state_path.exists()):
         raise OutputError(f"{out if out.exists() else state_path} exists", hint="--resume continues that fit, --force starts over")
     k = layers if layers is not None else default_layers(vae)
-    if k == 0:
-        raise UsageError(f"model {vae.cfg.name}'s top latent layer is spatial ({'x'.join(map(str, vae.cfg.latent_shapes[0][1:]))}): "
-                         "the learned prior covers leading 1x1 layers", hint="a spatial prior is not available yet")
+    from ..engine.learned_prior import check_layers
+
+    check_layers(max(k, 1), vae.cfg.latent_shapes)  # one line naming the largest K (or why none)
     fc = PriorFitConfig(layers=k, hidden=widths, components=components, draws=draws, batch_size=batch_size, lr=lr,
                         steps=steps, time_limit=None if time_limit is None else time_limit * 60, holdout=holdout,
                         seed=seed)
     images = load_images(data, vae.cfg.image_size, skipped=lambda line: run.info(line))
     run.announce()
-    run.info(f"covering latent layers 0-{k - 1}" + (" (every leading 1x1 layer; --layers K to choose)" if layers is None else ""))
+    shapes = ", ".join("x".join(map(str, s)) for s in vae.cfg.latent_shapes[:k])
+    run.info(f"covering latent layers 0-{k - 1} ({shapes})"
+             + (" (the default: every leading 1x1 layer, else the top one; --layers K to choose)" if layers is None else ""))
 
     def progress(total: int, label: str):
         return run.progress(total, label)

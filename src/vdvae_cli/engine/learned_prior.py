@@ -189,13 +189,53 @@ def max_flat_layers(latent_shapes: Sequence[Sequence[int]]) -> int:
     return k
 
 
+MAX_PRIOR_DIMS = 2048  # a MADE draws one dimension per pass: beyond this, sampling crawls
+
+
+def reachable_layers(latent_shapes: Sequence[Sequence[int]]) -> int:
+    """How many leading layers a MADE can cover: their flattened dimensions total at most
+    :data:`MAX_PRIOR_DIMS` (a spatial layer is flattened in raster order, channel by channel)."""
+    k, total = 0, 0
+    for shape in latent_shapes:
+        total += math.prod(int(v) for v in shape)
+        if total > MAX_PRIOR_DIMS:
+            break
+        k += 1
+    return k
+
+
+def default_layers(latent_shapes: Sequence[Sequence[int]]) -> int:
+    """What ``vdvae prior fit`` covers without ``--layers``: every leading 1x1 layer (VDVAE's top),
+    else the top layer alone when a MADE reaches it (NVAE's top group, e.g. 8x8x8), else none."""
+    return max_flat_layers(latent_shapes) or min(1, reachable_layers(latent_shapes))
+
+
 def check_layers(k: int, latent_shapes: Sequence[Sequence[int]]) -> int:
-    """The flattened dimension of the first ``k`` layers; refuses k beyond the 1x1 layers."""
-    top = max_flat_layers(latent_shapes)
+    """The flattened dimension of the first ``k`` layers; refuses a k the MADE cannot reach."""
+    top = reachable_layers(latent_shapes)
     if k < 1 or k > top:
+        if top == 0:
+            raise UsageError(f"this model's top latent layer has {math.prod(latent_shapes[0])} dimensions: more than "
+                             f"a learned prior covers ({MAX_PRIOR_DIMS})")
         raise UsageError(f"--layers {k} is out of range: this model's learned prior covers 1 to {top} "
-                         f"(its leading 1x1 layers; spatial layers need a spatial prior, not yet available)")
-    return sum(int(s[0]) for s in latent_shapes[:k])
+                         f"(the leading layers with at most {MAX_PRIOR_DIMS} dimensions in all)")
+    return sum(math.prod(int(v) for v in s) for s in latent_shapes[:k])
+
+
+def posterior_log_densities(rec: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """``(log q(z | x), log p_model(z))`` per image (N,) of one traced posterior layer: from the
+    family's own densities when its trace has them (NVAE: with its flows), else from the Gaussian
+    parameters (VDVAE: ``qm``/``qv``, ``pm``/``pv`` as mean and log-std)."""
+    if "log_q" in rec and "log_p" in rec:
+        return rec["log_q"].float().sum(dim=(1, 2, 3)), rec["log_p"].float().sum(dim=(1, 2, 3))
+    if {"z", "qm", "qv", "pm", "pv"} <= set(rec):
+        from .distributions import gaussian_log_prob
+
+        z = rec["z"].float()
+        return (gaussian_log_prob(z, rec["qm"].float(), rec["qv"].float()).sum(dim=(1, 2, 3)),
+                gaussian_log_prob(z, rec["pm"].float(), rec["pv"].float()).sum(dim=(1, 2, 3)))
+    raise UsageError("this model's decoder does not report the posterior densities a learned prior needs",
+                     hint="use --prior model")
 
 
 def prior_bytes(prior: MadePrior, *, layers: int, fingerprint: str, model_name: str,

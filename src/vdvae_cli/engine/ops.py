@@ -343,20 +343,15 @@ def _learned_terms(prior: "TopPrior", trace: Sequence[dict[str, Tensor]]) -> tup
     """For the layers a learned prior covers, from a traced posterior pass: (N, K) per-layer
     ``log q(z | x) - log p_learned(z)`` in nats, and (N,) ``log p_learned(z) - log p_model(z)`` (what
     replacing the model's prior adds to an importance weight's log)."""
-    from .distributions import gaussian_log_prob
+    from .learned_prior import posterior_log_densities
 
     top = list(trace[: prior.layers])
-    if len(top) < prior.layers or not all({"z", "qm", "qv", "pm", "pv"} <= set(t) for t in top):
-        from ..base.errors import UsageError
-
-        raise UsageError("this model's decoder does not report the Gaussian posterior a learned prior's bound needs",
-                         hint="use --prior model")
-    zs = [t["z"].float() for t in top]
-    log_q = torch.stack([gaussian_log_prob(z, t["qm"].float(), t["qv"].float()).sum(dim=(1, 2, 3))
-                         for z, t in zip(zs, top)], dim=1)
-    log_p_model = torch.stack([gaussian_log_prob(z, t["pm"].float(), t["pv"].float()).sum(dim=(1, 2, 3))
-                               for z, t in zip(zs, top)], dim=1)
-    log_p = prior.log_prob_layers(zs).to(log_q.device)
+    if len(top) < prior.layers:
+        raise ValueError(f"a traced pass of {len(top)} layers for a learned prior over {prior.layers}")
+    dens = [posterior_log_densities(t) for t in top]
+    log_q = torch.stack([q for q, _ in dens], dim=1)
+    log_p_model = torch.stack([p for _, p in dens], dim=1)
+    log_p = prior.log_prob_layers([t["z"].float() for t in top]).to(log_q.device)
     return log_q - log_p, (log_p - log_p_model).sum(dim=1)
 
 

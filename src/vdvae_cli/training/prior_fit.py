@@ -35,7 +35,7 @@ import torch
 from ..base.errors import TrainingError, UsageError
 from ..engine.distributions import BatchNoise
 from ..engine.interface import LatentModel, first_parameter
-from ..engine.learned_prior import MadeConfig, MadePrior, check_layers, max_flat_layers, prior_bytes
+from ..engine.learned_prior import MadeConfig, MadePrior, check_layers, default_layers as _default_layers, prior_bytes
 
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
@@ -44,7 +44,7 @@ LN2 = math.log(2.0)
 @dataclass(frozen=True)
 class PriorFitConfig:
     layers: int
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = ()  # () : two layers of max(256, 2 x dims), at most 1024
     components: int = 4
     draws: int = 2  # posterior samples per training image
     batch_size: int = 256
@@ -67,8 +67,9 @@ class PriorFitConfig:
 
 
 def default_layers(model: LatentModel) -> int:
-    """The command's choice when ``--layers`` is not given: every leading 1x1 layer."""
-    return max_flat_layers(model.cfg.latent_shapes)
+    """The command's choice when ``--layers`` is not given: every leading 1x1 layer, else the top
+    layer when a MADE reaches it (:func:`vdvae_cli.engine.learned_prior.default_layers`)."""
+    return _default_layers(model.cfg.latent_shapes)
 
 
 def state_paths(out: Path) -> tuple[Path, Path]:
@@ -80,7 +81,7 @@ def encode_top(model: LatentModel, images: Tensor, layers: int, draws: int, seed
                trace: bool = False, progress: Callable[[int], None] | None = None) -> dict[str, Tensor]:
     """``draws`` posterior samples of the first ``layers`` layers per image, flattened: ``z`` (N*draws,
     D). With ``trace`` (held-out images, one draw): also ``log_q`` and ``log_p_model`` (N,) nats."""
-    from ..engine.distributions import gaussian_log_prob
+    from ..engine.learned_prior import posterior_log_densities
     from ..engine.registry import family_of
 
     p = first_parameter(model)
@@ -94,11 +95,9 @@ def encode_top(model: LatentModel, images: Tensor, layers: int, draws: int, seed
             out = model.decoder(len(x), acts, noise=noise, want_latents=True, trace=trace, stop_after=layers)
             zs.append(torch.cat([z.float().reshape(len(x), -1) for z in out.latents], 1).cpu())
             if trace:
-                top = out.trace[:layers]
-                log_q.append(torch.stack([gaussian_log_prob(t["z"].float(), t["qm"].float(), t["qv"].float())
-                                          .sum((1, 2, 3)) for t in top]).sum(0).cpu())
-                log_p.append(torch.stack([gaussian_log_prob(t["z"].float(), t["pm"].float(), t["pv"].float())
-                                          .sum((1, 2, 3)) for t in top]).sum(0).cpu())
+                dens = [posterior_log_densities(t) for t in out.trace[:layers]]
+                log_q.append(torch.stack([q for q, _ in dens]).sum(0).cpu())
+                log_p.append(torch.stack([p for _, p in dens]).sum(0).cpu())
         if progress is not None:
             progress(len(x))
     out_: dict[str, Tensor] = {"z": torch.cat(zs)}
@@ -148,6 +147,8 @@ def fit(model: LatentModel, images: Tensor, out: Path, fc: PriorFitConfig, *, fi
     if z.shape[1] != dim:
         raise TrainingError(f"{latents_path} holds latents of {z.shape[1]} dims, not the {dim} of {fc.layers} layers")
     torch.manual_seed(fc.seed)
+    hidden = fc.hidden or (min(1024, max(256, 2 * dim)),) * 2  # wider than the input: every unit has a degree
+    fc = PriorFitConfig(**{**asdict(fc), "hidden": tuple(hidden)})
     prior = MadePrior(MadeConfig(dim=dim, hidden=fc.hidden, components=fc.components))
     prior.init_from(z)
     opt = torch.optim.Adam(prior.parameters(), lr=fc.lr)
