@@ -1,7 +1,8 @@
 """The VDVAE paper's comparison on this machine: hierarchical VAEs against PixelCNN++ on the same
 data, one row per model file: parameters, test bits/dim (a VAE's negative ELBO, an upper bound; the
 autoregressive model's exact likelihood), sampling speed at batch 1 and batch 64, and the sample
-quality of ``scripts/evaluate_fashion32.py`` (classifier confidence, Frechet distance).
+quality of ``scripts/evaluate_fashion32.py`` (classifier confidence, Frechet distance). A VAE with
+a learned prior beside it (``NAME.prior.safetensors``) gets a second row with it.
 
     python benchmarks/compare_families.py weights/fashion.safetensors /work/runs/px-fashion/model.safetensors \\
         --data /work/data/fashion-mnist-grey --n-test 2000 --samples 200 --threads 1 --json benchmarks/compare-fashion.json
@@ -27,25 +28,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from evaluate_fashion32 import classify, load_classifier, quality  # noqa: E402
 
+from vdvae_cli.cli._run import read_prior  # noqa: E402
 from vdvae_cli.engine import ops  # noqa: E402
+from vdvae_cli.engine.companion import companion_path  # noqa: E402
 from vdvae_cli.engine.registry import family_of  # noqa: E402
 from vdvae_cli.engine.temperature import parse_temperature_spec  # noqa: E402
 from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
 
 
-def test_bits(model, images: np.ndarray, batch: int = 100) -> float:
+def test_bits(model, images: np.ndarray, batch: int = 100, prior=None) -> float:
     total = 0.0
     g = torch.Generator().manual_seed(0)
     for start in range(0, len(images), batch):
         x = torch.from_numpy(images[start : start + batch])
-        total += float(ops.elbo(model, x, noise=g).nll_bound.double().sum())
+        total += float(ops.elbo(model, x, noise=g, prior=prior).nll_bound.double().sum())
     return total / len(images) / math.log(2)
 
 
-def timed_sample(model, n: int, temps, output_temp: float) -> tuple[float, torch.Tensor]:
+def timed_sample(model, n: int, temps, output_temp: float, prior=None) -> tuple[float, torch.Tensor]:
     t0 = time.perf_counter()
     images = ops.sample(model, n, temperatures=temps, output_temperature=output_temp,
-                        noise=torch.Generator().manual_seed(n))
+                        noise=torch.Generator().manual_seed(n), prior=prior)
     return time.perf_counter() - t0, images
 
 
@@ -64,22 +67,29 @@ def main() -> None:
     net = load_classifier(args.data / "classifier.pt", train["images"], train["labels"])
     _, ref_feats = classify(net, x_te)
     rows = []
-    for path in args.models:
+    runs = []
+    for path in args.models:  # each model, and each VAE again with the learned prior beside it
+        runs.append((path, None))
+        if companion_path(path).is_file():
+            runs.append((path, companion_path(path)))
+    for path, prior_path in runs:
         model = load_file_model(path)
         cfg = model.cfg
+        prior = read_prior(prior_path, model) if prior_path else None
         temps = parse_temperature_spec(model.default_temperature or "1.0", cfg)
         output_temp = float(model.default_output_temperature or 1.0)
-        bits = test_bits(model, x_te[: args.n_test])
-        timed_sample(model, 1, temps, output_temp)  # warm-up
-        one, _ = timed_sample(model, 1, temps, output_temp)
+        bits = test_bits(model, x_te[: args.n_test], prior=prior)
+        timed_sample(model, 1, temps, output_temp, prior)  # warm-up
+        one, _ = timed_sample(model, 1, temps, output_temp, prior)
         drawn, seconds = [], []
         while sum(len(d) for d in drawn) < max(64, args.samples):
-            s, images = timed_sample(model, 64, temps, output_temp)
+            s, images = timed_sample(model, 64, temps, output_temp, prior)
             seconds.append(s)
             drawn.append(images.numpy())
         samples = np.concatenate(drawn)[: args.samples]
         q = quality(net, samples, ref_feats[args.samples :])
-        row = {"model": str(path), "name": cfg.name, "family": family_of(cfg).name, "parameters": sum(p.numel() for p in model.parameters()),
+        row = {"model": str(path), "name": cfg.name + (" + learned prior" if prior else ""),
+               "prior": str(prior_path) if prior_path else None, "family": family_of(cfg).name, "parameters": sum(p.numel() for p in model.parameters()),
                "latent_layers": cfg.n_layers, "test_bits_per_dim": round(bits, 4), "bound": "elbo" if cfg.n_layers else "exact",
                "n_test": args.n_test, "images_per_s_batch1": round(1 / one, 3),
                "images_per_s_batch64": round(64 / min(seconds), 3), "samples": q,
