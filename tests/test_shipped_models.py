@@ -22,7 +22,8 @@ from vdvae_cli.engine.ops import sample
 from vdvae_cli.engine.temperature import parse_temperature_spec
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-SHIPPED = sorted(WEIGHTS.glob("*.safetensors"))
+SHIPPED = sorted(p for p in WEIGHTS.glob("*.safetensors") if not p.name.endswith(".prior.safetensors"))
+PRIORS = sorted(WEIGHTS.glob("*.prior.safetensors"))
 
 
 def test_fashion_is_the_default(monkeypatch):
@@ -30,6 +31,23 @@ def test_fashion_is_the_default(monkeypatch):
     assert (WEIGHTS / "DEFAULT").read_text().strip() == "fashion"
     assert registry.default_name() == "fashion"
     assert {p.stem for p in SHIPPED} == {"fashion", "fashion32", "digits32"}
+    assert [p.name for p in PRIORS] == ["fashion.prior.safetensors"]
+
+
+def test_the_default_models_learned_prior_fits_it_and_is_used():
+    """The shipped learned prior names the shipped weights' fingerprint (a retrained model without a
+    refitted prior fails here), covers the six 1x1 layers, and changes the samples it draws."""
+    from vdvae_cli.cli._run import read_prior
+
+    model = load_file_model(WEIGHTS / "fashion.safetensors")
+    top = read_prior(WEIGHTS / "fashion.prior.safetensors", model)
+    assert top.layers == 6 and top.dims == [16] * 6
+    temps = parse_temperature_spec(default_temperatures(WEIGHTS / "fashion.safetensors")[0], model.cfg)
+    with_prior = sample(model, 8, temperatures=temps, output_temperature=0.0, noise=torch.Generator().manual_seed(0),
+                        prior=top)
+    without = sample(model, 8, temperatures=temps, output_temperature=0.0, noise=torch.Generator().manual_seed(0))
+    assert with_prior.shape == (8, 32, 32, 3) and not torch.equal(with_prior, without)
+    assert 20 < with_prior.float().mean() < 160  # light garments on black, not noise or blank
 
 
 def test_fashion_is_grey_bounded_and_records_its_ood_defaults():
@@ -38,7 +56,7 @@ def test_fashion_is_grey_bounded_and_records_its_ood_defaults():
     path = WEIGHTS / "fashion.safetensors"
     model = load_file_model(path)
     assert model.cfg.image_channels == 1 and model.cfg.prior_logstd_max == 1.0
-    assert default_temperatures(path) == ("1.0", "0.0")
+    assert default_temperatures(path) == ("1.0,r16=0.7,r32=0.5", "0.0")
     assert default_ood(path) is not None and default_ood(path)["score"] == "complexity"
     temps = parse_temperature_spec("1.0", model.cfg)
     with torch.inference_mode():
