@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from evaluate_fashion32 import classify, load_classifier, quality  # noqa: E402
 
-from vdvae_cli.cli._run import read_prior  # noqa: E402
+from vdvae_cli.modelfiles.priors import read_prior  # noqa: E402
 from vdvae_cli.engine import ops  # noqa: E402
 from vdvae_cli.engine.companion import companion_path  # noqa: E402
 from vdvae_cli.engine.registry import family_of  # noqa: E402

@@ -237,7 +237,7 @@ def main() -> None:
     model = load_file_model(args.model)
     top = None
     if args.prior:
-        from vdvae_cli.cli._run import read_prior
+        from vdvae_cli.modelfiles.priors import read_prior
 
         top = read_prior(args.prior, model)
     temp = args.temp or model.default_temperature or "1.0"

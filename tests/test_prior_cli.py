@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vdvae_cli.cli import app
-from vdvae_cli.cli._run import read_prior
+from vdvae_cli.modelfiles.priors import read_prior
 from vdvae_cli.engine import ops
 from vdvae_cli.engine.distributions import BatchNoise, gaussian_log_prob
 from vdvae_cli.engine.learned_prior import companion_path

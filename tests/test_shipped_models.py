@@ -37,7 +37,7 @@ def test_fashion_is_the_default(monkeypatch):
 def test_the_default_models_learned_prior_fits_it_and_is_used():
     """The shipped learned prior names the shipped weights' fingerprint (a retrained model without a
     refitted prior fails here), covers the six 1x1 layers, and changes the samples it draws."""
-    from vdvae_cli.cli._run import read_prior
+    from vdvae_cli.modelfiles.priors import read_prior
 
     model = load_file_model(WEIGHTS / "fashion.safetensors")
     top = read_prior(WEIGHTS / "fashion.prior.safetensors", model)

@@ -172,6 +172,8 @@ class Session:
             raise UsageError(f"no learned prior at {path}" if choice != "learned"
                              else f"model {self.model.cfg.name} has no learned prior beside it ({path})",
                              hint="fit one with `vdvae prior fit MODEL IMAGES`, or use --prior model")
+        from ..modelfiles.priors import read_prior
+
         top = read_prior(path, self.model)
         self._notes.append(f"learned prior over latent layers 0-{top.layers - 1} from {path} (--prior model: the "
                            "model's own)")
@@ -360,28 +362,6 @@ class Session:
         self.info(f"wrote {writer.describe(made)}{kept} "
                   f"in {time.perf_counter() - self.started:.1f}s")
         self.finish(total)
-
-
-def read_prior(path: "Path", model: "LatentModel") -> "TopPrior":
-    """A companion prior file for ``model``, read within bounds and checked against its fingerprint."""
-    from ..base.errors import CheckpointError
-    from ..base.filekind import require_regular_file
-    from ..engine.keys import model_fingerprint
-    from ..engine.learned_prior import TopPrior, check_layers, load_prior
-    from ..engine.statedict import digest_of
-
-    require_regular_file(path, "learned prior", CheckpointError)
-    size = path.stat().st_size
-    if size > 1 << 30:
-        raise CheckpointError(f"{path} is {size:,} bytes: more than a learned prior file holds (1 GiB at most)")
-    prior, layers, _ = load_prior(path.read_bytes(), fingerprint=model_fingerprint(model.cfg, digest_of(model)),
-                                  label=str(path))
-    dim = check_layers(layers, model.cfg.latent_shapes)
-    if dim != prior.cfg.dim:
-        raise CheckpointError(f"{path} models {prior.cfg.dim} dims, but layers 0-{layers - 1} of this model have {dim}")
-    p = next(model.parameters())
-    prior.to(p.device).eval()
-    return TopPrior(prior, layers, tuple(model.cfg.latent_shapes), str(path))
 
 
 def command_name() -> str:
