@@ -35,6 +35,10 @@ _LAZY = {
     "VAE": ("vdvae_cli.families.vdvae.model", "VAE"),
     "NVAEConfig": ("vdvae_cli.families.nvae.config", "NVAEConfig"),
     "NVAE": ("vdvae_cli.families.nvae.network", "NVAE"),
+    "PixelCNNConfig": ("vdvae_cli.families.pixelcnn.config", "PixelCNNConfig"),
+    "PixelCNNPP": ("vdvae_cli.families.pixelcnn.network", "PixelCNNPP"),
+    "load_prior": ("vdvae_cli.modelfiles.priors", "read_prior"),
+    "companion_path": ("vdvae_cli.engine.companion", "companion_path"),
     "family_of": ("vdvae_cli.engine.registry", "family_of"),
     "save_checkpoint": ("vdvae_cli.modelfiles.checkpoint", "save_checkpoint"),
 }
