@@ -55,7 +55,8 @@ def file_kind(path: Path) -> str:
     return "a text file"
 
 
-def require_regular_file(path: Path | str, what: str, error: type[VDVAEError] = UsageError) -> Path:
+def require_regular_file(path: Path | str, what: str, error: type[VDVAEError] = UsageError, *,
+                         hint: str = "give a regular file (a pipe works for images on stdin: -)") -> Path:
     """``path`` when it is a regular file (after links); else ``error`` in one line. A FIFO would
     block the reader forever, a device such as /dev/zero never ends, and neither is a file a
     model, hyperparameters or latents are read from. Judged by ``stat`` alone: nothing is opened."""
@@ -73,7 +74,7 @@ def require_regular_file(path: Path | str, what: str, error: type[VDVAEError] = 
             else "a device" if st.S_ISCHR(mode) or st.S_ISBLK(mode) else "a socket" if st.S_ISSOCK(mode)
             else "not a regular file")
     raise error(f"{_label(path)} is {kind}, not a {what} file",
-                hint="give a regular file (a pipe works for images on stdin: -)")
+                hint=hint)
 
 
 def _label(path: Path | str) -> str:

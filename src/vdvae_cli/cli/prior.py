@@ -70,6 +70,10 @@ def fit(
             raise UsageError(f"--hidden {hidden!r}: one to eight widths, each 1 to 8192")
     if not 1 <= components <= 64:
         raise UsageError(f"--components must be 1 to 64, got {components}")
+    if time_limit is not None and not (time_limit > 0):
+        raise UsageError(f"--time-limit must be a number of minutes > 0, got {time_limit:g}")
+    if output is not None and not Path(output).parent.is_dir():
+        raise OutputError(f"cannot write {output}: folder {Path(output).parent} does not exist")
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, "fp32")
     if output is None:

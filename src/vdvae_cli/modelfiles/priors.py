@@ -18,7 +18,7 @@ def read_prior(path: str | Path, model: LatentModel) -> TopPrior:
     from ..engine.statedict import digest_of
 
     path = Path(path)
-    require_regular_file(path, "learned prior", CheckpointError)
+    require_regular_file(path, "learned prior", CheckpointError, hint="give the file `vdvae prior fit` wrote")
     size = path.stat().st_size
     if size > 1 << 30:
         raise CheckpointError(f"{path} is {size:,} bytes: more than a learned prior file holds (1 GiB at most)")
