@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=2000, help="test images for bits/dim")
     ap.add_argument("--samples", type=int, default=200, help="samples judged by the classifier (batches of 64)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--labels", help="comma-separated row names, one per model [the model's name]")
+    ap.add_argument("--minutes", help="comma-separated training minutes, one per model [the file's train_wall_time_min]")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,11 +70,13 @@ def main() -> None:
     _, ref_feats = classify(net, x_te)
     rows = []
     runs = []
-    for path in args.models:  # each model, and each VAE again with the learned prior beside it
-        runs.append((path, None))
+    labels = args.labels.split(",") if args.labels else [None] * len(args.models)
+    minutes = args.minutes.split(",") if args.minutes else [None] * len(args.models)
+    for path, label, mins in zip(args.models, labels, minutes):  # each model, and each VAE again with its learned prior
+        runs.append((path, None, label, mins))
         if companion_path(path).is_file():
-            runs.append((path, companion_path(path)))
-    for path, prior_path in runs:
+            runs.append((path, companion_path(path), label, mins))
+    for path, prior_path, label, mins in runs:
         model = load_file_model(path)
         cfg = model.cfg
         prior = read_prior(prior_path, model) if prior_path else None
@@ -88,7 +92,11 @@ def main() -> None:
             drawn.append(images.numpy())
         samples = np.concatenate(drawn)[: args.samples]
         q = quality(net, samples, ref_feats[args.samples :])
-        row = {"model": str(path), "name": cfg.name + (" + learned prior" if prior else ""),
+        from vdvae_cli.modelfiles.header import metadata_of
+
+        mins = mins or metadata_of(path).get("train_wall_time_min")
+        row = {"model": str(path), "name": (label or cfg.name) + (" + learned prior" if prior else ""),
+               "training_minutes": float(mins) if mins else None,
                "prior": str(prior_path) if prior_path else None, "family": family_of(cfg).name, "parameters": sum(p.numel() for p in model.parameters()),
                "latent_layers": cfg.n_layers, "test_bits_per_dim": round(bits, 4), "bound": "elbo" if cfg.n_layers else "exact",
                "n_test": args.n_test, "images_per_s_batch1": round(1 / one, 3),
@@ -97,15 +105,16 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     real = quality(net, x_te[: args.samples], ref_feats[args.samples :])
-    print("| model | family | parameters | test bits/dim | images/s (batch 1) | images/s (batch 64) | "
+    print("| model | family | training (min, 1 core) | parameters | test bits/dim | images/s (batch 1) | images/s (batch 64) | "
           f"classifier >= 90% sure ({args.samples}) | Frechet |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         bound = "" if r["bound"] == "exact" else " (ELBO)"
-        print(f"| {r['name']} | {r['family']} | {r['parameters'] / 1e6:.2f}M | {r['test_bits_per_dim']:.3f}{bound} | "
+        mins = f"{r['training_minutes']:g}" if r["training_minutes"] else "?"
+        print(f"| {r['name']} | {r['family']} | {mins} | {r['parameters'] / 1e6:.2f}M | {r['test_bits_per_dim']:.3f}{bound} | "
               f"{r['images_per_s_batch1']:.3g} | {r['images_per_s_batch64']:.3g} | "
               f"{100 * r['samples']['share_conf_ge_0.9']:.1f}% | {r['samples']['frechet_distance']:.1f} |")
-    print(f"| real test images | | | | | | {100 * real['share_conf_ge_0.9']:.1f}% | {real['frechet_distance']:.1f} |")
+    print(f"| real test images | | | | | | | {100 * real['share_conf_ge_0.9']:.1f}% | {real['frechet_distance']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "real_test_images": real}, indent=2) + "\n")
 
