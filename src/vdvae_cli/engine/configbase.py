@@ -73,3 +73,18 @@ class LatentStackConfig:
 
     def replace(self: C, **changes: Any) -> C:
         return replace(self, **changes)
+
+
+def config_from_json_file(cls: type[C], path: Any) -> C:
+    """A family's config from a JSON object of its fields (``vdvae train --hparams FILE``): a
+    ``"family"`` entry is the registry's, not a field; the name defaults to the file's stem."""
+    from pathlib import Path
+
+    from ..base.safety import loads
+
+    data = loads(Path(path).read_bytes())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a JSON object")
+    fields = {k: v for k, v in data.items() if k != "family"}
+    fields.setdefault("name", Path(path).stem)
+    return cls.from_dict(fields)

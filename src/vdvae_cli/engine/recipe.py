@@ -66,6 +66,29 @@ class Recipe(Protocol):
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None: ...
 
 
+class AdamWRecipe:
+    """The parts a plain recipe shares: AdamW with the run's settings, no schedule values of its
+    own to log, no state a resumed run needs. A family's recipe subclasses it and sets its objective."""
+
+    split_kl = False
+    find_unused_parameters = False
+    tc: "TrainConfig"
+
+    def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        tc = self.tc
+        return torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.adam_eps, weight_decay=tc.wd)
+
+    def log_values(self, step: int) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"unexpected recipe state {', '.join(sorted(state))}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything about a run except the network. Defaults are the reference's (hps.py): the

@@ -192,15 +192,9 @@ class NVAEFamily:
     def hparams_config(self, path: Path, images_at: Any, *, size_hint: int | None = None) -> "tuple[NVAEConfig, Tensor]":
         """An NVAE from a JSON object in its official ``args`` field names with ``"family": "nvae"``
         (plus ``grey``, ``name``); its name defaults to the file's stem."""
-        from ...base.errors import ConfigError
-        from ...base.safety import loads
+        from ...engine.configbase import config_from_json_file
 
-        data = loads(Path(path).read_bytes())
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} is not a JSON object")
-        fields = {k: v for k, v in data.items() if k != "family"}
-        fields.setdefault("name", Path(path).stem)
-        cfg = NVAEConfig.from_dict(fields)
+        cfg = config_from_json_file(NVAEConfig, path)
         return cfg, images_at(cfg.image_size)
 
     def stores_layout(self, path: Path) -> bool:

@@ -140,16 +140,10 @@ class PixelCNNFamily:
     def hparams_config(self, path: Path, images_at: Any, *, size_hint: int | None = None) -> "tuple[PixelCNNConfig, Tensor]":
         """A PixelCNN++ from a JSON object of :class:`.config.PixelCNNConfig` fields with
         ``"family": "pixelcnn"``; its name defaults to the file's stem."""
-        from ...base.errors import ConfigError
-        from ...base.safety import loads
+        from ...engine.configbase import config_from_json_file
         from .config import PixelCNNConfig
 
-        data = loads(Path(path).read_bytes())
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} is not a JSON object")
-        fields = {k: v for k, v in data.items() if k != "family"}
-        fields.setdefault("name", Path(path).stem)
-        cfg = PixelCNNConfig.from_dict(fields)
+        cfg = config_from_json_file(PixelCNNConfig, path)
         return cfg, images_at(cfg.image_size)
 
     def stores_layout(self, path: Path) -> bool:

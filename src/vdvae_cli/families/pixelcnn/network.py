@@ -108,35 +108,25 @@ class DownRightShiftedConv(nn.Module):
         return self.conv(F.pad(x, self.pad))
 
 
-class DownShiftedDeconv(nn.Module):
-    """Stride-2 transposed convolution that doubles the size and keeps the vertical stream causal:
-    the extra rows at the bottom and the columns either side are cropped."""
+class ShiftedDeconv(nn.Module):
+    """Stride-2 transposed convolution that doubles the size and keeps its stream causal: the extra
+    rows at the bottom are cropped, and the columns either side (``centred``, the vertical stream's
+    (2, 3) kernel) or on the right (the horizontal stream's (2, 2) kernel)."""
 
-    def __init__(self, cin: int, cout: int, kernel: tuple[int, int] = (2, 3)):
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], *, centred: bool):
         super().__init__()
-        self.kernel = kernel
+        self.kernel, self.centred = kernel, centred
         self.conv = WNConv(cin, cout, kernel, stride=2, transposed=True)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def crop(self, y: Tensor) -> Tensor:
+        """The causal part of a transposed convolution's output (rows and columns)."""
         kh, kw = self.kernel
-        y = self.conv(x)
-        h, w = y.shape[2], y.shape[3]
-        return y[:, :, : h - kh + 1, (kw - 1) // 2 : w - (kw - 1) // 2]
-
-
-class DownRightShiftedDeconv(nn.Module):
-    """Stride-2 transposed convolution for the horizontal stream: crops the bottom rows and the right
-    columns."""
-
-    def __init__(self, cin: int, cout: int, kernel: tuple[int, int] = (2, 2)):
-        super().__init__()
-        self.kernel = kernel
-        self.conv = WNConv(cin, cout, kernel, stride=2, transposed=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        kh, kw = self.kernel
-        y = self.conv(x)
+        if self.centred:
+            return y[:, :, : y.shape[2] - kh + 1, (kw - 1) // 2 : y.shape[3] - (kw - 1) // 2]
         return y[:, :, : y.shape[2] - kh + 1, : y.shape[3] - kw + 1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.crop(self.conv(x))
 
 
 class NiN(nn.Module):
@@ -198,8 +188,8 @@ class PixelCNNPP(nn.Module):
         # kept on the way down); u reads the shortcut u, ul reads [u; shortcut ul]
         self.up_u = nn.ModuleList(u_block(n if level == 0 else n + 1, nf) for level in range(3))
         self.up_ul = nn.ModuleList(ul_block(n if level == 0 else n + 1, 2 * nf) for level in range(3))
-        self.double_u = nn.ModuleList(DownShiftedDeconv(nf, nf) for _ in range(2))
-        self.double_ul = nn.ModuleList(DownRightShiftedDeconv(nf, nf) for _ in range(2))
+        self.double_u = nn.ModuleList(ShiftedDeconv(nf, nf, (2, 3), centred=True) for _ in range(2))
+        self.double_ul = nn.ModuleList(ShiftedDeconv(nf, nf, (2, 2), centred=False) for _ in range(2))
         self.head = NiN(nf, cfg.output_channels)
         # the engine's model surface (engine.interface.LatentModel), set by the checkpoint loader
         self.weights_digest: str | None = None

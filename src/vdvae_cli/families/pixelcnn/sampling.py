@@ -158,13 +158,9 @@ class RowCache:
     def deconv_rows(module, src: Tensor, lo: int, hi: int) -> Tensor:
         """Rows lo..hi (at the doubled size) of a stride-2 shifted transposed convolution of ``src``."""
         conv = module.conv
-        kh, kw = module.kernel
         k_lo, k_hi = lo // 2, hi // 2
-        y = F.conv_transpose2d(src[:, :, k_lo : k_hi + 1], conv.weight(), conv.bias, stride=2, output_padding=1)
-        if kw == 3:  # DownShiftedDeconv: centre crop of the columns
-            y = y[:, :, :, (kw - 1) // 2 : y.shape[3] - (kw - 1) // 2]
-        else:  # DownRightShiftedDeconv: the right columns go
-            y = y[:, :, :, : y.shape[3] - kw + 1]
+        y = module.crop(F.conv_transpose2d(src[:, :, k_lo : k_hi + 1], conv.weight(), conv.bias, stride=2,
+                                           output_padding=1))  # input row k gives output rows 2k, 2k + 1
         return y[:, :, lo - 2 * k_lo : hi - 2 * k_lo + 1]
 
     def gated_rows(self, block, name: str, level: int, x: Tensor, aux: tuple[Tensor, ...], lo: int, hi: int) -> Tensor:

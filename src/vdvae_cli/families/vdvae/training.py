@@ -4,17 +4,17 @@ and the reference's settings per official architecture."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from ...base.errors import UsageError
-from ...engine.recipe import LossTerms, TrainConfig
+from ...engine.recipe import AdamWRecipe, LossTerms, TrainConfig
 
 Tensor = torch.Tensor
 
 
-class VDVAERecipe:
+class VDVAERecipe(AdamWRecipe):
     """openai/vdvae: AdamW (decoupled weight decay), the negative ELBO as the objective, and the
     trainer's optional aids against posterior collapse (:func:`.step.objective`)."""
 
@@ -30,10 +30,6 @@ class VDVAERecipe:
         self.split_kl = bool(tc.kl_warmup or tc.free_bits or any(dict(tc.free_bits_res).values()))
         self.find_unused_parameters = _unused_encoder_blocks(cfg) or tc.coarse_steps > 0
 
-    def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        tc = self.tc
-        return torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.adam_eps, weight_decay=tc.wd)
-
     def objective(self, model: torch.nn.Module, step: int, terms: LossTerms) -> Tensor:
         if not self.split_kl:
             return terms.elbo
@@ -41,16 +37,6 @@ class VDVAERecipe:
 
         floors = free_bits_floors(self.tc, [layer.res for layer in self.cfg.decoder_layers], self.cfg.n_dims)
         return objective(self.tc, step, terms.distortion, terms.kl_layers, self.cfg.n_dims, terms.kl_prior, floors)
-
-    def log_values(self, step: int) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        if state:
-            raise ValueError(f"unexpected recipe state {', '.join(sorted(state))}")
 
 
 def _unused_encoder_blocks(cfg: Any) -> bool:
