@@ -24,6 +24,8 @@ from vdvae_cli.modelfiles.checkpoint import load_file_model
 from vdvae_cli.engine.distributions import PerImageNoise
 from vdvae_cli.engine.runtime import image_generators
 from vdvae_cli.engine.temperature import parse_temperature_spec
+from vdvae_cli.engine.companion import companion_path
+from vdvae_cli.modelfiles.priors import read_prior
 
 SCALE, GAP, LABEL = 3, 4, 14
 
@@ -46,7 +48,10 @@ def main() -> None:
     picks = [int(i) for i in args.images.split(",")]
     keeps = sorted({*range(0, cfg.n_layers, 2), cfg.n_layers})
 
-    samples = ops.sample(model, args.samples, temperatures=temps, output_temperature=out_t,
+    # the top row as `vdvae sample` draws it: with the learned prior beside the model, when there is one
+    prior_path = companion_path(args.model)
+    top = read_prior(prior_path, model) if prior_path.is_file() else None
+    samples = ops.sample(model, args.samples, temperatures=temps, output_temperature=out_t, prior=top,
                          noise=PerImageNoise(image_generators(args.seed, list(range(args.samples))))).numpy()
     rows = []
     for j, i in enumerate(picks):
@@ -73,8 +78,8 @@ def main() -> None:
         tile = Image.fromarray(np.ascontiguousarray(img)).resize((side, side), Image.NEAREST)
         canvas.paste(tile, (GAP + col * (side + GAP), top))
 
-    draw.text((GAP, 1), f"samples at the recommended temperatures (--temp {model.default_temperature or '1.0'})",
-              fill=(0, 0, 0))
+    draw.text((GAP, 1), f"samples at the recommended temperatures (--temp {model.default_temperature or '1.0'})"
+              + (" with the learned prior" if top is not None else ""), fill=(0, 0, 0))
     for c, img in enumerate(samples):
         put(img, c, LABEL)
     top = LABEL + side + GAP
