@@ -303,8 +303,13 @@ def test_10_help_uses_the_conventional_notation():
 # 12. shell completion ----------------------------------------------------------------------------
 
 
-def test_12_shell_completion():
-    result = runner.invoke(app, ["--show-completion", "bash"], prog_name="vdvae")
+def test_12_shell_completion(monkeypatch):
+    # --show-completion is a flag that detects the shell from the parent processes; under a runner
+    # with no shell above it (nohup, CI) that finds none, so the test names it
+    import typer.completion
+
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
+    result = runner.invoke(app, ["--show-completion"], prog_name="vdvae")
     assert result.exit_code == 0 and "complete" in result.stdout and "vdvae" in result.stdout
     assert "--install-completion" in ok("--help").stdout
 
