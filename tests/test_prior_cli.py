@@ -115,7 +115,7 @@ def test_decode_keeps_a_given_top_layer_and_draws_the_next_from_the_prior(fitted
     model = load_file_model(fitted)
     top = read_prior(companion_path(fitted), model)
     z0 = torch.randn(2, 4, 1, 1)
-    filled = ops._from_learned_prior(top, [z0, None, None], 2, [1.0] * model.cfg.n_layers,
+    filled = ops.with_learned_prior(top, [z0, None, None], 2, [1.0] * model.cfg.n_layers,
                                      BatchNoise(torch.Generator().manual_seed(1)), z0)
     assert torch.equal(filled[0], z0) and filled[1] is not None and filled[2] is None
     images = ops.decode(model, [z0], temperatures=1.0, noise=torch.Generator().manual_seed(0), prior=top)

@@ -24,7 +24,7 @@ from .generate import (
     OutputTempOpt, Posterior, PosteriorOpt, ReadjustItersOpt, ReadjustOpt, TempOpt, readjust_if_asked,
     resolve_temperatures,
 )
-from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
+from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, PriorOpt, QuietOpt, SeedOpt
 from ..base.errors import UsageError
 from ..base.images import ImageWriter
 
@@ -215,6 +215,7 @@ def interpolate(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     import torch
 
@@ -254,6 +255,7 @@ def interpolate(
                           columns=steps - 1 if loop else steps, scale=scale, fps=fps)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline)
+    top = run.load_prior(prior) if seeds else None  # --seeds' keys are prior samples: drawn as sample draws them
     cfg = vae.cfg
     chosen = _chosen_layers(layers, keep_layers, keep_res, cfg)
     spec, temps, pixel_temp = resolve_temperatures(temp, output_temp, vae)
@@ -263,7 +265,8 @@ def interpolate(
                                              "mean" if seeds else posterior.value))
     depth = max(chosen, default=-1) + 1  # keys are needed only up to the last chosen layer
     if seeds:
-        parts = [prior_latents(vae, 1, temperatures=temps, noise=run.noise(s, [0]), n_layers=depth) for s in key_seeds]
+        parts = [prior_latents(vae, 1, temperatures=temps, noise=run.noise(s, [0]), n_layers=depth, prior=top)
+                 for s in key_seeds]
         key_latents = [torch.cat([p[i] for p in parts]) for i in range(depth)]
     else:
         import numpy as np
@@ -522,6 +525,7 @@ def fid(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     from ..tools.fid import count_folder, fid_kid, inception_weights, require_torch_fidelity
 
@@ -546,7 +550,7 @@ def fid(
     drawn: dict[str, Any] = {}  # what the samples were drawn with (with -n)
     if num is not None:
         first, drawn = _draw_samples(run, num, temp, output_temp, seed, batch_size, model, device, dtype, compile,
-                                      offline)
+                                      offline, prior)
         what = f"{num} samples of {drawn['model']} vs {folders[-1]}"
     run.announce()
     if run.model is None:
@@ -591,7 +595,7 @@ def _download_note(run: Session):
 
 def _draw_samples(run: Session, num: int, temp: str | None, output_temp: float | None, seed: int | None,
                   batch_size: str, model: str | None, device: str, dtype: str,
-                  compile: bool, offline: bool = False) -> "tuple[torch.Tensor, dict[str, Any]]":
+                  compile: bool, offline: bool = False, prior: str = "auto") -> "tuple[torch.Tensor, dict[str, Any]]":
     """``num`` samples (uint8 NHWC, on the CPU), and the model, temperatures and seed they were drawn with."""
     import torch
 
@@ -599,6 +603,7 @@ def _draw_samples(run: Session, num: int, temp: str | None, output_temp: float |
     from ..engine.runtime import across_cores
 
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline, latents=False)
+    top = run.load_prior(prior)
     spec, temps, pixel_temp = resolve_temperatures(temp, output_temp, vae)
     seed = run.seed(seed)
     run.announce()
@@ -606,7 +611,7 @@ def _draw_samples(run: Session, num: int, temp: str | None, output_temp: float |
 
     def make(indices: list[int]):
         return ops.sample(vae, len(indices), temperatures=temps, output_temperature=pixel_temp,
-                          noise=run.noise(seed, indices)).cpu()
+                          noise=run.noise(seed, indices), prior=top).cpu()
 
     with run.progress(num, "sampling") as advance:
         for indices, images in run.batches(range(num), batch_size, across_cores(make, run.device)):

@@ -107,7 +107,8 @@ def require_latent_layers(model: LatentModel | FamilyConfig, what: str) -> None:
                          hint="sample, eval, info and train work with it; use a VAE (vdvae or nvae) for this")
 
 
-def _temps(cfg: FamilyConfig, temperatures: Temperatures) -> list[float]:
+def layer_temperatures(cfg: FamilyConfig, temperatures: Temperatures) -> list[float]:
+    """One checked temperature per latent layer, from one number or a list of them."""
     from .temperature import check_temperatures
 
     if isinstance(temperatures, (int, float)):
@@ -164,15 +165,15 @@ def decode(
         n = given[0].shape[0]
     p = _param(model)
     src = as_noise(noise)
-    temps = _temps(model.cfg, temperatures)
+    temps = layer_temperatures(model.cfg, temperatures)
     latents = [None if z is None else z.to(device=p.device, dtype=p.dtype) for z in latents]
     if prior is not None:
-        latents = _from_learned_prior(prior, latents, n, temps, src, p)
+        latents = with_learned_prior(prior, latents, n, temps, src, p)
     out = model.decoder(n, latents=latents, temperatures=temps, noise=src)
     return _pixels(model, out.px_z, src, output_temperature)
 
 
-def _from_learned_prior(prior: "TopPrior", latents: list[Tensor | None], n: int, temps: Sequence[float],
+def with_learned_prior(prior: "TopPrior", latents: list[Tensor | None], n: int, temps: Sequence[float],
                         noise: Noise, like: Tensor) -> list[Tensor | None]:
     """``latents`` with the learned prior's layers filled in after the given leading ones."""
     lead = 0
@@ -238,7 +239,7 @@ def reconstruct(
                       noise=src, prior=prior)
     acts = model.encoder(_input(model, images.to(p.device), p.dtype)) if keep else None
     out = model.decoder(images.shape[0], acts, n_posterior=keep, posterior_mean=posterior == "mean",
-                        temperatures=_temps(cfg, temperatures), noise=src)
+                        temperatures=layer_temperatures(cfg, temperatures), noise=src)
     return _pixels(model, out.px_z, src, output_temperature)
 
 
@@ -279,7 +280,7 @@ def mix(
     if rest_images is not None:
         acts = model.encoder(_input(model, rest_images.to(p.device), p.dtype))
     out = model.decoder(n, acts, latents=latents, posterior_mean=posterior == "mean",
-                        temperatures=_temps(cfg, temperatures), noise=src)
+                        temperatures=layer_temperatures(cfg, temperatures), noise=src)
     return _pixels(model, out.px_z, src, output_temperature)
 
 
@@ -377,7 +378,7 @@ def _elbo(model: LatentModel, images: Tensor, samples: int, noise: Noise, eps: S
     family = family_of(model)
     dists, rates, kls, prior_kls, log_weights = [], [], [], [], []
     for _ in range(samples):
-        out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=_temps(cfg, temperatures), noise=noise,
+        out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=layer_temperatures(cfg, temperatures), noise=noise,
                             eps=eps, want_kl="split" if split_kl else True, trace=samples > 1 or prior is not None)
         dist = family.nll(model, model.logits(out.px_z), images)
         zero = dist.new_zeros(n)

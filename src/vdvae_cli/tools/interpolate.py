@@ -14,13 +14,16 @@ exactly the second (the weights are then exactly 1 and 0).
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
 
 from ..engine import ops
 from ..engine.distributions import as_noise
 from ..engine.interface import LatentModel
+
+if TYPE_CHECKING:
+    from ..engine.learned_prior import TopPrior
 
 Tensor = torch.Tensor
 Method = Literal["slerp", "lerp"]
@@ -89,15 +92,22 @@ def select_layers(keys: Sequence[Tensor], layers: Sequence[int], n_layers: int) 
 
 @torch.inference_mode()
 def prior_latents(model: LatentModel, n: int, *, temperatures: ops.Temperatures = 1.0,
-                  noise: ops.NoiseLike = None, n_layers: int | None = None) -> list[Tensor]:
+                  noise: ops.NoiseLike = None, n_layers: int | None = None,
+                  prior: "TopPrior | None" = None) -> list[Tensor]:
     """The latents of ``n`` prior samples (as :func:`vdvae_cli.engine.ops.sample` draws them with the same
-    noise), one (n, Z, r, r) tensor per layer, stopping after ``n_layers``."""
+    noise, the layers a learned ``prior`` covers from it), one (n, Z, r, r) tensor per layer,
+    stopping after ``n_layers``."""
     cfg = model.cfg
     n_layers = cfg.n_layers if n_layers is None else n_layers
     if n_layers == 0:
         return []
-    out = model.decoder(n, temperatures=temperatures, noise=as_noise(noise), want_latents=True,
-                        stop_after=n_layers)
+    src = as_noise(noise)
+    temps = ops.layer_temperatures(cfg, temperatures)
+    given: list[Tensor | None] = []
+    if prior is not None:
+        p = next(model.parameters())
+        given = ops.with_learned_prior(prior, [], n, temps, src, p)
+    out = model.decoder(n, latents=given, temperatures=temps, noise=src, want_latents=True, stop_after=n_layers)
     return [z.float() for z in out.latents]
 
 
