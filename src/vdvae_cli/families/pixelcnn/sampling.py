@@ -76,6 +76,8 @@ def draw(model, n: int, noise: Noise, output_temperature: float, *, method: str 
     canvas = torch.zeros(n, c, size, size, dtype=p.dtype, device=p.device)
     pixels = torch.zeros(n, size, size, c, dtype=torch.uint8, device=p.device)
     was_folded = all(getattr(mod, "folded", None) is not None for mod in _weight_normed(model))
+    was_training = model.training
+    model.eval()  # no dropout while drawing (the row caches never apply it)
     if not was_folded:
         model.fold_weight_norm()
     cache = RowCache(model, n, p.dtype, p.device) if method == "rows" else None
@@ -95,6 +97,7 @@ def draw(model, n: int, noise: Noise, output_temperature: float, *, method: str 
                 pixels[:, i, j] = drawn
                 canvas[:, :, i, j] = (drawn.float() / 127.5 - 1.0).to(p.dtype)
     finally:
+        model.train(was_training)
         if not was_folded:
             for mod in _weight_normed(model):
                 mod.folded = None
