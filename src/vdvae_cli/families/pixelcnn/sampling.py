@@ -128,15 +128,17 @@ class RowCache:
 
     def __init__(self, net, n: int, dtype: torch.dtype, device: torch.device):
         cfg = net.cfg
-        self.net, self.size = net, cfg.image_size
-        nf = cfg.nr_filters
+        self.net, self.size, self.nf = net, cfg.image_size, cfg.nr_filters
+        self.n, self.dtype, self.device = n, dtype, device
         self.maps: dict[str, Tensor] = {}
-        self._new = lambda name, level, channels: self.maps.setdefault(  # noqa: E731
-            name, torch.zeros(n, channels, self.size >> level, self.size >> level, dtype=dtype, device=device))
-        self.nf = nf
 
-    def map(self, name: str, level: int, channels: int | None = None) -> Tensor:
-        return self._new(name, level, self.nf if channels is None else channels)
+    def map(self, name: str, level: int) -> Tensor:
+        """The kept map ``name`` at ``level`` (0: full size, 1: half, 2: a quarter), zeros at first."""
+        found = self.maps.get(name)
+        if found is None:
+            side = self.size >> level
+            found = self.maps[name] = torch.zeros(self.n, self.nf, side, side, dtype=self.dtype, device=self.device)
+        return found
 
     # -- one layer's rows --------------------------------------------------------------------------
 
