@@ -52,9 +52,22 @@ def timed_sample(model, n: int, temps, output_temp: float, prior=None) -> tuple[
     return time.perf_counter() - t0, images
 
 
+def print_table(rows: list[dict], real: dict, samples: int) -> None:
+    print("| model | family | training (min, 1 core) | parameters | test bits/dim | images/s (batch 1) | images/s (batch 64) | "
+          f"classifier >= 90% sure ({samples}) | Frechet |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        bound = "" if r["bound"] == "exact" else " (ELBO)"
+        mins = f"{r['training_minutes']:g}" if r["training_minutes"] else "?"
+        print(f"| {r['name']} | {r['family']} | {mins} | {r['parameters'] / 1e6:.2f}M | {r['test_bits_per_dim']:.3f}{bound} | "
+              f"{r['images_per_s_batch1']:.3g} | {r['images_per_s_batch64']:.3g} | "
+              f"{100 * r['samples']['share_conf_ge_0.9']:.1f}% | {r['samples']['frechet_distance']:.1f} |")
+    print(f"| real test images | | | | | | | {100 * real['share_conf_ge_0.9']:.1f}% | {real['frechet_distance']:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("models", nargs="*", type=Path)
     ap.add_argument("--data", type=Path, default=Path("/work/data/fashion-mnist-grey"))
     ap.add_argument("--n-test", type=int, default=2000, help="test images for bits/dim")
     ap.add_argument("--samples", type=int, default=200, help="samples judged by the classifier (batches of 64)")
@@ -62,7 +75,14 @@ def main() -> None:
     ap.add_argument("--labels", help="comma-separated row names, one per model [the model's name]")
     ap.add_argument("--minutes", help="comma-separated training minutes, one per model [the file's train_wall_time_min]")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--grids", type=Path, help="also write each row's first 32 samples as PNG grids into this folder")
+    ap.add_argument("--table-from", type=Path, nargs="+", help="only print one table from these --json files")
     args = ap.parse_args()
+    if args.table_from:
+        parts = [json.loads(p.read_text()) for p in args.table_from]
+        print_table([r for part in parts for r in part["rows"]], parts[0]["real_test_images"],
+                    parts[0]["rows"][0]["samples"]["n"])
+        return
     torch.set_num_threads(args.threads)
     train, test = np.load(args.data / "train.npz"), np.load(args.data / "test.npz")
     x_te = test["images"]
@@ -91,6 +111,12 @@ def main() -> None:
             seconds.append(s)
             drawn.append(images.numpy())
         samples = np.concatenate(drawn)[: args.samples]
+        if args.grids:
+            from vdvae_cli.training.evaluation import save_grid
+
+            args.grids.mkdir(parents=True, exist_ok=True)
+            slug = "".join(ch if ch.isalnum() else "-" for ch in (label or cfg.name)).strip("-").lower()
+            save_grid(torch.from_numpy(samples[:32]), args.grids / f"{slug}{'-prior' if prior else ''}.png", 8)
         q = quality(net, samples, ref_feats[args.samples :])
         from vdvae_cli.modelfiles.header import metadata_of
 
@@ -105,16 +131,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     real = quality(net, x_te[: args.samples], ref_feats[args.samples :])
-    print("| model | family | training (min, 1 core) | parameters | test bits/dim | images/s (batch 1) | images/s (batch 64) | "
-          f"classifier >= 90% sure ({args.samples}) | Frechet |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        bound = "" if r["bound"] == "exact" else " (ELBO)"
-        mins = f"{r['training_minutes']:g}" if r["training_minutes"] else "?"
-        print(f"| {r['name']} | {r['family']} | {mins} | {r['parameters'] / 1e6:.2f}M | {r['test_bits_per_dim']:.3f}{bound} | "
-              f"{r['images_per_s_batch1']:.3g} | {r['images_per_s_batch64']:.3g} | "
-              f"{100 * r['samples']['share_conf_ge_0.9']:.1f}% | {r['samples']['frechet_distance']:.1f} |")
-    print(f"| real test images | | | | | | | {100 * real['share_conf_ge_0.9']:.1f}% | {real['frechet_distance']:.1f} |")
+    print_table(rows, real, args.samples)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "real_test_images": real}, indent=2) + "\n")
 
