@@ -50,7 +50,7 @@ def install_exit_handlers() -> None:
         if sig is None:
             continue
         try:
-            if signal.getsignal(sig) is signal.SIG_IGN:  # nohup, or a shell's background job: keep ignoring it
+            if signal.getsignal(sig) == signal.SIG_IGN:  # nohup, or a shell's background job: keep ignoring it
                 continue
             signal.signal(sig, _on_signal)
         except (ValueError, OSError):  # not the main thread, or not allowed here

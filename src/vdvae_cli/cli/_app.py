@@ -180,8 +180,11 @@ def _install_signals() -> Callable[[], None]:
         if sig is None:
             continue
         try:
-            if getattr(signal.getsignal(sig), "__module__", None) == "vdvae_cli.base.signals":
+            current = signal.getsignal(sig)
+            if getattr(current, "__module__", None) == "vdvae_cli.base.signals":
                 continue  # the program's own exit handlers (the `vdvae` entry point) stay in charge
+            if current == signal.SIG_IGN:  # (an inherited disposition reads back as the int 1, not the enum)
+                continue  # nohup (or a background job) asked for it to be ignored: keep ignoring it
             previous[sig] = signal.signal(sig, handler)
         except (ValueError, OSError):
             pass
