@@ -19,7 +19,7 @@ from vdvae_cli.cli import app
 from vdvae_cli.modelfiles.priors import read_prior
 from vdvae_cli.engine import ops
 from vdvae_cli.engine.distributions import BatchNoise, gaussian_log_prob
-from vdvae_cli.engine.learned_prior import companion_path
+from vdvae_cli.engine.companion import companion_path
 from vdvae_cli.modelfiles.checkpoint import load_file_model
 
 NVAE_DATA = Path(__file__).parent / "data" / "golden-nvae"

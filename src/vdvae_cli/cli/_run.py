@@ -154,7 +154,7 @@ class Session:
         from pathlib import Path
 
         from ..base.errors import UsageError
-        from ..engine.learned_prior import companion_path
+        from ..engine.companion import companion_path
 
         assert self.model is not None
         choice = (choice or "auto").strip()
@@ -166,7 +166,7 @@ class Session:
             path = companion_path(self.model_path)
         else:
             path = Path(choice)
-        if not path.is_file() and not path.exists():
+        if not path.exists():  # (one that exists but is not a file is refused by read_prior)
             if choice == "auto":
                 return None
             raise UsageError(f"no learned prior at {path}" if choice != "learned"

@@ -55,7 +55,7 @@ def fit(
     quiet: QuietOpt = False,
 ) -> None:
     from ..engine.keys import model_fingerprint
-    from ..engine.learned_prior import companion_path
+    from ..engine.companion import companion_path
     from ..engine.statedict import digest_of
     from ..training.data import load_images
     from ..training.prior_fit import PriorFitConfig, default_layers, fit as fit_prior, state_paths

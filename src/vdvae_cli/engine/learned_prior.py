@@ -8,7 +8,7 @@ as ``p(z) = prod_d p(z_d | z_<d)``, with a masked autoregressive network (MADE, 
 autoregressive net (PixelCNN++ blocks) can implement it later for spatial layers.
 
 :class:`TopPrior` is a fitted prior in use (what ``engine.ops`` takes as ``prior=``); fitting lives
-in :mod:`vdvae_cli.tools.prior_fit`, the command in ``cli/prior.py``.
+in :mod:`vdvae_cli.training.prior_fit`, the command in ``cli/prior.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 
 from vdvae_cli.base.errors import CheckpointError, UsageError
 from vdvae_cli.engine.distributions import Noise
+from .companion import PRIOR_FORMAT
 
 Tensor = torch.Tensor
 
@@ -176,7 +177,6 @@ class MadePrior(LatentPrior):
 # --------------------------------------------------------------------------------------------------
 # Which layers, and the companion file
 
-from .companion import PRIOR_FORMAT, companion_path  # noqa: E402,F401  (torch-free; re-exported)
 
 
 def max_flat_layers(latent_shapes: Sequence[Sequence[int]]) -> int:
@@ -306,18 +306,12 @@ class TopPrior:
         return [math.prod(s) for s in self.shapes[: self.layers]]
 
     def flatten(self, latents: Sequence[Tensor]) -> Tensor:
-        """(N, Z, 1, 1) per covered layer (as many as given, leading) -> (N, sum of their dims)."""
+        """(N, Z, r, r) per covered layer (as many as given, leading) -> (N, sum of their dims)."""
         return torch.cat([z.float().reshape(z.shape[0], -1) for z in latents], dim=1)
 
-    def split(self, flat: Tensor, like: Tensor | None = None) -> list[Tensor]:
-        """(N, D) -> one (N, Z, 1, 1) tensor per covered layer."""
-        out, at = [], 0
-        for shape, d in zip(self.shapes, self.dims):
-            out.append(flat[:, at : at + d].reshape(flat.shape[0], *shape))
-            at += d
-        if like is not None:
-            out = [z.to(device=like.device, dtype=like.dtype) for z in out]
-        return out
+    def split(self, flat: Tensor) -> list[Tensor]:
+        """(N, D) -> one (N, Z, r, r) tensor per covered layer."""
+        return [part.reshape(flat.shape[0], *shape) for shape, part in zip(self.shapes, flat.split(self.dims, dim=1))]
 
     def complete(self, n: int, given: Sequence[Tensor], temperatures: Sequence[float], noise: Noise,
                  device: torch.device) -> list[Tensor]:

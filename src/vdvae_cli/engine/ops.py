@@ -73,13 +73,17 @@ def _input(model: LatentModel, images: Tensor, dtype: torch.dtype) -> Tensor:
     return family_of(model).model_input(model, images, dtype)
 
 
-def _pixels(model: LatentModel, px_z: Tensor, noise: Noise, output_temperature: float) -> Tensor:
+def _check_output_temperature(output_temperature: float) -> None:
     from ..base.safety import MAX_TEMPERATURE
 
     if not (isinstance(output_temperature, (int, float)) and 0 <= output_temperature <= MAX_TEMPERATURE):
         from ..base.errors import TemperatureSpecError
 
         raise TemperatureSpecError(f"output temperature {output_temperature!r} is not a number from 0 to {MAX_TEMPERATURE:g}")
+
+
+def _pixels(model: LatentModel, px_z: Tensor, noise: Noise, output_temperature: float) -> Tensor:
+    _check_output_temperature(output_temperature)
     logits = model.logits(px_z)
     check_finite(logits, "the model's output")
     return family_of(model).pixels(model, logits, noise, output_temperature)
@@ -87,12 +91,7 @@ def _pixels(model: LatentModel, px_z: Tensor, noise: Noise, output_temperature: 
 
 @torch.inference_mode()
 def _draw_pixels(model: LatentModel, n: int, output_temperature: float, noise: Noise) -> Tensor:
-    from ..base.safety import MAX_TEMPERATURE
-
-    if not (isinstance(output_temperature, (int, float)) and 0 <= output_temperature <= MAX_TEMPERATURE):
-        from ..base.errors import TemperatureSpecError
-
-        raise TemperatureSpecError(f"output temperature {output_temperature!r} is not a number from 0 to {MAX_TEMPERATURE:g}")
+    _check_output_temperature(output_temperature)
     return family_of(model).draw_pixels(model, n, noise, output_temperature)
 
 
@@ -376,9 +375,10 @@ def _elbo(model: LatentModel, images: Tensor, samples: int, noise: Noise, eps: S
     n, n_dims = images.shape[0], cfg.n_dims
     acts = model.encoder(_input(model, images, p.dtype))
     family = family_of(model)
+    temps = layer_temperatures(cfg, temperatures)
     dists, rates, kls, prior_kls, log_weights = [], [], [], [], []
     for _ in range(samples):
-        out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=layer_temperatures(cfg, temperatures), noise=noise,
+        out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=temps, noise=noise,
                             eps=eps, want_kl="split" if split_kl else True, trace=samples > 1 or prior is not None)
         dist = family.nll(model, model.logits(out.px_z), images)
         zero = dist.new_zeros(n)
