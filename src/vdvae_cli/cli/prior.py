@@ -58,7 +58,8 @@ def fit(
     from ..engine.companion import companion_path
     from ..engine.statedict import digest_of
     from ..training.data import load_images
-    from ..training.prior_fit import PriorFitConfig, default_layers, fit as fit_prior, state_paths
+    from ..engine.learned_prior import check_layers, default_layers
+    from ..training.prior_fit import PriorFitConfig, fit as fit_prior, state_paths
 
     widths: tuple[int, ...] = ()
     if hidden is not None:
@@ -86,9 +87,7 @@ def fit(
     state_path, _ = state_paths(out)
     if not resume and not force and (out.exists() or state_path.exists()):
         raise OutputError(f"{out if out.exists() else state_path} exists", hint="--resume continues that fit, --force starts over")
-    k = layers if layers is not None else default_layers(vae)
-    from ..engine.learned_prior import check_layers
-
+    k = layers if layers is not None else default_layers(vae.cfg.latent_shapes)
     check_layers(max(k, 1), vae.cfg.latent_shapes)  # one line naming the largest K (or why none)
     fc = PriorFitConfig(layers=k, hidden=widths, components=components, draws=draws, batch_size=batch_size, lr=lr,
                         steps=steps, time_limit=None if time_limit is None else time_limit * 60, holdout=holdout,

@@ -138,11 +138,11 @@ def train(
     # temperature choice (its own distribution, output temperature 1, is the recommendation), no
     # timing pass, and one small grid at the end (unless --sample-every asks for more).
     latent_free = model_cfg.n_layers == 0
+    grid_columns = min(4, tc.grid_columns) if latent_free else tc.grid_columns  # one row of samples, or four
     clock = _Clock(tc, float(saved["elapsed_s"]) if saved else 0.0, started=started,
-                   n_eval=len(heldout), n_choose=0 if latent_free else choose_count * passes(model_cfg.n_layers),
-                   choose_passes=passes(model_cfg.n_layers),
+                   n_eval=len(heldout), n_choose=0 if latent_free else choose_count * passes(),
                    draw_passes=model_cfg.image_size**2 // 2 if latent_free else 1,
-                   grid_images=min(4, tc.grid_columns) if latent_free else 4 * tc.grid_columns)
+                   grid_images=grid_columns if latent_free else 4 * grid_columns)
     chosen: dict[str, str] = {}  # the recommended temperatures, once chosen (the export's metadata)
     window = _Window()
 
@@ -207,7 +207,7 @@ def train(
         if rank == 0 and (last or (_every(step, tc.sample_every) if tc.sample_every else evaluating and not latent_free)):
             with clock.timing("samples"):
                 path = visualise(ema, heldout, run.path / "samples" / f"step-{step:07d}.png",
-                                 columns=min(4, tc.grid_columns) if latent_free else tc.grid_columns, seed=tc.seed)
+                                 columns=grid_columns, seed=tc.seed)
             emit({"event": "samples", "step": step, "path": str(path)})
         if last:
             choose()
@@ -382,9 +382,8 @@ class _Clock:
     SLACK = 2.0
 
     def __init__(self, tc: TrainConfig, before: float, *, started: float | None = None, n_eval: int = 0,
-                 n_choose: int = 0, choose_passes: int = 1, draw_passes: int = 1, grid_images: int | None = None):
+                 n_choose: int = 0, draw_passes: int = 1, grid_images: int | None = None):
         self.tc, self.before = tc, before
-        self.choose_passes = choose_passes  # sampling passes of the temperature choice
         self.draw_passes = draw_passes  # network passes to draw one image (H x W / 2 for PixelCNN++)
         self.grid_images = 4 * tc.grid_columns if grid_images is None else grid_images
         now = time.monotonic()
@@ -407,7 +406,7 @@ class _Clock:
     def final_phase(self) -> float:
         """Seconds the final evaluation, grid, temperature choice and checkpoint will take (estimated)."""
         if "pass" in self.took and self.n_choose:  # one timed sampling pass of the temperature choice
-            sampling = self.took["pass"] * self.choose_passes / self.n_choose
+            sampling = self.took["pass"] * passes() / self.n_choose
         elif self.eval_seconds and self.n_eval:
             sampling = self.eval_seconds / self.n_eval * self.draw_passes
         else:

@@ -35,7 +35,7 @@ import torch
 from ..base.errors import TrainingError, UsageError
 from ..engine.distributions import BatchNoise
 from ..engine.interface import LatentModel, first_parameter
-from ..engine.learned_prior import MadeConfig, MadePrior, check_layers, default_layers as _default_layers, prior_bytes
+from ..engine.learned_prior import MadeConfig, MadePrior, check_layers, prior_bytes
 
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
@@ -64,12 +64,6 @@ class PriorFitConfig:
             raise UsageError(f"the learning rate must be a finite number > 0, got {self.lr!r}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise UsageError(f"the time limit must be > 0, got {self.time_limit!r}")
-
-
-def default_layers(model: LatentModel) -> int:
-    """The command's choice when ``--layers`` is not given: every leading 1x1 layer, else the top
-    layer when a MADE reaches it (:func:`vdvae_cli.engine.learned_prior.default_layers`)."""
-    return _default_layers(model.cfg.latent_shapes)
 
 
 def state_paths(out: Path) -> tuple[Path, Path]:

@@ -77,8 +77,7 @@ def choose_temperatures(model: LatentModel, heldout: Tensor, *, n: int = 48, see
     reference = image_features(heldout[:count].cpu())
     device = first_parameter(model).device
     table = []
-    # a model with no latent layers has only the output temperature to choose
-    for t in LATENT_TEMPERATURES if model.cfg.n_layers else (1.0,):
+    for t in LATENT_TEMPERATURES:
         for pixel in PIXEL_TEMPERATURES:
             noise = torch.Generator(device=device).manual_seed(seed)
             images = sample(model, count, temperatures=t, output_temperature=pixel, noise=noise).cpu()
@@ -90,6 +89,6 @@ def choose_temperatures(model: LatentModel, heldout: Tensor, *, n: int = 48, see
                              time.perf_counter() - t0, table)
 
 
-def passes(n_layers: int = 1) -> int:
+def passes() -> int:
     """How many sampling passes :func:`choose_temperatures` makes (for the time budget)."""
-    return (len(LATENT_TEMPERATURES) if n_layers else 1) * len(PIXEL_TEMPERATURES)
+    return len(LATENT_TEMPERATURES) * len(PIXEL_TEMPERATURES)

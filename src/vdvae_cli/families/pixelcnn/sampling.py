@@ -31,18 +31,16 @@ from .config import PixelCNNConfig
 Tensor = torch.Tensor
 
 
-def network_input(cfg: PixelCNNConfig, images: Tensor) -> Tensor:
-    """uint8 NHWC -> network input NCHW in [-1, 1] (grey for a one-channel model), float32."""
-    from ...engine.ops import as_channels
-
-    return (as_channels(images, cfg.channels).float() / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
-
-
 def dmol_target(cfg: PixelCNNConfig, images: Tensor) -> Tensor:
-    """uint8 NHWC -> DMoL target NHWC in [-1, 1]."""
+    """uint8 NHWC -> DMoL target NHWC in [-1, 1] (grey for a one-channel model), float32."""
     from ...engine.ops import as_channels
 
     return as_channels(images, cfg.channels).float() / 127.5 - 1.0
+
+
+def network_input(cfg: PixelCNNConfig, images: Tensor) -> Tensor:
+    """uint8 NHWC -> network input: the same values as :func:`dmol_target`, NCHW."""
+    return dmol_target(cfg, images).permute(0, 3, 1, 2).contiguous()
 
 
 def to_pixels(x: Tensor) -> Tensor:
