@@ -11,21 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from vdvae_cli.cli import app
+from clirun import vdvae
 from vdvae_cli.engine import ops
 from vdvae_cli.families.pixelcnn.config import PixelCNNConfig
 from vdvae_cli.families.pixelcnn.network import PixelCNNPP
 from vdvae_cli.modelfiles.checkpoint import load_file_model, save_checkpoint
-
-runner = CliRunner()
-
-
-def vdvae(*args, code: int = 0):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, f"exit {result.exit_code}: {result.stderr}"
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from vdvae_cli.cli import app
+from clirun import vdvae
 from vdvae_cli.modelfiles.priors import read_prior
 from vdvae_cli.engine import ops
 from vdvae_cli.engine.distributions import BatchNoise, gaussian_log_prob
@@ -23,14 +22,6 @@ from vdvae_cli.engine.companion import companion_path
 from vdvae_cli.modelfiles.checkpoint import load_file_model
 
 NVAE_DATA = Path(__file__).parent / "data" / "golden-nvae"
-runner = CliRunner()
-
-
-def vdvae(*args, code: int = 0):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, f"exit {result.exit_code}: {result.stderr}"
-    return result
-
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, tiny_ckpt) -> Path:
