@@ -27,7 +27,11 @@ much less from run to run.
 
 The ``official`` column is NVIDIA's / OpenAI's own code timed on this project's 2-core CPU
 (outside the project, same random official-size weights, temperature 1, in-process and logits only,
-which favours it): the figures in the README's Speed section.
+which favours it): the figures in the README's Speed section. Those were measured at another time,
+and this machine's speed drifts by 10-25% between sessions, so for VDVAE ``--official-vdvae DIR``
+(a checkout of openai/vdvae) also times the official decoder in every round, between our runs
+(``official_vdvae_time.py``: same weights file, same conditions), and reports the speed-up over
+that same-moment figure too (``official_now_seconds``, ``speedup_vs_official_now``).
 """
 
 from __future__ import annotations
@@ -130,6 +134,17 @@ def _run(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | N
     return wall, batches
 
 
+def time_official(official_dir: Path, name: str, weights: Path, batch: int, threads: int | None) -> float:
+    """Seconds per batch of openai/vdvae's own decoder on ``weights`` (official_vdvae_time.py)."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, str(Path(__file__).with_name("official_vdvae_time.py")), "--official-dir", str(official_dir),
+           "--weights", str(weights), "--hps", name, "--batch", str(batch)]
+    done = subprocess.run(cmd, check=True, env=env, stdout=subprocess.PIPE, text=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds_per_batch"])
+
+
 def markdown(rows: list[dict]) -> str:
     """The README's table (Speed, *Against the official code*): per case and dtype, the official
     code's two times, ours per batch after the first and marginal, each with its speed-ups."""
@@ -144,6 +159,14 @@ def markdown(rows: list[dict]) -> str:
         name = r["model"] if r["model"].startswith("nvae-") else f"{r['model']} (VDVAE)"
         lines.append(f"| {name} | {r['batch']} | {r['dtype']} | {official} | {r['batch_seconds_median']:.3f} s | "
                      f"**{bup}** | {r['seconds_per_batch']:.3f} s | {up} |")
+    now = [r for r in rows if "official_now_seconds" in r]
+    if now:
+        lines += ["", "| network | batch | dtype | official code, same rounds | ours, per batch | speed-up | ours, marginal | speed-up |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in now:
+            lines.append(f"| {r['model']} (VDVAE) | {r['batch']} | {r['dtype']} | {r['official_now_seconds']:.3f} s | "
+                         f"{r['batch_seconds_median']:.3f} s | **×{r['batch_speedup_vs_official_now']:.2f}** | "
+                         f"{r['seconds_per_batch']:.3f} s | ×{r['speedup_vs_official_now']:.2f} |")
     return "\n".join(lines)
 
 
@@ -157,6 +180,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "vdvae-bench-cli")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", action="store_true", help="also print the rows as the README's Markdown table")
+    ap.add_argument("--official-vdvae", type=Path, default=None, metavar="DIR",
+                    help="a checkout of openai/vdvae: time its decoder in every round too (VDVAE cases)")
     ap.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
                     help="before each measurement wait up to S seconds for the other processes to use < 0.3 cores")
     args = ap.parse_args()
@@ -170,7 +195,15 @@ def main() -> None:
     others: dict[tuple, list[float]] = {v: [] for v in variants}
     steady: dict[tuple, list[float]] = {v: [] for v in variants}
     loads = [os.getloadavg()[0]]
+    official_now: dict[tuple, list[float]] = {c: [] for c in cases}
     for r in range(args.rounds):
+        for name, batch in cases:
+            if args.official_vdvae and not name.startswith("nvae-"):
+                if args.quiet_wait:
+                    wait_quiet(args.quiet_wait)
+                official_now[(name, batch)].append(time_official(args.official_vdvae, name, files[name], batch, args.threads))
+                print(f"round {r}: {name} batch {batch}: official code {official_now[(name, batch)][-1]:.3f} s per batch",
+                      file=sys.stderr, flush=True)
         for v in variants:
             name, batch, dtype = v
             out = args.workdir / "out"
@@ -206,6 +239,14 @@ def main() -> None:
             row["official_seconds"] = list(official)
             row["speedup_vs_official"] = [round(o / sec, 2) for o in official]
             row["batch_speedup_vs_official"] = [round(o / per_batch, 2) for o in official]
+        if official_now.get((name, batch)):
+            now = statistics.median(official_now[(name, batch)])
+            row["official_now_seconds"] = round(now, 3)
+            row["official_now_all"] = [round(t, 3) for t in official_now[(name, batch)]]
+            row["speedup_vs_official_now"] = round(now / sec, 2)
+            row["batch_speedup_vs_official_now"] = round(now / per_batch, 2)
+            print(f"{name:18} batch {batch:3} {dtype:5} official code now {now:.3f} s: x{now / per_batch:.2f} per batch, "
+                  f"x{now / sec:.2f} marginal")
         rows.append(row)
         vs = "/".join(f"x{x:.2f}" for x in row.get("speedup_vs_official", []))
         bvs = "/".join(f"x{x:.2f}" for x in row.get("batch_speedup_vs_official", []))
