@@ -195,6 +195,7 @@ def train_cmd(
     max_eval: Annotated[Optional[int], typer.Option("--max-eval", help="Evaluate on at most this many held-out images. Default: 1000.", show_default=False)] = None,
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="MINUTES", help="The whole command ends within this many minutes (from now, also when resuming): training stops early enough for the final evaluation, sample grid, temperature choice and export; --resume continues.", show_default=False)] = None,
     coarse_first: Annotated[Optional[str], typer.Option("--coarse-first", metavar="RES:STEPS", help="Curriculum: for the first STEPS steps infer only the latent layers at resolution <= RES (the rest come from the prior), so the coarse layers learn the global content first. Off by default (the reference recipe).", show_default=False)] = None,
+    progressive: Annotated[Optional[int], typer.Option("--progressive", metavar="STEPS", help="The progressive recipe: train the latent levels one resolution at a time, finest first, STEPS steps each (the levels not reached yet take z = 0; the newest is fitted under a fixed N(0, I) prior), then all jointly; `vdvae prior fit` then puts a learned prior on the top. Off by default (joint training).", show_default=False)] = None,
     kl_warmup: Annotated[Optional[int], typer.Option("--kl-warmup", metavar="STEPS", help="Against posterior collapse: raise the KL term's weight in the objective linearly from 0 to 1 over STEPS steps (the reported loss stays the ELBO). Off by default.", show_default=False)] = None,
     recipe_options: Annotated[Optional[list[str]], typer.Option("--recipe", metavar="KEY=VALUE", help="A setting of the model family's own recipe, repeatable. NVAE: kl_anneal_portion, kl_const_portion, kl_const_coeff (the KL warm-up), weight_decay_norm (the spectral/BN coefficient), weight_decay_norm_init, weight_decay_norm_anneal, power_iterations.", show_default=False)] = None,
     free_bits: Annotated[Optional[float], typer.Option("--free-bits", metavar="BITS", help="Against posterior collapse: count each latent layer's batch-mean KL as at least BITS bits per image in the posterior's objective (the prior still learns the full KL). Off by default.", show_default=False)] = None,
@@ -230,7 +231,7 @@ def train_cmd(
             lr_schedule=lr_schedule, grad_clip=grad_clip, skip_threshold=skip_threshold, max_skips=max_skips,
             ema_rate=ema_rate, holdout=holdout, eval_every=eval_every, sample_every=sample_every,
             ckpt_every=ckpt_every, keep_every=keep_every, max_eval=max_eval, seed=seed,
-            kl_warmup=kl_warmup, free_bits=free_bits,
+            kl_warmup=kl_warmup, free_bits=free_bits, progressive_steps=progressive,
             time_limit=None if time_limit is None else time_limit * 60.0,
         ).items() if v is not None
     }
@@ -430,6 +431,8 @@ class _Reporter:
             self._update(heldout=self.last_eval)
         elif kind == "warning":
             self._print(f"warning: {event['message']}")
+        elif kind == "stage":
+            self._print(f"step {event['step']}: {event['message']}")
 
     def _update(self, **fields: Any) -> None:
         if self.progress is not None and self.task is not None:

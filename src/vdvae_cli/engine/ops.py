@@ -319,6 +319,7 @@ def elbo(
     temperatures: Temperatures = 1.0,
     split_kl: bool = False,
     prior: "TopPrior | None" = None,
+    stage: tuple[int, int] | None = None,
 ) -> ElboResult:
     """Negative ELBO of ``images`` (uint8 NHWC) in nats/dim, with its distortion/rate split.
 
@@ -334,9 +335,12 @@ def elbo(
     With a learned ``prior``, the layers it covers are scored under it: their KL becomes the
     one-sample estimate ``log q(z | x) - log p_learned(z)`` at the posterior draw (per layer, the
     learned prior's conditionals of that layer's dimensions), still an unbiased bound's term.
+
+    ``stage`` (training, the progressive recipe) is passed to the decoder: the bound is then that of
+    the stage's model (untrained layers at z = 0, the newest level under N(0, I)).
     """
     with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
-        return _elbo(model, images, samples, as_noise(noise), eps, n_posterior, temperatures, split_kl, prior)
+        return _elbo(model, images, samples, as_noise(noise), eps, n_posterior, temperatures, split_kl, prior, stage)
 
 
 def _learned_terms(prior: "TopPrior", trace: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -366,7 +370,7 @@ def _per_layer(kls: Sequence[Tensor | None] | None, zero: Tensor, n_dims: int) -
 
 def _elbo(model: LatentModel, images: Tensor, samples: int, noise: Noise, eps: Sequence[Tensor] | None,
           n_posterior: int | None = None, temperatures: Temperatures = 1.0, split_kl: bool = False,
-          prior: "TopPrior | None" = None) -> ElboResult:
+          prior: "TopPrior | None" = None, stage: tuple[int, int] | None = None) -> ElboResult:
     cfg = model.cfg
     if prior is not None and n_posterior is not None and n_posterior < prior.layers:
         raise ValueError(f"a learned prior over {prior.layers} layers needs them inferred (n_posterior={n_posterior})")
@@ -378,8 +382,9 @@ def _elbo(model: LatentModel, images: Tensor, samples: int, noise: Noise, eps: S
     temps = layer_temperatures(cfg, temperatures)
     dists, rates, kls, prior_kls, log_weights = [], [], [], [], []
     for _ in range(samples):
-        out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=temps, noise=noise,
-                            eps=eps, want_kl="split" if split_kl else True, trace=samples > 1 or prior is not None)
+        extra = {} if stage is None else {"stage": stage}  # (a plugin's decoder need not know the recipe)
+        out = model.decoder(n, acts, n_posterior=n_posterior, temperatures=temps, noise=noise, eps=eps,
+                            want_kl="split" if split_kl else True, trace=samples > 1 or prior is not None, **extra)
         dist = family.nll(model, model.logits(out.px_z), images)
         zero = dist.new_zeros(n)
         kl = _per_layer(out.kl, zero, n_dims)

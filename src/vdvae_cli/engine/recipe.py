@@ -125,6 +125,11 @@ class TrainConfig:
     # before finer layers can take it over locally. 0 = off (the reference recipe).
     coarse_res: int | None = None
     coarse_steps: int = 0
+    # The progressive recipe (0 = off): latent levels (resolutions) are trained one at a time, finest
+    # first, this many steps each: the levels not reached yet take z = 0, the newest one is fitted
+    # under a fixed N(0, I) prior, finer ones under their learned priors; after the last (coarsest)
+    # stage every level trains jointly. See training.schedule.progressive_stage.
+    progressive_steps: int = 0
     ema_warmup: bool = False  # EMA decay at most (1 + step) / (10 + step): a young run's average follows it
     eval_seconds: float | None = None  # also evaluate every this many seconds (runs ended by time_limit)
     eval_at_start: bool = False  # evaluate the initial model too (step 0 on the curves)
@@ -178,6 +183,9 @@ class TrainConfig:
             raise UsageError(f"the time limit must be > 0, got {self.time_limit!r}")
         if self.coarse_steps < 0 or (self.coarse_steps > 0 and self.coarse_res is None):
             raise UsageError("coarse_steps needs coarse_res (the highest resolution inferred meanwhile)")
+        if self.progressive_steps < 0 or (self.progressive_steps and self.coarse_steps):
+            raise UsageError("progressive_steps must be >= 0, and the progressive recipe (finest level first) "
+                             "cannot run with the coarse-first curriculum (coarsest first)")
         if self.kl_warmup < 0 or not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
             raise UsageError("kl_warmup must be >= 0 steps and free_bits a finite number >= 0")
         for res, bits in dict(self.free_bits_res).items():

@@ -37,7 +37,8 @@ from ..engine.registry import family_of
 from .curves import Curves
 from .evaluation import evaluate_heldout, save_grid, visualise
 from .rundir import RunDir, read_run
-from .schedule import lr_at
+from .schedule import UNTIL_TIME_LIMIT
+from .schedule import lr_at, progressive_stage
 from .step import ElboLoss, Updater
 from .temperatures import choose_temperatures, passes
 from ..engine.ops import sample
@@ -115,6 +116,7 @@ def train(
     eval_every = tc.eval_every or (None if tc.eval_seconds else spe)
     family = family_of(model_cfg)
     recipe = family.training_recipe(model_cfg, tc, total)  # refuses options the family's recipe lacks
+    _check_progressive(model_cfg, tc, total)
 
     # the run folder, and the state to resume from
     run = RunDir(run_dir, rank=rank)
@@ -189,6 +191,11 @@ def train(
         evaluate()
     stopped = "done"
     while step < total:
+        stage = progressive_stage(model_cfg, tc, step)
+        if tc.progressive_steps and (step == 0 or stage != progressive_stage(model_cfg, tc, step - 1)):
+            record = _stage_record(model_cfg, stage, step)
+            run.log(record)
+            emit(record)
         result = updater(train_images[batches.indices(step)].to(device), step, clock.flags())
         step += 1
         window.add(result)
@@ -259,6 +266,33 @@ def _check(model_cfg: Any, tc: TrainConfig, images: Tensor) -> int | None:
         raise UsageError(f"coarse resolution {tc.coarse_res} is not a resolution of this model",
                          hint=f"choose one of {', '.join(map(str, model_cfg.resolutions))}")
     return model_cfg.layers_up_to_res(tc.coarse_res)
+
+
+def _check_progressive(cfg: Any, tc: TrainConfig, total: int) -> None:
+    """The progressive recipe needs latent layers in coarse-to-fine order and room for its stages."""
+    if not tc.progressive_steps:
+        return
+    if cfg.n_layers == 0:
+        raise UsageError("this model has no latent layers: the progressive recipe does not apply", hint="drop --progressive")
+    res = [layer.res for layer in cfg.decoder_layers]
+    if res != sorted(res):
+        raise UsageError("the progressive recipe needs the latent layers in coarse-to-fine order")
+    stages = len(cfg.resolutions)
+    if total < UNTIL_TIME_LIMIT and total <= stages * tc.progressive_steps:
+        raise UsageError(f"--progressive {tc.progressive_steps} makes {stages} stages of that many steps, "
+                         f"which a {total}-step run would not finish",
+                         hint=f"use --progressive {max(1, total // (2 * stages))} or fewer (half the run), or more steps")
+
+
+def _stage_record(cfg: Any, stage: tuple[int, int] | None, step: int) -> dict[str, Any]:
+    """A log line for a new stage of the progressive recipe."""
+    if stage is None:
+        return {"event": "stage", "step": step, "message": "progressive recipe: every latent level now trains jointly"}
+    a, b = stage
+    res = cfg.decoder_layers[a].res
+    return {"event": "stage", "step": step, "layers": [a, cfg.n_layers], "fixed_prior_layers": [a, b],
+            "message": f"progressive recipe: training latent layers {a}-{cfg.n_layers - 1} (resolution {res} and finer); "
+                       f"layers {a}-{b - 1} under a fixed N(0, I) prior, layers before {a} at z = 0"}
 
 
 def _build(cfg: Any, tc: TrainConfig, device: torch.device, init_state, rank: int, recipe):

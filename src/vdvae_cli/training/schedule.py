@@ -21,6 +21,26 @@ def lr_at(tc: "TrainConfig", step: int, total: int) -> float:
     return tc.lr * scale
 
 
+def progressive_stage(cfg: Any, tc: "TrainConfig", step: int) -> tuple[int, int] | None:
+    """The decoder's ``stage=(a, b)`` at ``step`` under the progressive recipe (``tc.progressive_steps``
+    steps per latent resolution, finest first), or None (every level trains jointly: the recipe is
+    off, or its stages are over).
+
+    Stage j (0-based) trains the j + 1 finest resolutions: the layers of coarser ones (indices < a)
+    take z = 0, the layers of the newest, coarsest trained one (a <= index < b) are fitted under a
+    fixed N(0, I) prior, the finer ones under their learned, conditional priors. Layers are in
+    decoder order, coarse to fine, so each resolution's layers are one run of indices.
+    """
+    per = getattr(tc, "progressive_steps", 0)
+    resolutions = sorted(cfg.resolutions)
+    if not per or step >= per * len(resolutions):
+        return None
+    j = step // per
+    newest = len(resolutions) - 1 - j
+    first_active = cfg.layers_up_to_res(resolutions[newest - 1]) if newest > 0 else 0
+    return first_active, cfg.layers_up_to_res(resolutions[newest])
+
+
 def ema_decay(tc: "TrainConfig", step: int) -> float:
     """The EMA's decay at ``step``: ``ema_rate``, or with ``ema_warmup`` at most (1 + step) / (10 + step),
     so that the average of a young run follows its weights instead of its random initialisation."""

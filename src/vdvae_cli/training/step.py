@@ -21,7 +21,7 @@ from ..engine.distributions import BatchNoise
 from ..base.errors import TrainingError
 from ..engine.ops import elbo
 from ..engine.recipe import LossTerms, Recipe
-from .schedule import ema_decay, lr_at
+from .schedule import ema_decay, lr_at, progressive_stage
 
 if TYPE_CHECKING:
     from ..engine.interface import LatentModel
@@ -43,10 +43,11 @@ class ElboLoss(nn.Module):
         self.noise: BatchNoise | None = None
         self.n_posterior: int | None = None  # None: every layer inferred
         self.split_kl = False  # also return each layer's KL with gradients to the prior only
+        self.stage: tuple[int, int] | None = None  # the progressive recipe's stage (schedule.progressive_stage)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # images (N, H, W, C) uint8
         out = elbo(self.model, images, noise=self.noise, grad=True, n_posterior=self.n_posterior,
-                   split_kl=self.split_kl)
+                   split_kl=self.split_kl, stage=self.stage)
         kl_prior = out.kl_prior_per_layer if out.kl_prior_per_layer is not None else out.kl_per_layer
         return out.distortion, out.rate, out.kl_per_layer, kl_prior  # (N,), (N,), (N, L), (N, L) nats/dim
 
@@ -83,6 +84,7 @@ class Updater:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(tc, step, self.total)
         self.inner.n_posterior = self.coarse_layers if step < tc.coarse_steps else None
+        self.inner.stage = progressive_stage(self.inner.model.cfg, tc, step)
         self.inner.split_kl = self.recipe.split_kl
         device = batch.device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast):

@@ -463,6 +463,7 @@ class NVAE(nn.Module):
         want_kl: bool = False,
         trace: bool = False,
         stop_after: int | None = None,
+        stage: tuple[int, int] | None = None,
     ) -> DecoderOutput:
         """The top-down pass for a batch of ``n`` (same contract as the VDVAE decoder).
 
@@ -472,6 +473,8 @@ class NVAE(nn.Module):
         draws it, once per group whether used or not. ``kl[k]`` is elementwise: ``log q - log p`` at
         the sample with flows (NVAE's estimate), the analytic KL without. ``trace`` records every
         intermediate, ``log_q`` and ``log_p`` included. ``px_z`` is the post-processed feature map.
+        ``stage=(a, b)`` (the progressive recipe): groups before ``a`` take ``z = 0`` (not trained
+        yet, no KL); groups ``a`` to ``b - 1`` have the fixed N(0, I) prior of NVAE's top group.
         """
         cfg = self.cfg
         G = cfg.n_layers
@@ -491,7 +494,7 @@ class NVAE(nn.Module):
             if e is None:
                 e = noise.normal((n, *group.latent_shape), device=s.device)
             e = e.to(s.dtype)
-            if k == 0:
+            if k == 0 or (stage is not None and k < stage[1]):  # the top group's (or a stage's) fixed prior
                 p_raw = torch.zeros(n, 2 * group.zdim, group.res, group.res, dtype=s.dtype, device=s.device)
             else:
                 p_raw = self.dec_sampler[k - 1](s)  # (N, 2Z, r, r)
@@ -500,6 +503,8 @@ class NVAE(nn.Module):
             kl = None
             if given is not None:
                 z = given.to(device=s.device, dtype=s.dtype).expand(n, -1, -1, -1)
+            elif stage is not None and k < stage[0]:
+                z = torch.zeros_like(e)  # not trained yet: the fixed prior's mean
             elif k < n_posterior:
                 enc = activations[k]  # type: ignore[index]
                 if k == 0:

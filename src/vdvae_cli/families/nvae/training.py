@@ -279,6 +279,8 @@ class NVAERecipe:
                              f"{'' if len(given) == 1 else 's'}; NVAE's recipe has its own KL warm-up and KL balancing",
                              hint="drop it for an NVAE model")
         self.cfg, self.tc, self.total = cfg, tc, total
+        # the progressive recipe's stages leave the untrained groups' encoder and prior without gradients
+        self.find_unused_parameters = tc.progressive_steps > 0
         self.rc = NVAERecipeConfig.from_dict(tc.family_options)
         self.alpha = balance_alpha(cfg)
         self.spectral = SpectralNorms(self.rc.power_iterations, torch.Generator().manual_seed(tc.seed + 7919))

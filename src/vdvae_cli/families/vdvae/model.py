@@ -162,6 +162,7 @@ class Decoder(nn.Module):
         want_kl: bool | str = False,
         trace: bool = False,
         stop_after: int | None = None,
+        stage: tuple[int, int] | None = None,
     ) -> DecoderOutput:
         """Run the top-down pass for a batch of ``n``.
 
@@ -173,6 +174,9 @@ class Decoder(nn.Module):
         layer's noise. ``stop_after`` ends the pass after that many layers (``px_z`` is then None).
         ``want_kl="split"`` also fills ``kl_prior`` (see :class:`DecoderOutput`), for an objective
         that treats the posterior's and the prior's side of each layer's KL differently.
+        ``stage=(a, b)`` (the progressive recipe, :func:`vdvae_cli.engine.recipe.progressive_stage`):
+        layers before ``a`` are not trained yet and take ``z = 0`` (no KL), layers ``a`` to ``b - 1``
+        have the fixed prior N(0, I) instead of their learned one; later layers as usual.
         """
         cfg = self.cfg
         temps, n_posterior = decode_options(cfg.n_layers, temperatures, latents, activations is not None, n_posterior)
@@ -191,6 +195,8 @@ class Decoder(nn.Module):
             pm, pv, x = block.prior_params(x_in)  # x = x_in + the prior's state channels
             if bound is not None:
                 pv = bound_logstd(pv, bound)
+            if stage is not None and i < stage[1]:  # not trained yet (z = 0), or under a fixed N(0, I)
+                pm, pv = torch.zeros_like(pm), torch.zeros_like(pv)
             given = latents[i] if i < len(latents) else None
             e = eps[i] if eps is not None and i < len(eps) and eps[i] is not None else None
             if e is None:
@@ -199,6 +205,8 @@ class Decoder(nn.Module):
             kl = kl_prior = None
             if given is not None:
                 z = given.to(device=x.device).expand(n, -1, -1, -1)
+            elif stage is not None and i < stage[0]:
+                z = pm  # zeros: the fixed prior's mean
             elif i < n_posterior:
                 # (decode_options gives posterior layers only when activations are given)
                 qm, qv = block.posterior_params(x_in, activations[block.res])  # type: ignore[index]

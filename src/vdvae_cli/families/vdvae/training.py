@@ -28,7 +28,7 @@ class VDVAERecipe(AdamWRecipe):
             raise UsageError(f"--free-bits-res names resolution {unknown[0]}, which has no latent layer in this model",
                              hint=f"its latent resolutions: {', '.join(map(str, cfg.resolutions))}")
         self.split_kl = bool(tc.kl_warmup or tc.free_bits or any(dict(tc.free_bits_res).values()))
-        self.find_unused_parameters = _unused_encoder_blocks(cfg) or tc.coarse_steps > 0
+        self.find_unused_parameters = _unused_encoder_blocks(cfg) or tc.coarse_steps > 0 or tc.progressive_steps > 0
 
     def objective(self, model: torch.nn.Module, step: int, terms: LossTerms) -> Tensor:
         if not self.split_kl:
