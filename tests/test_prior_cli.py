@@ -134,16 +134,18 @@ def test_refusals_are_one_line(fitted, tmp_path, tiny_ckpt):
 
 
 def test_nvae_top_group_gets_a_prior_too(tmp_path):
-    """NVAE's top group is spatial (4x8x8 here): the MADE covers it flattened; its bound uses the
-    family's own traced densities (with flows), and sampling draws that group from it."""
+    """NVAE's top group is spatial (4x8x8 here): by default the spatial prior (PixelCNN++ blocks)
+    covers it, `--kind made` a MADE over it flattened; the bound uses the family's own traced
+    densities (with flows), and sampling draws that group from it."""
     model = tmp_path / "n.safetensors"
     vdvae("convert", NVAE_DATA / "tiny-nvae.pt", "-o", model)
     np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (60, 32, 32, 3), dtype=np.uint8))
     result = vdvae("prior", "fit", model, tmp_path / "d.npy", "--steps", 20, "--holdout", 10, "--json")
-    assert "covering latent layers 0-0 (4x8x8)" in result.stderr
+    assert "covering latent layers 0-0 (4x8x8)" in result.stderr and "spatial (PixelCNN++ blocks)" in result.stderr
     vae = load_file_model(model)
     top = read_prior(companion_path(model), vae)
-    assert top.layers == 1 and top.dims == [256]
+    assert top.layers == 1 and top.dims == [256] and top.prior.kind == "spatial"
+    assert "learned (spatial, PixelCNN++ blocks), over latent layers 0-0" in vdvae("info", "-m", model).stdout
     images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
     with_prior = ops.elbo(vae, images, noise=torch.Generator().manual_seed(3), prior=top)
     own = ops.elbo(vae, images, noise=torch.Generator().manual_seed(3))
@@ -154,3 +156,11 @@ def test_nvae_top_group_gets_a_prior_too(tmp_path):
     assert a.shape == b.shape and not torch.equal(a, b)
     result = vdvae("prior", "fit", model, tmp_path / "d.npy", "--layers", 9, "-o", tmp_path / "p.safetensors", code=2)
     assert "covers 1 to" in result.stderr
+    made = tmp_path / "made.safetensors"
+    result = vdvae("prior", "fit", model, tmp_path / "d.npy", "--kind", "made", "--steps", 5, "--holdout", 10, "-o", made)
+    assert "fitting a MADE prior" in result.stderr and read_prior(made, vae).prior.kind == "made"
+    c = ops.sample(vae, 2, noise=torch.Generator().manual_seed(1), prior=read_prior(made, vae))
+    assert c.shape == a.shape
+    result = vdvae("prior", "fit", model, tmp_path / "d.npy", "--kind", "spatial", "--layers", 2,
+                   "-o", tmp_path / "s2.safetensors", code=2)
+    assert "one spatial layer" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -264,7 +264,8 @@ def info(
         out(f"temperature  {temperature or '1.0'}, output {output_temperature or '1.0'} "
             "(what sample, reconstruct, mix and decode use without --temp, --output-temp)")
     if learned:
-        out(f"prior        learned, over latent layers 0-{learned['layers'] - 1} ({learned['path']}): what sample, "
+        kind = {"made": "MADE", "spatial": "spatial, PixelCNN++ blocks"}.get(learned.get("kind", ""), "unknown kind")
+        out(f"prior        learned ({kind}), over latent layers 0-{learned['layers'] - 1} ({learned['path']}): what sample, "
             "decode and eval use; --prior model for the model's own")
     if ood_recorded:
         how = f" ({ood_recorded['source']})" if ood_recorded.get("source") else ""
@@ -298,4 +299,6 @@ def _learned_prior_facts(model_path) -> dict[str, Any] | None:
     layers = str(meta.get("layers", ""))
     if meta.get("format") != PRIOR_FORMAT or not layers.isdigit():
         return {"path": str(path), "layers": 0, "note": "unreadable learned-prior file"}
-    return {"path": str(path), "layers": int(layers), "model_fingerprint": str(meta.get("model_fingerprint", ""))[:64]}
+    kind = str(meta.get("kind", "made"))
+    return {"path": str(path), "layers": int(layers), "kind": kind if kind in ("made", "spatial") else "unknown",
+            "model_fingerprint": str(meta.get("model_fingerprint", ""))[:64]}

@@ -23,9 +23,10 @@ app.add_typer(prior_app)
 @command(
     "fit", group=prior_app,
     help=(
-        "Fit an autoregressive prior (MADE, a mixture of Gaussians per dimension) to the posterior of MODEL's "
-        "top latent layers on IMAGES, and write it as a companion file that names the model's fingerprint.\n\n"
-        "By default every leading 1x1 layer is covered (printed), and the file is MODEL.prior.safetensors beside "
+        "Fit an autoregressive prior to the posterior of MODEL's top latent layers on IMAGES, and write it as a "
+        "companion file that names the model's fingerprint: a MADE (a mixture of Gaussians per dimension) over 1x1 "
+        "layers, PixelCNN++ blocks over a spatial top layer (--kind).\n\n"
+        "By default every leading 1x1 layer is covered, else the top layer (printed), and the file is MODEL.prior.safetensors beside "
         "a local model file, which every command then finds by itself (--prior model turns it off). Progress on "
         "stderr, one JSON line per evaluation with --json; resumable (--resume) and time-limited like train."
     ),
@@ -38,8 +39,11 @@ def fit(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="The VAE (a file, or a registry name with -o).")],
     data: Annotated[str, typer.Argument(metavar="IMAGES", help="Folder of images, or an .npy/.npz uint8 array.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="PATH", help="The prior file [MODEL.prior.safetensors beside a model file].", show_default=False)] = None,
-    layers: Annotated[Optional[int], typer.Option("--layers", metavar="K", help="How many top latent layers [every leading 1x1 layer].", show_default=False)] = None,
-    hidden: Annotated[Optional[str], typer.Option("--hidden", metavar="W,W", help="Hidden widths of the MADE network [two of max(256, 2 x dims), at most 1024].", show_default=False)] = None,
+    layers: Annotated[Optional[int], typer.Option("--layers", metavar="K", help="How many top latent layers [every leading 1x1 layer, else the top layer].", show_default=False)] = None,
+    kind: Annotated[str, typer.Option("--kind", metavar="auto|made|spatial", help="made: a MADE over the layers flattened (up to 2,048 dims); spatial: PixelCNN++ blocks over one spatial layer's map, channel by channel inside a position. auto: made for 1x1 layers, spatial for a spatial top layer.")] = "auto",
+    hidden: Annotated[Optional[str], typer.Option("--hidden", metavar="W,W", help="Hidden widths of the MADE network [two of max(256, 2 x dims), at most 1024]; spatial: the channel network's one width [max(64, 8 x channels)].", show_default=False)] = None,
+    filters: Annotated[int, typer.Option("--filters", help="Spatial prior: width of the causal streams.")] = 64,
+    blocks: Annotated[int, typer.Option("--blocks", help="Spatial prior: gated ResNet blocks per stream.")] = 4,
     components: Annotated[int, typer.Option("--components", help="Gaussians per dimension.")] = 4,
     draws: Annotated[int, typer.Option("--draws", help="Posterior samples per training image.")] = 2,
     steps: Annotated[int, typer.Option("--steps", help="Total optimizer steps.")] = 5000,
@@ -58,7 +62,7 @@ def fit(
     from ..engine.companion import companion_path
     from ..engine.statedict import digest_of
     from ..training.data import load_images
-    from ..engine.learned_prior import check_layers, default_layers
+    from ..engine.learned_prior import check_layers, default_kind, default_layers
     from ..training.prior_fit import PriorFitConfig, fit as fit_prior, state_paths
 
     widths: tuple[int, ...] = ()
@@ -87,9 +91,14 @@ def fit(
     state_path, _ = state_paths(out)
     if not resume and not force and (out.exists() or state_path.exists()):
         raise OutputError(f"{out if out.exists() else state_path} exists", hint="--resume continues that fit, --force starts over")
+    if kind not in ("auto", "made", "spatial"):
+        raise UsageError(f"--kind {kind!r} is not auto, made or spatial")
     k = layers if layers is not None else default_layers(vae.cfg.latent_shapes)
-    check_layers(max(k, 1), vae.cfg.latent_shapes)  # one line naming the largest K (or why none)
-    fc = PriorFitConfig(layers=k, hidden=widths, components=components, draws=draws, batch_size=batch_size, lr=lr,
+    if kind == "spatial" and layers is None:
+        k = 1
+    chosen = default_kind(max(k, 1), vae.cfg.latent_shapes) if kind == "auto" else kind
+    check_layers(max(k, 1), vae.cfg.latent_shapes, chosen)  # one line naming the largest K (or why none)
+    fc = PriorFitConfig(layers=k, kind=chosen, hidden=widths, filters=filters, blocks=blocks, components=components, draws=draws, batch_size=batch_size, lr=lr,
                         steps=steps, time_limit=None if time_limit is None else time_limit * 60, holdout=holdout,
                         seed=seed)
     images = load_images(data, vae.cfg.image_size, skipped=lambda line: run.info(line))

@@ -1,11 +1,12 @@
-"""A learned autoregressive prior over the flattened latents of the coarsest 1x1 layers.
+"""A learned autoregressive prior over the flattened latents of a VAE's top layers.
 
 The prior models ``z = concat(z_0, ..., z_{K-1})`` (each layer's latents flattened, in layer order)
 as ``p(z) = prod_d p(z_d | z_<d)``, with a masked autoregressive network (MADE, Germain et al.
 2015) giving a mixture of Gaussians for each dimension. Family-free: it sees only a (N, D) tensor.
 
-:class:`LatentPrior` is the small interface the engine's ops are meant to call; a spatial
-autoregressive net (PixelCNN++ blocks) can implement it later for spatial layers.
+:class:`LatentPrior` is the small interface the engine's ops call; :class:`MadePrior` implements
+it for any leading layers (best for 1x1 ones), :class:`vdvae_cli.engine.spatial_prior.SpatialPrior`
+(PixelCNN++ blocks over the map) for one spatial layer. A companion file names its ``kind``.
 
 :class:`TopPrior` is a fitted prior in use (what ``engine.ops`` takes as ``prior=``); fitting lives
 in :mod:`vdvae_cli.training.prior_fit`, the command in ``cli/prior.py``.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from torch import nn
 from vdvae_cli.base.errors import CheckpointError, UsageError
 from vdvae_cli.engine.distributions import Noise
 from .companion import PRIOR_FORMAT
+from .latent_prior import LatentPrior
 
 Tensor = torch.Tensor
 
@@ -58,20 +60,6 @@ class MadeConfig:
                    components=int(d["components"]))
 
 
-class LatentPrior(nn.Module):
-    """What the ops need from a learned prior over (N, D) latents."""
-
-    def log_prob(self, z: Tensor) -> Tensor:  # (N, D) -> (N,) nats
-        return self.log_prob_dims(z).sum(-1)
-
-    def log_prob_dims(self, z: Tensor) -> Tensor:  # (N, D) -> (N, D): log p(z_d | z_<d)
-        raise NotImplementedError
-
-    def sample(self, n: int, noise: Noise, *, temp: float | Tensor = 1.0,
-               device: torch.device | None = None, given: Tensor | None = None) -> Tensor:  # (n, D)
-        raise NotImplementedError
-
-
 class MaskedLinear(nn.Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 mask (out, in)."""
 
@@ -100,6 +88,8 @@ def made_degrees(cfg: MadeConfig) -> list[Tensor]:
 
 class MadePrior(LatentPrior):
     """MADE with a mixture of ``components`` Gaussians per dimension."""
+
+    kind = "made"
 
     def __init__(self, cfg: MadeConfig):
         super().__init__()
@@ -206,12 +196,25 @@ def reachable_layers(latent_shapes: Sequence[Sequence[int]]) -> int:
 
 def default_layers(latent_shapes: Sequence[Sequence[int]]) -> int:
     """What ``vdvae prior fit`` covers without ``--layers``: every leading 1x1 layer (VDVAE's top),
-    else the top layer alone when a MADE reaches it (NVAE's top group, e.g. 8x8x8), else none."""
-    return max_flat_layers(latent_shapes) or min(1, reachable_layers(latent_shapes))
+    else the top layer alone (NVAE's top group, e.g. 8x8x8: the spatial prior's reach)."""
+    return max_flat_layers(latent_shapes) or (1 if latent_shapes else 0)
 
 
-def check_layers(k: int, latent_shapes: Sequence[Sequence[int]]) -> int:
-    """The flattened dimension of the first ``k`` layers; refuses a k the MADE cannot reach."""
+def default_kind(k: int, latent_shapes: Sequence[Sequence[int]]) -> str:
+    """Which prior ``vdvae prior fit`` fits over the first ``k`` layers without ``--kind``: the MADE
+    over 1x1 layers (or several layers), the spatial one (PixelCNN++ blocks) over one spatial layer."""
+    spatial = k == 1 and tuple(latent_shapes[0][1:]) != (1, 1)
+    return "spatial" if spatial else "made"
+
+
+def check_layers(k: int, latent_shapes: Sequence[Sequence[int]], kind: str = "made") -> int:
+    """The flattened dimension of the first ``k`` layers; refuses a k the prior ``kind`` cannot reach
+    (a MADE: leading layers of at most MAX_PRIOR_DIMS dims; the spatial prior: the top layer alone)."""
+    if kind == "spatial":
+        if k != 1 or tuple(latent_shapes[0][1:]) == (1, 1):
+            raise UsageError("the spatial prior covers one spatial layer: the top one (--layers 1)",
+                             hint="--kind made covers 1x1 layers, or several layers flattened")
+        return math.prod(int(v) for v in latent_shapes[0])
     top = reachable_layers(latent_shapes)
     if k < 1 or k > top:
         if top == 0:
@@ -238,19 +241,26 @@ def posterior_log_densities(rec: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
                      hint="use --prior model")
 
 
-def prior_bytes(prior: MadePrior, *, layers: int, fingerprint: str, model_name: str,
+def prior_bytes(prior: LatentPrior, *, layers: int, fingerprint: str, model_name: str,
                 extra: Mapping[str, str] | None = None) -> bytes:
     """Serialise ``prior`` as a companion safetensors file naming its model's fingerprint."""
     from safetensors.torch import save
 
-    meta = {"format": PRIOR_FORMAT, "kind": "made", "layers": str(layers),
+    meta = {"format": PRIOR_FORMAT, "kind": prior.kind, "layers": str(layers),
             "model_fingerprint": fingerprint, "model_name": model_name,
             "prior_config": json.dumps(prior.cfg.to_dict()), **(extra or {})}
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in prior.state_dict().items()}
     return save(tensors, metadata=meta)
 
 
-def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[MadePrior, int, dict[str, str]]:
+def _prior_kinds() -> dict[str, tuple[Any, Any]]:
+    """kind -> (config class, network class)."""
+    from .spatial_prior import SpatialConfig, SpatialPrior
+
+    return {"made": (MadeConfig, MadePrior), "spatial": (SpatialConfig, SpatialPrior)}
+
+
+def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[LatentPrior, int, dict[str, str]]:
     """Parse a companion file; refuses one made for another model (fingerprint mismatch).
 
     The header goes through the same checks as every safetensors file the tool reads
@@ -268,9 +278,15 @@ def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[
     if meta.get("model_fingerprint") != fingerprint:
         raise CheckpointError(f"{label} was fitted to model {meta.get('model_name', '?')!r} "
                               f"({meta.get('model_fingerprint')}), not to this one ({fingerprint})")
+    kinds = _prior_kinds()
+    kind = meta.get("kind", "made")
+    if kind not in kinds:
+        raise CheckpointError(f"{label} is a learned prior of kind {kind[:40]!r}, which this version does not know",
+                              hint=f"known kinds: {', '.join(kinds)}")
+    config_cls, prior_cls = kinds[kind]
     try:
         layers = int(meta.get("layers", ""))
-        cfg = MadeConfig.from_dict(loads(meta.get("prior_config", "")))
+        cfg = config_cls.from_dict(loads(meta.get("prior_config", "")))
     except (ValueError, TypeError, KeyError) as exc:  # JSON (limits included), int() and MadeConfig checks
         raise CheckpointError(f"{label} has unreadable prior metadata: {first_line(exc)}") from None
     if layers < 1:
@@ -278,7 +294,7 @@ def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[
     stored = sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
     if stored != cfg.parameter_count():  # before building: a config that lies cannot allocate more than the file holds
         raise CheckpointError(f"{label} holds {stored} numbers but its prior_config needs {cfg.parameter_count()}")
-    prior = MadePrior(cfg)
+    prior = prior_cls(cfg)
     try:
         prior.load_state_dict(load(bytes(data)), strict=True)
     except Exception as exc:  # safetensors' own errors, or tensors that do not fit the config

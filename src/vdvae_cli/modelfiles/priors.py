@@ -11,7 +11,7 @@ from ..engine.learned_prior import TopPrior
 
 def read_prior(path: str | Path, model: LatentModel) -> TopPrior:
     """A companion prior file for ``model``, read within bounds and checked against its fingerprint."""
-    from ..base.errors import CheckpointError
+    from ..base.errors import CheckpointError, UsageError
     from ..base.filekind import require_regular_file
     from ..engine.keys import model_fingerprint
     from ..engine.learned_prior import check_layers, load_prior
@@ -24,9 +24,16 @@ def read_prior(path: str | Path, model: LatentModel) -> TopPrior:
         raise CheckpointError(f"{path} is {size:,} bytes: more than a learned prior file holds (1 GiB at most)")
     prior, layers, _ = load_prior(path.read_bytes(), fingerprint=model_fingerprint(model.cfg, digest_of(model)),
                                   label=str(path))
-    dim = check_layers(layers, model.cfg.latent_shapes)
+    shapes = model.cfg.latent_shapes
+    try:
+        dim = check_layers(layers, shapes, prior.kind)
+    except UsageError as exc:  # the file's claim, not the user's choice
+        raise CheckpointError(f"{path}: {exc}") from None
     if dim != prior.cfg.dim:
         raise CheckpointError(f"{path} models {prior.cfg.dim} dims, but layers 0-{layers - 1} of this model have {dim}")
+    if prior.kind == "spatial" and (prior.cfg.channels, prior.cfg.size, prior.cfg.size) != tuple(shapes[0]):
+        raise CheckpointError(f"{path} models {prior.cfg.channels}x{prior.cfg.size}x{prior.cfg.size} latents, "
+                              f"but this model's top layer is {'x'.join(map(str, shapes[0]))}")
     p = next(model.parameters())
     prior.to(p.device).eval()
     return TopPrior(prior, layers, tuple(model.cfg.latent_shapes), str(path))

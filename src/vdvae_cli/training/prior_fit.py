@@ -35,7 +35,7 @@ import torch
 from ..base.errors import TrainingError, UsageError
 from ..engine.distributions import BatchNoise
 from ..engine.interface import LatentModel, first_parameter
-from ..engine.learned_prior import MadeConfig, MadePrior, check_layers, prior_bytes
+from ..engine.learned_prior import LatentPrior, MadeConfig, MadePrior, check_layers, prior_bytes
 
 Tensor = torch.Tensor
 LN2 = math.log(2.0)
@@ -44,7 +44,10 @@ LN2 = math.log(2.0)
 @dataclass(frozen=True)
 class PriorFitConfig:
     layers: int
-    hidden: tuple[int, ...] = ()  # () : two layers of max(256, 2 x dims), at most 1024
+    kind: str = "made"  # "made" (any leading layers, flattened) or "spatial" (one spatial layer)
+    hidden: tuple[int, ...] = ()  # MADE: () = two layers of max(256, 2 x dims), at most 1024; spatial: one width
+    filters: int = 64  # spatial: the causal streams' width
+    blocks: int = 4  # spatial: gated ResNet pairs
     components: int = 4
     draws: int = 2  # posterior samples per training image
     batch_size: int = 256
@@ -56,10 +59,14 @@ class PriorFitConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("layers", "components", "draws", "batch_size", "steps", "holdout", "eval_every"):
+        for name in ("layers", "filters", "blocks", "components", "draws", "batch_size", "steps", "holdout", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.kind not in ("made", "spatial"):
+            raise UsageError(f"the prior's kind must be made or spatial, got {self.kind!r}")
+        if self.kind == "spatial" and len(self.hidden) > 1:
+            raise UsageError("the spatial prior's channel network has one hidden width (--hidden W)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"the learning rate must be a finite number > 0, got {self.lr!r}")
         if self.time_limit is not None and not self.time_limit > 0:
@@ -100,7 +107,7 @@ def encode_top(model: LatentModel, images: Tensor, layers: int, draws: int, seed
     return out_
 
 
-def heldout_report(prior: MadePrior, held: dict[str, Tensor]) -> dict[str, float]:
+def heldout_report(prior: LatentPrior, held: dict[str, Tensor]) -> dict[str, float]:
     """Top layers' rate on the held-out draws, bits per image: under the model's prior and the learned one."""
     with torch.no_grad():
         learned = prior.log_prob(held["z"]).double()
@@ -117,14 +124,15 @@ def fit(model: LatentModel, images: Tensor, out: Path, fc: PriorFitConfig, *, fi
     from ..base.atomic import atomic_write_bytes, atomic_write_with
     from .data import holdout_split
 
-    dim = check_layers(fc.layers, model.cfg.latent_shapes)
+    dim = check_layers(fc.layers, model.cfg.latent_shapes, fc.kind)
     state_path, latents_path = state_paths(out)
     t0 = time.monotonic()
     if resume:
         saved, data = _read_state(state_path, latents_path)
-        if saved["config"]["layers"] != fc.layers:
-            raise UsageError(f"{state_path} fits {saved['config']['layers']} layers, not {fc.layers}",
-                             hint="resume without --layers, or start a new fit")
+        was = (saved["config"]["layers"], saved["config"].get("kind", "made"))
+        if was != (fc.layers, fc.kind):
+            raise UsageError(f"{state_path} fits a {was[1]} prior over {was[0]} layers, not a {fc.kind} one over {fc.layers}",
+                             hint="resume without --layers and --kind, or start a new fit")
         fc = PriorFitConfig(**{**saved["config"], "hidden": tuple(saved["config"]["hidden"]),
                                "steps": fc.steps, "time_limit": fc.time_limit})
     else:
@@ -141,9 +149,8 @@ def fit(model: LatentModel, images: Tensor, out: Path, fc: PriorFitConfig, *, fi
     if z.shape[1] != dim:
         raise TrainingError(f"{latents_path} holds latents of {z.shape[1]} dims, not the {dim} of {fc.layers} layers")
     torch.manual_seed(fc.seed)
-    hidden = fc.hidden or (min(1024, max(256, 2 * dim)),) * 2  # wider than the input: every unit has a degree
-    fc = PriorFitConfig(**{**asdict(fc), "hidden": tuple(hidden)})
-    prior = MadePrior(MadeConfig(dim=dim, hidden=fc.hidden, components=fc.components))
+    prior = _new_prior(fc, dim, model.cfg.latent_shapes[0])
+    fc = PriorFitConfig(**{**asdict(fc), "hidden": _hidden_of(prior)})
     prior.init_from(z)
     opt = torch.optim.Adam(prior.parameters(), lr=fc.lr)
     gen = torch.Generator().manual_seed(fc.seed + 2)
@@ -164,7 +171,7 @@ def fit(model: LatentModel, images: Tensor, out: Path, fc: PriorFitConfig, *, fi
 
     if step == 0:
         evaluated({"event": "eval", "step": 0, **heldout_report(prior, held)})
-    info(f"fitting a MADE prior ({sum(p.numel() for p in prior.parameters()):,} parameters) to {len(z):,} posterior "
+    info(f"fitting a {'MADE' if fc.kind == 'made' else 'spatial (PixelCNN++ blocks)'} prior ({sum(p.numel() for p in prior.parameters()):,} parameters) to {len(z):,} posterior "
          f"draws of layers 0-{fc.layers - 1} ({dim} dims), {fc.batch_size} per step, from step {step:,} to {fc.steps:,}"
          + (f", at most {fc.time_limit / 60:g} min" if fc.time_limit else ""))
 
@@ -174,7 +181,7 @@ def fit(model: LatentModel, images: Tensor, out: Path, fc: PriorFitConfig, *, fi
                  "history": [json.dumps(h) for h in history], "config": {**asdict(fc), "hidden": list(fc.hidden)},
                  "fingerprint": fingerprint, "best": best["state"], "best_report": json.dumps(report)}
         atomic_write_with(state_path, lambda f: torch.save(state, f), force=True)
-        kept = MadePrior(prior.cfg)
+        kept = type(prior)(prior.cfg)
         kept.load_state_dict(best["state"])
         extra = {"fit_steps": str(step), "chosen_step": str(report["step"]), "draws": str(fc.draws),
                  "heldout_saved_bits_per_image": str(report["saved_bits_per_image"])}
@@ -206,6 +213,27 @@ def fit(model: LatentModel, images: Tensor, out: Path, fc: PriorFitConfig, *, fi
     checkpoint(stopped)
     chosen = {k: v for k, v in best.items() if k not in ("state", "event")}
     return {**chosen, "steps": step, "stopped": stopped, "path": str(out)}
+
+
+def _new_prior(fc: PriorFitConfig, dim: int, top_shape) -> Any:
+    """The prior a fit starts from (before its data-dependent start)."""
+    if fc.kind == "spatial":
+        from ..engine.spatial_prior import SpatialConfig, SpatialPrior
+
+        channels, size = int(top_shape[0]), int(top_shape[1])
+        width = fc.hidden[0] if fc.hidden else max(64, 8 * channels)
+        try:
+            cfg = SpatialConfig(channels=channels, size=size, filters=fc.filters, blocks=fc.blocks, hidden=width,
+                                components=fc.components)
+        except ValueError as exc:
+            raise UsageError(f"spatial prior: {exc}") from None
+        return SpatialPrior(cfg)
+    hidden = fc.hidden or (min(1024, max(256, 2 * dim)),) * 2  # wider than the input: every unit has a degree
+    return MadePrior(MadeConfig(dim=dim, hidden=tuple(hidden), components=fc.components))
+
+
+def _hidden_of(prior: Any) -> tuple[int, ...]:
+    return tuple(prior.cfg.hidden) if isinstance(prior.cfg.hidden, tuple) else (int(prior.cfg.hidden),)
 
 
 _SAVED_KEYS = {"prior": dict, "optimizer": dict, "step": int, "rng": torch.Tensor, "history": list, "config": dict,

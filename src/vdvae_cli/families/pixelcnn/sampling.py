@@ -103,7 +103,7 @@ def draw(model, n: int, noise: Noise, output_temperature: float, *, method: str 
 
 
 def _weight_normed(model) -> list:
-    from .network import WNConv
+    from ...engine.causal import WNConv
 
     return [mod for mod in model.modules() if isinstance(mod, WNConv)]
 
@@ -169,7 +169,7 @@ class RowCache:
     def gated_rows(self, block, name: str, level: int, x: Tensor, aux: tuple[Tensor, ...], lo: int, hi: int) -> Tensor:
         """Rows lo..hi of a gated ResNet block (its inner map kept as ``name``.c); ``aux``: the maps
         whose rows, stacked on channels, are its auxiliary input."""
-        from .network import concat_elu
+        from ...engine.causal import concat_elu
 
         mid = self.map(f"{name}.c", level)
         c = self.conv_rows(block.conv_in, x, lo, hi, pre=concat_elu)
