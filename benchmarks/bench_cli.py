@@ -28,10 +28,11 @@ much less from run to run.
 The ``official`` column is NVIDIA's / OpenAI's own code timed on this project's 2-core CPU
 (outside the project, same random official-size weights, temperature 1, in-process and logits only,
 which favours it): the figures in the README's Speed section. Those were measured at another time,
-and this machine's speed drifts by 10-25% between sessions, so for VDVAE ``--official-vdvae DIR``
-(a checkout of openai/vdvae) also times the official decoder in every round, between our runs
-(``official_vdvae_time.py``: same weights file, same conditions), and reports the speed-up over
-that same-moment figure too (``official_now_seconds``, ``speedup_vs_official_now``).
+and this machine's speed drifts by 10-25% between sessions, so ``--official-vdvae DIR`` (a checkout
+of openai/vdvae) and ``--official-nvae DIR`` (of NVlabs/NVAE) also time the official code in every
+round, between our runs (``official_vdvae_time.py``, ``official_nvae_time.py``: the same weights
+file, the same conditions), and report the speed-up over that same-moment figure too
+(``official_now_seconds``, ``speedup_vs_official_now``).
 """
 
 from __future__ import annotations
@@ -135,12 +136,16 @@ def _run(path: Path, n: int, batch: int, dtype: str, out: Path, threads: int | N
 
 
 def time_official(official_dir: Path, name: str, weights: Path, batch: int, threads: int | None) -> float:
-    """Seconds per batch of openai/vdvae's own decoder on ``weights`` (official_vdvae_time.py)."""
+    """Seconds per batch of the official code on ``weights`` (official_vdvae_time.py, official_nvae_time.py)."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, str(Path(__file__).with_name("official_vdvae_time.py")), "--official-dir", str(official_dir),
-           "--weights", str(weights), "--hps", name, "--batch", str(batch)]
+    if name.startswith("nvae-"):
+        cmd = [sys.executable, str(Path(__file__).with_name("official_nvae_time.py")), "--official-dir", str(official_dir),
+               "--weights", str(weights), "--batch", str(batch)]
+    else:
+        cmd = [sys.executable, str(Path(__file__).with_name("official_vdvae_time.py")), "--official-dir", str(official_dir),
+               "--weights", str(weights), "--hps", name, "--batch", str(batch)]
     done = subprocess.run(cmd, check=True, env=env, stdout=subprocess.PIPE, text=True)
     return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds_per_batch"])
 
@@ -164,7 +169,8 @@ def markdown(rows: list[dict]) -> str:
         lines += ["", "| network | batch | dtype | official code, same rounds | ours, per batch | speed-up | ours, marginal | speed-up |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in now:
-            lines.append(f"| {r['model']} (VDVAE) | {r['batch']} | {r['dtype']} | {r['official_now_seconds']:.3f} s | "
+            name = r["model"] if r["model"].startswith("nvae-") else f"{r['model']} (VDVAE)"
+            lines.append(f"| {name} | {r['batch']} | {r['dtype']} | {r['official_now_seconds']:.3f} s | "
                          f"{r['batch_seconds_median']:.3f} s | **×{r['batch_speedup_vs_official_now']:.2f}** | "
                          f"{r['seconds_per_batch']:.3f} s | ×{r['speedup_vs_official_now']:.2f} |")
     return "\n".join(lines)
@@ -182,6 +188,8 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true", help="also print the rows as the README's Markdown table")
     ap.add_argument("--official-vdvae", type=Path, default=None, metavar="DIR",
                     help="a checkout of openai/vdvae: time its decoder in every round too (VDVAE cases)")
+    ap.add_argument("--official-nvae", type=Path, default=None, metavar="DIR",
+                    help="a checkout of NVlabs/NVAE: time its sampler in every round too (NVAE cases)")
     ap.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
                     help="before each measurement wait up to S seconds for the other processes to use < 0.3 cores")
     args = ap.parse_args()
@@ -198,10 +206,11 @@ def main() -> None:
     official_now: dict[tuple, list[float]] = {c: [] for c in cases}
     for r in range(args.rounds):
         for name, batch in cases:
-            if args.official_vdvae and not name.startswith("nvae-"):
+            official_dir = args.official_nvae if name.startswith("nvae-") else args.official_vdvae
+            if official_dir:
                 if args.quiet_wait:
                     wait_quiet(args.quiet_wait)
-                official_now[(name, batch)].append(time_official(args.official_vdvae, name, files[name], batch, args.threads))
+                official_now[(name, batch)].append(time_official(official_dir, name, files[name], batch, args.threads))
                 print(f"round {r}: {name} batch {batch}: official code {official_now[(name, batch)][-1]:.3f} s per batch",
                       file=sys.stderr, flush=True)
         for v in variants:
