@@ -17,7 +17,7 @@ from ._app import command
 from ._run import BatchOpt, NoResizeOpt, Session, SkipExistingOpt, check_batch_size, check_keep_args, check_positive, \
     collect_inputs, keep_count, plan_images, MAX_VARIATIONS
 from .generate import GridOpt, KeepLayersOpt, KeepResOpt, OutOpt, Posterior, TempOpt, resolve_temperatures
-from .options import CompileOpt, DeviceOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, SeedOpt
+from .options import CompileOpt, DeviceOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, PriorOpt, QuietOpt, SeedOpt
 from ..base.errors import ImageError, UsageError
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def _restore(
     num: int, steps: int | None, decoder_std: float | None, keep_layers: str | None, keep_res: int | None,
     posterior: Posterior, temp: str | None, no_consistency: bool, output: str | None, grid: bool,
     seed: int | None, batch_size: str, force: bool, skip_existing: bool, model: str | None, offline: bool,
-    device: str, dtype: str, compile: bool, json_out: bool, quiet: bool,
+    device: str, dtype: str, compile: bool, json_out: bool, quiet: bool, prior: str = "auto",
 ) -> None:
     import numpy as np
     import torch
@@ -234,6 +234,7 @@ def _restore(
     if check_size is not None:
         check_size(size)
     keep = keep_count(keep_layers, keep_res, cfg, default=R.default_keep_layers(cfg, task, posterior.value))
+    top = run.load_prior(prior)
     spec, temps, _ = resolve_temperatures(temp, None, vae)
     deterministic = posterior is Posterior.mean and all(t == 0 for t in temps[keep:])
     if deterministic and num > 1:
@@ -255,7 +256,7 @@ def _restore(
         op = make_op(inputs, extra)
         out = R.restore(vae, op, observed, steps=steps, keep_layers=keep, posterior=posterior.value,
                         temperatures=temps, decoder_std=gamma, consistency=not no_consistency,
-                        noise=run.noise(seed, indices))
+                        noise=run.noise(seed, indices), prior=top)
         if json_out:
             fit = R.fit(vae, op, out, observed, noise=run.noise(seed, indices))
             for r, i in enumerate(indices):
@@ -330,6 +331,7 @@ def inpaint(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     import numpy as np
 
@@ -365,7 +367,7 @@ def inpaint(
              prepare=prepare, check_size=None, num=num, steps=steps, decoder_std=decoder_std, keep_layers=keep_layers,
              keep_res=keep_res, posterior=posterior, temp=temp, no_consistency=no_consistency, output=output, grid=grid,
              seed=seed, batch_size=batch_size, force=force, skip_existing=skip_existing, model=model, offline=offline,
-             device=device, dtype=dtype, compile=compile, json_out=json_out, quiet=quiet)
+             device=device, dtype=dtype, compile=compile, json_out=json_out, quiet=quiet, prior=prior)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,6 +416,7 @@ def upscale(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     import numpy as np
 
@@ -452,7 +455,7 @@ def upscale(
              decoder_std=decoder_std, keep_layers=keep_layers, keep_res=keep_res, posterior=posterior, temp=temp,
              no_consistency=no_consistency, output=output, grid=grid, seed=seed, batch_size=batch_size, force=force,
              skip_existing=skip_existing, model=model, offline=offline, device=device, dtype=dtype, compile=compile,
-             json_out=json_out, quiet=quiet)
+             json_out=json_out, quiet=quiet, prior=prior)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -498,6 +501,7 @@ def denoise(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     check_sigma(sigma)
 
@@ -511,7 +515,7 @@ def denoise(
              settings={"sigma": sigma}, prepare=None, check_size=None, num=num, steps=steps, decoder_std=decoder_std,
              keep_layers=keep_layers, keep_res=keep_res, posterior=posterior, temp=temp, no_consistency=no_consistency,
              output=output, grid=grid, seed=seed, batch_size=batch_size, force=force, skip_existing=skip_existing,
-             model=model, offline=offline, device=device, dtype=dtype, compile=compile, json_out=json_out, quiet=quiet)
+             model=model, offline=offline, device=device, dtype=dtype, compile=compile, json_out=json_out, quiet=quiet, prior=prior)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -560,6 +564,7 @@ def deblur(
     compile: CompileOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    prior: PriorOpt = "auto",
 ) -> None:
     std = parse_blur(blur)
     check_sigma(sigma, zero_ok=True)
@@ -583,4 +588,4 @@ def deblur(
              decoder_std=decoder_std, keep_layers=keep_layers, keep_res=keep_res, posterior=posterior, temp=temp,
              no_consistency=no_consistency, output=output, grid=grid, seed=seed, batch_size=batch_size, force=force,
              skip_existing=skip_existing, model=model, offline=offline, device=device, dtype=dtype, compile=compile,
-             json_out=json_out, quiet=quiet)
+             json_out=json_out, quiet=quiet, prior=prior)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,9 @@ from .interface import LatentModel, first_parameter
 from .registry import family_of
 from .temperature import check_temperatures
 from .ops import NoiseLike, Posterior, Temperatures
+
+if TYPE_CHECKING:
+    from .learned_prior import TopPrior
 
 Tensor = torch.Tensor
 Callback = Callable[[int, int], None]  # (steps done, steps total)
@@ -294,10 +297,12 @@ def autoencode(
     temperatures: Temperatures = 1.0,
     noise: NoiseLike = None,
     pixel_samples: int = PIXEL_SAMPLES,
+    prior: "TopPrior | None" = None,
 ) -> Tensor:
     """The prior step ``D(E(x))`` of float NCHW images in [0, 1]: one encoder and one decoder pass
     (the first ``keep_layers`` layers from the posterior, the rest from the prior at
-    ``temperatures``, drawn with ``noise``), then the mean of the output distribution, estimated
+    ``temperatures``, drawn with ``noise``; the layers a learned ``prior`` covers beyond the kept
+    ones drawn from it, given the kept ones), then the mean of the output distribution, estimated
     from ``pixel_samples`` draws of the family's pixels (0: its noise-free pixels, output
     temperature 0). Returns float NCHW in [0, 1]."""
     cfg = model.cfg
@@ -314,8 +319,14 @@ def autoencode(
     n = x.shape[0]
     images = to_uint8(x).to(p.device)
     src = as_noise(noise)
-    acts = model.encoder(family.model_input(model, images, p.dtype)) if keep else None
-    out = model.decoder(n, acts, n_posterior=keep, posterior_mean=posterior == "mean", temperatures=temps, noise=src)
+    if prior is not None and keep < prior.layers:  # the kept latents first, then the learned prior's completion
+        kept: list[Tensor | None] = list(ops.encode(model, images, posterior=posterior, noise=src, n_layers=keep))
+        latents = ops.with_learned_prior(prior, kept, n, temps, src, p)
+        out = model.decoder(n, None, latents=latents, temperatures=temps, noise=src)
+    else:
+        acts = model.encoder(family.model_input(model, images, p.dtype)) if keep else None
+        out = model.decoder(n, acts, n_posterior=keep, posterior_mean=posterior == "mean", temperatures=temps,
+                            noise=src)
     logits = model.logits(out.px_z)
     ops.check_finite(logits, "the model's output")
     if pixel_samples < 1:
@@ -340,12 +351,14 @@ def restore(
     pixel_samples: int = PIXEL_SAMPLES,
     noise: NoiseLike = None,
     callback: Callback | None = None,
+    prior: "TopPrior | None" = None,
 ) -> Tensor:
     """Restore ``observed`` (uint8 NHWC: the degraded images, or for upscaling the small ones) with
     ``steps`` PnP-HVAE iterations; returns uint8 NHWC images of the model's size.
 
     ``consistency=False`` returns the decoder's last image ``mu_K`` instead of the data-consistent
-    ``x_K`` (for inpainting: without the kept pixels copied back).
+    ``x_K`` (for inpainting: without the kept pixels copied back). A learned ``prior`` draws the
+    layers it covers beyond the kept ones (:func:`autoencode`).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -357,7 +370,7 @@ def restore(
     mu = x
     for k in range(steps):
         mu = autoencode(model, x, keep_layers=keep_layers, posterior=posterior, temperatures=temperatures,
-                        noise=src, pixel_samples=pixel_samples)
+                        noise=src, pixel_samples=pixel_samples, prior=prior)
         x = degradation.data_step(mu, y, decoder_std)
         if callback is not None:
             callback(k + 1, steps)
