@@ -30,7 +30,8 @@ nice -n 10 vdvae train --resume "$RUN" --steps 8000 \
 # The first shipped weights were the EMA exported at step 2,750 (copied from "$RUN/model.safetensors"
 # then). That run folder was later lost, so the training went on from those weights in a new run,
 # FG2, with the same floors, a longer cosine from a lower peak and a slower EMA; it was stopped after
-# its step-10,000 checkpoint (99.9 minutes by the trainer's count) and continues (as often as needed) with
+# its step-10,000 checkpoint (99.9 minutes by the trainer's count), resumed in three more sittings
+# to its step-20,000 checkpoint (236.8 minutes; what ships now), and continues (as often as needed) with
 #   nice -n 10 vdvae train --resume "$FG2" --time-limit 120 --json
 FG2=${FG2:-/work/runs/fg2}
 nice -n 10 vdvae train "$DATA/train.npz" --init "$RUN/model.safetensors" -o "$FG2" \
@@ -39,7 +40,9 @@ nice -n 10 vdvae train "$DATA/train.npz" --init "$RUN/model.safetensors" -o "$FG
     --seed 1 --dtype auto --free-bits-res 32=400 --free-bits-res 16=100 --free-bits-res 8=30 --time-limit 160 --json
 RUN=$FG2  # what is exported below
 
-python scripts/choose_temperature.py "$RUN/model.safetensors" --data "$DATA"   # -> 1.0 (TEMP below)
+# The temperatures, chosen on held-out training images (-> 1.0,r16=0.7,r32=0.5: TEMP below)
+python scripts/choose_temperature.py "$RUN/model.safetensors" --data "$DATA" \
+    --specs "1.0;1.0,r32=0.7;1.0,r16=0.8,r32=0.6;1.0,r16=0.7,r32=0.3;1.1,r16=0.8,r32=0.6;1.0,r16=0.7,r32=0.5"
 # The ood default: every k and the input-complexity score, judged on held-out training images against
 # four sets made from them: turned upside down, inverted, their outlines (edges) and blurred. The last
 # two are *simpler* than the garments, the case where a likelihood fails (Serra et al. 2020); with
@@ -50,7 +53,7 @@ OOD_ARGS=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['choic
 # shellcheck disable=SC2086  # OOD_ARGS is a list of options
 python scripts/export_shipped.py fashion "$RUN/model.safetensors" weights/fashion.safetensors \
     --wall-time-min "$(python -c "import json,sys; print(round(max(json.loads(l).get('elapsed_s', 0) for l in open(sys.argv[1])) / 60, 1))" "$RUN/log.jsonl")" \
-    --default-temp "${TEMP:-1.0}" --default-output-temp 0 $OOD_ARGS \
+    --default-temp "${TEMP:-1.0,r16=0.7,r32=0.5}" --default-output-temp 0 $OOD_ARGS \
     --ood-source "chosen on 300 held-out training images vs their flipped, inverted, outlined and blurred copies" --force
 python scripts/evaluate_fashion.py weights/fashion.safetensors --data "$DATA" --mnist "$(dirname "$DATA")/mnist32.npz" \
     --grid weights/fashion-samples.png -o weights/fashion-eval.json

@@ -31,23 +31,25 @@ def test_fashion_is_the_default(monkeypatch):
     assert (WEIGHTS / "DEFAULT").read_text().strip() == "fashion"
     assert registry.default_name() == "fashion"
     assert {p.stem for p in SHIPPED} == {"fashion", "fashion32", "digits32"}
-    assert [p.name for p in PRIORS] == ["fashion.prior.safetensors"]
+    # No learned prior ships: fitted to the current weights it improved neither the samples nor the
+    # bound (weights/README.md), and a prior ships only where it does.
+    assert PRIORS == []
 
 
-def test_the_default_models_learned_prior_fits_it_and_is_used():
-    """The shipped learned prior names the shipped weights' fingerprint (a retrained model without a
-    refitted prior fails here), covers the six 1x1 layers, and changes the samples it draws."""
+@pytest.mark.parametrize("path", PRIORS, ids=lambda p: p.name)
+def test_a_shipped_learned_prior_fits_its_model_and_is_used(path):
+    """A shipped learned prior names its weights' fingerprint (a retrained model without a refitted
+    prior fails here) and changes the samples it draws."""
     from vdvae_cli.modelfiles.priors import read_prior
 
-    model = load_file_model(WEIGHTS / "fashion.safetensors")
-    top = read_prior(WEIGHTS / "fashion.prior.safetensors", model)
-    assert top.layers == 6 and top.dims == [16] * 6
-    temps = parse_temperature_spec(default_temperatures(WEIGHTS / "fashion.safetensors")[0], model.cfg)
+    weights = path.with_name(path.name.removesuffix(".prior.safetensors") + ".safetensors")
+    model = load_file_model(weights)
+    top = read_prior(path, model)
+    temps = parse_temperature_spec(default_temperatures(weights)[0] or "1.0", model.cfg)
     with_prior = sample(model, 8, temperatures=temps, output_temperature=0.0, noise=torch.Generator().manual_seed(0),
                         prior=top)
     without = sample(model, 8, temperatures=temps, output_temperature=0.0, noise=torch.Generator().manual_seed(0))
-    assert with_prior.shape == (8, 32, 32, 3) and not torch.equal(with_prior, without)
-    assert 20 < with_prior.float().mean() < 160  # light garments on black, not noise or blank
+    assert not torch.equal(with_prior, without)
 
 
 def test_fashion_is_grey_bounded_and_records_its_ood_defaults():
