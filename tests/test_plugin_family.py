@@ -79,6 +79,15 @@ def test_train_writes_a_self_describing_toy_file(toy_run, plugin_env):
     assert [layer["res"] for layer in info["layers"]] == [1, 4]
 
 
+def test_progressive_on_a_family_without_stages_is_one_line(toy_run, plugin_env):
+    """The toy decoder has no stage= option: --progressive is refused before any step, in one line."""
+    work, _ = toy_run
+    proc = vdvae(plugin_env, "train", "train.npy", "--config", "toy8", "--steps", "8", "--progressive", "2", "-o", "prog",
+                 "-q", cwd=work, ok=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "no progressive stages" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
+
+
 @pytest.mark.slow
 def test_sample_reconstruct_mix(toy_run, plugin_env):
     work, model = toy_run

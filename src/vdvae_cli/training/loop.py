@@ -20,6 +20,7 @@ rank 0 write or report.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from contextlib import contextmanager
@@ -127,6 +128,9 @@ def train(
                 "world_size": world, "steps_total": total, "steps_per_epoch": spe}, fresh=not resume)
 
     model, ema, opt, noise_gen = _build(model_cfg, tc, device, init_state, rank, recipe)
+    if tc.progressive_steps and not _takes_stage(model.decoder):
+        raise UsageError(f"the {family.name} family's decoder has no progressive stages (no stage= option)",
+                         hint="drop --progressive")
     step = 0
     history: list[dict[str, Any]] = []
     if saved is not None:
@@ -282,6 +286,13 @@ def _check_progressive(cfg: Any, tc: TrainConfig, total: int) -> None:
         raise UsageError(f"--progressive {tc.progressive_steps} makes {stages} stages of that many steps, "
                          f"which a {total}-step run would not finish",
                          hint=f"use --progressive {max(1, total // (2 * stages))} or fewer (half the run), or more steps")
+
+
+def _takes_stage(decoder: Any) -> bool:
+    """Whether a model's decoder (a function, or a module's forward) accepts the progressive recipe's stage=."""
+    fn = decoder.forward if isinstance(decoder, torch.nn.Module) else decoder
+    params = inspect.signature(fn).parameters
+    return "stage" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _stage_record(cfg: Any, stage: tuple[int, int] | None, step: int) -> dict[str, Any]:

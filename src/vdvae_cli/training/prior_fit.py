@@ -132,7 +132,7 @@ def fit(model: LatentModel, images: Tensor, out: Path, fc: PriorFitConfig, *, fi
         was = (saved["config"]["layers"], saved["config"].get("kind", "made"))
         if was != (fc.layers, fc.kind):
             raise UsageError(f"{state_path} fits a {was[1]} prior over {was[0]} layers, not a {fc.kind} one over {fc.layers}",
-                             hint="resume without --layers and --kind, or start a new fit")
+                             hint=f"resume with --kind {was[1]} --layers {was[0]}, or start a new fit")
         fc = PriorFitConfig(**{**saved["config"], "hidden": tuple(saved["config"]["hidden"]),
                                "steps": fc.steps, "time_limit": fc.time_limit})
     else:
