@@ -142,3 +142,18 @@ class GatedResnet(nn.Module):
         c = self.conv_out(self.dropout(concat_elu(c)))
         a, b = c.chunk(2, dim=1)
         return x + a * torch.sigmoid(b)
+
+
+def stream_stem(channels: int, filters: int) -> tuple[DownShiftedConv, DownShiftedConv, DownRightShiftedConv]:
+    """The first convolutions of the two streams over ``channels`` input maps and a channel of ones
+    (which tells the zero padding from a zero input): the vertical stream's (2, 3), the horizontal
+    stream's (1, 3) from the rows above and (2, 1) from the column itself (PixelCNN++'s start)."""
+    cin = channels + 1
+    return DownShiftedConv(cin, filters, (2, 3)), DownShiftedConv(cin, filters, (1, 3)), DownRightShiftedConv(cin, filters, (2, 1))
+
+
+def start_streams(x: Tensor, u_init: nn.Module, ul_init_v: nn.Module, ul_init_h: nn.Module) -> tuple[Tensor, Tensor]:
+    """The two streams' first maps from input maps ``x`` (N, C, H, W) through :func:`stream_stem`'s
+    convolutions, shifted so that every position sees only earlier ones: ``(u, ul)``."""
+    x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+    return down_shift(u_init(x)), down_shift(ul_init_v(x)) + right_shift(ul_init_h(x))

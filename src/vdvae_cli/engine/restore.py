@@ -42,7 +42,6 @@ from . import ops
 from .distributions import PerImageNoise, as_noise
 from .interface import LatentModel, first_parameter
 from .registry import family_of
-from .temperature import check_temperatures
 from .ops import NoiseLike, Posterior, Temperatures
 
 if TYPE_CHECKING:
@@ -309,11 +308,7 @@ def autoencode(
     keep = cfg.n_layers if keep_layers is None else keep_layers
     if not 0 <= keep <= cfg.n_layers:
         raise ValueError(f"keep_layers={keep} but the model has {cfg.n_layers} latent layers")
-    if isinstance(temperatures, (int, float)):
-        temps = [float(temperatures)] * cfg.n_layers
-    else:
-        temps = [float(t) for t in temperatures]
-    temps = check_temperatures(temps)
+    temps = ops.layer_temperatures(cfg, temperatures)
     family = family_of(model)
     p = first_parameter(model)
     n = x.shape[0]

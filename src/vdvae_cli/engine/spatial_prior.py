@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .causal import DownRightShiftedConv, DownShiftedConv, GatedResnet, concat_elu, down_shift, right_shift
+from .causal import DownRightShiftedConv, DownShiftedConv, GatedResnet, concat_elu, start_streams, stream_stem
 from .distributions import Noise
 from .latent_prior import LatentPrior
 
@@ -86,10 +86,7 @@ class SpatialPrior(LatentPrior):
         super().__init__()
         self.cfg = cfg
         z, f, k, h = cfg.channels, cfg.filters, cfg.components, cfg.hidden
-        cin = z + 1  # the latents and a channel of ones (tells the padding from a zero latent)
-        self.u_init = DownShiftedConv(cin, f, (2, 3))
-        self.ul_init_v = DownShiftedConv(cin, f, (1, 3))
-        self.ul_init_h = DownRightShiftedConv(cin, f, (2, 1))
+        self.u_init, self.ul_init_v, self.ul_init_h = stream_stem(z, f)
         self.u_blocks = nn.ModuleList(GatedResnet(f, DownShiftedConv, 0, 0.0) for _ in range(cfg.blocks))
         self.ul_blocks = nn.ModuleList(GatedResnet(f, DownRightShiftedConv, f, 0.0) for _ in range(cfg.blocks))
         # the channel MADE, every unit fed the context (2f: concat_elu of the horizontal stream)
@@ -110,9 +107,7 @@ class SpatialPrior(LatentPrior):
 
     def context(self, z: Tensor) -> Tensor:
         """(N, Z, r, r) -> (N, r, r, 2F): at each position, a summary of the earlier positions only."""
-        x = torch.cat([z, torch.ones_like(z[:, :1])], dim=1)
-        u = down_shift(self.u_init(x))
-        ul = down_shift(self.ul_init_v(x)) + right_shift(self.ul_init_h(x))
+        u, ul = start_streams(z, self.u_init, self.ul_init_v, self.ul_init_h)
         for bu, bul in zip(self.u_blocks, self.ul_blocks):
             u = bu(u)
             ul = bul(ul, u)

@@ -194,12 +194,15 @@ def train(
     if tc.eval_at_start and step == 0 and not history:
         evaluate()
     stopped = "done"
+    # the progressive recipe's stage of the step before (a resumed run logs only a stage it starts)
+    last_stage: object = progressive_stage(model_cfg, tc, step - 1) if step else "before the first step"
     while step < total:
         stage = progressive_stage(model_cfg, tc, step)
-        if tc.progressive_steps and (step == 0 or stage != progressive_stage(model_cfg, tc, step - 1)):
+        if tc.progressive_steps and stage != last_stage:
             record = _stage_record(model_cfg, stage, step)
             run.log(record)
             emit(record)
+        last_stage = stage
         result = updater(train_images[batches.indices(step)].to(device), step, clock.flags())
         step += 1
         window.add(result)

@@ -31,7 +31,7 @@ def progressive_stage(cfg: Any, tc: "TrainConfig", step: int) -> tuple[int, int]
     fixed N(0, I) prior, the finer ones under their learned, conditional priors. Layers are in
     decoder order, coarse to fine, so each resolution's layers are one run of indices.
     """
-    per = getattr(tc, "progressive_steps", 0)
+    per = tc.progressive_steps
     resolutions = sorted(cfg.resolutions)
     if not per or step >= per * len(resolutions):
         return None

@@ -32,8 +32,8 @@ from ...engine.causal import (
     NiN,
     ShiftedDeconv,
     WNConv,
-    down_shift,
-    right_shift,
+    start_streams,
+    stream_stem,
 )
 from ...engine.interface import DecoderOutput
 from .config import PixelCNNConfig
@@ -48,10 +48,7 @@ class PixelCNNPP(nn.Module):
         super().__init__()
         self.cfg = cfg
         nf, n, p = cfg.nr_filters, cfg.nr_resnet, cfg.dropout
-        cin = cfg.channels + 1  # the image and a channel of ones (tells the padding from black)
-        self.u_init = DownShiftedConv(cin, nf, (2, 3))
-        self.ul_init_v = DownShiftedConv(cin, nf, (1, 3))
-        self.ul_init_h = DownRightShiftedConv(cin, nf, (2, 1))
+        self.u_init, self.ul_init_v, self.ul_init_h = stream_stem(cfg.channels, nf)
 
         def u_block(count: int, aux: int) -> nn.ModuleList:
             return nn.ModuleList(GatedResnet(nf, DownShiftedConv, aux, p) for _ in range(count))
@@ -100,10 +97,7 @@ class PixelCNNPP(nn.Module):
         return px_z
 
     def forward(self, x: Tensor) -> Tensor:
-        ones = torch.ones_like(x[:, :1])
-        x = torch.cat([x, ones], dim=1)
-        u = down_shift(self.u_init(x))
-        ul = down_shift(self.ul_init_v(x)) + right_shift(self.ul_init_h(x))
+        u, ul = start_streams(x, self.u_init, self.ul_init_v, self.ul_init_h)
         us, uls = [u], [ul]
         for level in range(3):
             for bu, bul in zip(_level(self.down_u, level), _level(self.down_ul, level)):
