@@ -34,8 +34,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fashion_metrics import (  # noqa: E402
-    class_histogram, classes_present, confident_share, frechet_distance, grey_histogram_bpd, histogram_bpd,
-    histogram_entropy_bits,
+    class_histogram, classes_present, confident_share, confident_share_by_class, frechet_distance, grey_histogram_bpd,
+    histogram_bpd, histogram_entropy_bits,
 )
 from prepare_fashion_mnist import CLASSES  # noqa: E402
 
@@ -124,6 +124,7 @@ def quality(net: Classifier, images: np.ndarray, reference_features: np.ndarray)
         "classes_present": classes_present(labels, len(CLASSES)),
         "class_entropy_bits": round(histogram_entropy_bits(labels, len(CLASSES)), 4),
         "class_counts": class_histogram(labels, len(CLASSES)).tolist(),
+        "share_conf_ge_0.9_by_class": confident_share_by_class(probs, len(CLASSES), 0.9),
         "frechet_distance": round(frechet_distance(feats, reference_features), 3),
     }
 

@@ -17,6 +17,14 @@ def confident_share(probs: np.ndarray, threshold: float = 0.9) -> float:
     return float((probs.max(axis=1) >= threshold).mean())
 
 
+def confident_share_by_class(probs: np.ndarray, n_classes: int, threshold: float = 0.9) -> list[float | None]:
+    """Per predicted class: the share of the rows predicted as that class whose probability is >=
+    ``threshold`` (None for a class nothing was predicted as)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels, sure = probs.argmax(axis=1), probs.max(axis=1) >= threshold
+    return [round(float(sure[labels == c].mean()), 4) if (labels == c).any() else None for c in range(n_classes)]
+
+
 def class_histogram(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """How often each of ``n_classes`` labels occurs (int64, length ``n_classes``)."""
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)[:n_classes]

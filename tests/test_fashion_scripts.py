@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from fashion_metrics import (  # noqa: E402
-    classes_present, confident_share, frechet_distance, grey_histogram_bpd, histogram_bpd, histogram_entropy_bits,
+    classes_present, confident_share, confident_share_by_class, frechet_distance, grey_histogram_bpd, histogram_bpd, histogram_entropy_bits,
 )
 from prepare_fashion_mnist import IdxError, parse_idx, read_idx, to_model_input  # noqa: E402
 
@@ -23,6 +23,12 @@ def test_confident_share_counts_rows_at_or_above_the_threshold():
     probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
     assert confident_share(probs, 0.9) == 0.5  # 0.95 and exactly 0.9
     assert confident_share(probs, 0.5) == 1.0
+
+
+def test_confident_share_by_class_counts_within_each_predicted_class():
+    probs = np.array([[0.95, 0.05, 0.0], [0.6, 0.4, 0.0], [0.5, 0.5, 0.0], [0.0, 0.05, 0.95]])
+    # class 0 is predicted three times (argmax of a tie is the first), once at >= 0.9; class 1 never
+    assert confident_share_by_class(probs, 3, 0.9) == [round(1 / 3, 4), None, 1.0]
 
 
 def test_class_presence_and_histogram_entropy():
