@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
+
+from _official import print_median_time  # benchmarks/, the script's own folder
 
 
 def main() -> None:
@@ -74,15 +74,8 @@ def main() -> None:
     missing = [k for k in missing if not k.endswith("weight_normalized")]  # an alias NVAE's state_dict holds
     if missing or unexpected:
         raise SystemExit(f"weights do not fit the official network: {missing[:3]} missing, {unexpected[:3]} unexpected")
-    times = []
-    with torch.no_grad():
-        for _ in range(args.repeats + 2):
-            t0 = time.perf_counter()
-            model.sample(args.batch, 1.0)
-            times.append(time.perf_counter() - t0)
-    print(json.dumps({"dataset": config["dataset"], "batch": args.batch, "threads": torch.get_num_threads(),
-                      "seconds_per_batch": round(statistics.median(times[2:]), 4),
-                      "seconds_all": [round(t, 4) for t in times[2:]]}))
+    print_median_time(lambda: model.sample(args.batch, 1.0), repeats=args.repeats, dataset=config["dataset"],
+                      batch=args.batch)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ it), after two warm-up batches, median of ``--repeats``. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
+
+from _official import print_median_time  # benchmarks/, the script's own folder
 
 
 def main() -> None:
@@ -30,7 +29,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=12)
     args = ap.parse_args()
     sys.path.insert(0, str(args.official_dir))
-    import torch
     from safetensors.torch import load_file
 
     from hps import HPARAMS_REGISTRY, Hyperparams, add_vae_arguments  # type: ignore[import-not-found]
@@ -45,16 +43,8 @@ def main() -> None:
     missing, unexpected = model.load_state_dict(load_file(str(args.weights)), strict=False)
     if missing or unexpected:
         raise SystemExit(f"weights do not fit the official network: {len(missing)} missing, {len(unexpected)} unexpected")
-    times = []
-    with torch.no_grad():
-        for _ in range(args.repeats + 2):
-            t0 = time.perf_counter()
-            px_z = model.decoder.forward_uncond(args.batch, t=1.0)
-            model.decoder.out_net(px_z)
-            times.append(time.perf_counter() - t0)
-    print(json.dumps({"hps": args.hps, "batch": args.batch, "threads": torch.get_num_threads(),
-                      "seconds_per_batch": round(statistics.median(times[2:]), 4),
-                      "seconds_all": [round(t, 4) for t in times[2:]]}))
+    print_median_time(lambda: model.decoder.out_net(model.decoder.forward_uncond(args.batch, t=1.0)),
+                      repeats=args.repeats, hps=args.hps, batch=args.batch)
 
 
 if __name__ == "__main__":
