@@ -40,9 +40,9 @@ nice -n 10 vdvae train "$DATA/train.npz" --init "$RUN/model.safetensors" -o "$FG
     --seed 1 --dtype auto --free-bits-res 32=400 --free-bits-res 16=100 --free-bits-res 8=30 --time-limit 160 --json
 # Then the free-bits floors came off: a fine-tune of the step-20,000 EMA (the weights shipped before)
 # with the plain ELBO, a cosine from 2.5e-4 over 6,500 steps (64 minutes; held out 2.514 -> 2.370 bits/dim,
-# the rate falling mostly at 16x16 and 32x32). Kept on (as a control, stopped at step 2,000): the same
-# fine-tune with the floors, 2.522; and with the posterior's KL weighted 1.5, 2.466 at step 1,000;
-# neither sampled better.
+# the rate falling mostly at 16x16 and 32x32). Tried beside it and stopped: the same fine-tune with
+# the floors (2.522 at step 2,000) and with the posterior's KL weighted 1.5 (2.466 at step 1,000);
+# neither sampled better (weights/README.md).
 FG3=${FG3:-/work/runs/ftB}
 nice -n 10 vdvae train "$DATA/train.npz" --init "$FG2/model.safetensors" -o "$FG3" \
     --steps 6500 --batch-size 32 --lr 2.5e-4 --lr-schedule cosine --warmup 200 --ema-rate 0.998 \

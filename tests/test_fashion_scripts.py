@@ -14,7 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from fashion_metrics import (  # noqa: E402
-    classes_present, confident_share, confident_share_by_class, frechet_distance, grey_histogram_bpd, histogram_bpd, histogram_entropy_bits,
+    classes_present, confident_share, confident_share_by_class, frechet_distance, grey_histogram_bpd, histogram_bpd,
+    histogram_entropy_bits,
 )
 from prepare_fashion_mnist import IdxError, parse_idx, read_idx, to_model_input  # noqa: E402
 
