@@ -21,7 +21,11 @@ from a seeded ``torch.Generator`` (image i of a pass from (seed, i)), so the fig
    distance of its penultimate features to test images N.. (real test images 0..N-1 alongside).
 4. Overflow: samples whose output is not finite, in ``--finite-n`` samples at the recommended
    temperature and ``--finite-n-t1`` at temperature 1.0, with the largest prior log-std drawn.
-5. OOD: the Fashion-MNIST test images 0..1999 against 2,000 MNIST digits (a seeded subset of
+5. Where the prior loses (``prior_gap``): the N test images reconstructed keeping the first K
+   latent layers from the posterior (a draw, not the mean) and drawing the rest from the prior at
+   the recommended temperatures, judged as the samples are, for K = 0 (plain samples) up to all
+   layers: how far the samples would come if the prior of the layers above K matched the encoder.
+6. OOD: the Fashion-MNIST test images 0..1999 against 2,000 MNIST digits (a seeded subset of
    ``--mnist``): LLR>k at the k and prior temperature the model file records, the input-complexity
    score, the plain likelihood, and under "default" the score ``vdvae ood`` uses without
    --score/--k (the file's record).
@@ -158,6 +162,29 @@ def reconstruction(model, x: np.ndarray, seed: int) -> list[dict]:
     return rows
 
 
+def prior_gap(model, net, x: np.ndarray, ref_feats: np.ndarray, temps: list[float], output_temp: float,
+              seed: int) -> list[dict]:
+    """``quality`` of ``x`` reconstructed keeping the first K layers (posterior draws) and sampling the
+    rest at ``temps``, for K at every change of resolution, one past the first layer of each, and all."""
+    cfg = model.cfg
+    res = [layer.res for layer in cfg.decoder_layers]
+    starts = [0] + [i for i in range(1, len(res)) if res[i] != res[i - 1]]
+    keeps = sorted({*starts, *(k + 1 for k in starts), cfg.n_layers})
+    rows = []
+    for keep in keeps:
+        outs = []
+        for start in range(0, len(x), 250):
+            stop = min(start + 250, len(x))
+            outs.append(ops.reconstruct(model, torch.from_numpy(x[start:stop]), keep_layers=keep, posterior="sample",
+                                        temperatures=temps, output_temperature=output_temp,
+                                        noise=noise(seed, start, stop)).numpy())
+        q = quality(net, np.concatenate(outs), ref_feats)
+        rows.append({"keep_layers": keep, **{k: q[k] for k in ("share_conf_ge_0.9", "classes_present", "frechet_distance")}})
+        print(f"keep {keep:>2} from the posterior: {q['share_conf_ge_0.9']:.1%} sure, Frechet {q['frechet_distance']:.1f}",
+              file=sys.stderr)
+    return rows
+
+
 @torch.inference_mode()
 def overflow(model, n: int, temp_spec: str, seed: int, batch: int = 500, top=None) -> dict:
     """How many of ``n`` prior samples give a non-finite output, and the largest prior log-std drawn
@@ -224,7 +251,7 @@ def main() -> None:
     ap.add_argument("--finite-n-t1", type=int, default=40_000, help="samples checked at temperature 1.0")
     ap.add_argument("--ood-k", type=int, help="k for the OOD figure [what the file records, else 1]")
     ap.add_argument("--ood-prior-temp", type=float)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: likelihood,recon,samples,finite,ood")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: likelihood,recon,samples,prior_gap,finite,ood")
     ap.add_argument("--prior", type=Path, help="a learned prior file (vdvae prior fit) for the samples' top layers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid", type=Path, help="also write 64 of the samples as a PNG grid (2x) here")
@@ -251,10 +278,11 @@ def main() -> None:
         print(json.dumps(out["test_likelihood"]), file=sys.stderr)
     if "recon" not in skip:
         out["reconstruction"] = {"n": args.n_recon, "rows": reconstruction(model, x_te[: args.n_recon], args.seed)}
-    if "samples" not in skip:
+    if "samples" not in skip or "prior_gap" not in skip:
         net = load_classifier(args.classifier or args.data / "classifier.pt", x_tr, y_tr)
         probs, ref_feats = classify(net, x_te)
-        m = args.samples
+    m = args.samples
+    if "samples" not in skip:
         samples = ops.sample(model, m, temperatures=parse_temperature_spec(temp, model.cfg),
                              output_temperature=output_temp, noise=torch.Generator().manual_seed(args.seed),
                              prior=top).numpy()
@@ -267,6 +295,10 @@ def main() -> None:
             big = torch.from_numpy(samples[:64]).repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
             save_grid(big, args.grid, columns=8)
         print(json.dumps(out["samples"]), file=sys.stderr)
+    if "prior_gap" not in skip and model.cfg.n_layers:
+        out["prior_gap"] = {"n": m, "reference": f"features of test images {m}..{len(x_te) - 1}",
+                            "rows": prior_gap(model, net, x_te[:m], ref_feats[m:], parse_temperature_spec(temp, model.cfg),
+                                              output_temp, args.seed)}
     if "finite" not in skip:
         out["overflow"] = [overflow(model, args.finite_n, temp, args.seed + 1, top=top)]
         if args.finite_n_t1:
