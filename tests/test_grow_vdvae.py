@@ -41,5 +41,7 @@ def test_a_grown_model_is_the_same_function_with_zero_kl_in_its_new_layers(bound
     kl = ops.elbo(grown, x, noise=torch.Generator().manual_seed(1)).kl_per_layer
     assert kl[:, new].abs().max() < 1e-6
     assert kl[:, [i for i in range(grown.cfg.n_layers) if i not in new]].sum() > 0.1  # the old layers still carry bits
+    # a draw reaches the state (a zero projection would leave the new layers at a saddle), a small one
+    assert 0 < grown.decoder.dec_blocks[3].z_proj.weight.abs().max() < model.decoder.dec_blocks[1].z_proj.weight.abs().max()
     # the old layers' weights moved with them
     assert torch.equal(grown.decoder.dec_blocks[5].prior.c2.weight, model.decoder.dec_blocks[3].prior.c2.weight)
