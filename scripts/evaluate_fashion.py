@@ -162,16 +162,19 @@ def reconstruction(model, x: np.ndarray, seed: int) -> list[dict]:
     return rows
 
 
+def prior_gap_keeps(resolutions: list[int]) -> list[int]:
+    """The K of the prior-gap rows, for layers at ``resolutions`` (decoder order): 0, the first layer
+    of each resolution and the one after it, and all layers."""
+    starts = [0] + [i for i in range(1, len(resolutions)) if resolutions[i] != resolutions[i - 1]]
+    return sorted({*starts, *(k + 1 for k in starts), len(resolutions)})
+
+
 def prior_gap(model, net, x: np.ndarray, ref_feats: np.ndarray, temps: list[float], output_temp: float,
               seed: int) -> list[dict]:
     """``quality`` of ``x`` reconstructed keeping the first K layers (posterior draws) and sampling the
     rest at ``temps``, for K at every change of resolution, one past the first layer of each, and all."""
-    cfg = model.cfg
-    res = [layer.res for layer in cfg.decoder_layers]
-    starts = [0] + [i for i in range(1, len(res)) if res[i] != res[i - 1]]
-    keeps = sorted({*starts, *(k + 1 for k in starts), cfg.n_layers})
     rows = []
-    for keep in keeps:
+    for keep in prior_gap_keeps([layer.res for layer in model.cfg.decoder_layers]):
         outs = []
         for start in range(0, len(x), 250):
             stop = min(start + 250, len(x))

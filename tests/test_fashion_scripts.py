@@ -93,3 +93,12 @@ def test_padding_keeps_polarity_and_repeats_grey():
     assert (out[0, :2] == 0).all() and (out[0, :, -2:] == 0).all()  # black border
     assert (out[0, 2:30, 2:30] == 200).all()  # the item keeps its grey (no inversion)
     assert (out[..., 0] == out[..., 2]).all()
+
+
+def test_prior_gap_rows_fall_at_each_change_of_resolution():
+    from evaluate_fashion import prior_gap_keeps
+
+    # the shipped fashion model's 18 layers: six at 1x1, three at 4x4, four at 8x8, three at 16x16, two at 32x32
+    res = [1] * 6 + [4] * 3 + [8] * 4 + [16] * 3 + [32] * 2
+    assert prior_gap_keeps(res) == [0, 1, 6, 7, 9, 10, 13, 14, 16, 17, 18]
+    assert prior_gap_keeps([8, 8]) == [0, 1, 2]
