@@ -111,6 +111,14 @@ def test_safetensors_header_reader(blob):
         assert set(tensors) == set(header) - {"__metadata__"}
 
 
+@pytest.mark.parametrize("dtype", ["F4", "F6_E2M3", "F8_E8M0"])
+def test_dtypes_torch_cannot_read_are_refused_in_the_header(dtype):
+    """Found by the fuzzer: sub-byte dtypes (a 4-bit scalar in one byte) and F8_E8M0 passed our
+    header checks, then failed inside the safetensors library."""
+    raw = json.dumps({"t0": {"dtype": dtype, "shape": [], "data_offsets": [0, 1]}}).encode()
+    assert _parse(_join(raw, b"\x00")) is None
+
+
 @FUZZ
 @given(st.sampled_from(["tiny"]), EDITS, CUT)
 def test_safetensors_header_reader_on_a_damaged_checkpoint(_, edits, cut):

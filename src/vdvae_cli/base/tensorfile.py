@@ -11,9 +11,11 @@ from typing import Any, Callable
 from .errors import CheckpointError, VDVAEError
 
 
-DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F4": 1, "F6_E2M3": 1,
-               "F6_E3M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "C64": 8,
-               "I64": 8, "U64": 8, "F64": 8}
+# Whole-byte dtypes that torch reads. The format also names sub-byte ones (F4, F6_*: a tensor's
+# bytes need not end on a byte boundary) and F8_E8M0, which torch's safetensors reader does not map:
+# a header with those is refused here as an unknown dtype rather than failing in the library later.
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "C64": 8, "I64": 8, "U64": 8, "F64": 8}
 
 
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
