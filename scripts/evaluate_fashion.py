@@ -271,6 +271,7 @@ def main() -> None:
 
         top = read_prior(args.prior, model)
     temp = args.temp or model.default_temperature or "1.0"
+    temps = parse_temperature_spec(temp, model.cfg)  # the samples' and the prior-gap rows'
     output_temp = args.output_temp if args.output_temp is not None else float(model.default_output_temperature or 1.0)
     out: dict = {"model": str(args.model), "parameters": sum(p.numel() for p in model.parameters()),
                  "latent_layers": model.cfg.n_layers, "image_channels": model.cfg.image_channels,
@@ -286,7 +287,7 @@ def main() -> None:
         probs, ref_feats = classify(net, x_te)
     m = args.samples
     if "samples" not in skip:
-        samples = ops.sample(model, m, temperatures=parse_temperature_spec(temp, model.cfg),
+        samples = ops.sample(model, m, temperatures=temps,
                              output_temperature=output_temp, noise=torch.Generator().manual_seed(args.seed),
                              prior=top).numpy()
         out["classifier"] = {"test_accuracy": round(float((probs.argmax(1) == y_te).mean()), 4),
@@ -300,8 +301,7 @@ def main() -> None:
         print(json.dumps(out["samples"]), file=sys.stderr)
     if "prior_gap" not in skip and model.cfg.n_layers:
         out["prior_gap"] = {"n": m, "reference": f"features of test images {m}..{len(x_te) - 1}",
-                            "rows": prior_gap(model, net, x_te[:m], ref_feats[m:], parse_temperature_spec(temp, model.cfg),
-                                              output_temp, args.seed)}
+                            "rows": prior_gap(model, net, x_te[:m], ref_feats[m:], temps, output_temp, args.seed)}
     if "finite" not in skip:
         out["overflow"] = [overflow(model, args.finite_n, temp, args.seed + 1, top=top)]
         if args.finite_n_t1:

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 
 import torch
 
 from vdvae_cli.engine import ops
-from vdvae_cli.families.vdvae.config import VDVAEConfig
+from vdvae_cli.families.vdvae.config import VDVAEConfig, parse_block_string
 from vdvae_cli.families.vdvae.model import VAE
 from vdvae_cli.modelfiles.checkpoint import build_model, load_file_model, save_checkpoint
 
@@ -43,22 +42,20 @@ def grown_blocks(dec_blocks: str, add: dict[int, int]) -> tuple[str, list[int | 
     """The new ``dec_blocks`` string and, for each new layer, the old layer it is (None: new).
 
     ``add`` maps a resolution to how many layers to append after its last one, as ``RxN``."""
-    entries = dec_blocks.split(",")
-    last_at: dict[int, int] = {}
-    for j, e in enumerate(entries):
-        last_at[int(re.match(r"\d+", e).group())] = j
+    entries = [e.strip() for e in dec_blocks.split(",")]
+    layers_of = [parse_block_string(e, kind="dec") for e in entries]  # each entry's (resolution, mixin) layers
+    last_at = {layers[0][0]: j for j, layers in enumerate(layers_of)}
     missing = set(add) - set(last_at)
     if missing:
         raise SystemExit(f"error: the decoder has no layers at resolution {sorted(missing)}")
     out: list[str] = []
     origin: list[int | None] = []
-    old = 0
-    for j, e in enumerate(entries):
-        res = int(re.match(r"\d+", e).group())
-        count = int(e.split("x")[1]) if "x" in e else 1
-        out.append(e)
-        origin.extend(range(old, old + count))
-        old += count
+    old = 0  # the original model's layers so far
+    for j, (entry, layers) in enumerate(zip(entries, layers_of)):
+        res = layers[0][0]
+        out.append(entry)
+        origin.extend(range(old, old + len(layers)))
+        old += len(layers)
         if last_at[res] == j and add.get(res):
             out.append(f"{res}x{add[res]}")
             origin.extend([None] * add[res])
