@@ -147,10 +147,13 @@ class Session:
             self._notes.append("compiling the network (--compile): the first batch waits for it, often a minute")
         return model
 
-    def load_prior(self, choice: str | None) -> "TopPrior | None":
+    def load_prior(self, choice: str | None, *, density: bool = False) -> "TopPrior | None":
         """The learned prior ``--prior`` asks for, for the loaded model: ``model`` none; ``learned`` the
         companion file beside the model (required); ``auto`` (default) the companion when there is
-        one; anything else a companion file's path. Says on stderr which prior draws the top layers."""
+        one; anything else a companion file's path. Says on stderr which prior draws the top layers.
+
+        ``density``: the command scores latents under the prior (likelihoods). A prior without a density
+        (an exemplar prior) is then refused when asked for by name, and passed over, with a note, under auto."""
         from pathlib import Path
 
         from ..base.errors import UsageError
@@ -175,8 +178,19 @@ class Session:
         from ..modelfiles.priors import read_prior
 
         top = read_prior(path, self.model)
-        self._notes.append(f"learned prior over latent layers 0-{top.layers - 1} from {path} (--prior model: the "
-                           "model's own)")
+        if density and not top.prior.has_density:
+            if choice == "auto":
+                self._notes.append(f"{path} is an exemplar prior, which has no density: likelihoods use the model's own prior")
+                return None
+            raise UsageError(f"{path} is an exemplar prior, which has no density to score latents with",
+                             hint="use --prior model (the model's own prior) for likelihoods")
+        if top.prior.kind == "exemplar":
+            self._notes.append(f"exemplar prior over latent layers 0-{top.layers - 1} from {path}: those layers are posterior "
+                               f"draws of one of its {top.prior.cfg.count:,} stored images, --temp applies below them "
+                               "(--prior model: the model's own)")
+        else:
+            self._notes.append(f"learned prior over latent layers 0-{top.layers - 1} from {path} (--prior model: the "
+                               "model's own)")
         return top
 
     def _fetch(self, ref: str | None, offline: bool) -> "ResolvedModel":

@@ -58,7 +58,7 @@ def evaluate(
     sources = collect_inputs(images)
     run = Session(quiet=quiet, json_out=json_out)
     vae = run.load_model(model, device, dtype, compile=compile, offline=offline, latents=False)
-    top = run.load_prior(prior)
+    top = run.load_prior(prior, density=True)
     cfg = vae.cfg
     mine, pixels = read_shard(run, sources, cfg.image_size, no_resize)  # under torchrun: this process's share
     seed = run.seed(seed)
@@ -264,9 +264,12 @@ def info(
         out(f"temperature  {temperature or '1.0'}, output {output_temperature or '1.0'} "
             "(what sample, reconstruct, mix and decode use without --temp, --output-temp)")
     if learned:
-        kind = {"made": "MADE", "spatial": "spatial, PixelCNN++ blocks"}.get(learned.get("kind", ""), "unknown kind")
-        out(f"prior        learned ({kind}), over latent layers 0-{learned['layers'] - 1} ({learned['path']}): what sample, "
-            "decode and eval use; --prior model for the model's own")
+        kind = {"made": "MADE", "spatial": "spatial, PixelCNN++ blocks",
+                "exemplar": "exemplar: posterior draws of stored training images"}.get(learned.get("kind", ""), "unknown kind")
+        uses = ("what sample, reconstruct, mix and decode draw; eval uses the model's own (it has no density)"
+                if learned.get("kind") == "exemplar" else "what sample, decode and eval use")
+        out(f"prior        learned ({kind}), over latent layers 0-{learned['layers'] - 1} ({learned['path']}): {uses}; "
+            "--prior model for the model's own")
     if ood_recorded:
         how = f" ({ood_recorded['source']})" if ood_recorded.get("source") else ""
         if ood_recorded.get("score") == "complexity":
@@ -300,5 +303,5 @@ def _learned_prior_facts(model_path) -> dict[str, Any] | None:
     if meta.get("format") != PRIOR_FORMAT or not layers.isdigit():
         return {"path": str(path), "layers": 0, "note": "unreadable learned-prior file"}
     kind = str(meta.get("kind", "made"))
-    return {"path": str(path), "layers": int(layers), "kind": kind if kind in ("made", "spatial") else "unknown",
+    return {"path": str(path), "layers": int(layers), "kind": kind if kind in ("made", "spatial", "exemplar") else "unknown",
             "model_fingerprint": str(meta.get("model_fingerprint", ""))[:64]}

@@ -25,7 +25,9 @@ app.add_typer(prior_app)
     help=(
         "Fit an autoregressive prior to the posterior of MODEL's top latent layers on IMAGES, and write it as a "
         "companion file that names the model's fingerprint: a MADE (a mixture of Gaussians per dimension) over 1x1 "
-        "layers, PixelCNN++ blocks over a spatial top layer (--kind).\n\n"
+        "layers, PixelCNN++ blocks over a spatial top layer (--kind). Or store --exemplars of IMAGES as an exemplar "
+        "prior (--kind exemplar): a draw takes the covered layers from the model's posterior of one stored image "
+        "(the Exemplar VAE; nothing to train, no density, so likelihoods use the model's own prior).\n\n"
         "By default every leading 1x1 layer is covered, else the top layer (printed), and the file is MODEL.prior.safetensors beside "
         "a local model file, which every command then finds by itself (--prior model turns it off). Progress on "
         "stderr, one JSON line per evaluation with --json; resumable (--resume) and time-limited like train."
@@ -33,6 +35,7 @@ app.add_typer(prior_app)
     epilog="Examples:\n\n"
     "  vdvae prior fit runs/fashion/model.safetensors fashion/train.npz --time-limit 20\n\n"
     "  vdvae prior fit runs/fashion/model.safetensors fashion/train.npz --resume --steps 20000\n\n"
+    "  vdvae prior fit runs/fashion/model.safetensors fashion/train.npz --kind exemplar --layers 9 --exemplars 4000\n\n"
     "  vdvae sample --model runs/fashion/model.safetensors -n 16 --grid -o with-prior.png",
 )
 def fit(
@@ -40,7 +43,8 @@ def fit(
     data: Annotated[str, typer.Argument(metavar="IMAGES", help="Folder of images, or an .npy/.npz uint8 array.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="PATH", help="The prior file [MODEL.prior.safetensors beside a model file].", show_default=False)] = None,
     layers: Annotated[Optional[int], typer.Option("--layers", metavar="K", help="How many top latent layers [every leading 1x1 layer, else the top layer].", show_default=False)] = None,
-    kind: Annotated[str, typer.Option("--kind", metavar="auto|made|spatial", help="made: a MADE over the layers flattened (up to 2,048 dims); spatial: PixelCNN++ blocks over one spatial layer's map, channel by channel inside a position. auto: made for 1x1 layers, spatial for a spatial top layer.")] = "auto",
+    kind: Annotated[str, typer.Option("--kind", metavar="auto|made|spatial|exemplar", help="made: a MADE over the layers flattened (up to 2,048 dims); spatial: PixelCNN++ blocks over one spatial layer's map, channel by channel inside a position; exemplar: --exemplars of IMAGES, each drawn through the model's posterior (any leading layers). auto: made for 1x1 layers, spatial for a spatial top layer.")] = "auto",
+    exemplars: Annotated[int, typer.Option("--exemplars", metavar="N", help="Exemplar prior: how many of IMAGES it stores, picked at random by --seed (all when fewer).")] = 4000,
     hidden: Annotated[Optional[str], typer.Option("--hidden", metavar="W,W", help="Hidden widths of the MADE network [two of max(256, 2 x dims), at most 1024]; spatial: the channel network's one width [max(64, 8 x channels)].", show_default=False)] = None,
     filters: Annotated[int, typer.Option("--filters", help="Spatial prior: width of the causal streams.")] = 64,
     blocks: Annotated[int, typer.Option("--blocks", help="Spatial prior: gated ResNet blocks per stream.")] = 4,
@@ -89,15 +93,25 @@ def fit(
     else:
         out = Path(output)
     state_path, _ = state_paths(out)
+    if kind not in ("auto", "made", "spatial", "exemplar"):
+        raise UsageError(f"--kind {kind!r} is not auto, made, spatial or exemplar")
+    if kind == "exemplar":
+        if resume:
+            raise UsageError("an exemplar prior is not trained, so there is no fit to resume", hint="drop --resume")
+        if layers is None:
+            raise UsageError("--kind exemplar needs --layers K: how many top layers its exemplars give")
+        if not 1 <= exemplars <= 1 << 20:
+            raise UsageError(f"--exemplars must be 1 to {1 << 20:,}, got {exemplars}")
     if not resume and not force and (out.exists() or state_path.exists()):
         raise OutputError(f"{out if out.exists() else state_path} exists", hint="--resume continues that fit, --force starts over")
-    if kind not in ("auto", "made", "spatial"):
-        raise UsageError(f"--kind {kind!r} is not auto, made or spatial")
     k = layers if layers is not None else default_layers(vae.cfg.latent_shapes)
     if kind == "spatial" and layers is None:
         k = 1
     chosen = default_kind(max(k, 1), vae.cfg.latent_shapes) if kind == "auto" else kind
     check_layers(max(k, 1), vae.cfg.latent_shapes, chosen)  # one line naming the largest K (or why none)
+    if chosen == "exemplar":
+        _store_exemplars(run, vae, data, out, k, exemplars, seed, force, json_out)
+        return
     fc = PriorFitConfig(layers=k, kind=chosen, hidden=widths, filters=filters, blocks=blocks, components=components, draws=draws, batch_size=batch_size, lr=lr,
                         steps=steps, time_limit=None if time_limit is None else time_limit * 60, holdout=holdout,
                         seed=seed)
@@ -115,5 +129,24 @@ def fit(
     run.info(f"{result['stopped']} at step {result['steps']}; kept step {result['step']}: held-out top-layer rate {result['rate_learned_prior_bits']:.2f} "
              f"bits per image with the learned prior against {result['rate_model_prior_bits']:.2f} with the model's "
              f"({result['saved_bits_per_image']:+.2f} saved); wrote {out}")
+    if json_out:
+        run.emit({"type": "summary", **result})
+
+
+def _store_exemplars(run: Session, vae, data: str, out: Path, layers: int, count: int, seed: int, force: bool,
+                     json_out: bool) -> None:
+    """``--kind exemplar``: store ``count`` of the images as an exemplar prior (nothing to train)."""
+    from ..engine.keys import model_fingerprint
+    from ..engine.statedict import digest_of
+    from ..training.data import load_images
+    from ..training.prior_fit import fit_exemplar
+
+    images = load_images(data, vae.cfg.image_size, skipped=lambda line: run.info(line))
+    run.announce()
+    result = fit_exemplar(vae, images, out, layers=layers, count=count, seed=seed,
+                          fingerprint=model_fingerprint(vae.cfg, digest_of(vae)), force=force)
+    run.info(f"stored {result['exemplars']:,} of {result['of_images']:,} images as an exemplar prior over latent layers "
+             f"0-{layers - 1} ({result['bytes']:,} bytes; a draw takes {result['covered_rate_bits_per_image']:.1f} bits "
+             f"per image from its exemplar on average); wrote {out}")
     if json_out:
         run.emit({"type": "summary", **result})

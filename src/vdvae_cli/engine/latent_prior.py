@@ -18,6 +18,7 @@ class LatentPrior(nn.Module):
     """What the ops need from a learned prior over (N, D) latents."""
 
     kind: str  # the companion file's "kind": which class rebuilds it
+    has_density = True  # False: log_prob_dims refuses (an exemplar prior), so likelihoods use the model's prior
     cfg: Any  # a frozen config with to_dict(), from_dict() and parameter_count()
 
     def log_prob(self, z: Tensor) -> Tensor:  # (N, D) -> (N,) nats

@@ -6,7 +6,9 @@ as ``p(z) = prod_d p(z_d | z_<d)``, with a masked autoregressive network (MADE, 
 
 :class:`LatentPrior` is the small interface the engine's ops call; :class:`MadePrior` implements
 it for any leading layers (best for 1x1 ones), :class:`vdvae_cli.engine.spatial_prior.SpatialPrior`
-(PixelCNN++ blocks over the map) for one spatial layer. A companion file names its ``kind``.
+(PixelCNN++ blocks over the map) for one spatial layer, and
+:class:`vdvae_cli.engine.exemplar_prior.ExemplarPrior` (stored images drawn through the model's
+posterior, no density) for any leading layers. A companion file names its ``kind``.
 
 :class:`TopPrior` is a fitted prior in use (what ``engine.ops`` takes as ``prior=``); fitting lives
 in :mod:`vdvae_cli.training.prior_fit`, the command in ``cli/prior.py``.
@@ -215,6 +217,10 @@ def check_layers(k: int, latent_shapes: Sequence[Sequence[int]], kind: str = "ma
             raise UsageError("the spatial prior covers one spatial layer: the top one (--layers 1)",
                              hint="--kind made covers 1x1 layers, or several layers flattened")
         return math.prod(int(v) for v in latent_shapes[0])
+    if kind == "exemplar":  # drawn through the model: any leading run of layers, however large
+        if not 1 <= k <= len(latent_shapes):
+            raise UsageError(f"--layers {k} is out of range: this model has {len(latent_shapes)} latent layers")
+        return sum(math.prod(int(v) for v in s) for s in latent_shapes[:k])
     top = reachable_layers(latent_shapes)
     if k < 1 or k > top:
         if top == 0:
@@ -249,15 +255,18 @@ def prior_bytes(prior: LatentPrior, *, layers: int, fingerprint: str, model_name
     meta = {"format": PRIOR_FORMAT, "kind": prior.kind, "layers": str(layers),
             "model_fingerprint": fingerprint, "model_name": model_name,
             "prior_config": json.dumps(prior.cfg.to_dict()), **(extra or {})}
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in prior.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in prior.state_dict().items()}  # (an exemplar prior's images stay uint8)
     return save(tensors, metadata=meta)
 
 
 def _prior_kinds() -> dict[str, tuple[Any, Any]]:
     """kind -> (config class, network class)."""
+    from .exemplar_prior import ExemplarConfig, ExemplarPrior
     from .spatial_prior import SpatialConfig, SpatialPrior
 
-    return {"made": (MadeConfig, MadePrior), "spatial": (SpatialConfig, SpatialPrior)}
+    return {"made": (MadeConfig, MadePrior), "spatial": (SpatialConfig, SpatialPrior),
+            "exemplar": (ExemplarConfig, ExemplarPrior)}
 
 
 def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[LatentPrior, int, dict[str, str]]:
@@ -270,8 +279,10 @@ def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[
     from vdvae_cli.base.safety import first_line, loads
     from vdvae_cli.base.tensorfile import parse_header
 
+    from vdvae_cli.base.tensorfile import FLOAT_DTYPES
+
     header = parse_header(lambda offset, n: data[offset:offset + n], len(data), label,
-                          kind="learned-prior file")
+                          kind="learned-prior file", dtypes=(*FLOAT_DTYPES, "U8"))
     meta = header.get("__metadata__") or {}
     if meta.get("format") != PRIOR_FORMAT:
         raise CheckpointError(f"{label} is not a learned-prior file (no format={PRIOR_FORMAT!r} metadata)")
@@ -295,6 +306,11 @@ def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[
     if stored != cfg.parameter_count():  # before building: a config that lies cannot allocate more than the file holds
         raise CheckpointError(f"{label} holds {stored} numbers but its prior_config needs {cfg.parameter_count()}")
     prior = prior_cls(cfg)
+    for key, want in prior.state_dict().items():  # pixels (an exemplar prior's images) as U8, numbers as floats
+        got = header.get(key, {}).get("dtype")
+        if got is not None and (got == "U8") != (want.dtype == torch.uint8):
+            raise CheckpointError(f"{label} stores {key[:40]!r} as {got}, not as "
+                                  + ("8-bit pixels (U8)" if want.dtype == torch.uint8 else "floating-point numbers"))
     try:
         prior.load_state_dict(load(bytes(data)), strict=True)
     except Exception as exc:  # safetensors' own errors, or tensors that do not fit the config

@@ -124,18 +124,22 @@ def layer_temperatures(cfg: FamilyConfig, temperatures: Temperatures) -> list[fl
 
 @torch.inference_mode()
 def encode(
-    model: LatentModel, images: Tensor, *, posterior: Posterior = "sample", noise: NoiseLike = None, n_layers: int | None = None
+    model: LatentModel, images: Tensor, *, posterior: Posterior = "sample", noise: NoiseLike = None, n_layers: int | None = None,
+    given: Sequence[Tensor] = (),
 ) -> list[Tensor]:
     """Posterior latents of ``images`` (uint8 NHWC): one (N, Z, r, r) float32 tensor per layer.
 
-    ``n_layers`` stops after that many leading layers (a prefix costs only its own layers)."""
+    ``n_layers`` stops after that many leading layers (a prefix costs only its own layers).
+    ``given`` fixes the leading layers (returned as given): the later ones are the posterior's
+    conditioned on them (what an exemplar prior draws, :mod:`vdvae_cli.engine.exemplar_prior`)."""
     require_latent_layers(model, "encode")
     p = _param(model)
     n_layers = model.cfg.n_layers if n_layers is None else n_layers
     if n_layers == 0:
         return []
     acts = model.encoder(_input(model, images.to(p.device), p.dtype))
-    out = model.decoder(images.shape[0], acts, posterior_mean=posterior == "mean", noise=as_noise(noise),
+    fixed = [z.to(device=p.device, dtype=p.dtype) for z in given]
+    out = model.decoder(images.shape[0], acts, latents=fixed, posterior_mean=posterior == "mean", noise=as_noise(noise),
                         want_latents=True, stop_after=n_layers)
     return [z.float() for z in out.latents]
 

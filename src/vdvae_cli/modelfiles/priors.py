@@ -34,6 +34,25 @@ def read_prior(path: str | Path, model: LatentModel) -> TopPrior:
     if prior.kind == "spatial" and (prior.cfg.channels, prior.cfg.size, prior.cfg.size) != tuple(shapes[0]):
         raise CheckpointError(f"{path} models {prior.cfg.channels}x{prior.cfg.size}x{prior.cfg.size} latents, "
                               f"but this model's top layer is {'x'.join(map(str, shapes[0]))}")
+    if prior.kind == "exemplar":
+        _attach_model(prior, model, layers, path)
     p = next(model.parameters())
     prior.to(p.device).eval()
     return TopPrior(prior, layers, tuple(model.cfg.latent_shapes), str(path))
+
+
+def _attach_model(prior, model: LatentModel, layers: int, path: Path) -> None:
+    """An exemplar prior draws through its model: its images must be the model's size and channels."""
+    from ..base.errors import CheckpointError
+    from ..engine import ops
+
+    cfg = model.cfg
+    want = (cfg.image_size, cfg.image_channels)
+    if (prior.cfg.size, prior.cfg.channels) != want:
+        raise CheckpointError(f"{path} stores {prior.cfg.size}x{prior.cfg.size}x{prior.cfg.channels} images, but this model "
+                              f"reads {want[0]}x{want[0]}x{want[1]}")
+
+    def draw(images, given, noise):
+        return ops.encode(model, images, noise=noise, n_layers=layers, given=given)
+
+    prior.attach(draw, cfg.latent_shapes[:layers])

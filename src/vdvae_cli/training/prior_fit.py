@@ -260,3 +260,36 @@ def _read_state(state_path: Path, latents_path: Path) -> tuple[dict[str, Any], d
     if not all(bool(torch.isfinite(t).all()) for t in data.values()):
         raise TrainingError(f"{latents_path} holds values that are not finite")
     return saved, data
+
+
+def fit_exemplar(model: LatentModel, images: Tensor, out: Path, *, layers: int, count: int, seed: int,
+                 fingerprint: str, force: bool = False) -> dict[str, Any]:
+    """Write an exemplar prior (:mod:`vdvae_cli.engine.exemplar_prior`) over the first ``layers``
+    layers: ``count`` of ``images`` (uint8 NHWC) picked at random by ``seed`` (all when there are
+    fewer), stored at the model's channels. Nothing is trained, so there is no state to resume.
+
+    Reported: the covered layers' rate (the posterior's KL there, bits per image) on up to 500 of the
+    stored images, what a draw takes from its exemplar on average."""
+    from ..base.atomic import atomic_write_bytes
+    from ..engine import ops
+    from ..engine.exemplar_prior import ExemplarConfig, ExemplarPrior
+
+    cfg = model.cfg
+    dim = check_layers(layers, cfg.latent_shapes, "exemplar")
+    if count < 1:
+        raise UsageError(f"--exemplars must be >= 1, got {count}")
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(images), generator=gen)[: min(count, len(images))]
+    stored = ops.as_channels(images.index_select(0, chosen), cfg.image_channels).contiguous()
+    prior = ExemplarPrior(ExemplarConfig(dim=dim, count=len(stored), size=cfg.image_size, channels=cfg.image_channels))
+    prior.images.copy_(stored)
+    probe = stored[:500]
+    n_dims = cfg.image_size * cfg.image_size * cfg.image_channels
+    kl = torch.cat([ops.elbo(model, probe[s:s + 100], noise=BatchNoise(gen)).kl_per_layer[:, :layers]
+                    for s in range(0, len(probe), 100)])
+    rate = float(kl.double().sum(1).mean() * n_dims / LN2)
+    extra = {"exemplars_seed": str(seed), "covered_rate_bits_per_image": f"{rate:.2f}"}
+    atomic_write_bytes(out, prior_bytes(prior, layers=layers, fingerprint=fingerprint, model_name=cfg.name, extra=extra),
+                       force=force)
+    return {"kind": "exemplar", "layers": layers, "exemplars": len(stored), "of_images": len(images),
+            "covered_rate_bits_per_image": round(rate, 2), "bytes": out.stat().st_size, "path": str(out)}
