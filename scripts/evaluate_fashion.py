@@ -19,6 +19,10 @@ from a seeded ``torch.Generator`` (image i of a pass from (seed, i)), so the fig
 3. Sample quality (as ``evaluate_fashion32.py``): N samples at the model's recommended temperatures
    judged by the cached CNN classifier: share >= 90% sure, classes present, class entropy, Frechet
    distance of its penultimate features to test images N.. (real test images 0..N-1 alongside).
+   The samples' top layers come from the learned prior beside the model when there is one (``--prior``,
+   as the CLI's ``--prior auto``); the same draws with the model's own prior sit beside them. Copying:
+   each sample's RMS distance to its nearest training image, against the real test images' own.
+   ``--extra-seeds K`` repeats the samples with K more seeds (the spread a 1,000-sample figure has).
 4. Overflow: samples whose output is not finite, in ``--finite-n`` samples at the recommended
    temperature and ``--finite-n-t1`` at temperature 1.0, with the largest prior log-std drawn.
 5. Where the prior loses (``prior_gap``): the N test images reconstructed keeping the first K
@@ -47,9 +51,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaluate_fashion32 import classify, load_classifier, quality  # noqa: E402
+from fashion_metrics import copy_report, nearest_rms  # noqa: E402
 from prepare_fashion_mnist import CLASSES  # noqa: E402
 
 from vdvae_cli.engine import ops  # noqa: E402
+from vdvae_cli.engine.companion import companion_path  # noqa: E402
 from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
 from vdvae_cli.engine.distributions import PerImageNoise  # noqa: E402
 from vdvae_cli.modelfiles.header import ood_score, ood_settings  # noqa: E402
@@ -255,8 +261,11 @@ def main() -> None:
     ap.add_argument("--ood-k", type=int, help="k for the OOD figure [what the file records, else 1]")
     ap.add_argument("--ood-prior-temp", type=float)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: likelihood,recon,samples,prior_gap,finite,ood")
-    ap.add_argument("--prior", type=Path, help="a learned prior file (vdvae prior fit) for the samples' top layers")
+    ap.add_argument("--prior", default="auto", help="the samples' top layers: a learned prior file (vdvae prior fit), "
+                    "auto (the companion MODEL.prior.safetensors when there is one, as the CLI does) or model")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra-seeds", type=int, default=0,
+                    help="also draw the N samples with seeds SEED+1..SEED+K and report each (the spread over seeds)")
     ap.add_argument("--grid", type=Path, help="also write 64 of the samples as a PNG grid (2x) here")
     ap.add_argument("-o", "--output", type=Path, help="JSON output [beside the model: STEM-eval.json]")
     args = ap.parse_args()
@@ -266,19 +275,22 @@ def main() -> None:
     x_tr, y_tr, x_te, y_te = train["images"], train["labels"], test["images"], test["labels"]
     model = load_file_model(args.model)
     top = None
-    if args.prior:
+    prior_path = companion_path(args.model) if args.prior == "auto" else None if args.prior == "model" else Path(args.prior)
+    if prior_path is not None and (args.prior != "auto" or prior_path.is_file()):
         from vdvae_cli.modelfiles.priors import read_prior
 
-        top = read_prior(args.prior, model)
+        top = read_prior(prior_path, model)
     temp = args.temp or model.default_temperature or "1.0"
     temps = parse_temperature_spec(temp, model.cfg)  # the samples' and the prior-gap rows'
     output_temp = args.output_temp if args.output_temp is not None else float(model.default_output_temperature or 1.0)
     out: dict = {"model": str(args.model), "parameters": sum(p.numel() for p in model.parameters()),
                  "latent_layers": model.cfg.n_layers, "image_channels": model.cfg.image_channels,
                  "temperature": temp, "output_temperature": output_temp,
-                 "learned_prior": str(args.prior) if args.prior else None}
+                 "learned_prior": None if top is None else {"path": str(prior_path), "kind": top.prior.kind,
+                                                            "layers": top.layers}}
     if "likelihood" not in skip:
-        out["test_likelihood"] = likelihood(model, x_te[: args.n_test], args.seed, top)
+        scored = top if top is not None and top.prior.has_density else None  # an exemplar prior has no density
+        out["test_likelihood"] = likelihood(model, x_te[: args.n_test], args.seed, scored)
         print(json.dumps(out["test_likelihood"]), file=sys.stderr)
     if "recon" not in skip:
         out["reconstruction"] = {"n": args.n_recon, "rows": reconstruction(model, x_te[: args.n_recon], args.seed)}
@@ -294,6 +306,23 @@ def main() -> None:
                              "reference": f"features of test images {m}..{len(x_te) - 1}"}
         out["real_test_images"] = quality(net, x_te[:m], ref_feats[m:])
         out["samples"] = quality(net, samples, ref_feats[m:])
+        if top is not None:  # the same draws with the model's own prior, for comparison
+            own = ops.sample(model, m, temperatures=temps, output_temperature=output_temp,
+                             noise=torch.Generator().manual_seed(args.seed)).numpy()
+            out["samples_model_prior"] = quality(net, own, ref_feats[m:])
+        if args.extra_seeds:
+            rows = [{"seed": args.seed, "share_conf_ge_0.9": out["samples"]["share_conf_ge_0.9"],
+                     "frechet_distance": out["samples"]["frechet_distance"]}]
+            for seed in range(args.seed + 1, args.seed + 1 + args.extra_seeds):
+                more = ops.sample(model, m, temperatures=temps, output_temperature=output_temp,
+                                  noise=torch.Generator().manual_seed(seed), prior=top).numpy()
+                q = quality(net, more, ref_feats[m:])
+                rows.append({"seed": seed, "share_conf_ge_0.9": q["share_conf_ge_0.9"], "frechet_distance": q["frechet_distance"]})
+            out["samples_over_seeds"] = {"n_each": m, "rows": rows,
+                                         "mean_share_conf_ge_0.9": round(float(np.mean([r["share_conf_ge_0.9"] for r in rows])), 4)}
+        out["nearest_training_image"] = {
+            "measure": "RMS grey-level difference to the nearest of the training images",
+            **copy_report(nearest_rms(grey(samples), grey(x_tr)), nearest_rms(grey(x_te[:m]), grey(x_tr)))}
         out["classes"] = list(CLASSES)
         if args.grid:
             big = torch.from_numpy(samples[:64]).repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)

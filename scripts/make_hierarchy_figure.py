@@ -79,7 +79,8 @@ def main() -> None:
         canvas.paste(tile, (GAP + col * (side + GAP), top))
 
     draw.text((GAP, 1), f"samples at the recommended temperatures (--temp {model.default_temperature or '1.0'})"
-              + (" with the learned prior" if top is not None else ""), fill=(0, 0, 0))
+              + ("" if top is None else " with the exemplar prior" if top.prior.kind == "exemplar"
+                 else " with the learned prior"), fill=(0, 0, 0))
     for c, img in enumerate(samples):
         put(img, c, LABEL)
     top = LABEL + side + GAP

@@ -162,3 +162,17 @@ def test_nvae_draws_its_groups_from_stored_images(tmp_path):
     assert a.shape == b.shape and not torch.equal(a, b)
     kept = ops.reconstruct(vae, a, keep_layers=1, noise=torch.Generator().manual_seed(2), prior=top)
     assert kept.shape == a.shape
+
+
+def test_holdout_leaves_out_the_trainers_held_out_images(stored, tmp_path):
+    from vdvae_cli.training.data import holdout_split
+
+    out = tmp_path / "h.prior.safetensors"
+    result = vdvae("prior", "fit", stored, stored.parent / "data.npy", "--kind", "exemplar", "--layers", 1,
+                   "--exemplars", 100, "--holdout", 8, "-o", out)
+    assert "storing from 32" in result.stderr
+    data = np.load(stored.parent / "data.npy")
+    images = read_prior(out, load_file_model(stored)).prior.images.numpy()
+    _, held = holdout_split(40, 8, 0)
+    assert len(images) == 32
+    assert not any((images == data[i]).all(axis=(1, 2, 3)).any() for i in held.tolist())

@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from fashion_metrics import (  # noqa: E402
-    classes_present, confident_share, confident_share_by_class, frechet_distance, grey_histogram_bpd, histogram_bpd,
-    histogram_entropy_bits,
+    classes_present, confident_share, confident_share_by_class, copy_report, frechet_distance, grey_histogram_bpd,
+    histogram_bpd, histogram_entropy_bits, nearest_rms,
 )
 from prepare_fashion_mnist import IdxError, parse_idx, read_idx, to_model_input  # noqa: E402
 
@@ -102,3 +102,16 @@ def test_prior_gap_rows_fall_at_each_change_of_resolution():
     res = [1] * 6 + [4] * 3 + [8] * 4 + [16] * 3 + [32] * 2
     assert prior_gap_keeps(res) == [0, 1, 6, 7, 9, 10, 13, 14, 16, 17, 18]
     assert prior_gap_keeps([8, 8]) == [0, 1, 2]
+
+
+def test_nearest_rms_and_copy_report_by_hand():
+    train = np.zeros((3, 2, 2, 1), np.uint8)
+    train[1] = 10
+    train[2, 0, 0] = 200
+    images = np.array([train[1], np.full((2, 2, 1), 13, np.uint8), train[2]])
+    # a copy is 0 away; all 13s are 3 from all 10s; the third is a copy of train[2]
+    assert np.allclose(nearest_rms(images, train, chunk=2), [0.0, 3.0, 0.0])
+    real = np.arange(1.0, 101.0)  # its 1st percentile is 1.99
+    report = copy_report(np.array([0.5, 50.0, 60.0, 70.0]), real)
+    assert report["share_samples_below_real_p1"] == 0.25 and report["real_p1_rms"] == 1.99
+    assert report["sample_median_rms"] == 55.0 and report["sample_min_rms"] == 0.5

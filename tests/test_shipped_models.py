@@ -31,9 +31,9 @@ def test_fashion_is_the_default(monkeypatch):
     assert (WEIGHTS / "DEFAULT").read_text().strip() == "fashion"
     assert registry.default_name() == "fashion"
     assert {p.stem for p in SHIPPED} == {"fashion", "fashion32", "digits32"}
-    # No learned prior ships: fitted to the current weights it improved neither the samples nor the
-    # bound (weights/README.md), and a prior ships only where it does.
-    assert PRIORS == []
+    # One prior ships: fashion's exemplar prior (weights/README.md: it lifts the samples, and it claims
+    # no density, so the bound stays the model's own). A MADE fitted to these weights improved neither.
+    assert [p.name for p in PRIORS] == ["fashion.prior.safetensors"]
 
 
 @pytest.mark.parametrize("path", PRIORS, ids=lambda p: p.name)
@@ -50,6 +50,9 @@ def test_a_shipped_learned_prior_fits_its_model_and_is_used(path):
                         prior=top)
     without = sample(model, 8, temperatures=temps, output_temperature=0.0, noise=torch.Generator().manual_seed(0))
     assert not torch.equal(with_prior, without)
+    if top.prior.kind == "exemplar":  # its images are what the model reads, and few enough to ship
+        assert top.prior.images.shape[1:] == (model.cfg.image_size, model.cfg.image_size, model.cfg.image_channels)
+        assert path.stat().st_size < 20e6
 
 
 def test_fashion_is_grey_bounded_and_records_its_ood_defaults():

@@ -54,7 +54,7 @@ def fit(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Latent draws per step.")] = 256,
     lr: Annotated[float, typer.Option("--lr", help="Adam's learning rate.")] = 1e-3,
     time_limit: Annotated[Optional[float], typer.Option("--time-limit", metavar="MIN", help="Stop cleanly (resumable) after this many minutes.", show_default=False)] = None,
-    holdout: Annotated[int, typer.Option("--holdout", help="Images held out for the report.")] = 1000,
+    holdout: Annotated[Optional[int], typer.Option("--holdout", metavar="N", help="Images held out for the report [1000]. Exemplar prior: leave out the images `vdvae train --holdout N` held out (its split, seed 0), so only what the model trained on is stored [none left out].", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="The split, the draws and the initialisation.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the fit whose state is beside the output.")] = False,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing prior file and fit state.")] = False,
@@ -110,10 +110,10 @@ def fit(
     chosen = default_kind(max(k, 1), vae.cfg.latent_shapes) if kind == "auto" else kind
     check_layers(max(k, 1), vae.cfg.latent_shapes, chosen)  # one line naming the largest K (or why none)
     if chosen == "exemplar":
-        _store_exemplars(run, vae, data, out, k, exemplars, seed, force, json_out)
+        _store_exemplars(run, vae, data, out, k, exemplars, seed, holdout or 0, force, json_out)
         return
     fc = PriorFitConfig(layers=k, kind=chosen, hidden=widths, filters=filters, blocks=blocks, components=components, draws=draws, batch_size=batch_size, lr=lr,
-                        steps=steps, time_limit=None if time_limit is None else time_limit * 60, holdout=holdout,
+                        steps=steps, time_limit=None if time_limit is None else time_limit * 60, holdout=1000 if holdout is None else holdout,
                         seed=seed)
     images = load_images(data, vae.cfg.image_size, skipped=lambda line: run.info(line))
     run.announce()
@@ -133,15 +133,23 @@ def fit(
         run.emit({"type": "summary", **result})
 
 
-def _store_exemplars(run: Session, vae, data: str, out: Path, layers: int, count: int, seed: int, force: bool,
-                     json_out: bool) -> None:
-    """``--kind exemplar``: store ``count`` of the images as an exemplar prior (nothing to train)."""
+def _store_exemplars(run: Session, vae, data: str, out: Path, layers: int, count: int, seed: int, holdout: int,
+                     force: bool, json_out: bool) -> None:
+    """``--kind exemplar``: store ``count`` of the images as an exemplar prior (nothing to train),
+    leaving out the trainer's held-out split of ``holdout`` images when asked."""
     from ..engine.keys import model_fingerprint
+    from ..engine.recipe import TrainConfig
     from ..engine.statedict import digest_of
-    from ..training.data import load_images
+    from ..training.data import holdout_split, load_images
     from ..training.prior_fit import fit_exemplar
 
     images = load_images(data, vae.cfg.image_size, skipped=lambda line: run.info(line))
+    if holdout:
+        if not 0 < holdout < len(images):
+            raise UsageError(f"--holdout {holdout} leaves no images of {len(images):,} to store")
+        kept, _ = holdout_split(len(images), holdout, TrainConfig.split_seed)
+        images = images.index_select(0, kept)
+        run.info(f"leaving out the {holdout:,} images vdvae train --holdout {holdout} holds out: storing from {len(images):,}")
     run.announce()
     result = fit_exemplar(vae, images, out, layers=layers, count=count, seed=seed,
                           fingerprint=model_fingerprint(vae.cfg, digest_of(vae)), force=force)
