@@ -72,3 +72,14 @@ def test_batch_size_auto_on_cuda_gives_the_fixed_size_images(tiny_ckpt, tmp_path
     vdvae("sample", "-n", 9, "--seed", 1, "-m", tiny_ckpt, "--device", "cuda", "-b", "2", "--grid", "-o", tmp_path / "b.png", "-q")
     a, b = (np.asarray(Image.open(tmp_path / f), dtype=np.int16) for f in ("a.png", "b.png"))
     assert np.abs(a - b).max() <= 2
+
+
+def test_the_default_model_with_its_exemplar_prior_samples_the_same_on_cuda(tmp_path):
+    """The shipped exemplar prior picks its stored images with the CPU generators too, and draws their
+    posterior on the model's device: the same samples as on the CPU, up to rounding."""
+    for device in ("cpu", "cuda"):
+        vdvae("sample", "-n", 6, "--seed", 5, "--device", device, "-o", f"{tmp_path / device}/", "-q")
+    for name in sorted(p.name for p in (tmp_path / "cpu").iterdir()):
+        a = np.asarray(Image.open(tmp_path / "cpu" / name), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "cuda" / name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 4 and (a != b).mean() < 0.02, name
