@@ -8,7 +8,7 @@ model's own prior as usual. What the covered layers carry per image is the poste
 (the card reports it), so a draw shares only that much with its exemplar, and the deeper layers are
 drawn afresh.
 
-It has no network and nothing to fit: its "parameters" are the images (uint8, as the data came). It
+It has no network and nothing to fit: its "parameters" are the images (uint8, at the model's channels). It
 needs the model to draw (:meth:`ExemplarPrior.attach`, done by the reader that checks the file
 against its model), and it has no tractable density here (the mixture's would need every stored
 image's posterior at every evaluated latent), so likelihood commands use the model's own prior.

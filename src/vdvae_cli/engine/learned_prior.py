@@ -277,9 +277,7 @@ def load_prior(data: bytes, *, fingerprint: str, label: str = "prior") -> tuple[
     from safetensors.torch import load
 
     from vdvae_cli.base.safety import first_line, loads
-    from vdvae_cli.base.tensorfile import parse_header
-
-    from vdvae_cli.base.tensorfile import FLOAT_DTYPES
+    from vdvae_cli.base.tensorfile import FLOAT_DTYPES, parse_header
 
     header = parse_header(lambda offset, n: data[offset:offset + n], len(data), label,
                           kind="learned-prior file", dtypes=(*FLOAT_DTYPES, "U8"))
