@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate_fashion32 import classify, load_classifier, quality  # noqa: E402
 
 from vdvae_cli.engine import ops  # noqa: E402
+from vdvae_cli.engine.registry import family_of  # noqa: E402
 from vdvae_cli.modelfiles.checkpoint import load_file_model  # noqa: E402
 from vdvae_cli.engine.temperature import parse_temperature_spec  # noqa: E402
 from vdvae_cli.training.data import holdout_split  # noqa: E402
@@ -38,6 +40,9 @@ def main() -> None:
     ap.add_argument("--specs", help="instead of --temps: full --temp specs separated by ';' (e.g. '1.0;1.0,r32=0.5')")
     ap.add_argument("--prior", type=Path, help="a learned prior file (vdvae prior fit) for the top layers")
     ap.add_argument("--output-temp", type=float, default=0.0)
+    ap.add_argument("--readjust-bn", type=int, default=0, metavar="ITERS",
+                    help="NVAE: before each temperature's samples, fit BatchNorm statistics to ITERS prior passes at it "
+                    "(vdvae sample --readjust-bn); 0: off")
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--holdout", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
@@ -58,6 +63,11 @@ def main() -> None:
     specs = args.specs.split(";") if args.specs else args.temps.split(",")
     for t in specs:
         temps = parse_temperature_spec(t, model.cfg)
+        if args.readjust_bn:
+            model = load_file_model(args.model)  # from the file's own statistics each time, not the last spec's
+            with tempfile.TemporaryDirectory() as cache:
+                family_of(model).readjust_bn(model, ops.layer_temperatures(model.cfg, temps), Path(cache),
+                                             iters=args.readjust_bn)
         s = ops.sample(model, args.n, temperatures=temps, output_temperature=args.output_temp,
                        noise=torch.Generator().manual_seed(args.seed), prior=top).numpy()
         q = quality(net, s, ref)
