@@ -458,3 +458,38 @@ def test_a_hub_file_with_nan_weights_is_not_kept(server, monkeypatch, tmp_path, 
     assert "NaN" in result.stderr and "nothing was kept" in result.stderr
     hub_cache = Path(os.environ["HF_HUB_CACHE"])
     assert not list(hub_cache.rglob("model.safetensors"))
+
+
+def test_a_hub_model_brings_its_learned_prior(server, monkeypatch, tiny_ckpt, tmp_path):
+    """A repository holding NAME.prior.safetensors beside NAME.safetensors: the prior lands beside the
+    model in the snapshot, and sample uses it (online, then offline); a repository without one works
+    as before."""
+    import numpy as np
+
+    from vdvae_cli.engine.companion import companion_path
+
+    local = tmp_path / "m.safetensors"
+    shutil.copy(tiny_ckpt, local)
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8))
+    runner = CliRunner()
+    fit = runner.invoke(app, ["prior", "fit", str(local), str(tmp_path / "d.npy"), "--kind", "exemplar", "--layers", "2",
+                              "--exemplars", "4"])
+    assert fit.exit_code == 0, fit.stderr
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    server.add_hub_file("acme/with-prior", "model.safetensors", tiny_ckpt)
+    server.add_hub_file("acme/with-prior", "model.prior.safetensors", companion_path(local))
+    server.add_hub_file("acme/plain", "model.safetensors", tiny_ckpt)
+
+    resolved = resolve.resolve_model("hf://acme/with-prior")
+    assert companion_path(resolved.path).read_bytes() == companion_path(local).read_bytes()
+    plain = resolve.resolve_model("hf://acme/plain")
+    assert not companion_path(plain.path).exists()
+    for env in ({}, {"HF_HUB_OFFLINE": "1"}):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        result = runner.invoke(app, ["sample", "-m", "hf://acme/with-prior", "-n", "2", "--grid", "--seed", "1",
+                                     "-o", str(tmp_path / "s.png"), "--force"])
+        assert result.exit_code == 0, result.stderr
+        assert "exemplar prior over latent layers 0-1" in result.stderr
+    result = runner.invoke(app, ["sample", "-m", "hf://acme/plain", "-n", "2", "--grid", "-o", str(tmp_path / "p.png")])
+    assert result.exit_code == 0 and "prior over latent layers" not in result.stderr

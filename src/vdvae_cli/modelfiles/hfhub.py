@@ -166,7 +166,41 @@ def fetch_hub(ref: HubRef, *, force: bool = False, progress: ProgressCallback | 
     except CheckpointError:
         _forget_hub_file(path)
         raise
+    fetch_companion(ref, force=force)
     return path
+
+
+def companion_ref(ref: HubRef) -> HubRef | None:
+    """Where a model's learned prior sits in its repository: ``NAME.prior.safetensors`` beside
+    ``NAME.safetensors`` (the name ``vdvae prior fit`` gives it), at the same revision."""
+    name = ref.filename
+    if not name.endswith(".safetensors") or name.endswith(".prior.safetensors"):
+        return None
+    return HubRef(ref.repo_id, name[: -len(".safetensors")] + ".prior.safetensors", ref.revision)
+
+
+def fetch_companion(ref: HubRef, *, force: bool = False) -> Path | None:
+    """The model's learned prior, fetched into the same snapshot folder when its repository has one
+    (so ``--prior auto`` finds it beside the model, online or, later, offline); None when it has none
+    or it cannot be had now: the model works without it, and the prior's own checks come when it is
+    read against the model (:func:`vdvae_cli.modelfiles.priors.read_prior`)."""
+    companion = companion_ref(ref)
+    if companion is None:
+        return None
+    if not force:  # known from an earlier request (present, or recorded as missing): no new one
+        from huggingface_hub import try_to_load_from_cache
+
+        known = try_to_load_from_cache(companion.repo_id, companion.filename, cache_dir=str(hub_cache_dir()),
+                                       revision=companion.revision)
+        if isinstance(known, str):
+            return Path(known)
+        if known is not None:  # huggingface_hub's marker for a file the repository does not have
+            return None
+    try:
+        with _quiet_hub():
+            return _hf_download(companion, force=force, progress=None)
+    except (ModelNotFoundError, NetworkError, UsageError):
+        return None
 
 
 def _hf_download(ref: HubRef, *, force: bool, progress: ProgressCallback | None) -> Path:
