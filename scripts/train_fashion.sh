@@ -66,8 +66,7 @@ python scripts/export_shipped.py fashion "$RUN/model.safetensors" weights/fashio
     --wall-time-min "$(python -c "import json,sys; print(round(303.9 + max(json.loads(l).get('elapsed_s', 0) for l in open(sys.argv[1])) / 60, 1))" "$RUN/log.jsonl")" \
     --default-temp "${TEMP:-1.0,r16=0.7,r32=0.5}" --default-output-temp 0 $OOD_ARGS \
     --ood-source "chosen on 300 held-out training images vs their flipped, inverted, outlined and blurred copies" --force
-# The exemplar prior beside it (weights/fashion.prior.safetensors, which sample, reconstruct, mix and
-# decode then use by themselves): 4,000 of the 58,000 images the model trained on (--holdout 2000 leaves
+# The exemplar prior beside it (weights/fashion.prior.safetensors, which sample then uses by itself): 4,000 of the 58,000 images the model trained on (--holdout 2000 leaves
 # out the trainer's held-out split), whose posterior draws give the six 1x1 and three 4x4 layers
 # (--layers 9). Layers and count chosen on the held-out training images (weights/README.md).
 vdvae prior fit weights/fashion.safetensors "$DATA/train.npz" --kind exemplar --layers 9 --exemplars 4000 \

@@ -52,8 +52,7 @@ def test_the_file_holds_the_chosen_images_as_pixels(stored):
 
 
 def test_draws_follow_the_posterior_of_the_stored_images(stored, tmp_path):
-    """With one stored image, the top layer's draws have its posterior mean and spread; a given
-    top layer is kept and the next is drawn from the posterior conditioned on it."""
+    """With one stored image, the top layer's draws have its posterior mean and spread."""
     one = tmp_path / "one.prior.safetensors"
     vdvae("prior", "fit", stored, stored.parent / "data.npy", "--kind", "exemplar", "--layers", 2, "--exemplars", 1,
           "-o", one)
@@ -67,13 +66,26 @@ def test_draws_follow_the_posterior_of_the_stored_images(stored, tmp_path):
     spread = direct.std(0)
     assert torch.all((drawn[0].mean(0) - mean).abs() < 5 * spread / n ** 0.5)
     assert torch.allclose(drawn[0].std(0), spread, rtol=0.1)
-    z0 = torch.randn(1, 4, 1, 1)
-    given = top.complete(3, [z0], [1.0] * model.cfg.n_layers, BatchNoise(torch.Generator().manual_seed(2)), torch.device("cpu"))
-    assert torch.equal(given[0], z0.expand(3, -1, -1, -1))
-    expect = ops.encode(model, image.expand(3, -1, -1, -1), posterior="mean", n_layers=2, given=[z0.expand(3, -1, -1, -1)])[1]
-    other = ops.encode(model, image.expand(3, -1, -1, -1), posterior="mean", n_layers=2)[1]
-    assert not torch.allclose(expect, other)  # the second layer's posterior depends on the first
-    assert torch.all((given[1] - expect).abs() < 6 * spread.mean())
+    assert drawn[1].shape == (n, 4, 1, 1) and not torch.allclose(drawn[1].std(0), torch.zeros(4, 1, 1))
+
+
+def test_after_kept_layers_the_model_prior_draws(stored):
+    """It draws only from nothing given: reconstruct keeping a layer, and decode of a given top layer,
+    are what they are with the model's own prior, draw for draw."""
+    model = load_file_model(stored)
+    top = read_prior(companion_path(stored), model)
+    images = torch.from_numpy(np.load(stored.parent / "data.npy")[:3])
+    for keep in (1, 2):
+        a = ops.reconstruct(model, images, keep_layers=keep, noise=torch.Generator().manual_seed(4), prior=top)
+        b = ops.reconstruct(model, images, keep_layers=keep, noise=torch.Generator().manual_seed(4))
+        assert torch.equal(a, b)
+    z0 = torch.randn(3, 4, 1, 1)
+    a = ops.decode(model, [z0], noise=torch.Generator().manual_seed(5), prior=top)
+    b = ops.decode(model, [z0], noise=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    c = ops.reconstruct(model, images, keep_layers=0, noise=torch.Generator().manual_seed(4), prior=top)
+    d = ops.reconstruct(model, images, keep_layers=0, noise=torch.Generator().manual_seed(4))
+    assert not torch.equal(c, d)  # from nothing, it draws
 
 
 def test_sample_uses_it_by_default_and_says_so(stored, tmp_path):

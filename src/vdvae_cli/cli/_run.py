@@ -186,8 +186,8 @@ class Session:
                              hint="use --prior model (the model's own prior) for likelihoods")
         if top.prior.kind == "exemplar":
             self._notes.append(f"exemplar prior over latent layers 0-{top.layers - 1} from {path}: those layers are posterior "
-                               f"draws of one of its {top.prior.cfg.count:,} stored images, --temp applies below them "
-                               "(--prior model: the model's own)")
+                               f"draws of one of its {top.prior.cfg.count:,} stored images, --temp applies below them; after kept "
+                               "layers the model's own prior draws (--prior model: the model's own throughout)")
         else:
             self._notes.append(f"learned prior over latent layers 0-{top.layers - 1} from {path} (--prior model: the "
                                "model's own)")

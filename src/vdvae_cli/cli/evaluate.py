@@ -266,7 +266,8 @@ def info(
     if learned:
         kind = {"made": "MADE", "spatial": "spatial, PixelCNN++ blocks",
                 "exemplar": "exemplar: posterior draws of stored training images"}.get(learned.get("kind", ""), "unknown kind")
-        uses = ("what sample, reconstruct, mix and decode draw; eval uses the model's own (it has no density)"
+        uses = ("what sample draws; after kept layers and in eval the model's own (it draws from nothing given, "
+                "has no density)"
                 if learned.get("kind") == "exemplar" else "what sample, decode and eval use")
         out(f"prior        learned ({kind}), over latent layers 0-{learned['layers'] - 1} ({learned['path']}): {uses}; "
             "--prior model for the model's own")

@@ -3,8 +3,11 @@ stored set of training images (the Exemplar VAE of Norouzi et al. 2020; the Vamp
 Welling 2018 with training images as its pseudo-inputs).
 
 A draw picks one stored image uniformly and draws the covered layers from the model's posterior of
-it, ``z_<K ~ q(z_<K | x_n)``, conditioned on any given leading layers; the layers below come from the
-model's own prior as usual. What the covered layers carry per image is the posterior's rate there
+it, ``z_<K ~ q(z_<K | x_n)``; the layers below come from the model's own prior as usual. It draws
+only from nothing given (``conditional = False``): after given leading layers (``reconstruct
+--keep-layers``, a decoded prefix) the model's own prior draws the rest, since the mixture's
+conditional would weigh every stored image by its posterior density at the given layers, which the
+decoders do not compute for given latents. What the covered layers carry per image is the posterior's rate there
 (the card reports it), so a draw shares only that much with its exemplar, and the deeper layers are
 drawn afresh.
 
@@ -28,8 +31,8 @@ from .latent_prior import LatentPrior
 
 Tensor = torch.Tensor
 
-# (images uint8 NHWC, given leading layers, noise) -> the covered layers' latents, (N, Z, r, r) each
-PosteriorDraw = Callable[[Tensor, Sequence[Tensor], Noise], list[Tensor]]
+# (images uint8 NHWC, noise) -> the covered layers' latents, (N, Z, r, r) each
+PosteriorDraw = Callable[[Tensor, Noise], list[Tensor]]
 
 MAX_EXEMPLARS = 1 << 20
 
@@ -70,6 +73,7 @@ class ExemplarPrior(LatentPrior):
 
     kind = "exemplar"
     has_density = False
+    conditional = False
 
     def __init__(self, cfg: ExemplarConfig):
         super().__init__()
@@ -77,15 +81,14 @@ class ExemplarPrior(LatentPrior):
         self.images: Tensor
         self.register_buffer("images", torch.zeros(cfg.count, cfg.size, cfg.size, cfg.channels, dtype=torch.uint8))
         self._draw: PosteriorDraw | None = None
-        self._shapes: list[tuple[int, ...]] = []
 
     def attach(self, draw: PosteriorDraw, shapes: Sequence[Sequence[int]]) -> None:
         """Give the prior its model: ``draw`` samples the covered layers' posterior of some images;
         ``shapes`` are the covered layers' latent shapes (Z, r, r), in order."""
+        dims = sum(math.prod(int(v) for v in s) for s in shapes)
+        if dims != self.cfg.dim:
+            raise ValueError(f"the covered layers have {dims} dims, not {self.cfg.dim}")
         self._draw = draw
-        self._shapes = [tuple(int(v) for v in s) for s in shapes]
-        if sum(math.prod(s) for s in self._shapes) != self.cfg.dim:
-            raise ValueError(f"the covered layers have {sum(math.prod(s) for s in self._shapes)} dims, not {self.cfg.dim}")
 
     def log_prob_dims(self, z: Tensor) -> Tensor:
         raise UsageError("an exemplar prior has no density here (it would need every stored image's posterior at "
@@ -101,23 +104,14 @@ class ExemplarPrior(LatentPrior):
     def sample(self, n: int, noise: Noise, *, temp: float | Tensor = 1.0,
                device: torch.device | None = None, given: Tensor | None = None) -> Tensor:
         """``n`` draws of the covered layers, flattened (n, dim): each from the posterior of a stored
-        image picked uniformly, conditioned on ``given`` (n, d0) leading dimensions (whole layers).
+        image picked uniformly. Nothing may be given (see the module's note).
 
         ``temp`` does not apply: a covered layer is a posterior draw at the spread the posterior has."""
         if self._draw is None:
             raise RuntimeError("an exemplar prior draws through its model: attach() it first")
-        images = self.images.index_select(0, self.pick(n, noise))
-        lead: list[Tensor] = []
         if given is not None and given.shape[1] > 0:
-            at = 0
-            for shape in self._shapes:
-                if at >= given.shape[1]:
-                    break
-                size = math.prod(shape)
-                lead.append(given[:, at:at + size].reshape(n, *shape))
-                at += size
-            if at != given.shape[1]:
-                raise ValueError(f"a given prefix of {given.shape[1]} dims does not end on a layer boundary")
-        latents = self._draw(images, lead, noise)
+            raise ValueError("an exemplar prior draws its layers from nothing given")
+        images = self.images.index_select(0, self.pick(n, noise))
+        latents = self._draw(images, noise)
         flat = torch.cat([z.float().reshape(n, -1) for z in latents], dim=1)
         return flat.to(device) if device is not None else flat

@@ -19,6 +19,9 @@ class LatentPrior(nn.Module):
 
     kind: str  # the companion file's "kind": which class rebuilds it
     has_density = True  # False: log_prob_dims refuses (an exemplar prior), so likelihoods use the model's prior
+    # False: draws only from nothing given (an exemplar prior); after given leading layers (reconstruct
+    # --keep-layers, decode of a prefix) the model's own prior draws the rest
+    conditional = True
     cfg: Any  # a frozen config with to_dict(), from_dict() and parameter_count()
 
     def log_prob(self, z: Tensor) -> Tensor:  # (N, D) -> (N,) nats

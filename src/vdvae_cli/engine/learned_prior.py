@@ -330,6 +330,11 @@ class TopPrior:
     shapes: tuple[tuple[int, int, int], ...]
     source: str = ""
 
+    def completes(self, lead: int) -> bool:
+        """Whether this prior draws layers after ``lead`` given leading ones: some of its layers are
+        left, and it can draw them given that many (an exemplar prior only from none)."""
+        return lead < self.layers and (lead == 0 or self.prior.conditional)
+
     @property
     def dims(self) -> list[int]:
         """Flattened dimensions per covered layer."""

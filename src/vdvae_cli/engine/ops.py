@@ -124,22 +124,18 @@ def layer_temperatures(cfg: FamilyConfig, temperatures: Temperatures) -> list[fl
 
 @torch.inference_mode()
 def encode(
-    model: LatentModel, images: Tensor, *, posterior: Posterior = "sample", noise: NoiseLike = None, n_layers: int | None = None,
-    given: Sequence[Tensor] = (),
+    model: LatentModel, images: Tensor, *, posterior: Posterior = "sample", noise: NoiseLike = None, n_layers: int | None = None
 ) -> list[Tensor]:
     """Posterior latents of ``images`` (uint8 NHWC): one (N, Z, r, r) float32 tensor per layer.
 
-    ``n_layers`` stops after that many leading layers (a prefix costs only its own layers).
-    ``given`` fixes the leading layers (returned as given): the later ones are the posterior's
-    conditioned on them (what an exemplar prior draws, :mod:`vdvae_cli.engine.exemplar_prior`)."""
+    ``n_layers`` stops after that many leading layers (a prefix costs only its own layers)."""
     require_latent_layers(model, "encode")
     p = _param(model)
     n_layers = model.cfg.n_layers if n_layers is None else n_layers
     if n_layers == 0:
         return []
     acts = model.encoder(_input(model, images.to(p.device), p.dtype))
-    fixed = [z.to(device=p.device, dtype=p.dtype) for z in given]
-    out = model.decoder(images.shape[0], acts, latents=fixed, posterior_mean=posterior == "mean", noise=as_noise(noise),
+    out = model.decoder(images.shape[0], acts, posterior_mean=posterior == "mean", noise=as_noise(noise),
                         want_latents=True, stop_after=n_layers)
     return [z.float() for z in out.latents]
 
@@ -182,7 +178,7 @@ def with_learned_prior(prior: "TopPrior", latents: list[Tensor | None], n: int, 
     lead = 0
     while lead < min(len(latents), prior.layers) and latents[lead] is not None:
         lead += 1
-    if lead >= prior.layers:
+    if not prior.completes(lead):  # all its layers given, or given some and it draws only from none
         return latents
     if any(z is not None for z in latents[lead : prior.layers]):
         from ..base.errors import UsageError
@@ -236,7 +232,7 @@ def reconstruct(
         raise ValueError(f"keep_layers={keep} but the model has {cfg.n_layers} latent layers")
     p = _param(model)
     src = as_noise(noise)
-    if prior is not None and keep < prior.layers:
+    if prior is not None and prior.completes(keep):
         kept = encode(model, images, posterior=posterior, noise=src, n_layers=keep)
         return decode(model, kept, n=images.shape[0], temperatures=temperatures, output_temperature=output_temperature,
                       noise=src, prior=prior)

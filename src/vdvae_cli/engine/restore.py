@@ -314,7 +314,7 @@ def autoencode(
     n = x.shape[0]
     images = to_uint8(x).to(p.device)
     src = as_noise(noise)
-    if prior is not None and keep < prior.layers:  # the kept latents first, then the learned prior's completion
+    if prior is not None and prior.completes(keep):  # the kept latents first, then the learned prior's completion
         kept: list[Tensor | None] = list(ops.encode(model, images, posterior=posterior, noise=src, n_layers=keep))
         latents = ops.with_learned_prior(prior, kept, n, temps, src, p)
         out = model.decoder(n, None, latents=latents, temperatures=temps, noise=src)

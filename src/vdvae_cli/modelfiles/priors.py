@@ -52,7 +52,7 @@ def _attach_model(prior, model: LatentModel, layers: int, path: Path) -> None:
         raise CheckpointError(f"{path} stores {prior.cfg.size}x{prior.cfg.size}x{prior.cfg.channels} images, but this model "
                               f"reads {want[0]}x{want[0]}x{want[1]}")
 
-    def draw(images, given, noise):
-        return ops.encode(model, images, noise=noise, n_layers=layers, given=given)
+    def draw(images, noise):
+        return ops.encode(model, images, noise=noise, n_layers=layers)
 
     prior.attach(draw, cfg.latent_shapes[:layers])
