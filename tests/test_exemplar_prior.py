@@ -188,3 +188,17 @@ def test_holdout_leaves_out_the_trainers_held_out_images(stored, tmp_path):
     _, held = holdout_split(40, 8, 0)
     assert len(images) == 32
     assert not any((images == data[i]).all(axis=(1, 2, 3)).any() for i in held.tolist())
+
+
+def test_json_records_name_the_prior_that_drew(stored, tmp_path):
+    sample = json.loads(vdvae("sample", "--model", stored, "-n", 1, "--json", "-o", f"{tmp_path / 's'}/").stdout.splitlines()[0])
+    assert sample["prior"] == {"kind": "exemplar", "layers": 2, "path": str(companion_path(stored))}
+    own = json.loads(vdvae("sample", "--model", stored, "-n", 1, "--json", "--prior", "model",
+                           "-o", f"{tmp_path / 'o'}/").stdout.splitlines()[0])
+    assert own["prior"] is None
+    image = tmp_path / "x.png"
+    Image.fromarray(np.load(stored.parent / "data.npy")[0]).save(image)
+    for keep, drew in ((0, True), (1, False)):
+        rec = json.loads(vdvae("reconstruct", image, "--model", stored, "--keep-layers", keep, "--json",
+                               "-o", f"{tmp_path / str(keep)}/").stdout.splitlines()[0])
+        assert (rec["prior"] is not None) == drew

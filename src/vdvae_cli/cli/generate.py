@@ -107,6 +107,14 @@ PosteriorOpt = Annotated[Posterior, typer.Option(
 )]
 
 
+def prior_facts(top, lead: int | None) -> dict | None:
+    """Which learned prior drew layers of an output (for --json): None when none did, e.g. when it
+    covers no layer past the ``lead`` kept ones, or draws only from nothing given (an exemplar prior)."""
+    if top is None or lead is None or not top.completes(lead):
+        return None
+    return {"kind": top.prior.kind, "layers": top.layers, "path": top.source}
+
+
 def readjust_if_asked(run: Session, vae, temps: list[float], enabled: bool, iters: int) -> None:
     """--readjust-bn: fit the model's BatchNorm statistics to prior passes at ``temps`` (NVAE)."""
     if enabled:
@@ -179,7 +187,7 @@ def sample(
 
     def record(i: int) -> dict:
         return {"index": i, "input": None, "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps,
-                "output_temp": output_temp}
+                "output_temp": output_temp, "prior": prior_facts(top, 0)}
 
     run.generate(writer, num, batch_size, make, record, "sampling")
 
@@ -256,7 +264,8 @@ def reconstruct(
 
     def record(i: int) -> dict:
         return {"index": i, "input": sources[i].name, "keep_layers": keep, "posterior": posterior.value,
-                "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps, "output_temp": output_temp}
+                "seed": seed, "model": vae.cfg.name, "temp": temp, "temperatures": temps, "output_temp": output_temp,
+                "prior": prior_facts(top, keep)}
 
     run.generate(writer, len(sources), batch_size, make, record, "reconstructing", indices=mine)
 
