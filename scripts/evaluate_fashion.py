@@ -299,24 +299,22 @@ def main() -> None:
         probs, ref_feats = classify(net, x_te)
     m = args.samples
     if "samples" not in skip:
-        samples = ops.sample(model, m, temperatures=temps,
-                             output_temperature=output_temp, noise=torch.Generator().manual_seed(args.seed),
-                             prior=top).numpy()
+        def draw(seed: int, prior) -> np.ndarray:  # m samples at the recommended temperatures
+            return ops.sample(model, m, temperatures=temps, output_temperature=output_temp,
+                              noise=torch.Generator().manual_seed(seed), prior=prior).numpy()
+
+        samples = draw(args.seed, top)
         out["classifier"] = {"test_accuracy": round(float((probs.argmax(1) == y_te).mean()), 4),
                              "reference": f"features of test images {m}..{len(x_te) - 1}"}
         out["real_test_images"] = quality(net, x_te[:m], ref_feats[m:])
         out["samples"] = quality(net, samples, ref_feats[m:])
         if top is not None:  # the same draws with the model's own prior, for comparison
-            own = ops.sample(model, m, temperatures=temps, output_temperature=output_temp,
-                             noise=torch.Generator().manual_seed(args.seed)).numpy()
-            out["samples_model_prior"] = quality(net, own, ref_feats[m:])
+            out["samples_model_prior"] = quality(net, draw(args.seed, None), ref_feats[m:])
         if args.extra_seeds:
             rows = [{"seed": args.seed, "share_conf_ge_0.9": out["samples"]["share_conf_ge_0.9"],
                      "frechet_distance": out["samples"]["frechet_distance"]}]
             for seed in range(args.seed + 1, args.seed + 1 + args.extra_seeds):
-                more = ops.sample(model, m, temperatures=temps, output_temperature=output_temp,
-                                  noise=torch.Generator().manual_seed(seed), prior=top).numpy()
-                q = quality(net, more, ref_feats[m:])
+                q = quality(net, draw(seed, top), ref_feats[m:])
                 rows.append({"seed": seed, "share_conf_ge_0.9": q["share_conf_ge_0.9"], "frechet_distance": q["frechet_distance"]})
             out["samples_over_seeds"] = {"n_each": m, "rows": rows,
                                          "mean_share_conf_ge_0.9": round(float(np.mean([r["share_conf_ge_0.9"] for r in rows])), 4)}

@@ -284,10 +284,9 @@ def fit_exemplar(model: LatentModel, images: Tensor, out: Path, *, layers: int, 
     prior = ExemplarPrior(ExemplarConfig(dim=dim, count=len(stored), size=cfg.image_size, channels=cfg.image_channels))
     prior.images.copy_(stored)
     probe = stored[:500]
-    n_dims = cfg.image_size * cfg.image_size * cfg.image_channels
     kl = torch.cat([ops.elbo(model, probe[s:s + 100], noise=BatchNoise(gen)).kl_per_layer[:, :layers]
                     for s in range(0, len(probe), 100)])
-    rate = float(kl.double().sum(1).mean() * n_dims / LN2)
+    rate = float(kl.double().sum(1).mean() * cfg.n_dims / LN2)
     extra = {"exemplars_seed": str(seed), "covered_rate_bits_per_image": f"{rate:.2f}"}
     atomic_write_bytes(out, prior_bytes(prior, layers=layers, fingerprint=fingerprint, model_name=cfg.name, extra=extra),
                        force=force)
