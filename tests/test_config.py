@@ -72,6 +72,9 @@ def test_block_grammar():
         ("enc_blocks", "", "empty"),
         ("custom_width_str", "16:32,8", "'8'"),
         ("custom_width_str", "16:8,8:32,4:48,1:48", "width grows"),
+        ("pixel_scale", 3.0, "pixel_scale must be 1/256 to 1"),  # divided pixels by round(1/3) = 0
+        ("pixel_scale", 1e-320, "pixel_scale must be 1/256 to 1"),  # round(1/1e-320): OverflowError
+        ("pixel_scale", -1.0, "pixel_scale must be 1/256 to 1"),
     ],
 )
 def test_bad_configs_name_the_problem(golden_cfg, field, value, needle):

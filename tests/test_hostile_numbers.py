@@ -243,3 +243,27 @@ def test_a_copied_header_does_not_lend_another_models_identity(tmp_path, golden_
     z = tmp_path / "z.safetensors"
     vdvae("encode", "-m", tiny_ckpt, tmp_path / "a.png", "-o", z, "-q", code=0)
     one_error("decode", "-m", liar, z, "-o", tmp_path / "d.png", code=1, says="was made by model")
+
+
+@pytest.mark.parametrize("scale", [3.0, 1e-320])
+def test_a_model_files_pixel_scale_is_checked_before_pixels_are_divided_by_it(tmp_path, tiny_ckpt, scale):
+    """pixel_scale divides pixels by round(1 / pixel_scale): 3 made that 0 (every likelihood n/a, every
+    reconstruction an error about the weights), 1e-320 an internal OverflowError."""
+    import json
+    import struct
+
+    from PIL import Image
+
+    blob = tiny_ckpt.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    cfg = json.loads(header["__metadata__"]["vdvae_config"])
+    header["__metadata__"]["vdvae_config"] = json.dumps({**cfg, "pixel_scale": scale})
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    model = tmp_path / "scaled.safetensors"
+    model.write_bytes(struct.pack("<Q", len(raw)) + raw + blob[8 + n:])
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    for command in (["eval", tmp_path / "a.png"], ["reconstruct", tmp_path / "a.png", "-o", tmp_path / "r.png"]):
+        one_error(*command, "-m", model, code=1, says="pixel_scale must be 1/256 to 1")
+    assert not (tmp_path / "r.png").exists()

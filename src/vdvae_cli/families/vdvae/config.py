@@ -206,6 +206,8 @@ class VDVAEConfig(LatentStackConfig):
         for name in ("input_scale", "target_scale", "pixel_scale"):
             if getattr(self, name) == 0:
                 raise ConfigError(f"{name} must not be 0")
+        if not 1 / 256 <= self.pixel_scale <= 1:  # pixels are divided by round(1 / pixel_scale)
+            raise ConfigError(f"pixel_scale must be 1/256 to 1 (pixels are divided by its inverse), got {self.pixel_scale}")
         if not isinstance(self.low_bit, bool):
             raise ConfigError(f"low_bit must be true or false, got {_show(self.low_bit)}")
         for name in ("name", "dataset"):
