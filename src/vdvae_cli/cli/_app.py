@@ -207,10 +207,13 @@ def _oserror_text(exc: OSError) -> str:
 def _check_numbers(values: dict[str, Any]) -> None:
     """Every number option is a finite number: NaN passes every range check (all comparisons with it
     are false) and an infinity overflows whatever it sizes, so both are refused here, where the
-    options are parsed, for every command at once; each command checks its own ranges."""
+    options are parsed, for every command at once; each command checks its own ranges. Every --seed
+    is 0 to MAX_SEED: outside it a seed would repeat another one's draws, or overflow torch's."""
     import math
 
     import click
+
+    from ..base.safety import MAX_SEED
 
     ctx = click.get_current_context(silent=True)
     params = {p.name: p for p in ctx.command.params} if ctx is not None else {}
@@ -222,6 +225,8 @@ def _check_numbers(values: dict[str, Any]) -> None:
                 opts = getattr(param, "opts", None) or [f"--{name.replace('_', '-')}"]
                 flag = max(opts, key=len)
                 raise UsageError(f"{flag} must be a finite number, got {item}")
+            if name == "seed" and isinstance(item, int) and not 0 <= item <= MAX_SEED:
+                raise UsageError(f"--seed must be a whole number from 0 to {MAX_SEED:,}, got {item}")
 
 
 RUNNING: list[str] = []  # the subcommand this process runs (for messages that name it)

@@ -26,6 +26,7 @@ from .generate import (
 )
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, PriorOpt, QuietOpt, SeedOpt
 from ..base.errors import UsageError
+from ..base.safety import MAX_SEED
 from ..base.images import ImageWriter
 
 if TYPE_CHECKING:
@@ -239,6 +240,9 @@ def interpolate(
             shown = " ".join(k if len(k) <= 40 else k[:20] + "..." for k in keys[:10])
             raise UsageError(f"--seeds takes whole numbers of at most 40 digits, got {shown}"[:300], hint="e.g. --seeds 3 7 11")
         key_seeds = [int(k) for k in keys]
+        bad = [s for s in key_seeds if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise UsageError(f"--seeds must be whole numbers from 0 to {MAX_SEED:,}, got {bad[0]}")
         names = [f"seed {s}" for s in key_seeds]
     else:
         sources = collect_inputs(keys)

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import torch
 
 from ..base.errors import UsageError
+from ..base.safety import MAX_SEED
 import math
 from dataclasses import asdict, fields, replace
 
@@ -188,6 +189,10 @@ class TrainConfig:
                              "cannot run with the coarse-first curriculum (coarsest first)")
         if self.kl_warmup < 0 or not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
             raise UsageError("kl_warmup must be >= 0 steps and free_bits a finite number >= 0")
+        for name in ("seed", "split_seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_SEED:
+                raise UsageError(f"{name} must be a whole number from 0 to {MAX_SEED:,}, got {v!r}")
         for res, bits in dict(self.free_bits_res).items():
             if not str(res).isdigit() or not isinstance(bits, (int, float)) or not (bits >= 0 and math.isfinite(bits)):
                 raise UsageError(f"free_bits_res {res!r}: {bits!r} is not a resolution and a finite number of bits >= 0")

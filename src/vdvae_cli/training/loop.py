@@ -321,7 +321,7 @@ def _build(cfg: Any, tc: TrainConfig, device: torch.device, init_state, rank: in
         model.to(memory_format=torch.channels_last)
     ema = deepcopy(model).eval().requires_grad_(False)
     opt = recipe.optimizer(model)
-    noise_gen = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + rank)
+    noise_gen = torch.Generator(device=device).manual_seed((tc.seed * 1_000_003 + rank) & ((1 << 64) - 1))
     return model, ema, opt, noise_gen
 
 
