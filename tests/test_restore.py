@@ -210,6 +210,7 @@ def test_masks_of_another_size_and_from_a_folder(tiny_ckpt, pics, tmp_path):
     (("inpaint", "{a}", "--mask", "{white}"), 2, ("white everywhere",)),
     (("inpaint", "{b}", "--mask", "{masks}"), 2, ("holds no mask for",)),
     (("inpaint", "{a}", "--mask", "{a}.missing"), 1, ("no such file",)),
+    (("inpaint", "{a}", "--mask", "-"), 2, ("--mask - : a mask is read from a file",)),  # said stdin is a terminal
     (("upscale", "{a}", "--factor", "4"), 1, ("is 32x32", "takes 8x8")),
     (("upscale", "{small_a}", "--factor", "3"), 2, ("--factor must be 2, 4 or 8",)),
     (("denoise", "{a}", "--sigma", "25"), 2, ("--sigma", "0.09804")),

@@ -362,6 +362,9 @@ def inpaint(
     def beside(row, fill):
         return [row, np.repeat((fill * 255).astype(np.uint8)[..., None], 3, axis=-1)]
 
+    if mask.strip() == "-":  # collect_images would blame a terminal, whatever stdin is
+        raise UsageError("--mask - : a mask is read from a file or a folder, not from stdin",
+                         hint="save the mask as a PNG and give its path")
     _restore("inpaint", images=images, make_op=make_op,
              read_input=lambda run, s, size: _read_fitted(run, s, size, no_resize), beside=beside, settings={"mask": mask},
              prepare=prepare, check_size=None, num=num, steps=steps, decoder_std=decoder_std, keep_layers=keep_layers,
