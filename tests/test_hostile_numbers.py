@@ -295,3 +295,10 @@ def test_training_takes_the_largest_seed(tmp_path):
     (tmp_path / "hps.json").write_text(json.dumps(hps))
     vdvae("train", tmp_path / "x.npy", "--hparams", tmp_path / "hps.json", "-o", tmp_path / "run", "--steps", 1,
           "--holdout", 4, "-b", 4, "-q", "--seed", 2**63 - 1, code=0)
+
+
+def test_ood_prior_temp_has_the_temperature_range(tiny_ckpt, data):
+    """1e300 passed the option's check and failed after the model loaded, naming a layer, not the option."""
+    result = runner.invoke(app, ["ood", "-m", str(tiny_ckpt), str(data), "--prior-temp", "1e300"])
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == ["error: --prior-temp must be a number from 0 to 10, got 1e+300"]

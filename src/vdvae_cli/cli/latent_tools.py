@@ -26,7 +26,7 @@ from .generate import (
 )
 from .options import CompileOpt, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ModelOpt, OfflineOpt, PriorOpt, QuietOpt, SeedOpt
 from ..base.errors import UsageError
-from ..base.safety import MAX_SEED
+from ..base.safety import MAX_SEED, MAX_TEMPERATURE
 from ..base.images import ImageWriter
 
 if TYPE_CHECKING:
@@ -382,8 +382,8 @@ def ood(
     check_positive("--samples", samples, MAX_IMPORTANCE_SAMPLES)
     if samples_k is not None:
         check_positive("--samples-k", samples_k, MAX_IMPORTANCE_SAMPLES)
-    if prior_temp is not None and not (prior_temp >= 0 and math.isfinite(prior_temp)):
-        raise UsageError(f"--prior-temp must be a finite number >= 0, got {prior_temp}")
+    if prior_temp is not None and not 0 <= prior_temp <= MAX_TEMPERATURE:  # checked before the model loads
+        raise UsageError(f"--prior-temp must be a number from 0 to {MAX_TEMPERATURE:g}, got {prior_temp}")
     check_batch_size(batch_size)
     refuse_distributed("ood")  # the metrics need every score in one process
     if sets:
