@@ -250,3 +250,26 @@ def test_convert_checks_what_it_writes_like_the_loader(tmp_path, golden_state, g
     with pytest.raises(CheckpointError, match="infinite"):
         convert_official(src, tmp_path / "h.safetensors", config=golden_cfg, dtype="fp16")
 
+
+
+@pytest.mark.parametrize("version, works", [("1", True), (None, True), ("1.0", True), ("2", False), ("1.1", False),
+                                            ("v2\x1b[31m", False)])
+def test_format_version_newer_than_this_code_is_refused(tmp_path, tiny_ckpt, version, works):
+    from safetensors.torch import load_file, save
+
+    meta = metadata_of(tiny_ckpt)
+    meta.pop("format_version")
+    if version is not None:
+        meta["format_version"] = version
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(save(load_file(str(tiny_ckpt)), metadata=meta))
+    for argv in (["info", "-m", path], ["sample", "-m", path, "--seed", "1", "-o", tmp_path / "x.png"]):
+        result = CliRunner().invoke(app, [str(a) for a in argv])
+        assert "Traceback" not in result.stderr
+        if works:
+            assert result.exit_code == 0, result.stderr
+            continue
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 1 and lines[-1].startswith("error: ") and len(lines) == 1, result.stderr
+        assert "format" in lines[-1] and "\x1b" not in lines[-1]
+        assert (f"format version {version}, newer" in lines[-1]) if version[0].isdigit() else "not a version" in lines[-1]

@@ -160,3 +160,38 @@ def test_same_architecture_other_weights_is_another_model(golden_cfg, golden_sta
     assert ok.exit_code == 0, ok.stderr
     bad = runner.invoke(app, ["decode", str(lat), "-m", str(b), "-o", str(tmp_path / "bad.png")])
     assert bad.exit_code == 1 and "was made by model 'tiny' with other weights" in bad.stderr and not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "npz"])
+@pytest.mark.parametrize("version, works", [("1", True), (None, True), ("2", False), ("x", False)])
+def test_format_version_newer_than_this_code_is_refused(tiny_ckpt, tmp_path, kind, version, works):
+    import io
+
+    from vdvae_cli.cli import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(img)
+    lat = tmp_path / f"lat.{kind}"
+    argv = ["encode", str(img), "-m", str(tiny_ckpt), "-o", str(lat)] + (["--format", "npz"] if kind == "npz" else [])
+    assert runner.invoke(app, argv).exit_code == 0
+    if kind == "npz":
+        arrays = dict(np.load(lat))
+        arrays.pop("format_version")
+        if version is not None:
+            arrays["format_version"] = np.str_(version)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        lat.write_bytes(buf.getvalue())
+    else:
+        lat.write_bytes(_edit(lat.read_bytes(), meta={"format_version": version}))
+    result = runner.invoke(app, ["decode", str(lat), "-m", str(tiny_ckpt), "--seed", "1", "-o", str(tmp_path / "d.png")])
+    assert "Traceback" not in result.stderr
+    if works:
+        assert result.exit_code == 0, result.stderr
+        return
+    lines = [line for line in result.stderr.splitlines() if not line.startswith(("model ", "seed "))]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert ("format version 2, newer than this vdvae-cli reads (up to 1)" if version == "2" else
+            "format_version 'x', which is not a version number") in lines[0]

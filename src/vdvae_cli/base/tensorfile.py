@@ -117,3 +117,27 @@ def parse_header(
     if 8 + n + end < size:
         raise bad(f"{size - 8 - n - end} bytes after the last tensor")
     return header
+
+
+def check_format_version(
+    version: str | None,
+    current: str,
+    label: str,
+    *,
+    what: str,
+    error: type[VDVAEError] = CheckpointError,
+) -> None:
+    """Refuse a file whose ``format_version`` metadata is not one this code reads: a version newer
+    than ``current`` (the one its writer puts there), or text that is no version number. Absent (files
+    written without one) and every version up to ``current`` are read as before."""
+    if version is None:
+        return
+    parts = version.strip().split(".")
+    if len(version) > 20 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise error(f"{label} has format_version {version[:20]!r}, which is not a version number "
+                    f"(this vdvae-cli writes {what} of version {current})")
+    theirs, ours = [int(p) for p in parts], [int(p) for p in current.split(".")]
+    width = max(len(theirs), len(ours))  # 1.0 is 1
+    if theirs + [0] * (width - len(theirs)) > ours + [0] * (width - len(ours)):
+        raise error(f"{label} is a {what} of format version {version.strip()}, newer than this vdvae-cli reads "
+                    f"(up to {current})", hint="read it with a newer vdvae-cli (pip install -U vdvae-cli)")

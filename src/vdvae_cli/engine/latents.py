@@ -36,6 +36,7 @@ from .keys import model_fingerprint
 from ..base.errors import LatentsError, VDVAEError, activity
 from .registry import DEFAULT_FAMILY, family_named, family_of
 from ..base.safety import first_line, loads
+from ..base.tensorfile import check_format_version
 
 FORMAT = "vdvae-latents"
 FORMAT_VERSION = "1"
@@ -111,6 +112,7 @@ def load_latents(data: bytes, cfg: FamilyConfig, *, label: str = "latents", weig
         what = "a model checkpoint, not a latents file" if is_model else "not a latents file"
         raise LatentsError(f"{label} is {what} (no format={FORMAT!r} metadata)",
                            hint="make latents with: vdvae encode IMG -o latents.safetensors")
+    check_format_version(meta.get("format_version"), FORMAT_VERSION, label, what="latents file", error=LatentsError)
     fingerprint = meta.get("model_fingerprint")
     mine = model_fingerprint(cfg, weights)
     if fingerprint is None:

@@ -17,14 +17,13 @@ import torch
 from ..engine.interface import FamilyConfig
 from ..base.errors import CheckpointError, VDVAEError
 from ..engine.registry import DEFAULT_FAMILY, family_of
-from .header import expected_shapes, activation_bytes, parameter_count, compare_keys, read_header, checked_config, default_ood, default_temperatures
+from .header import FORMAT_VERSION, expected_shapes, activation_bytes, parameter_count, compare_keys, read_header, checked_config, default_ood, default_temperatures
 from ..base.filekind import _label
 from ..engine.interface import LatentModel
 from ..base.atomic import atomic_write_bytes
 from ..engine.statedict import _check_finite, weights_digest
 
 FORMAT = "vdvae-cli"
-FORMAT_VERSION = "1"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 Tensor = torch.Tensor

@@ -18,7 +18,7 @@ from ..engine.interface import FamilyConfig
 from ..base.errors import CheckpointError, ConfigError
 from ..engine.registry import DEFAULT_FAMILY, family_named, family_of
 from ..base.filekind import _label, sniff_file
-from ..base.tensorfile import parse_header
+from ..base.tensorfile import check_format_version, parse_header
 from ..engine.keys import KeyReport, compare_shapes
 
 
@@ -103,6 +103,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
 _HEADERS: dict[tuple[int, int, int, int], dict[str, Any]] = {}
 
 
+FORMAT_VERSION = "1"  # what checkpoint.save_checkpoint writes in a model file's format_version
+
+
 def _config_from_header(header: Mapping[str, Any], path: str | Path) -> FamilyConfig:
     from ..base.safety import JSONLimitError, loads
 
@@ -114,6 +117,7 @@ def _config_from_header(header: Mapping[str, Any], path: str | Path) -> FamilyCo
             f"{label} is a latents file (images encoded by model {model_name}), not a model",
             hint=f"decode it with: vdvae decode {label} --model MODEL",
         )
+    check_format_version(meta.get("format_version"), FORMAT_VERSION, label, what="model file")
     family_name = meta.get("family", DEFAULT_FAMILY)
     if not isinstance(family_name, str):
         raise CheckpointError(f"{label} has a family field that is not a name")

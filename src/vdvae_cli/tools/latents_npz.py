@@ -29,6 +29,7 @@ import torch
 
 from ..engine.interface import FamilyConfig
 from ..base.errors import LatentsError
+from ..base.tensorfile import check_format_version
 from ..engine.latents import Latents, model_fingerprint
 
 FORMAT = "vdvae-latents-flat"
@@ -92,6 +93,9 @@ def load_npz_latents(data: bytes, cfg: FamilyConfig, *, label: str = "latents", 
                            hint="make one with: vdvae encode IMG --format npz -o latents.npz")
     if _text(arrays["format"], label, "format") != FORMAT:
         raise LatentsError(f"{label}: format is {_text(arrays['format'], label, 'format')!r}, not {FORMAT!r}")
+    if "format_version" in arrays:
+        check_format_version(_text(arrays["format_version"], label, "format_version"), FORMAT_VERSION, label,
+                             what="latents file", error=LatentsError)
     theirs = _text(arrays["model_fingerprint"], label, "model_fingerprint")
     mine = model_fingerprint(cfg, weights)
     if theirs != mine:
