@@ -89,3 +89,19 @@ def test_resolution_hint_lists_the_model_resolutions(golden_cfg):
     with pytest.raises(TemperatureSpecError) as info:
         parse_temperature_spec("r64=0.5", golden_cfg)
     assert info.value.hint == "its resolutions are 1, 4, 8, 16, 32"
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("12=0.5,12=0.7", "entries '12=0.5' and '12=0.7' both set layer 12"),
+    ("r4=0.5,r4=0.7", "entries 'r4=0.5' and 'r4=0.7' both set resolution 4 (layers 2-4)"),
+    ("0.6,1-=0.2,1-12=0.3", "entries '1-=0.2' and '1-12=0.3' both set layers 1-12"),
+    ("5=0.2,5-5=0.3", "entries '5=0.2' and '5-5=0.3' both set layer 5"),
+    ("0-3=0.5, 0-3 =1.0:0.2", "entries '0-3=0.5' and '0-3 =1.0:0.2' both set layers 0-3"),
+])
+def test_a_layer_or_resolution_named_twice_is_refused(tiny_ckpt, tmp_path, spec, says):
+    from clirun import vdvae
+
+    result = vdvae("sample", "-m", tiny_ckpt, "--temp", spec, "--seed", 1, "-o", tmp_path / "x.png", code=2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --temp ") and says in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.png").exists()

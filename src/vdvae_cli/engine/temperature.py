@@ -1,7 +1,8 @@
 """``--temp`` specifications: one prior temperature per latent layer, from a short string.
 
 A spec is a comma-separated list of entries, applied left to right (later entries override
-earlier ones)::
+earlier ones; two entries that name the same layers the same way, e.g. ``12=0.5,12=0.7`` or
+``r32=0.5,r32=0.7``, are refused: one of them would be ignored)::
 
     0.6              a bare number: every layer (the default; only as the first entry)
     12=0.5           layer 12
@@ -47,6 +48,7 @@ def parse_temperature_spec(spec: str | float, cfg: "FamilyConfig") -> list[float
     if len(spec) > MAX_SPEC:
         raise TemperatureSpecError(f"--temp is {len(spec)} characters long (at most {MAX_SPEC})", hint=SYNTAX_HINT)
     temps = [1.0] * n_layers
+    named: dict[tuple[bool, tuple[int, ...]], str] = {}  # (by resolution?, layers) -> the entry naming them
     for position, raw in enumerate(spec.split(",")):
         entry = raw.strip()
         if not entry:
@@ -62,6 +64,15 @@ def parse_temperature_spec(spec: str | float, cfg: "FamilyConfig") -> list[float
             continue
         selector, _, value_text = entry.partition("=")
         layers = _select(selector.strip(), entry, cfg)
+        key = (selector.strip()[:1] in ("r", "R"), tuple(layers))
+        if key in named:
+            what = _describe(layers, selector.strip(), cfg)
+            raise TemperatureSpecError(
+                f"--temp entries {named[key]!r} and {entry!r} both set {what}: which temperature is meant?",
+                hint="name each layer or resolution once (a later entry may override part of an earlier one, "
+                     "e.g. 0-20=0.9,5=0.3)",
+            )
+        named[key] = entry
         if ":" in value_text:
             start_text, _, end_text = value_text.partition(":")
             start, end = _number(start_text, entry), _number(end_text, entry)
@@ -87,6 +98,16 @@ def parse_layer_spec(spec: str, cfg: "FamilyConfig", option: str = "--layers") -
             raise TemperatureSpecError(f"{option} {spec!r}: entry {position + 1} is empty", hint="e.g. 0-5, r8, 12")
         chosen.update(_select(raw.strip(), raw.strip(), cfg, option))
     return sorted(chosen)
+
+
+def _describe(layers: list[int], selector: str, cfg: "FamilyConfig") -> str:
+    if selector[:1] in ("r", "R"):
+        return f"resolution {cfg.decoder_layers[layers[0]].res} ({_describe(layers, '', cfg)})"
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return f"the same {len(layers)} layers"
 
 
 def _number(text: str, entry: str) -> float:
