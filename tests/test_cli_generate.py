@@ -309,11 +309,21 @@ def test_decode_samples_a_deleted_layer(tiny_ckpt, tmp_path, model, pics):
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys() if k != "layer.06"}
     save_file(tensors, str(tmp_path / "edited.safetensors"), metadata=meta)
-    vdvae("decode", "-m", tiny_ckpt, tmp_path / "edited.safetensors", "--temp", 0, "--output-temp", 0,
-          "-o", f"{tmp_path}/d/")
+    result = vdvae("decode", "-m", tiny_ckpt, tmp_path / "edited.safetensors", "--temp", 0, "--output-temp", 0,
+                   "-o", f"{tmp_path}/d/", "--json")
     z = [tensors.get(f"layer.{i:02d}") for i in range(13)]
     expected = ops.decode(model, z, temperatures=0.0, output_temperature=0.0)
     np.testing.assert_array_equal(folder(tmp_path / "d"), expected.numpy())
+    # the record says which layers came from the file: not "the first 13" (layer 6 came from the prior)
+    for r in json_lines(result.stdout):
+        assert r["keep_layers"] is None and r["layers_from_latents"] == [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]
+    records = json_lines(vdvae("decode", "-m", tiny_ckpt, tmp_path / "edited.safetensors", "--keep-layers", 5,
+                               "-o", f"{tmp_path}/k5/", "--json").stdout)
+    assert all(r["keep_layers"] == 5 and r["layers_from_latents"] == [0, 1, 2, 3, 4] for r in records)
+    npz = tmp_path / "lat.npz"
+    vdvae("encode", "-m", tiny_ckpt, *pics, "--keep-layers", 4, "--format", "npz", "-o", npz)
+    records = json_lines(vdvae("decode", "-m", tiny_ckpt, npz, "-o", f"{tmp_path}/n/", "--json").stdout)
+    assert all(r["keep_layers"] == 4 and r["layers_from_latents"] == [0, 1, 2, 3] for r in records)
 
 
 # --------------------------------------------------------------------------------------------------

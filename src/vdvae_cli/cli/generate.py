@@ -546,6 +546,10 @@ def decode(
     writer = plan_images(output, derived_names([Path(n).stem or "stdin" for n in content.names], "decoded"),
                          grid=grid, force=force, json_out=json_out, skip_existing=skip_existing)
     layers = [z if i < keep else None for i, z in enumerate(content.layers)]
+    # what the record says came from the file: every layer it gave, and keep_layers only where those
+    # are the first K (a file without some layer, or an npz of K layers, leaves the rest to the prior)
+    given_layers = [i for i, z in enumerate(layers) if z is not None]
+    kept = len(given_layers) if given_layers == list(range(len(given_layers))) else None
     seed = run.seed(seed, random=draws_noise([t for t, z in zip(temps, layers) if z is None], output_temp))
 
     def make(indices: list[int]):
@@ -554,7 +558,8 @@ def decode(
                           noise=run.noise(seed, indices), prior=top)
 
     def record(i: int) -> dict:
-        return {"index": i, "input": content.names[i], "latents": label, "keep_layers": keep, "seed": seed,
+        return {"index": i, "input": content.names[i], "latents": label, "keep_layers": kept,
+                "layers_from_latents": given_layers, "seed": seed,
                 "model": vae.cfg.name, "temp": temp, "temperatures": temps, "output_temp": output_temp}
 
     run.generate(writer, content.n, batch_size, make, record, "decoding")
