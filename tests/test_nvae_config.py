@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,8 @@ def test_config_from_args_applies_evaluate_patches_and_ignores_bookkeeping():
         ({"num_postprocess_blocks": 2}, "must equal"),
         ({"num_latent_scales": 1, "num_groups_per_scale": 1}, "vanilla"),
         ({"num_x_bits": 9}, "num_x_bits"),
+        ({"num_channels_enc": 1}, r"num_channels_enc must be an integer in \[2, 1024\]"),
+        ({"arch_instance": "mbconv_den", "num_channels_dec": 100}, "convolves 300 channels in 8 groups"),
     ],
 )
 def test_invalid_configs_are_refused(change, message):
@@ -141,3 +144,55 @@ def test_both_families_satisfy_the_one_interface(golden_cfg):
         layers = model.cfg.decoder_layers
         assert [l.index for l in layers] == list(range(model.cfg.n_layers))
         assert all(len(l.latent_shape) == 3 and l.latent_shape[1] == l.res for l in layers)
+
+
+def _tiny_nvae_file(path: Path, **changes) -> Path:
+    from safetensors.torch import save
+
+    cfg = NVAEConfig(**{**dict(dataset="custom_8", num_channels_enc=2, num_channels_dec=2, num_latent_scales=2,
+                                num_groups_per_scale=2, num_latent_per_group=2, num_preprocess_blocks=1,
+                                num_preprocess_cells=1, num_postprocess_blocks=1, num_postprocess_cells=1,
+                                num_cell_per_cond_enc=1, num_cell_per_cond_dec=1, num_nf=0, name="tiny8"), **changes})
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # num_channels_enc = 1: convs of no channels
+        warnings.simplefilter("ignore")
+        state = NVAE(cfg).state_dict()
+    path.write_bytes(save({k: v.contiguous() for k, v in state.items()},
+                          metadata={"format": "vdvae-cli", "format_version": "1", "family": "nvae",
+                                    "nvae_config": cfg.to_json()}))
+    return path
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"arch_instance": "mbconv_den"}, "convolves 6 channels in 8 groups (down_pre cells)"),  # was a torch ValueError
+    ({"num_channels_enc": 1}, r"num_channels_enc must be an integer in [2, 1024], got 1"),  # eval: a torch RuntimeError
+])
+def test_configs_whose_network_cannot_run_are_refused_in_one_line(tmp_path, monkeypatch, changes, says):
+    import numpy as np
+    from PIL import Image
+
+    from clirun import vdvae
+    from vdvae_cli.families.nvae import config
+
+    # the file as a hostile writer makes it: the network such a config builds, its tensors matching it
+    monkeypatch.setattr(config, "_BOUNDS", {**config._BOUNDS, "num_channels_enc": (1, 1024)})
+    monkeypatch.setattr(NVAEConfig, "_check_grouped_convs", lambda self: None)
+    if changes.get("arch_instance"):  # its grouped convs cannot be built: the tensors of the plain arch
+        model = _tiny_nvae_file(tmp_path / "m.safetensors")
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save
+
+        with safe_open(str(model), "pt") as f:
+            meta = f.metadata()
+        meta["nvae_config"] = meta["nvae_config"].replace('"res_mbconv"', '"mbconv_den"')
+        model.write_bytes(save(load_file(str(model)), metadata=meta))
+    else:
+        model = _tiny_nvae_file(tmp_path / "m.safetensors", **changes)
+    monkeypatch.undo()
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    for argv in (["info"], ["eval", image, "--seed", 1], ["sample", "-n", 2, "--seed", 1, "-o", f"{tmp_path}/s/"]):
+        result = vdvae(*argv, "-m", model, code=1)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "describes an invalid model" in lines[0], result.stderr
+        assert says in lines[0] and "Traceback" not in result.stderr and "internal error" not in result.stderr

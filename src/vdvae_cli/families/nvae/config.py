@@ -47,7 +47,8 @@ OLD_ARGS_PATCHES: dict[str, Any] = {"ada_groups": False, "min_groups_per_scale":
 
 # Inclusive bounds of the integer fields (wide enough for every released model and then some).
 _BOUNDS: dict[str, tuple[int, int]] = {
-    "num_channels_enc": (1, 1024), "num_channels_dec": (1, 1024), "num_latent_scales": (1, 8),
+    # (a down cell's skip splits 2 C_e channels four ways: C_e = 1 gave it convs of no channels)
+    "num_channels_enc": (2, 1024), "num_channels_dec": (1, 1024), "num_latent_scales": (1, 8),
     "num_groups_per_scale": (1, 256), "num_latent_per_group": (1, 512), "min_groups_per_scale": (1, 256),
     "num_preprocess_blocks": (1, 6), "num_preprocess_cells": (1, 16), "num_postprocess_blocks": (1, 6),
     "num_postprocess_cells": (1, 16), "num_cell_per_cond_enc": (1, 16), "num_cell_per_cond_dec": (1, 16),
@@ -154,6 +155,38 @@ class NVAEConfig(LatentStackConfig):
             raise ConfigError("num_mixture_dec applies to RGB datasets only")
         object.__setattr__(self, "groups_per_scale", self._groups_per_scale())
         object.__setattr__(self, "decoder_layers", self._groups())
+        self._check_grouped_convs()
+
+    def _cells(self) -> list[tuple[str, int, int]]:
+        """(cell type, input width, output width) of every kind of cell the network builds."""
+        Ce, Cd, P, S = self.num_channels_enc, self.num_channels_dec, self.num_preprocess_blocks, self.num_latent_scales
+        cells = [("down_pre", Ce * 2**b, Ce * 2 ** (b + 1)) for b in range(P)]
+        cells += [("normal_pre", Ce * 2**b, Ce * 2**b) for b in range(P) if self.num_preprocess_cells > 1]
+        cells += [("normal_enc", Ce * 2 ** (P + s), Ce * 2 ** (P + s)) for s in range(S)]
+        cells += [("down_enc", Ce * 2 ** (P + s), Ce * 2 ** (P + s + 1)) for s in range(S - 1)]
+        # the decoder's top group has no cells before it
+        cells += [("normal_dec", Cd * 2 ** (P + s), Cd * 2 ** (P + s)) for s in range(S)
+                  if s < S - 1 or self.groups_per_scale[S - 1] > 1]
+        cells += [("up_dec", Cd * 2 ** (P + s + 1), Cd * 2 ** (P + s)) for s in range(S - 1)]
+        cells += [("up_post", Cd * 2 ** (b + 1), Cd * 2**b) for b in range(P)]
+        cells += [("normal_post", Cd * 2**b, Cd * 2**b) for b in range(P) if self.num_postprocess_cells > 1]
+        return cells
+
+    def _check_grouped_convs(self) -> None:
+        """An mconv op with g groups (``mconv_e{e}k{k}g{g}``, g > 0) convolves e x its input width in g
+        groups: that width must divide by g (make_op's first op sees the cell's input, later ones its output)."""
+        for kind, cin, cout in self._cells():
+            for j, op in enumerate(self.ops[kind]):
+                if not op.startswith("mconv_e"):
+                    continue
+                expand, _, rest = op[len("mconv_e"):].partition("k")
+                groups = int(rest.partition("g")[2])
+                hidden = (cin if j == 0 else cout) * int(expand)
+                if groups and hidden % groups:
+                    raise ConfigError(
+                        f"arch_instance {self.arch_instance!r} convolves {hidden} channels in {groups} groups "
+                        f"({kind} cells), which does not divide: num_channels_enc and num_channels_dec must suit it",
+                        hint=f"with {self.arch_instance}, use channel counts that are multiples of {groups}")
 
     def _groups_per_scale(self) -> tuple[int, ...]:
         counts = [self.num_groups_per_scale]
