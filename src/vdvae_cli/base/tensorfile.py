@@ -139,5 +139,5 @@ def check_format_version(
     theirs, ours = [int(p) for p in parts], [int(p) for p in current.split(".")]
     width = max(len(theirs), len(ours))  # 1.0 is 1
     if theirs + [0] * (width - len(theirs)) > ours + [0] * (width - len(ours)):
-        raise error(f"{label} is a {what} of format version {version.strip()}, newer than this vdvae-cli reads "
-                    f"(up to {current})", hint="read it with a newer vdvae-cli (pip install -U vdvae-cli)")
+        raise error(f"{label} is a {what} of format version {version.strip()}; this vdvae-cli reads versions up to "
+                    f"{current}", hint="upgrade vdvae-cli to read it: pip install -U vdvae-cli")
