@@ -371,3 +371,19 @@ def test_bf16_eval_is_close_to_fp32(converted, pics):
         rows[dtype] = json.loads(out.splitlines()[-1])
     assert rows["bf16"]["bits_per_dim"] == pytest.approx(rows["fp32"]["bits_per_dim"], rel=0.02)
     assert rows["bf16"]["bits_per_dim"] != rows["fp32"]["bits_per_dim"]  # it did run in bf16
+
+
+def test_a_negative_batchnorm_variance_is_refused_in_one_line(converted, pics, tmp_path):
+    from safetensors.torch import save
+
+    state = load_file(str(converted["cifar"]))
+    key = next(k for k in state if k.endswith(".running_var"))
+    state[key][0] = -1.0  # sample failed as an "overflow", eval printed n/a with exit 0
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(save(state, metadata=metadata_of(converted["cifar"])))
+    for argv in (["sample", "-n", 2, "--seed", 1, "-o", f"{tmp_path}/s/"], ["eval", pics["cifar"][0], "--seed", 1]):
+        result = vdvae(*argv, "-m", bad, ok=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("error: ") and f"{key!r} holds 1 negative variance" in lines[0]
+        assert "Traceback" not in result.stderr and result.stdout == ""

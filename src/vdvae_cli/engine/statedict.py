@@ -30,6 +30,10 @@ def _check_finite(state: Mapping[str, Tensor], label: str, error: type[VDVAEErro
             kinds = "NaN" if bool(torch.isnan(t).any()) else "infinite"
             raise error(f"{label}: {what} {key!r} holds {bad} {kinds} value{'s' if bad != 1 else ''}",
                         hint="the file is damaged, or came from a training run that diverged")
+        if key.endswith(".running_var") and t.is_floating_point() and bool((t < 0).any()):
+            bad = int((t < 0).sum())  # BatchNorm's running variance: a square root is taken of it
+            raise error(f"{label}: {what} {key!r} holds {bad} negative variance{'s' if bad != 1 else ''}",
+                        hint="the file is damaged: a running variance is never below 0")
 
 
 def weights_digest(state: Mapping[str, Tensor]) -> str:
