@@ -98,3 +98,12 @@ def test_an_unknown_recorded_score_is_refused(tmp_path, golden_cfg, golden_state
     path = _ckpt(tmp_path, golden_cfg, golden_state, default_ood_score="magic")
     result = run("ood", "-m", path, *pics, code=1)
     assert result.stderr.count("error:") == 1 and "it must be one of llr, complexity" in result.stderr
+
+
+def test_a_recorded_prior_temperature_out_of_range_is_the_files_fault(tmp_path, golden_cfg, golden_state, pics):
+    # 1e300 got past the check (finite, >= 0) and failed as a usage error (exit 2) naming layer 0
+    path = _ckpt(tmp_path, golden_cfg, golden_state, default_ood_k="5", default_ood_prior_temperature="1e300")
+    result = run("ood", "-m", path, *pics, "--seed", 1, code=1)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and result.stderr.strip().endswith(lines[0]) and "Traceback" not in result.stderr
+    assert "the model file records ood k=5, prior temperature 1e+300" in lines[0] and "from 0 to 10" in lines[0]

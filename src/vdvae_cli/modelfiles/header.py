@@ -212,7 +212,8 @@ def ood_score(recorded: Mapping[str, str] | None) -> str | None:
 def ood_settings(recorded: Mapping[str, str] | None, n_layers: int) -> tuple[int, float] | None:
     """(k, prior temperature) from :func:`default_ood`'s mapping, checked against a model of
     ``n_layers`` latent layers (temperature 1.0 when none is recorded); None when nothing is recorded.
-    A file whose values are not a k from 1 to ``n_layers`` and a finite temperature >= 0 is refused."""
+    A file whose values are not a k from 1 to ``n_layers`` and a temperature from 0 to 10 (what
+    ``--prior-temp`` accepts) is refused."""
     if not recorded or "k" not in recorded:
         return None
     import math
@@ -222,9 +223,11 @@ def ood_settings(recorded: Mapping[str, str] | None, n_layers: int) -> tuple[int
         temp = float(recorded.get("prior_temperature", "1.0"))
     except ValueError:
         raise CheckpointError(f"the model file's recorded ood settings {dict(recorded)!r} are not numbers") from None
-    if not 1 <= k <= n_layers or not (math.isfinite(temp) and temp >= 0):
+    from ..base.safety import MAX_TEMPERATURE
+
+    if not 1 <= k <= n_layers or not (math.isfinite(temp) and 0 <= temp <= MAX_TEMPERATURE):
         raise CheckpointError(f"the model file records ood k={k}, prior temperature {temp}: "
-                              f"k must be 1 to {n_layers} and the temperature a finite number >= 0")
+                              f"k must be 1 to {n_layers} and the temperature a number from 0 to {MAX_TEMPERATURE:g}")
     return k, temp
 
 
