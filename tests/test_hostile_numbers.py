@@ -102,7 +102,10 @@ def test_fifos_and_devices_are_refused_where_a_file_is_needed(tiny_ckpt, tmp_pat
 def _peak_rss_after(args: list[str], seconds: float, cwd: Path) -> tuple[int, int]:
     """Run ``vdvae ARGS`` for ``seconds``, then stop it; (peak resident KiB, exit status or -signal)."""
     proc = subprocess.Popen([sys.executable, "-m", "vdvae_cli", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            # Ctrl-C's default even under a runner that ignores SIGINT (a background job
+                            # of a script), which `vdvae` rightly keeps ignoring
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     peak = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None:
