@@ -18,6 +18,7 @@ from ..engine.interface import FamilyConfig
 from ..base.errors import CheckpointError, ConfigError
 from ..engine.registry import DEFAULT_FAMILY, family_named, family_of
 from ..base.filekind import _label, sniff_file
+from ..base.safety import MAX_TEMPERATURE
 from ..base.tensorfile import check_format_version, parse_header
 from ..engine.keys import KeyReport, compare_shapes
 
@@ -223,8 +224,6 @@ def ood_settings(recorded: Mapping[str, str] | None, n_layers: int) -> tuple[int
         temp = float(recorded.get("prior_temperature", "1.0"))
     except ValueError:
         raise CheckpointError(f"the model file's recorded ood settings {dict(recorded)!r} are not numbers") from None
-    from ..base.safety import MAX_TEMPERATURE
-
     if not 1 <= k <= n_layers or not (math.isfinite(temp) and 0 <= temp <= MAX_TEMPERATURE):
         raise CheckpointError(f"the model file records ood k={k}, prior temperature {temp}: "
                               f"k must be 1 to {n_layers} and the temperature a number from 0 to {MAX_TEMPERATURE:g}")
