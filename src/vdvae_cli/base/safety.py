@@ -31,6 +31,7 @@ MAX_JSON_DEPTH = 32  # nesting of any JSON we read (configs, logs, metadata)
 MAX_IMAGE_PIXELS = 64_000_000  # width x height of an input image (a 48 MP photo fits)
 MAX_IMAGE_SIDE = 65_500
 MAX_STDIN_BYTES = 1 << 30  # images or latents piped in
+MAX_LATENT = 1e4  # a latent value's magnitude: draws at temperature 10 stay far below; 1e30 decoded to garbage
 MAX_TEMPERATURE = 10.0  # --temp and --output-temp: 0 (the mean) to 10
 MAX_SEED = (1 << 63) - 1  # --seed: the per-image hash reads 64 bits, so a larger or negative one repeated another's draws
 MAX_TEXT_CHUNK = 1 << 20  # PNG text chunks, decompressed (Pillow's own default)

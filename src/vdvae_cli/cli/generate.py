@@ -440,7 +440,7 @@ def encode(
     check_keep_args(keep_layers, keep_res)
     refuse_distributed("encode")
     sources = collect_inputs(images)
-    target = _latents_target(output, force, json_out)
+    target = _latents_target(output, force, json_out, fmt)
     if fmt is None:
         fmt = LatentFormat.npz if target is not None and target.suffix.lower() == ".npz" else LatentFormat.safetensors
     run = Session(quiet=quiet, json_out=json_out)
@@ -569,7 +569,8 @@ def decode(
 # helpers
 
 
-def _latents_target(output: str | None, force: bool, json_out: bool) -> Path | None:
+def _latents_target(output: str | None, force: bool, json_out: bool,
+                    fmt: LatentFormat | None = None) -> Path | None:
     """The latents file to write, or None for stdout; checked before any work."""
     from ..base.images import IMAGE_SUFFIXES, check_output_file
 
@@ -587,9 +588,16 @@ def _latents_target(output: str | None, force: bool, json_out: bool) -> Path | N
                               hint="redirect stdout (... -o - > latents.safetensors) or give -o FILE")
         return None
     target = Path(output)
-    if target.suffix.lower() in IMAGE_SUFFIXES:
+    suffix = target.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
         raise UsageError(f"-o {output}: latents are written as a .safetensors file, not an image",
                          hint="e.g. -o latents.safetensors")
+    if suffix not in (".safetensors", ".npz"):  # z.txt would get binary safetensors under a text name
+        raise UsageError(f"-o {output}: a latents file ends in .safetensors or .npz",
+                         hint="e.g. -o latents.safetensors, or -o latents.npz for one flat array")
+    if fmt is not None and suffix != f".{fmt.value}":
+        raise UsageError(f"-o {output} with --format {fmt.value}: the file name says {suffix[1:]}",
+                         hint=f"name it with .{fmt.value}, or leave --format out")
     check_output_file(target, force)
     return target
 

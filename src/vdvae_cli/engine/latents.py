@@ -35,7 +35,7 @@ from .interface import FamilyConfig
 from .keys import model_fingerprint
 from ..base.errors import LatentsError, VDVAEError, activity
 from .registry import DEFAULT_FAMILY, family_named, family_of
-from ..base.safety import first_line, loads
+from ..base.safety import MAX_LATENT, first_line, loads
 from ..base.tensorfile import check_format_version
 
 FORMAT = "vdvae-latents"
@@ -186,11 +186,20 @@ def load_latents(data: bytes, cfg: FamilyConfig, *, label: str = "latents", weig
     layers: list[Tensor | None] = [None] * cfg.n_layers
     for index, key in found.items():
         z = tensors[key].float()
-        if not bool(torch.isfinite(z).all()):
-            raise LatentsError(f"{label}: {key} holds values that are not finite (NaN or infinity)",
-                               hint="latents must be finite numbers; re-encode the images")
+        check_latent_values(z, f"{label}: {key}")
         layers[index] = z
     return Latents(layers, names, posterior, dict(meta))
+
+
+def check_latent_values(z: Tensor, what: str) -> None:
+    """Latents must be finite and at most ``MAX_LATENT`` in magnitude: a file holding 1e30 would
+    otherwise decode, with exit 0, to an image that says nothing about it."""
+    if not bool(torch.isfinite(z).all()):
+        raise LatentsError(f"{what} holds values that are not finite (NaN or infinity)",
+                           hint="latents must be finite numbers; re-encode the images")
+    if z.numel() and float(z.abs().max()) > MAX_LATENT:
+        raise LatentsError(f"{what} holds values as large as {float(z.abs().max()):.3g}, above {MAX_LATENT:g}",
+                           hint="no prior or posterior draw comes near that; re-encode the images")
 
 
 def _header(data: bytes, label: str) -> dict:

@@ -30,7 +30,7 @@ import torch
 from ..engine.interface import FamilyConfig
 from ..base.errors import LatentsError
 from ..base.tensorfile import check_format_version
-from ..engine.latents import Latents, model_fingerprint
+from ..engine.latents import Latents, check_latent_values, model_fingerprint
 
 FORMAT = "vdvae-latents-flat"
 FORMAT_VERSION = "1"
@@ -118,8 +118,7 @@ def load_npz_latents(data: bytes, cfg: FamilyConfig, *, label: str = "latents", 
         raise LatentsError(f"{label}: latents must be a float (N, {width}) array for {k} layers, "
                            f"got {flat.dtype} {flat.shape}")
     tensor = torch.from_numpy(np.array(flat, dtype=np.float32, order="C"))  # a writable copy
-    if not torch.isfinite(tensor).all():
-        raise LatentsError(f"{label}: latents hold NaN or infinite values")
+    check_latent_values(tensor, f"{label}: latents")
     n = tensor.shape[0]
     names = [f"latent_{i:05d}" for i in range(n)]
     if "names" in arrays:
