@@ -305,3 +305,61 @@ def test_ood_prior_temp_has_the_temperature_range(tiny_ckpt, data):
     result = runner.invoke(app, ["ood", "-m", str(tiny_ckpt), str(data), "--prior-temp", "1e300"])
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == ["error: --prior-temp must be a number from 0 to 10, got 1e+300"]
+
+
+def test_latents_far_beyond_any_draw_are_refused(tiny_ckpt, tmp_path):
+    """A latents file holding 1e30 decoded with exit 0 to an image that said nothing about it."""
+    from PIL import Image
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    z = tmp_path / "z.safetensors"
+    vdvae("encode", "-m", tiny_ckpt, tmp_path / "a.png", "-o", z, "-q", code=0)
+    with safe_open(str(z), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(z)
+    tensors["layer.02"] = tensors["layer.02"] + 1e30
+    save_file(tensors, tmp_path / "big.safetensors", metadata=meta)
+    one_error("decode", "-m", tiny_ckpt, tmp_path / "big.safetensors", "-o", tmp_path / "d.png", code=1,
+              says="layer.02 holds values as large as 1e+30, above 10000")
+    assert not (tmp_path / "d.png").exists()
+    vdvae("encode", "-m", tiny_ckpt, tmp_path / "a.png", "-o", tmp_path / "z.npz", "-q", code=0)
+    with np.load(tmp_path / "z.npz") as npz:
+        arrays = dict(npz)
+    key = next(k for k, v in arrays.items() if v.dtype == np.float32 and v.ndim == 2)
+    arrays[key][0, 0] = -3e9
+    np.savez(tmp_path / "big.npz", **arrays)
+    one_error("decode", "-m", tiny_ckpt, tmp_path / "big.npz", "-o", tmp_path / "d.png", code=1,
+              says="holds values as large as 3e+09")
+
+
+@pytest.mark.parametrize("name, fmt, says", [
+    ("z.txt", None, "a latents file ends in .safetensors or .npz"),
+    ("z", None, "a latents file ends in .safetensors or .npz"),
+    ("z.npz", "safetensors", "the file name says npz"),
+])
+def test_a_latents_file_is_named_for_what_it_holds(tiny_ckpt, tmp_path, name, fmt, says):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    one_error("encode", "-m", tiny_ckpt, tmp_path / "a.png", "-o", tmp_path / name,
+              *(["--format", fmt] if fmt else []), says=says)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_there_is_one_cpu_device(tiny_ckpt, tmp_path):
+    """torch takes cpu:5 and runs on the one CPU device: a typo that said nothing."""
+    one_error("sample", "-m", tiny_ckpt, "--device", "cpu:5", "-o", tmp_path / "x.png", says="there is one CPU device")
+    vdvae("sample", "-m", tiny_ckpt, "--device", "cpu:0", "-o", tmp_path / "x.png", "-q", code=0)
+
+
+def test_a_cache_that_is_a_file_is_said_to_be_one(tmp_path, monkeypatch):
+    """VDVAE_CACHE naming a file listed the cache as empty."""
+    (tmp_path / "file").write_bytes(b"x")
+    monkeypatch.setenv("VDVAE_CACHE", str(tmp_path / "file"))
+    one_error("cache", says="is not a folder")
+    one_error("cache", "--remove-all", says="is not a folder")
+    monkeypatch.setenv("VDVAE_CACHE", str(tmp_path / "empty"))
+    result = vdvae("cache", "--json", code=0)  # JSON lines: none on stdout, the reason on stderr
+    assert result.stdout == "" and "is empty" in result.stderr

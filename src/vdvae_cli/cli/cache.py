@@ -61,10 +61,11 @@ def cache(
     if json_out:
         for c in entries:
             emit_json(c.to_dict())
-        return
     if not entries:
         if not quiet:
             say(f"the cache ({cache_dir()}) is empty; `vdvae models` lists what can be downloaded")
+        return
+    if json_out:
         return
     width = max(4, *(len(c.name) for c in entries))
     out(f"{'name':<{width}}  {'kind':<7}  {'size':>8}  where")

@@ -46,6 +46,8 @@ def pick_device(spec: str = "auto") -> torch.device:
             raise DeviceError("MPS was requested but is not available here", hint="use --device cpu")
     elif device.type != "cpu":
         raise UsageError(f"unsupported device {spec!r}", hint="use auto, cpu, cuda, cuda:N or mps")
+    elif device.index not in (None, 0):  # torch accepts cpu:5 and runs on the one CPU device anyway
+        raise UsageError(f"unknown device {spec!r}: there is one CPU device", hint="use cpu")
     return device
 
 

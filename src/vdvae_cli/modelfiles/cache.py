@@ -170,6 +170,8 @@ def cached_models(skipped: list[str] | None = None) -> list[CachedFile]:
     skipped = [] if skipped is None else skipped
     folder = cache_root()
     found: list[CachedFile] = []
+    if folder.exists() and not folder.is_dir():  # VDVAE_CACHE naming a file: say so, not "empty"
+        raise UsageError(f"the cache {paths.cache_dir()} is not a folder", hint="set VDVAE_CACHE to a folder")
     if folder.is_dir():
         found += [CachedFile(p.stem, "model", p, _size(p)) for p in _entries(folder, "*.safetensors", skipped)]
     downloads = _subfolder(folder, "downloads", skipped)
