@@ -194,6 +194,14 @@ def prior_gap(model, net, x: np.ndarray, ref_feats: np.ndarray, temps: list[floa
     return rows
 
 
+def _prior_logstd(layer: dict) -> float:
+    """The largest prior log-std a traced layer drew with: VDVAE records it (``pv``), NVAE its sigma
+    (absent where a learned prior gave the layer)."""
+    if "pv" in layer:
+        return float(layer["pv"].float().max())
+    return float(layer["sigma"].float().log().max()) if "sigma" in layer else -math.inf
+
+
 @torch.inference_mode()
 def overflow(model, n: int, temp_spec: str, seed: int, batch: int = 500, top=None) -> dict:
     """How many of ``n`` prior samples give a non-finite output, and the largest prior log-std drawn
@@ -209,7 +217,7 @@ def overflow(model, n: int, temp_spec: str, seed: int, batch: int = 500, top=Non
         out = model.decoder(stop - start, latents=given, temperatures=temps, noise=src, trace=True)
         logits = model.logits(out.px_z)
         bad += int((~torch.isfinite(logits.flatten(1)).all(1)).sum())
-        pv_max = max(pv_max, max(float(t["pv"].float().max()) for t in out.trace))
+        pv_max = max(pv_max, max(_prior_logstd(t) for t in out.trace))
     row = {"n": n, "temperature": temp_spec, "non_finite": bad, "max_prior_logstd": round(pv_max, 3)}
     if top is not None:
         row["learned_prior_max_abs_z"] = round(z_max, 3)
