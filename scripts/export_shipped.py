@@ -24,6 +24,7 @@ from vdvae_cli.modelfiles.header import (
     DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, OOD_SCORES, metadata_of, ood_settings,
 )
 from vdvae_cli.modelfiles.checkpoint import read_checkpoint, save_checkpoint
+from vdvae_cli.engine.registry import families
 from vdvae_cli.engine.temperature import parse_temperature_spec
 
 CARDS = {
@@ -48,6 +49,13 @@ CARDS = {
         data_source=("Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) from Debian's dataset-fashion-mnist, "
                      "training split less 2,000 held out; 28x28 padded with 2 black pixels to 32x32, grey"),
     ),
+    "fashion-nvae": dict(
+        license="MIT (weights); trained on Fashion-MNIST, MIT, (c) Zalando SE",
+        description=("32x32 clothing (Fashion-MNIST: one grey channel), an NVAE trained under the same budget as "
+                     "fashion on a 2-core CPU; see weights/README.md"),
+        data_source=("Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) from Debian's dataset-fashion-mnist, "
+                     "training split less 2,000 held out; 28x28 padded with 2 black pixels to 32x32, grey"),
+    ),
 }
 
 
@@ -68,7 +76,8 @@ def main() -> None:
     args = ap.parse_args()
     cfg, state = read_checkpoint(args.src)
     cfg = dataclasses.replace(cfg, name=args.card)  # the run folder's name is not the model's
-    meta = {k: v for k, v in metadata_of(args.src).items() if k not in ("format", "format_version", "vdvae_config", "weights_sha256")}
+    written = {"format", "format_version", "family", "weights_sha256", *(f.config_key for f in families())}
+    meta = {k: v for k, v in metadata_of(args.src).items() if k not in written}  # save_checkpoint writes these anew
     meta.update(CARDS[args.card], train_wall_time_min=f"{args.wall_time_min:.1f}", train_hardware=args.hardware)
     if args.default_temp is not None:
         parse_temperature_spec(args.default_temp, cfg)  # refuse a spec sample would refuse
