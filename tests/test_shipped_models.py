@@ -1,6 +1,7 @@
 """The models in weights/: what a fresh install samples from without --model.
 
-The default model is the grey fashion (weights/DEFAULT); every shipped file rebuilds from its own header,
+The default model is the grey fashion (weights/DEFAULT), a VDVAE; fashion-nvae is the NVAE trained
+under the same budget; every shipped file rebuilds from its own header,
 carries the facts of its model card, and samples finite images at the temperatures it recommends
 (fashion32's card: at --temp 1.0 about one sample in 40,000 overflows, never in 40,000 at its
 recommended 0.9; this checks the first 2,000 seeds of a run).
@@ -30,10 +31,10 @@ def test_fashion_is_the_default(monkeypatch):
     monkeypatch.delenv("VDVAE_WEIGHTS_DIR", raising=False)
     assert (WEIGHTS / "DEFAULT").read_text().strip() == "fashion"
     assert registry.default_name() == "fashion"
-    assert {p.stem for p in SHIPPED} == {"fashion", "fashion32", "digits32"}
-    # One prior ships: fashion's exemplar prior (weights/README.md: it lifts the samples, and it claims
-    # no density, so the bound stays the model's own). A MADE fitted to these weights improved neither.
-    assert [p.name for p in PRIORS] == ["fashion.prior.safetensors"]
+    assert {p.stem for p in SHIPPED} == {"fashion", "fashion-nvae", "fashion32", "digits32"}
+    # Two priors ship, both exemplar priors (weights/README.md: they lift the samples, and they claim
+    # no density, so the bound stays the model's own). A MADE fitted to fashion improved neither figure.
+    assert [p.name for p in PRIORS] == ["fashion-nvae.prior.safetensors", "fashion.prior.safetensors"]
 
 
 @pytest.mark.parametrize("path", PRIORS, ids=lambda p: p.name)
@@ -69,6 +70,24 @@ def test_fashion_is_grey_bounded_and_records_its_ood_defaults():
             images = sample(model, 500, temperatures=temps, output_temperature=0.0,
                             noise=torch.Generator().manual_seed(start))
             assert images.shape == (500, 32, 32, 3) and torch.equal(images[..., 0], images[..., 2])
+    border = torch.cat([images[:, :2].flatten(), images[:, -2:].flatten()]).float()
+    assert float(border.mean()) < 10
+
+
+def test_fashion_nvae_is_the_same_budgets_nvae_grey_and_records_its_ood_defaults():
+    """The NVAE trained under fashion's budget (368 trainer minutes): one channel, its temperatures
+    and ood score recorded, and finite grey garments from its own prior at temperature 1.0."""
+    path = WEIGHTS / "fashion-nvae.safetensors"
+    model = load_file_model(path)
+    meta = metadata_of(path)
+    assert meta["family"] == "nvae" and model.cfg.image_channels == 1 and model.cfg.name == "fashion-nvae"
+    assert float(meta["train_wall_time_min"]) <= 368.0
+    assert default_temperatures(path) == ("1.0", "1.0")
+    assert default_ood(path) is not None and default_ood(path)["score"] == "complexity"
+    temps = parse_temperature_spec("1.0", model.cfg)
+    with torch.inference_mode():
+        images = sample(model, 500, temperatures=temps, output_temperature=1.0, noise=torch.Generator().manual_seed(0))
+    assert images.shape == (500, 32, 32, 3) and torch.equal(images[..., 0], images[..., 2])
     border = torch.cat([images[:, :2].flatten(), images[:, -2:].flatten()]).float()
     assert float(border.mean()) < 10
 
