@@ -112,7 +112,7 @@ def test_normal_decoder_honours_the_output_temperature():
     samples scale their noise by the output temperature, and t = 0 is the clamped mean."""
     from vdvae_cli.engine.distributions import BatchNoise
     from vdvae_cli.families.nvae.distributions import normal_params
-    from vdvae_cli.families.nvae.family import output_unit, recon_log_prob
+    from vdvae_cli.families.nvae.pixels import output_unit, recon_log_prob
 
     cfg = NVAEConfig(**{**README_ARGS["cifar10"], "num_mixture_dec": 1})
     assert (cfg.likelihood, cfg.output_channels) == ("normal", 6)

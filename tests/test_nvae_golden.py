@@ -20,7 +20,7 @@ from vdvae_cli.modelfiles.checkpoint import build_model
 from vdvae_cli.engine.distributions import BatchNoise, Noise, dmol_sample
 from vdvae_cli.families.nvae.batchnorm import bn_state, readjust_bn
 from vdvae_cli.families.nvae.distributions import dmol_mean
-from vdvae_cli.families.nvae.family import output_unit, recon_log_prob, unit_images
+from vdvae_cli.families.nvae.pixels import output_unit, recon_log_prob, unit_images
 from vdvae_cli.families.nvae.network import official_state_keys
 from vdvae_cli.families.nvae.official import read_official
 
@@ -180,7 +180,7 @@ def _recon_map(cfg, logits, x):
     """Per-pixel log-likelihood the way the golden file stores it (DMoL: summed over RGB)."""
     from vdvae_cli.engine.distributions import dmol_log_prob
     from vdvae_cli.families.nvae.distributions import bernoulli_log_prob
-    from vdvae_cli.families.nvae.family import DMOL_UPPER_EDGE
+    from vdvae_cli.families.nvae.pixels import DMOL_UPPER_EDGE
 
     if cfg.binary:
         return bernoulli_log_prob(logits, x)

@@ -15,80 +15,28 @@ Output pixels, at output temperature ``t``:
   is drawn (the Bernoulli has no temperature of its own: any ``t > 0`` draws from it as is).
 * Normal (``num_mixture_dec = 1``): ``mu + t * sigma * eps``, clamped (NVAE ignores ``t``: PR #55).
 
-Floats in [-1, 1] become 8-bit pixels by truncating ``(x + 1) * 127.5``, as for VDVAE.
+Floats in [-1, 1] become 8-bit pixels by truncating ``(x + 1) * 127.5``, as for VDVAE. The functions
+that do this live in :mod:`.pixels`: this module is read to describe a file (``vdvae info``), so it
+imports no torch.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import torch
-import torch.nn.functional as F
-
-from ...engine.distributions import dmol_log_prob, dmol_sample, to_uint8
 from .config import NVAEConfig
-from .distributions import bernoulli_log_prob, normal_log_p, normal_params
 
 if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
     from ...engine.distributions import Noise
     from ...engine.interface import DecoderOutput, OfficialCheckpoint
     from ...engine.recipe import TrainConfig
     from ...engine.recipe import Recipe, TrainDefaults
     from .network import NVAE
-
-Tensor = torch.Tensor
-DMOL_UPPER_EDGE = 0.99  # NVAE's threshold for the upper tail (the 8-bit value 254 is a tail too)
-
-
-def unit_images(cfg: NVAEConfig, images: Tensor) -> Tensor:
-    """uint8 NHWC -> NVAE's data tensor NCHW in [0, 1] (bit-reduced; MNIST: grey, padded, binary)."""
-    x = images.float()
-    if cfg.binary:
-        x = x.mean(dim=-1, keepdim=True) if x.shape[-1] == 3 else x[..., :1]
-        x = (x >= 128).float()
-        x = F.pad(x.permute(0, 3, 1, 2), (2, 2, 2, 2))  # (N, 1, 32, 32)
-        return x
-    if cfg.grey:
-        from ...engine.ops import as_channels
-
-        x = as_channels(images, 1).float()
-    x = x.permute(0, 3, 1, 2) / 255.0
-    if cfg.num_x_bits != 8:
-        x = torch.floor(x * 255.0 / 2 ** (8 - cfg.num_x_bits)) / (2**cfg.num_x_bits - 1)
-    return x
-
-
-def recon_log_prob(cfg: NVAEConfig, logits: Tensor, x: Tensor) -> Tensor:
-    """log p(x | z) per image (N,) in nats, for NVAE data ``x`` (NCHW in [0, 1]) and NCHW logits."""
-    logits, x = logits.float(), x.float()
-    if cfg.likelihood == "bernoulli":
-        return bernoulli_log_prob(logits, x)[:, :, 2:-2, 2:-2].sum(dim=(1, 2, 3))
-    if cfg.likelihood == "normal":
-        c = cfg.image_channels
-        mu, sigma = normal_params(logits[:, :c], logits[:, c:])
-        return normal_log_p(2 * x - 1, mu, sigma).sum(dim=(1, 2, 3))
-    per_pixel = dmol_log_prob(logits.permute(0, 2, 3, 1), (2 * x - 1).permute(0, 2, 3, 1), cfg.num_mixture_dec,
-                              bits=cfg.num_x_bits, upper_edge=DMOL_UPPER_EDGE)  # (N, H, W)
-    return per_pixel.sum(dim=(1, 2))
-
-
-def output_unit(cfg: NVAEConfig, logits: Tensor, noise: "Noise", t: float) -> Tensor:
-    """Pixels in [-1, 1], NHWC with the model's channels, drawn at output temperature ``t``."""
-    logits = logits.float()
-    if cfg.likelihood == "bernoulli":
-        p = torch.sigmoid(logits).permute(0, 2, 3, 1)  # (N, H, W, 1)
-        u = noise.uniform(p.shape, device=p.device)
-        x = p if t == 0 else (u < p).float()
-        return 2 * x[:, 2:-2, 2:-2] - 1
-    if cfg.likelihood == "normal":
-        c = cfg.image_channels
-        mu, sigma = normal_params(logits[:, :c], logits[:, c:], t)
-        e = noise.normal(mu.shape, device=mu.device)
-        return torch.clamp(mu + sigma * e, -1.0, 1.0).permute(0, 2, 3, 1)
-    return dmol_sample(logits.permute(0, 2, 3, 1), cfg.num_mixture_dec, noise=noise, temperature=t)
 
 
 class NVAEFamily:
@@ -122,13 +70,20 @@ class NVAEFamily:
         return ((2 if encoder else 1) * groups * per_state + temporaries) * itemsize + 3 * head
 
     def model_input(self, model: Any, images: Tensor, dtype: torch.dtype) -> Tensor:
+        from .pixels import unit_images
+
         return unit_images(model.cfg, images).to(dtype)
 
     def nll(self, model: Any, logits: Tensor, images: Tensor) -> Tensor:
+        from .pixels import recon_log_prob, unit_images
+
         cfg = model.cfg
         return -recon_log_prob(cfg, logits, unit_images(cfg, images.to(logits.device))) / cfg.n_dims
 
     def pixels(self, model: Any, logits: Tensor, noise: "Noise", output_temperature: float) -> Tensor:
+        from ...engine.distributions import to_uint8
+        from .pixels import output_unit
+
         x = output_unit(model.cfg, logits, noise, output_temperature)
         return to_uint8(x.expand(*x.shape[:3], 3))
 
