@@ -251,6 +251,16 @@ def test_10_info_reads_the_header_without_torch(tiny_ckpt):
     assert (info["model"], info["n_layers"], info["parameters"]) == ("tiny", 13, 111_518)
 
 
+def test_10_every_familys_front_module_imports_no_torch():
+    """info and models describe the shipped files (an NVAE among them) through each family's front
+    module, so none of those may import torch: a shipped NVAE made every info import it."""
+    code = ("import sys\nfrom vdvae_cli.engine.registry import families\n"
+            "print(sorted(f.name for f in families()), 'torch' in sys.modules, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert result.stderr.strip() == "['nvae', 'pixelcnn', 'vdvae'] False"
+
+
 def test_10_info_describes_a_registry_model_before_its_download(monkeypatch):
     monkeypatch.setenv("VDVAE_OFFICIAL_BASE_URL", "http://127.0.0.1:9")  # nothing listens: no download
     info = json.loads(ok("info", "--model", "ffhq256", "--json").stdout)
