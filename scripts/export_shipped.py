@@ -24,7 +24,6 @@ from vdvae_cli.modelfiles.header import (
     DEFAULT_OUTPUT_TEMPERATURE_KEY, DEFAULT_TEMPERATURE_KEY, OOD_SCORES, metadata_of, ood_settings,
 )
 from vdvae_cli.modelfiles.checkpoint import read_checkpoint, save_checkpoint
-from vdvae_cli.engine.registry import families
 from vdvae_cli.engine.temperature import parse_temperature_spec
 
 CARDS = {
@@ -76,8 +75,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg, state = read_checkpoint(args.src)
     cfg = dataclasses.replace(cfg, name=args.card)  # the run folder's name is not the model's
-    written = {"format", "format_version", "family", "weights_sha256", *(f.config_key for f in families())}
-    meta = {k: v for k, v in metadata_of(args.src).items() if k not in written}  # save_checkpoint writes these anew
+    meta = dict(metadata_of(args.src))  # save_checkpoint writes the config, family, format and digest anew
     meta.update(CARDS[args.card], train_wall_time_min=f"{args.wall_time_min:.1f}", train_hardware=args.hardware)
     if args.default_temp is not None:
         parse_temperature_spec(args.default_temp, cfg)  # refuse a spec sample would refuse

@@ -237,7 +237,12 @@ def test_a_copied_header_does_not_lend_another_models_identity(tmp_path, golden_
 
     claim = metadata_of(tiny_ckpt)["weights_sha256"]
     other = {k: v + 0.01 if v.is_floating_point() else v for k, v in golden_state.items()}
-    liar = save_checkpoint(other, golden_cfg, tmp_path / "liar.safetensors", metadata={"weights_sha256": claim})
+    honest = save_checkpoint(other, golden_cfg, tmp_path / "honest.safetensors", metadata={"weights_sha256": claim})
+    assert metadata_of(honest)["weights_sha256"] == weights_digest(other)  # save_checkpoint writes no claim it was handed
+    from safetensors.torch import load_file, save_file
+
+    liar = tmp_path / "liar.safetensors"  # the header forged by hand
+    save_file(load_file(honest), liar, metadata={**metadata_of(honest), "weights_sha256": claim})
     assert metadata_of(liar)["weights_sha256"] == claim
     assert digest_of(load_file_model(liar)) == weights_digest(other) != claim
     assert digest_of(load_file_model(tiny_ckpt)) == claim
@@ -363,3 +368,21 @@ def test_a_cache_that_is_a_file_is_said_to_be_one(tmp_path, monkeypatch):
     monkeypatch.setenv("VDVAE_CACHE", str(tmp_path / "empty"))
     result = vdvae("cache", "--json", code=0)  # JSON lines: none on stdout, the reason on stderr
     assert result.stdout == "" and "is empty" in result.stderr
+
+
+def test_save_checkpoint_describes_the_file_from_its_config_not_the_callers_metadata(tmp_path, golden_cfg, golden_state):
+    """Metadata copied from another file (scripts/export_shipped.py did) kept that file's config:
+    the name given in cfg never reached the written file."""
+    import dataclasses
+    import json
+
+    from vdvae_cli.modelfiles.checkpoint import read_checkpoint, save_checkpoint
+    from vdvae_cli.modelfiles.header import metadata_of
+
+    first = save_checkpoint(golden_state, golden_cfg, tmp_path / "a.safetensors", metadata={"license": "MIT"})
+    renamed = dataclasses.replace(golden_cfg, name="renamed")
+    second = save_checkpoint(golden_state, renamed, tmp_path / "b.safetensors",
+                             metadata={**metadata_of(first), "family": "nvae", "format_version": "9"})
+    meta = metadata_of(second)
+    assert json.loads(meta["vdvae_config"])["name"] == "renamed" and read_checkpoint(second)[0].name == "renamed"
+    assert "family" not in meta and meta["format_version"] == "1" and meta["license"] == "MIT"

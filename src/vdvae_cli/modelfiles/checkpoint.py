@@ -16,7 +16,7 @@ import torch
 
 from ..engine.interface import FamilyConfig
 from ..base.errors import CheckpointError, VDVAEError
-from ..engine.registry import DEFAULT_FAMILY, family_of
+from ..engine.registry import DEFAULT_FAMILY, families, family_of
 from .header import FORMAT_VERSION, expected_shapes, activation_bytes, parameter_count, compare_keys, read_header, checked_config, default_ood, default_temperatures
 from ..base.filekind import _label
 from ..engine.interface import LatentModel
@@ -65,11 +65,15 @@ def save_checkpoint(
                for k, v in state.items()}
     _check_finite(tensors, f"refusing to write {_label(path)}")
     family = family_of(cfg)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, family.config_key: cfg.to_json(),
-            "weights_sha256": weights_digest(tensors)}
+    own = {"format": FORMAT, "format_version": FORMAT_VERSION, family.config_key: cfg.to_json(),
+           "weights_sha256": weights_digest(tensors)}
     if family.name != DEFAULT_FAMILY:  # files without a family are VDVAE (every file written before NVAE)
-        meta["family"] = family.name
-    meta.update(metadata or {})
+        own["family"] = family.name
+    # what describes the file comes from cfg and the tensors, never from the caller's metadata (which
+    # may be another file's, copied: its config, family or digest would make this file lie)
+    described = {"format", "format_version", "family", "weights_sha256", *(f.config_key for f in families())}
+    meta = {k: v for k, v in (metadata or {}).items() if k not in described}
+    meta.update(own)
     blob = save(tensors, metadata=meta)
     path = Path(path)
     atomic_write_bytes(path, blob, force=force)
