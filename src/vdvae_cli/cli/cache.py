@@ -58,14 +58,13 @@ def cache(
     if not quiet:
         for note in skipped:
             say(f"skipped {note}")
-    if json_out:
-        for c in entries:
-            emit_json(c.to_dict())
-    if not entries:
+    if not entries:  # with --json too: no lines on stdout, the reason on stderr
         if not quiet:
             say(f"the cache ({cache_dir()}) is empty; `vdvae models` lists what can be downloaded")
         return
     if json_out:
+        for c in entries:
+            emit_json(c.to_dict())
         return
     width = max(4, *(len(c.name) for c in entries))
     out(f"{'name':<{width}}  {'kind':<7}  {'size':>8}  where")

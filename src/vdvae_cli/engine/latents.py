@@ -197,8 +197,9 @@ def check_latent_values(z: Tensor, what: str) -> None:
     if not bool(torch.isfinite(z).all()):
         raise LatentsError(f"{what} holds values that are not finite (NaN or infinity)",
                            hint="latents must be finite numbers; re-encode the images")
-    if z.numel() and float(z.abs().max()) > MAX_LATENT:
-        raise LatentsError(f"{what} holds values as large as {float(z.abs().max()):.3g}, above {MAX_LATENT:g}",
+    largest = float(z.abs().max()) if z.numel() else 0.0
+    if largest > MAX_LATENT:
+        raise LatentsError(f"{what} holds values as large as {largest:.3g}, above {MAX_LATENT:g}",
                            hint="no prior or posterior draw comes near that; re-encode the images")
 
 

@@ -1,23 +1,8 @@
 """NVAE behind the common interface (:class:`vdvae_cli.engine.interface.Family`).
 
-Pixels: uint8 images are divided by 255 (then reduced to ``num_x_bits`` as NVAE's ``pre_process``
-does); the network maps them to ``2x - 1`` itself. MNIST-style models take grey 28x28 images,
-padded by 2 to 32, binarised at 128 (NVAE binarises stochastically, even at test time; a fixed
-threshold makes our numbers repeatable); their likelihood covers the central 28x28.
-
-Output pixels, at output temperature ``t``:
-
-* DMoL: the component is drawn with Gumbel noise scaled by ``t`` and the logistic noise is scaled
-  by ``t`` (NVAE's ``sample(t)`` *divides* the scale by ``t``, so its ``t < 1`` is noisier: PR #54);
-  ``t = 1`` equals NVAE's ``sample()``, ``t = 0`` is the most likely component's mean (NVAE's
-  noiseless sample).
-* Bernoulli: ``t = 0`` gives the probability as a grey level (what NVAE saves), otherwise each pixel
-  is drawn (the Bernoulli has no temperature of its own: any ``t > 0`` draws from it as is).
-* Normal (``num_mixture_dec = 1``): ``mu + t * sigma * eps``, clamped (NVAE ignores ``t``: PR #55).
-
-Floats in [-1, 1] become 8-bit pixels by truncating ``(x + 1) * 127.5``, as for VDVAE. The functions
-that do this live in :mod:`.pixels`: this module is read to describe a file (``vdvae info``), so it
-imports no torch.
+This module is read to describe a file (``vdvae info``, the shipped models' listing), so it imports
+no torch: the pixel conventions and the functions that apply them are in :mod:`.pixels`, the
+network in :mod:`.network`, each imported by the method that needs it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,23 @@
 """NVAE's pixels: uint8 images to the network's data tensor, the output distribution's
-log-likelihood, and output pixels drawn at a temperature (the conventions are in
-:mod:`vdvae_cli.families.nvae.family`'s docstring)."""
+log-likelihood, and output pixels drawn at a temperature.
+
+Pixels: uint8 images are divided by 255 (then reduced to ``num_x_bits`` as NVAE's ``pre_process``
+does); the network maps them to ``2x - 1`` itself. MNIST-style models take grey 28x28 images,
+padded by 2 to 32, binarised at 128 (NVAE binarises stochastically, even at test time; a fixed
+threshold makes our numbers repeatable); their likelihood covers the central 28x28.
+
+Output pixels, at output temperature ``t``:
+
+* DMoL: the component is drawn with Gumbel noise scaled by ``t`` and the logistic noise is scaled
+  by ``t`` (NVAE's ``sample(t)`` *divides* the scale by ``t``, so its ``t < 1`` is noisier: PR #54);
+  ``t = 1`` equals NVAE's ``sample()``, ``t = 0`` is the most likely component's mean (NVAE's
+  noiseless sample).
+* Bernoulli: ``t = 0`` gives the probability as a grey level (what NVAE saves), otherwise each pixel
+  is drawn (the Bernoulli has no temperature of its own: any ``t > 0`` draws from it as is).
+* Normal (``num_mixture_dec = 1``): ``mu + t * sigma * eps``, clamped (NVAE ignores ``t``: PR #55).
+
+Floats in [-1, 1] become 8-bit pixels by truncating ``(x + 1) * 127.5``, as for VDVAE (``Family.pixels``).
+"""
 
 from __future__ import annotations
 
